@@ -1,0 +1,277 @@
+//! Types shared by the ngx-trace kernel programs and user space.
+//!
+//! Everything that crosses the kernel/user boundary is declared here, once:
+//! ring-buffer records, the configuration set before load, map and program
+//! names. Structs are `#[repr(C)]` with explicit padding and no `bool`, so
+//! both sides agree on every byte; each has a compile-time size check.
+#![no_std]
+
+/// Ring buffer carrying [`UpstreamRecord`] and [`ProcessRecord`] to user space.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Per-CPU drop counters, indexed by the `LOST_*` constants.
+pub const MAP_LOST: &str = "LOST";
+/// Thread ids of the traced nginx processes (key: pid, value: [`NGINX_PID_TRACED`]).
+pub const MAP_NGINX_PIDS: &str = "NGINX_PIDS";
+/// Name of the global holding the [`Config`].
+pub const GLOBAL_CONFIG: &str = "CONFIG";
+
+/// Index in [`MAP_LOST`]: records dropped because the ring buffer was full.
+pub const LOST_RINGBUF_FULL: u32 = 0;
+/// Index in [`MAP_LOST`]: state dropped because a bounded map was full.
+pub const LOST_MAP_FULL: u32 = 1;
+/// Number of slots in [`MAP_LOST`].
+pub const LOST_SLOTS: u32 = 2;
+
+/// Value stored in [`MAP_NGINX_PIDS`] for a traced process.
+pub const NGINX_PID_TRACED: u32 = 1;
+
+/// One kernel program: its name in the object, and the tracepoint it attaches to.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramSpec {
+    /// Function name of the program in the eBPF object.
+    pub program: &'static str,
+    /// Tracepoint category (directory under `events/`).
+    pub category: &'static str,
+    /// Tracepoint name.
+    pub tracepoint: &'static str,
+    /// What the program is for, shown when the tracepoint is missing.
+    pub purpose: &'static str,
+}
+
+/// Every program ngx-trace loads, in attach order: process tracking first so
+/// no nginx process is missed while the others attach.
+pub const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec {
+        program: "sched_process_fork",
+        category: "sched",
+        tracepoint: "sched_process_fork",
+        purpose: "follow workers forked by the nginx master",
+    },
+    ProgramSpec {
+        program: "sched_process_exec",
+        category: "sched",
+        tracepoint: "sched_process_exec",
+        purpose: "notice nginx instances that start while tracing",
+    },
+    ProgramSpec {
+        program: "sched_process_exit",
+        category: "sched",
+        tracepoint: "sched_process_exit",
+        purpose: "forget nginx processes that exit",
+    },
+    ProgramSpec {
+        program: "sys_enter_socket",
+        category: "syscalls",
+        tracepoint: "sys_enter_socket",
+        purpose: "tell stream sockets from datagram ones (resolver, syslog)",
+    },
+    ProgramSpec {
+        program: "sys_exit_socket",
+        category: "syscalls",
+        tracepoint: "sys_exit_socket",
+        purpose: "tell stream sockets from datagram ones (resolver, syslog)",
+    },
+    ProgramSpec {
+        program: "sys_enter_connect",
+        category: "syscalls",
+        tracepoint: "sys_enter_connect",
+        purpose: "see which upstream a worker connects to",
+    },
+    ProgramSpec {
+        program: "sys_exit_connect",
+        category: "syscalls",
+        tracepoint: "sys_exit_connect",
+        purpose: "catch connect() errors (UNIX sockets, local TCP errors)",
+    },
+    ProgramSpec {
+        program: "inet_sock_set_state",
+        category: "sock",
+        tracepoint: "inet_sock_set_state",
+        purpose: "follow TCP upstream handshakes",
+    },
+    ProgramSpec {
+        program: "inet_sk_error_report",
+        category: "sock",
+        tracepoint: "inet_sk_error_report",
+        purpose: "catch asynchronous TCP connect errors (refused, unreachable)",
+    },
+    ProgramSpec {
+        program: "tcp_receive_reset",
+        category: "tcp",
+        tracepoint: "tcp_receive_reset",
+        purpose: "see resets sent by the upstream",
+    },
+    ProgramSpec {
+        program: "tcp_retransmit_skb",
+        category: "tcp",
+        tracepoint: "tcp_retransmit_skb",
+        purpose: "count SYN retransmissions",
+    },
+    ProgramSpec {
+        program: "tcp_destroy_sock",
+        category: "tcp",
+        tracepoint: "tcp_destroy_sock",
+        purpose: "notice nginx giving up on a connect (proxy_connect_timeout)",
+    },
+];
+
+/// Tracepoint field offsets, read from tracefs `format` files at start-up
+/// because they differ between kernel versions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `sys_enter_socket.type`
+    pub socket_type: u32,
+    /// `sys_exit_socket.ret`
+    pub socket_ret: u32,
+    /// `sys_enter_connect.fd`
+    pub connect_fd: u32,
+    /// `sys_enter_connect.uservaddr`
+    pub connect_uservaddr: u32,
+    /// `sys_exit_connect.ret`
+    pub connect_ret: u32,
+    /// `inet_sock_set_state.skaddr`
+    pub set_state_skaddr: u32,
+    /// `inet_sock_set_state.oldstate`
+    pub set_state_oldstate: u32,
+    /// `inet_sock_set_state.newstate`
+    pub set_state_newstate: u32,
+    /// `inet_sock_set_state.protocol`
+    pub set_state_protocol: u32,
+    /// `inet_sk_error_report.error`
+    pub error_report_error: u32,
+    /// `inet_sk_error_report.dport` (host byte order)
+    pub error_report_dport: u32,
+    /// `tcp_receive_reset.skaddr`
+    pub receive_reset_skaddr: u32,
+    /// `tcp_retransmit_skb.skaddr`
+    pub retransmit_skaddr: u32,
+    /// `tcp_retransmit_skb.state`
+    pub retransmit_state: u32,
+    /// `tcp_destroy_sock.skaddr`
+    pub destroy_skaddr: u32,
+    /// `sched_process_fork.child_pid`
+    pub fork_child_pid: u32,
+}
+
+/// Configuration set by user space before the programs load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Tracepoint field offsets of the running kernel.
+    pub offsets: Offsets,
+    /// 1: an exec of a program named [`Config::comm`] starts tracing that
+    /// process (all instances on the host); 0: only the instance given by pid.
+    pub follow_new_instances: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Process name (task comm, NUL padded) of nginx.
+    pub comm: [u8; 16],
+}
+
+/// Address family values as the kernel uses them.
+pub const AF_UNIX: u16 = 1;
+/// IPv4.
+pub const AF_INET: u16 = 2;
+/// IPv6.
+pub const AF_INET6: u16 = 10;
+
+/// Length of `sun_path` in `struct sockaddr_un`.
+pub const UNIX_PATH_LEN: usize = 108;
+
+/// The upstream a worker connected to, as given to `connect()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    /// `AF_INET`, `AF_INET6` or `AF_UNIX`.
+    pub family: u16,
+    /// TCP port in network byte order (0 for UNIX).
+    pub port_be: u16,
+    /// IPv4: 4 bytes; IPv6: 16 bytes; UNIX: `sun_path`, NUL terminated.
+    pub data: [u8; UNIX_PATH_LEN],
+}
+
+impl UpstreamAddr {
+    /// An address with every byte zero.
+    pub const ZERO: Self = Self {
+        family: 0,
+        port_be: 0,
+        data: [0; UNIX_PATH_LEN],
+    };
+}
+
+/// `kind` of an [`UpstreamRecord`].
+pub const RECORD_UPSTREAM: u32 = 1;
+/// `kind` of a [`ProcessRecord`].
+pub const RECORD_PROCESS: u32 = 2;
+
+/// `connect()` itself returned this error (`UpstreamRecord::errno`).
+pub const END_CONNECT_SYSCALL_ERROR: u32 = 1;
+/// The kernel reported an error on a connecting TCP socket (RST, ICMP, timeout).
+pub const END_CONNECT_SOCKET_ERROR: u32 = 2;
+/// nginx closed a TCP socket still in SYN_SENT: it gave up waiting.
+pub const END_CONNECT_ABANDONED: u32 = 3;
+/// The connection was made (TCP handshake done, or UNIX `connect()` returned 0).
+pub const END_CONNECTED: u32 = 4;
+
+/// `UpstreamRecord::flags`: a reset arrived while connecting.
+pub const FLAG_RESET_SEEN: u32 = 1;
+
+/// One finished upstream connect attempt of an nginx worker.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamRecord {
+    /// Always [`RECORD_UPSTREAM`].
+    pub kind: u32,
+    /// Worker process id.
+    pub tgid: u32,
+    /// How it ended: one of the `END_*` constants.
+    pub end: u32,
+    /// Positive errno, 0 when none.
+    pub errno: u32,
+    /// `connect()` entry, CLOCK_MONOTONIC ns.
+    pub start_ns: u64,
+    /// When the outcome was known, CLOCK_MONOTONIC ns.
+    pub end_ns: u64,
+    /// SYNs retransmitted while connecting.
+    pub syn_retransmits: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// The upstream.
+    pub addr: UpstreamAddr,
+}
+
+/// `ProcessRecord::what`: a traced process forked a child that is now traced.
+pub const PROC_FORK: u32 = 1;
+/// `ProcessRecord::what`: a new nginx instance was exec'd and is now traced.
+pub const PROC_EXEC: u32 = 2;
+/// `ProcessRecord::what`: a traced process exited.
+pub const PROC_EXIT: u32 = 3;
+
+/// A change to the set of traced processes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessRecord {
+    /// Always [`RECORD_PROCESS`].
+    pub kind: u32,
+    /// One of the `PROC_*` constants.
+    pub what: u32,
+    /// The process (for fork: the child).
+    pub pid: u32,
+    /// Its parent (for fork and exec), 0 when not known.
+    pub parent: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Offsets>() == 64);
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
+const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 152);
+const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers and arrays with no implicit padding.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::UpstreamRecord {}
+    unsafe impl aya::Pod for super::ProcessRecord {}
+}

@@ -1,0 +1,20 @@
+//! Kernel programs of ngx-trace: one module per subject, maps in `maps`.
+#![no_std]
+#![no_main]
+
+mod config;
+mod connect;
+mod maps;
+mod process;
+mod record;
+mod tcp_state;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

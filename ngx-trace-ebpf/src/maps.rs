@@ -1,0 +1,91 @@
+//! Every map of the kernel side, and the kernel-only state they hold.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use ngx_trace_common::{LOST_SLOTS, UpstreamAddr};
+
+/// Records for user space: one per finished connect and per process change.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Drop counters (`LOST_*` indexes), summed over CPUs by user space.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+/// Pids of traced nginx processes (and their threads). Not LRU: evicting a
+/// worker would silently stop tracing it; a full map is counted instead.
+#[map]
+pub static NGINX_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
+
+/// Socket type asked for by a `socket()` call in flight, by pid_tgid.
+#[map]
+pub static SOCKET_CALLS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(1024, 0);
+
+/// Socket type of each socket fd an nginx process created, by `fd_key`.
+#[map]
+pub static SOCKET_TYPES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// `connect()` calls in flight, by pid_tgid.
+#[map]
+pub static CONNECTS: LruHashMap<u64, ConnectCall> = LruHashMap::with_max_entries(1024, 0);
+
+/// Upstream TCP sockets still connecting, by `struct sock` address.
+#[map]
+pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(16384, 0);
+
+/// The upstream socket this CPU last saw closing: the error report that
+/// follows it on the same CPU carries no socket address, only ports.
+#[map]
+pub static LAST_CLOSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A `connect()` call of a traced process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectCall {
+    /// Entry time, CLOCK_MONOTONIC ns.
+    pub start_ns: u64,
+    /// The `struct sock` that entered SYN_SENT during this call (TCP), or 0.
+    pub sk: u64,
+    /// Where to.
+    pub addr: UpstreamAddr,
+}
+
+/// A TCP upstream socket between `connect()` and its outcome.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockState {
+    /// `connect()` entry time.
+    pub start_ns: u64,
+    /// Worker that connected it.
+    pub tgid: u32,
+    /// SYN retransmissions so far.
+    pub syn_retransmits: u32,
+    /// `FLAG_*` bits of the record.
+    pub flags: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Where to.
+    pub addr: UpstreamAddr,
+}
+
+/// Key of [`SOCKET_TYPES`]: process and fd.
+#[inline(always)]
+pub fn fd_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+/// Counts a drop in [`LOST`].
+#[inline(always)]
+pub fn count_lost(slot: u32) {
+    if let Some(counter) = LOST.get_ptr_mut(slot) {
+        // Per-CPU slot: no other writer.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Whether `tgid` belongs to a traced nginx process.
+#[inline(always)]
+pub fn is_traced(tgid: u32) -> bool {
+    NGINX_PIDS.get_ptr(&tgid).is_some()
+}

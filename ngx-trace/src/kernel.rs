@@ -1,0 +1,115 @@
+//! Loading the eBPF object, attaching its programs, and the maps user space uses.
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use ngx_trace_common::{
+    Config, GLOBAL_CONFIG, LOST_SLOTS, MAP_EVENTS, MAP_LOST, MAP_NGINX_PIDS, NGINX_PID_TRACED,
+    PROGRAMS,
+};
+
+use crate::exit::{self, UserError};
+
+/// The eBPF object built from `ngx-trace-ebpf` by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ngx-trace"));
+
+/// Loaded and attached programs, with the maps user space reads.
+pub struct Kernel {
+    /// Owns programs and links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    /// Drop counters.
+    lost: PerCpuArray<MapData, u64>,
+    /// Traced pids.
+    pids: HashMap<MapData, u32, u32>,
+    /// How long loading and attaching took.
+    pub attach_time: Duration,
+    /// `category:name` of every attached tracepoint.
+    pub attached: Vec<String>,
+}
+
+impl Kernel {
+    /// Loads the object with `config` and attaches every program of
+    /// [`PROGRAMS`]; returns the ring buffer of records apart, to be polled.
+    pub fn attach(config: &Config) -> Result<(Self, RingBuf<MapData>)> {
+        let started = Instant::now();
+        // Not needed on kernels with memcg accounting (5.11+); harmless when refused.
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: valid pointer to an rlimit.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_CONFIG, config, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                UserError::new(
+                    exit::KERNEL,
+                    format!("failed to load the eBPF object: {e} (is this kernel built with CONFIG_BPF_SYSCALL and BTF?)"),
+                )
+            })?;
+        let mut attached = Vec::new();
+        for spec in PROGRAMS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(spec.program)
+                .with_context(|| format!("the eBPF object has no program {}", spec.program))?
+                .try_into()
+                .with_context(|| format!("program {} is not a tracepoint", spec.program))?;
+            program.load().map_err(|e| {
+                UserError::new(
+                    exit::KERNEL,
+                    format!("the kernel refused program {}: {e}", spec.program),
+                )
+            })?;
+            program.attach(spec.category, spec.tracepoint).map_err(|e| {
+                UserError::new(
+                    exit::KERNEL,
+                    format!(
+                        "failed to attach to tracepoint {}:{} (to {}): {e}",
+                        spec.category, spec.tracepoint, spec.purpose
+                    ),
+                )
+            })?;
+            attached.push(format!("{}:{}", spec.category, spec.tracepoint));
+        }
+        let events = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("no EVENTS map")?)
+            .context("EVENTS is not a ring buffer")?;
+        let lost = PerCpuArray::try_from(ebpf.take_map(MAP_LOST).context("no LOST map")?)
+            .context("LOST is not a per-CPU array")?;
+        let pids = HashMap::try_from(ebpf.take_map(MAP_NGINX_PIDS).context("no pid map")?)
+            .context("NGINX_PIDS is not a hash map")?;
+        let kernel = Self {
+            _ebpf: ebpf,
+            lost,
+            pids,
+            attach_time: started.elapsed(),
+            attached,
+        };
+        Ok((kernel, events))
+    }
+
+    /// Starts tracing `pid`.
+    pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
+        self.pids
+            .insert(pid, NGINX_PID_TRACED, 0)
+            .with_context(|| format!("failed to add pid {pid} to the traced set"))
+    }
+
+    /// Records dropped so far, summed over CPUs, per `LOST_*` slot.
+    pub fn lost(&self) -> Result<[u64; LOST_SLOTS as usize]> {
+        let mut totals = [0u64; LOST_SLOTS as usize];
+        for (slot, total) in totals.iter_mut().enumerate() {
+            let values = self
+                .lost
+                .get(&(slot as u32), 0)
+                .context("failed to read the lost-event counters")?;
+            *total = values.iter().sum();
+        }
+        Ok(totals)
+    }
+}

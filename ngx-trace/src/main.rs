@@ -1,0 +1,167 @@
+//! ngx-trace: explains nginx upstream failures from inside the kernel.
+//!
+//! The pipeline, top to bottom: preflight checks → load and attach
+//! (`kernel`) → ring-buffer pump (here) → decode (`records`) → explain
+//! (`classify`) → print (`event`, `output`) and count (`summary`).
+
+mod classify;
+mod cli;
+mod clock;
+mod event;
+mod exit;
+mod kernel;
+mod output;
+mod preflight;
+mod procs;
+mod records;
+mod session;
+mod summary;
+mod tracefs;
+
+use std::{collections::BTreeSet, io, time::Duration};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use clap::Parser as _;
+use ngx_trace_common::Config;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    cli::{Cli, TraceArgs},
+    kernel::Kernel,
+    output::{Output, notice},
+    session::Session,
+};
+
+fn main() {
+    let args = match Cli::try_parse() {
+        Ok(cli) => cli.trace_args(),
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ngx-trace: failed to start the async runtime: {e}");
+            std::process::exit(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(trace(args)) {
+        Ok(()) => std::process::exit(exit::OK),
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                std::process::exit(exit::OK);
+            }
+            eprintln!("ngx-trace: {err:#}");
+            std::process::exit(exit::code_of(&err));
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .any(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// The kernel configuration for these arguments and this kernel.
+fn config(args: &TraceArgs) -> Result<Config> {
+    let root = preflight::tracefs_root()?;
+    let mut comm = [0u8; 16];
+    comm[..args.comm.len()].copy_from_slice(args.comm.as_bytes());
+    Ok(Config {
+        offsets: tracefs::read_offsets(&root)?,
+        follow_new_instances: u32::from(args.pid.is_none()),
+        _pad: 0,
+        comm,
+    })
+}
+
+async fn trace(args: TraceArgs) -> Result<()> {
+    preflight::check_privileges()?;
+    if let Some(pid) = args.pid {
+        // Fail before loading anything when the pid is wrong.
+        procs::instance_of(pid, &args.comm)?;
+    }
+    let (mut kernel, events) = Kernel::attach(&config(&args)?)?;
+    // Programs are attached first, then processes listed: a process forked
+    // in between is seen by both, never by neither.
+    let initial: BTreeSet<u32> = match args.pid {
+        Some(pid) => procs::instance_of(pid, &args.comm)?,
+        None => procs::all_instances(&args.comm),
+    };
+    for &pid in &initial {
+        kernel.trace_pid(pid)?;
+    }
+    if !args.json {
+        notice(&format!(
+            "attached {} tracepoints in {} ms",
+            kernel.attached.len(),
+            kernel.attach_time.as_millis()
+        ));
+    }
+    let mut session = Session::new(Output::new(args.json), args.all, initial);
+    session.refresh_workers()?;
+
+    pump(&kernel, events, &mut session, args.duration).await?;
+    session.finish()?;
+    Ok(())
+}
+
+/// Reads records until the duration ends or a signal asks to stop, then
+/// drains what is left.
+async fn pump(
+    kernel: &Kernel,
+    events: RingBuf<MapData>,
+    session: &mut Session,
+    duration: Option<Duration>,
+) -> Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("failed to handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("failed to handle SIGINT")?;
+    let deadline = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(deadline);
+    let mut workers_tick = tokio::time::interval(Duration::from_millis(200));
+    let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
+
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
+    // for as long as the AsyncFd owns the RingBuf.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(io::Error::from)
+        .context("failed to poll the ring buffer")?;
+    let outcome: Result<()> = async {
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("failed to poll the ring buffer")?;
+                    let rb = guard.get_inner_mut();
+                    while let Some(item) = rb.next() {
+                        session.record(&item)?;
+                    }
+                    guard.clear_ready();
+                }
+                _ = workers_tick.tick() => session.refresh_workers()?,
+                _ = lost_tick.tick() => session.report_lost(kernel.lost()?)?,
+                _ = &mut deadline => break,
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
+        }
+        Ok(())
+    }
+    .await;
+    outcome?;
+    let rb = ring.get_mut();
+    while let Some(item) = rb.next() {
+        session.record(&item)?;
+    }
+    session.report_lost(kernel.lost()?)?;
+    Ok(())
+}

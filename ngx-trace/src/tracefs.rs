@@ -1,0 +1,210 @@
+//! Tracepoint `format` files: which tracepoints exist, and where their
+//! fields are on this kernel.
+use std::path::Path;
+
+use anyhow::Result;
+use ngx_trace_common::{Offsets, PROGRAMS, ProgramSpec};
+
+use crate::exit::{self, UserError};
+
+/// One field of a tracepoint record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// Field name, without any array suffix.
+    pub name: String,
+    /// Byte offset in the record.
+    pub offset: u32,
+    /// Size in bytes.
+    pub size: u32,
+}
+
+/// Parses the text of an `events/<category>/<name>/format` file. Lines that
+/// are not field descriptions are skipped; a field line that does not parse
+/// is an error naming the line.
+pub fn parse_format(text: &str) -> Result<Vec<Field>, String> {
+    let mut fields = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
+        let parse = || -> Option<Field> {
+            let mut parts = rest.split(';').map(str::trim);
+            let decl = parts.next()?;
+            let offset = parts.next()?.strip_prefix("offset:")?.parse().ok()?;
+            let size = parts.next()?.strip_prefix("size:")?.parse().ok()?;
+            let last = decl.rsplit([' ', '*']).next()?;
+            let name = last.split('[').next()?;
+            if name.is_empty() {
+                return None;
+            }
+            Some(Field {
+                name: name.to_string(),
+                offset,
+                size,
+            })
+        };
+        fields.push(parse().ok_or_else(|| format!("unreadable field line `{line}`"))?);
+    }
+    Ok(fields)
+}
+
+/// The offset of `name`, checking it has `size` bytes.
+fn offset_of(fields: &[Field], tracepoint: &str, name: &str, size: u32) -> Result<u32, String> {
+    let field = fields
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| format!("tracepoint {tracepoint} has no field `{name}`"))?;
+    if field.size != size {
+        return Err(format!(
+            "field `{name}` of {tracepoint} has {} bytes, expected {size}",
+            field.size
+        ));
+    }
+    Ok(field.offset)
+}
+
+/// The tracepoints of [`PROGRAMS`] that this kernel lacks.
+pub fn missing_tracepoints(root: &Path) -> Vec<&'static ProgramSpec> {
+    PROGRAMS
+        .iter()
+        .filter(|p| {
+            !root
+                .join("events")
+                .join(p.category)
+                .join(p.tracepoint)
+                .join("format")
+                .exists()
+        })
+        .collect()
+}
+
+/// Reads every field offset the kernel programs use. `read` returns the
+/// format text of `category/name`.
+pub fn offsets_from(read: impl Fn(&str, &str) -> Result<String, String>) -> Result<Offsets, String> {
+    let fields = |category: &str, name: &str| -> Result<(String, Vec<Field>), String> {
+        let text = read(category, name)?;
+        let fields = parse_format(&text).map_err(|e| format!("{category}:{name}: {e}"))?;
+        Ok((format!("{category}:{name}"), fields))
+    };
+    let (socket, socket_f) = fields("syscalls", "sys_enter_socket")?;
+    let (socket_exit, socket_exit_f) = fields("syscalls", "sys_exit_socket")?;
+    let (connect, connect_f) = fields("syscalls", "sys_enter_connect")?;
+    let (connect_exit, connect_exit_f) = fields("syscalls", "sys_exit_connect")?;
+    let (set_state, set_state_f) = fields("sock", "inet_sock_set_state")?;
+    let (error_report, error_report_f) = fields("sock", "inet_sk_error_report")?;
+    let (reset, reset_f) = fields("tcp", "tcp_receive_reset")?;
+    let (retransmit, retransmit_f) = fields("tcp", "tcp_retransmit_skb")?;
+    let (destroy, destroy_f) = fields("tcp", "tcp_destroy_sock")?;
+    let (fork, fork_f) = fields("sched", "sched_process_fork")?;
+    Ok(Offsets {
+        socket_type: offset_of(&socket_f, &socket, "type", 8)?,
+        socket_ret: offset_of(&socket_exit_f, &socket_exit, "ret", 8)?,
+        connect_fd: offset_of(&connect_f, &connect, "fd", 8)?,
+        connect_uservaddr: offset_of(&connect_f, &connect, "uservaddr", 8)?,
+        connect_ret: offset_of(&connect_exit_f, &connect_exit, "ret", 8)?,
+        set_state_skaddr: offset_of(&set_state_f, &set_state, "skaddr", 8)?,
+        set_state_oldstate: offset_of(&set_state_f, &set_state, "oldstate", 4)?,
+        set_state_newstate: offset_of(&set_state_f, &set_state, "newstate", 4)?,
+        set_state_protocol: offset_of(&set_state_f, &set_state, "protocol", 2)?,
+        error_report_error: offset_of(&error_report_f, &error_report, "error", 4)?,
+        error_report_dport: offset_of(&error_report_f, &error_report, "dport", 2)?,
+        receive_reset_skaddr: offset_of(&reset_f, &reset, "skaddr", 8)?,
+        retransmit_skaddr: offset_of(&retransmit_f, &retransmit, "skaddr", 8)?,
+        retransmit_state: offset_of(&retransmit_f, &retransmit, "state", 4)?,
+        destroy_skaddr: offset_of(&destroy_f, &destroy, "skaddr", 8)?,
+        fork_child_pid: offset_of(&fork_f, &fork, "child_pid", 4)?,
+    })
+}
+
+/// Checks every tracepoint exists and reads the offsets from tracefs at `root`.
+pub fn read_offsets(root: &Path) -> Result<Offsets> {
+    let missing = missing_tracepoints(root);
+    if !missing.is_empty() {
+        let list: Vec<String> = missing
+            .iter()
+            .map(|p| format!("{}:{} (to {})", p.category, p.tracepoint, p.purpose))
+            .collect();
+        return Err(UserError::new(
+            exit::KERNEL,
+            format!(
+                "this kernel lacks the tracepoint(s) {}: ngx-trace needs Linux 5.15 or newer \
+                 with CONFIG_FTRACE_SYSCALLS",
+                list.join(", ")
+            ),
+        )
+        .into());
+    }
+    offsets_from(|category, name| {
+        let path = root.join("events").join(category).join(name).join("format");
+        std::fs::read_to_string(&path).map_err(|e| format!("failed to read {}: {e}", path.display()))
+    })
+    .map_err(|e| UserError::new(exit::KERNEL, format!("unexpected tracepoint layout: {e}")).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `events/sock/inet_sock_set_state/format` of Linux 6.18.
+    const SET_STATE: &str = "name: inet_sock_set_state
+ID: 1484
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+
+print fmt: \"family=%s protocol=%s sport=%hu dport=%hu\", REC->family
+";
+
+    #[test]
+    fn parses_pointer_scalar_and_array_fields() {
+        let fields = parse_format(SET_STATE).unwrap();
+        let get = |n: &str| fields.iter().find(|f| f.name == n).unwrap().clone();
+        assert_eq!(get("skaddr").offset, 8);
+        assert_eq!(get("newstate").offset, 20);
+        assert_eq!(get("protocol").offset, 30);
+        assert_eq!(get("daddr_v6").offset, 56);
+        assert_eq!(get("daddr_v6").size, 16);
+        assert_eq!(fields.len(), 15);
+    }
+
+    #[test]
+    fn data_loc_fields_are_named_by_their_last_word() {
+        // sched_process_fork of Linux 6.18 (comm became __data_loc).
+        let text = "\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+                    \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        let fields = parse_format(text).unwrap();
+        assert_eq!(fields[0].name, "parent_comm");
+        assert_eq!(fields[1].name, "child_pid");
+        assert_eq!(fields[1].offset, 20);
+    }
+
+    #[test]
+    fn a_mangled_field_line_is_an_error_naming_it() {
+        let err = parse_format("\tfield:int ret;\toffset:sixteen;\tsize:8;\n").unwrap_err();
+        assert!(err.contains("offset:sixteen"), "{err}");
+    }
+
+    #[test]
+    fn a_field_of_another_size_is_refused() {
+        let fields = parse_format(SET_STATE).unwrap();
+        let err = offset_of(&fields, "sock:inet_sock_set_state", "protocol", 4).unwrap_err();
+        assert!(err.contains("has 2 bytes, expected 4"), "{err}");
+        let err = offset_of(&fields, "sock:inet_sock_set_state", "sk_err", 4).unwrap_err();
+        assert!(err.contains("no field `sk_err`"), "{err}");
+    }
+}
