@@ -22,8 +22,13 @@ pub const LOST_MAP_FULL: u32 = 1;
 /// Number of slots in [`MAP_LOST`].
 pub const LOST_SLOTS: u32 = 2;
 
-/// Value stored in [`MAP_NGINX_PIDS`] for a traced process.
+/// Value stored in [`MAP_NGINX_PIDS`] for a traced process (master,
+/// `nginx -s` signal process, a worker still initialising, a thread).
 pub const NGINX_PID_TRACED: u32 = 1;
+/// Value stored in [`MAP_NGINX_PIDS`] for a process that runs nginx's event
+/// loop (it created an epoll instance): only its connects are upstreams, not
+/// the ones glibc makes for the master (nscd, at start and reload).
+pub const NGINX_PID_WORKER: u32 = 2;
 
 /// One kernel program: its name in the object, and the tracepoint it attaches to.
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +41,8 @@ pub struct ProgramSpec {
     pub tracepoint: &'static str,
     /// What the program is for, shown when the tracepoint is missing.
     pub purpose: &'static str,
+    /// Skipped when the kernel lacks the tracepoint (another program covers it).
+    pub optional: bool,
 }
 
 /// Every program ngx-trace loads, in attach order: process tracking first so
@@ -46,72 +53,99 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         category: "sched",
         tracepoint: "sched_process_fork",
         purpose: "follow workers forked by the nginx master",
+        optional: false,
     },
     ProgramSpec {
         program: "sched_process_exec",
         category: "sched",
         tracepoint: "sched_process_exec",
         purpose: "notice nginx instances that start while tracing",
+        optional: false,
     },
     ProgramSpec {
         program: "sched_process_exit",
         category: "sched",
         tracepoint: "sched_process_exit",
         purpose: "forget nginx processes that exit",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "sys_enter_epoll_create1",
+        category: "syscalls",
+        tracepoint: "sys_enter_epoll_create1",
+        purpose: "tell workers (event loop) from master and signal processes",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "sys_enter_epoll_create",
+        category: "syscalls",
+        tracepoint: "sys_enter_epoll_create",
+        purpose: "tell workers (event loop) from master and signal processes",
+        // Architectures without the legacy syscall (arm64) only have epoll_create1.
+        optional: true,
     },
     ProgramSpec {
         program: "sys_enter_socket",
         category: "syscalls",
         tracepoint: "sys_enter_socket",
         purpose: "tell stream sockets from datagram ones (resolver, syslog)",
+        optional: false,
     },
     ProgramSpec {
         program: "sys_exit_socket",
         category: "syscalls",
         tracepoint: "sys_exit_socket",
         purpose: "tell stream sockets from datagram ones (resolver, syslog)",
+        optional: false,
     },
     ProgramSpec {
         program: "sys_enter_connect",
         category: "syscalls",
         tracepoint: "sys_enter_connect",
         purpose: "see which upstream a worker connects to",
+        optional: false,
     },
     ProgramSpec {
         program: "sys_exit_connect",
         category: "syscalls",
         tracepoint: "sys_exit_connect",
         purpose: "catch connect() errors (UNIX sockets, local TCP errors)",
+        optional: false,
     },
     ProgramSpec {
         program: "inet_sock_set_state",
         category: "sock",
         tracepoint: "inet_sock_set_state",
         purpose: "follow TCP upstream handshakes",
+        optional: false,
     },
     ProgramSpec {
         program: "inet_sk_error_report",
         category: "sock",
         tracepoint: "inet_sk_error_report",
         purpose: "catch asynchronous TCP connect errors (refused, unreachable)",
+        optional: false,
     },
     ProgramSpec {
         program: "tcp_receive_reset",
         category: "tcp",
         tracepoint: "tcp_receive_reset",
         purpose: "see resets sent by the upstream",
+        optional: false,
     },
     ProgramSpec {
         program: "tcp_retransmit_skb",
         category: "tcp",
         tracepoint: "tcp_retransmit_skb",
         purpose: "count SYN retransmissions",
+        optional: false,
     },
     ProgramSpec {
         program: "tcp_destroy_sock",
         category: "tcp",
         tracepoint: "tcp_destroy_sock",
         purpose: "notice nginx giving up on a connect (proxy_connect_timeout)",
+        optional: false,
     },
 ];
 

@@ -16,7 +16,7 @@ use ngx_trace_common::{
 use crate::{
     config::offset,
     maps::{
-        CONNECTS, ConnectCall, SOCKET_CALLS, SOCKET_TYPES, SOCKS, count_lost, fd_key, is_traced,
+        CONNECTS, ConnectCall, SOCKET_CALLS, SOCKET_TYPES, SOCKS, count_lost, fd_key, is_worker,
     },
     record::{Outcome, emit_upstream},
 };
@@ -30,7 +30,7 @@ const EINPROGRESS: i64 = 115;
 #[tracepoint]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
+    if !is_worker((pid_tgid >> 32) as u32) {
         return 0;
     }
     let Ok(ty) = (unsafe { ctx.read_at::<u64>(offset!(socket_type)) }) else {
@@ -58,12 +58,12 @@ pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Records where a traced process connects a stream socket.
+/// Records where a worker connects a stream socket.
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_traced(tgid) {
+    if !is_worker(tgid) {
         return 0;
     }
     let _ = try_enter_connect(&ctx, pid_tgid, tgid);

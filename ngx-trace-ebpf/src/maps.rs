@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use ngx_trace_common::{LOST_SLOTS, UpstreamAddr};
+use ngx_trace_common::{LOST_SLOTS, NGINX_PID_WORKER, UpstreamAddr};
 
 /// Records for user space: one per finished connect and per process change.
 #[map]
@@ -88,4 +88,12 @@ pub fn count_lost(slot: u32) {
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
     NGINX_PIDS.get_ptr(&tgid).is_some()
+}
+
+/// Whether `tgid` is a traced nginx process running its event loop.
+#[inline(always)]
+pub fn is_worker(tgid: u32) -> bool {
+    NGINX_PIDS
+        .get_ptr(&tgid)
+        .is_some_and(|mark| unsafe { *mark } == NGINX_PID_WORKER)
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use ngx_trace_common::{
-    LOST_MAP_FULL, LOST_RINGBUF_FULL, NGINX_PID_TRACED, PROC_EXEC, PROC_EXIT, PROC_FORK,
-    ProcessRecord, RECORD_PROCESS,
+    LOST_MAP_FULL, LOST_RINGBUF_FULL, NGINX_PID_TRACED, NGINX_PID_WORKER, PROC_EXEC, PROC_EXIT,
+    PROC_FORK, ProcessRecord, RECORD_PROCESS,
 };
 
 use crate::{
@@ -27,8 +27,8 @@ fn emit_process(what: u32, pid: u32, parent: u32) {
     }
 }
 
-fn trace_pid(pid: u32) -> bool {
-    if NGINX_PIDS.insert(&pid, &NGINX_PID_TRACED, 0).is_err() {
+fn trace_pid(pid: u32, mark: u32) -> bool {
+    if NGINX_PIDS.insert(&pid, &mark, 0).is_err() {
         count_lost(LOST_MAP_FULL);
         return false;
     }
@@ -47,7 +47,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     };
     // Threads fork too (nginx thread pools); they are tracked by tid and
     // dropped at exit. User space tells processes from threads.
-    if trace_pid(child as u32) {
+    if trace_pid(child as u32, NGINX_PID_TRACED) {
         emit_process(PROC_FORK, child as u32, ctx.tgid());
     }
     0
@@ -81,7 +81,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         i += 1;
     }
     if matches && !traced {
-        if trace_pid(tgid) {
+        if trace_pid(tgid, NGINX_PID_TRACED) {
             emit_process(PROC_EXEC, tgid, 0);
         }
     } else if !matches && traced {
@@ -100,4 +100,26 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         emit_process(PROC_EXIT, pid, 0);
     }
     0
+}
+
+/// A traced process creating an epoll instance is starting nginx's event
+/// loop: from now on its connects are upstream connects.
+fn mark_worker() -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_traced(tgid) {
+        trace_pid(tgid, NGINX_PID_WORKER);
+    }
+    0
+}
+
+/// See [`mark_worker`].
+#[tracepoint]
+pub fn sys_enter_epoll_create1(_ctx: TracePointContext) -> u32 {
+    mark_worker()
+}
+
+/// See [`mark_worker`] (nginx calls the legacy syscall where it exists).
+#[tracepoint]
+pub fn sys_enter_epoll_create(_ctx: TracePointContext) -> u32 {
+    mark_worker()
 }

@@ -9,7 +9,7 @@ use aya::{
 };
 use ngx_trace_common::{
     Config, GLOBAL_CONFIG, LOST_SLOTS, MAP_EVENTS, MAP_LOST, MAP_NGINX_PIDS, NGINX_PID_TRACED,
-    PROGRAMS,
+    NGINX_PID_WORKER, ProgramSpec,
 };
 
 use crate::exit::{self, UserError};
@@ -32,9 +32,11 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Loads the object with `config` and attaches every program of
-    /// [`PROGRAMS`]; returns the ring buffer of records apart, to be polled.
-    pub fn attach(config: &Config) -> Result<(Self, RingBuf<MapData>)> {
+    /// Loads the object with `config` and attaches `programs`; returns the ring buffer of records apart, to be polled.
+    pub fn attach(
+        config: &Config,
+        programs: &[&ProgramSpec],
+    ) -> Result<(Self, RingBuf<MapData>)> {
         let started = Instant::now();
         // Not needed on kernels with memcg accounting (5.11+); harmless when refused.
         let unlimited = libc::rlimit {
@@ -54,7 +56,7 @@ impl Kernel {
                 )
             })?;
         let mut attached = Vec::new();
-        for spec in PROGRAMS {
+        for spec in programs {
             let program: &mut TracePoint = ebpf
                 .program_mut(spec.program)
                 .with_context(|| format!("the eBPF object has no program {}", spec.program))?
@@ -93,10 +95,15 @@ impl Kernel {
         Ok((kernel, events))
     }
 
-    /// Starts tracing `pid`.
-    pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
+    /// Starts tracing `pid`; a `worker` already runs its event loop.
+    pub fn trace_pid(&mut self, pid: u32, worker: bool) -> Result<()> {
+        let mark = if worker {
+            NGINX_PID_WORKER
+        } else {
+            NGINX_PID_TRACED
+        };
         self.pids
-            .insert(pid, NGINX_PID_TRACED, 0)
+            .insert(pid, mark, 0)
             .with_context(|| format!("failed to add pid {pid} to the traced set"))
     }
 

@@ -73,12 +73,11 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 /// The kernel configuration for these arguments and this kernel.
-fn config(args: &TraceArgs) -> Result<Config> {
-    let root = preflight::tracefs_root()?;
+fn config(args: &TraceArgs, root: &std::path::Path) -> Result<Config> {
     let mut comm = [0u8; 16];
     comm[..args.comm.len()].copy_from_slice(args.comm.as_bytes());
     Ok(Config {
-        offsets: tracefs::read_offsets(&root)?,
+        offsets: tracefs::read_offsets(root)?,
         follow_new_instances: u32::from(args.pid.is_none()),
         _pad: 0,
         comm,
@@ -91,7 +90,9 @@ async fn trace(args: TraceArgs) -> Result<()> {
         // Fail before loading anything when the pid is wrong.
         procs::instance_of(pid, &args.comm)?;
     }
-    let (mut kernel, events) = Kernel::attach(&config(&args)?)?;
+    let tracefs = preflight::tracefs_root()?;
+    let programs = tracefs::available_programs(&tracefs);
+    let (mut kernel, events) = Kernel::attach(&config(&args, &tracefs)?, &programs)?;
     // Programs are attached first, then processes listed: a process forked
     // in between is seen by both, never by neither.
     let initial: BTreeSet<u32> = match args.pid {
@@ -99,7 +100,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         None => procs::all_instances(&args.comm),
     };
     for &pid in &initial {
-        kernel.trace_pid(pid)?;
+        kernel.trace_pid(pid, procs::is_worker(pid))?;
     }
     if !args.json {
         notice(&format!(

@@ -64,18 +64,20 @@ fn offset_of(fields: &[Field], tracepoint: &str, name: &str, size: u32) -> Resul
     Ok(field.offset)
 }
 
-/// The tracepoints of [`PROGRAMS`] that this kernel lacks.
-pub fn missing_tracepoints(root: &Path) -> Vec<&'static ProgramSpec> {
+fn exists(root: &Path, p: &ProgramSpec) -> bool {
+    root.join("events")
+        .join(p.category)
+        .join(p.tracepoint)
+        .join("format")
+        .exists()
+}
+
+/// The programs of [`PROGRAMS`] this kernel can run: all but the optional
+/// ones whose tracepoint it lacks.
+pub fn available_programs(root: &Path) -> Vec<&'static ProgramSpec> {
     PROGRAMS
         .iter()
-        .filter(|p| {
-            !root
-                .join("events")
-                .join(p.category)
-                .join(p.tracepoint)
-                .join("format")
-                .exists()
-        })
+        .filter(|p| !p.optional || exists(root, p))
         .collect()
 }
 
@@ -119,7 +121,10 @@ pub fn offsets_from(read: impl Fn(&str, &str) -> Result<String, String>) -> Resu
 
 /// Checks every tracepoint exists and reads the offsets from tracefs at `root`.
 pub fn read_offsets(root: &Path) -> Result<Offsets> {
-    let missing = missing_tracepoints(root);
+    let missing: Vec<_> = PROGRAMS
+        .iter()
+        .filter(|p| !p.optional && !exists(root, p))
+        .collect();
     if !missing.is_empty() {
         let list: Vec<String> = missing
             .iter()

@@ -1,1 +1,142 @@
-fn main(){}
+//! `cargo xtask`: everything from a fresh machine to a running tracer.
+//!
+//! - `cargo xtask run -- <ngx-trace args>`: set up, build, run as root.
+//! - `cargo xtask test`: set up (with the test packages), then every test.
+//! - `cargo xtask demo`: a throwaway nginx with broken upstreams, traced.
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test ngx-trace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (rust-src, bpf-linker), build, run ngx-trace as root.
+    Run {
+        /// Arguments for ngx-trace (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what is missing (also nginx, php-fpm, iptables...), then run
+    /// formatting and lint checks, unit tests and kernel integration tests.
+    Test,
+    /// Start a throwaway nginx with broken upstreams on loopback and trace it.
+    Demo {
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Only install what is missing.
+    Setup,
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse().command) {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Cmd) -> Result<()> {
+    match command {
+        Cmd::Setup => {
+            setup::toolchain()?;
+            setup::packages(setup::TEST_PACKAGES)
+        }
+        Cmd::Run { args } => {
+            setup::toolchain()?;
+            let bin = build_release()?;
+            let mut cmd = as_root(&bin);
+            cmd.args(&args);
+            let status = cmd.status().context("failed to start ngx-trace")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test => {
+            setup::toolchain()?;
+            setup::packages(setup::TEST_PACKAGES)?;
+            test()
+        }
+        Cmd::Demo { seconds } => {
+            setup::toolchain()?;
+            setup::packages(&["nginx"])?;
+            let bin = build_release()?;
+            demo::run(&bin, seconds)
+        }
+    }
+}
+
+/// The workspace root (parent of this crate).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs `cargo` with `args` in the workspace; fails naming the step.
+fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(workspace())
+        .status()
+        .with_context(|| format!("failed to start `cargo {}`", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build_release() -> Result<PathBuf> {
+    cargo(&["build", "--release", "--package", "ngx-trace"], &[])?;
+    Ok(workspace().join("target/release/ngx-trace"))
+}
+
+/// `program` run as root: directly when we are root, else through sudo.
+fn as_root(program: &Path) -> Command {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        Command::new(program)
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg("--").arg(program);
+        cmd
+    }
+}
+
+fn test() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"], &[])?;
+    cargo(
+        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[],
+    )?;
+    let bin = build_release()?;
+    let bin = bin.to_str().context("non UTF-8 target path")?;
+    cargo(
+        &["test", "--workspace", "--exclude", "ngx-trace-tests"],
+        &[],
+    )?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the kernel integration tests load BPF programs and start nginx: run `cargo xtask test` as root (sudo -E cargo xtask test)");
+    }
+    // Kernel state (iptables, tracepoints) is shared: one test at a time.
+    cargo(
+        &["test", "--package", "ngx-trace-tests", "--", "--test-threads=1"],
+        &[("NGX_TRACE_BIN", bin)],
+    )
+}

@@ -1,0 +1,157 @@
+//! The real ngx-trace binary, run with `--json`, its events collected.
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        mpsc::{Receiver, RecvTimeoutError, channel},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The ngx-trace binary under test: `NGX_TRACE_BIN` (set by `cargo xtask
+/// test`), else the workspace's release or debug build.
+pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NGX_TRACE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    for profile in ["release", "debug"] {
+        let bin = target.join(profile).join("ngx-trace");
+        if bin.exists() {
+            return bin;
+        }
+    }
+    panic!("no ngx-trace binary: run the tests through `cargo xtask test`, which builds it");
+}
+
+/// A running tracer.
+pub struct Tracer {
+    child: Child,
+    lines: Receiver<Value>,
+    stderr: Arc<Mutex<String>>,
+    /// Every event received so far.
+    pub events: Vec<Value>,
+}
+
+impl Tracer {
+    /// Starts `ngx-trace --json <args>` and waits until it is attached (its
+    /// first `workers` event).
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(binary())
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ngx-trace");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr_pipe = child.stderr.take().expect("stderr");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("ngx-trace printed a line that is not JSON ({e}): {line}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut tracer = Self {
+            child,
+            lines,
+            stderr,
+            events: Vec::new(),
+        };
+        if tracer
+            .wait_for(Duration::from_secs(30), |e| e["event"] == "workers")
+            .is_none()
+        {
+            panic!("ngx-trace did not attach; stderr: {}", tracer.stderr());
+        }
+        tracer
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits up to `timeout` for an event matching `pred`; every event
+    /// received meanwhile is kept in `events`.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.events.push(v.clone());
+                    if pred(&v) {
+                        return Some(v);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Waits until `n` upstream events matching `pred` arrived (or
+    /// `timeout`), then `quiet` more to catch any extra one; returns all
+    /// matching upstream events.
+    pub fn upstream_events(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let matching = |events: &[Value]| -> Vec<Value> {
+            events
+                .iter()
+                .filter(|e| e["event"] == "upstream" && pred(e))
+                .cloned()
+                .collect()
+        };
+        let deadline = Instant::now() + timeout;
+        while matching(&self.events).len() < n && Instant::now() < deadline {
+            self.wait_for(Duration::from_millis(100), |_| false);
+        }
+        self.wait_for(Duration::from_millis(700), |_| false);
+        matching(&self.events)
+    }
+
+    /// Stops it with SIGTERM and returns every event, the final summary
+    /// included; asserts it exited with status 0.
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait for ngx-trace");
+        while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.events.push(v);
+        }
+        assert!(status.success(), "ngx-trace exited with {status}; stderr: {}", self.stderr());
+        std::mem::take(&mut self.events)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

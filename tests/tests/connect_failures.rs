@@ -1,0 +1,286 @@
+//! Failed upstream connects of real nginx workers, with faults made for real,
+//! traced by the real ngx-trace. Run as root through `cargo xtask test`.
+use std::time::Duration;
+
+use ngx_trace_tests::{
+    backend::{HttpBackend, UnixSocketFile},
+    firewall::LoopbackRule,
+    free_port,
+    nginx::Nginx,
+    require_root,
+    tracer::Tracer,
+};
+use serde_json::Value;
+
+const REQUESTS: usize = 3;
+
+/// Checks the fields every failed-connect event must carry.
+fn assert_failure(
+    e: &Value,
+    outcome: &str,
+    verdict: &str,
+    errno: u64,
+    upstream: &str,
+    workers: &[u32],
+) {
+    assert_eq!(e["outcome"], outcome, "{e}");
+    assert_eq!(e["verdict"], verdict, "{e}");
+    assert_eq!(e["errno"], errno, "{e}");
+    assert_eq!(e["upstream"], upstream, "{e}");
+    let pid = e["worker_pid"].as_u64().expect("worker_pid") as u32;
+    assert!(workers.contains(&pid), "worker {pid} is not one of {workers:?}: {e}");
+    assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 27), "{e}");
+    assert!(e["evidence"].as_str().is_some_and(|s| !s.is_empty()), "{e}");
+    assert!(e["timings_us"]["connect"].is_u64(), "{e}");
+}
+
+/// Sends `REQUESTS` requests to `path`, each must get `status`.
+fn send(nginx: &Nginx, path: &str, status: u16) {
+    for _ in 0..REQUESTS {
+        assert_eq!(nginx.get(path), status, "GET {path}");
+    }
+}
+
+/// The nginx error-log lines of these failures must be the ones we predicted.
+fn assert_nginx_logged(nginx: &Nginx, events: &[Value]) {
+    for e in events {
+        let text = e["nginx_error"].as_str().expect("nginx_error");
+        assert_eq!(
+            nginx.error_log_lines(text).len(),
+            REQUESTS,
+            "nginx did not log `{text}` {REQUESTS} times"
+        );
+    }
+}
+
+#[test]
+fn tcp_backend_stopped_is_refused_backend_down() {
+    require_root();
+    let port = free_port();
+    let nginx = Nginx::start("", &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"));
+    let workers = nginx.workers();
+    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    send(&nginx, "/", 502);
+    let upstream = format!("127.0.0.1:{port}");
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |e| e["upstream"] == upstream.as_str());
+    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    for e in &events {
+        assert_failure(e, "refused", "backend_down", 111, &upstream, &workers);
+        assert_eq!(e["transport"], "tcp");
+        assert_eq!(e["nginx_error"], "connect() failed (111: Connection refused) while connecting to upstream");
+        assert_eq!(e["tcp"]["syn_retransmits"], 0);
+    }
+    assert_nginx_logged(&nginx, &events);
+    let all = tracer.stop();
+    let summary = all.iter().find(|e| e["event"] == "summary").expect("summary at exit");
+    assert_eq!(summary["upstreams"][0]["upstream"], upstream.as_str());
+    assert_eq!(summary["upstreams"][0]["outcomes"]["refused"], REQUESTS as u64);
+}
+
+#[test]
+fn ipv6_backend_stopped_is_refused() {
+    require_root();
+    let port = free_port();
+    let nginx = Nginx::start("", &format!("location / {{ proxy_pass http://[::1]:{port}; }}"));
+    let workers = nginx.workers();
+    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    send(&nginx, "/", 502);
+    let upstream = format!("[::1]:{port}");
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
+    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    for e in &events {
+        assert_failure(e, "refused", "backend_down", 111, &upstream, &workers);
+    }
+    tracer.stop();
+}
+
+#[test]
+fn syn_dropped_is_connect_timeout_with_retransmits() {
+    require_root();
+    let port = free_port();
+    let _rule = LoopbackRule::drop_syn(port);
+    let nginx = Nginx::start(
+        "",
+        &format!("location / {{ proxy_connect_timeout 2s; proxy_pass http://127.0.0.1:{port}; }}"),
+    );
+    let workers = nginx.workers();
+    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    send(&nginx, "/", 504);
+    let upstream = format!("127.0.0.1:{port}");
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
+    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    for e in &events {
+        assert_failure(e, "connect_timeout", "network", 110, &upstream, &workers);
+        assert_eq!(
+            e["nginx_error"],
+            "upstream timed out (110: Connection timed out) while connecting to upstream"
+        );
+        assert!(e["tcp"]["syn_retransmits"].as_u64().unwrap() >= 1, "{e}");
+        let waited = e["timings_us"]["connect"].as_u64().unwrap();
+        assert!((1_900_000..3_000_000).contains(&waited), "waited {waited} us: {e}");
+    }
+    assert_nginx_logged(&nginx, &events);
+    tracer.stop();
+}
+
+#[test]
+fn missing_unix_socket_is_not_found() {
+    require_root();
+    let nginx = Nginx::start("", "location / { proxy_pass http://unix:{dir}/missing.sock; }");
+    let workers = nginx.workers();
+    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    send(&nginx, "/", 502);
+    let upstream = format!("unix:{}/missing.sock", nginx.dir().display());
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
+    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    for e in &events {
+        assert_failure(e, "not_found", "backend_down", 2, &upstream, &workers);
+        assert_eq!(e["transport"], "unix");
+        assert!(e.get("tcp").is_none(), "{e}");
+        assert_eq!(
+            e["nginx_error"].as_str().unwrap(),
+            format!("connect() to {upstream} failed (2: No such file or directory) while connecting to upstream")
+        );
+    }
+    assert_nginx_logged(&nginx, &events);
+    tracer.stop();
+}
+
+#[test]
+fn root_only_unix_socket_is_permission_denied() {
+    require_root();
+    let nginx = Nginx::start("", "location / { proxy_pass http://unix:{dir}/root.sock; }");
+    let _socket = UnixSocketFile::listening(&nginx.dir().join("root.sock"), 0o600);
+    let workers = nginx.workers();
+    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    send(&nginx, "/", 502);
+    let upstream = format!("unix:{}/root.sock", nginx.dir().display());
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
+    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    for e in &events {
+        assert_failure(e, "permission_denied", "permission", 13, &upstream, &workers);
+    }
+    assert_nginx_logged(&nginx, &events);
+    tracer.stop();
+}
+
+#[test]
+fn unix_socket_without_listener_is_refused() {
+    require_root();
+    let nginx = Nginx::start("", "location / { proxy_pass http://unix:{dir}/stale.sock; }");
+    let _socket = UnixSocketFile::stale(&nginx.dir().join("stale.sock"));
+    let workers = nginx.workers();
+    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    send(&nginx, "/", 502);
+    let upstream = format!("unix:{}/stale.sock", nginx.dir().display());
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
+    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    for e in &events {
+        assert_failure(e, "refused", "backend_down", 111, &upstream, &workers);
+    }
+    assert_nginx_logged(&nginx, &events);
+    tracer.stop();
+}
+
+#[test]
+fn failover_reports_the_dead_server_and_not_the_live_one() {
+    require_root();
+    let dead = free_port();
+    let backend = HttpBackend::start();
+    let nginx = Nginx::start(
+        &format!(
+            "upstream pool {{ server 127.0.0.1:{dead} max_fails=0; server 127.0.0.1:{} max_fails=0; }}",
+            backend.port()
+        ),
+        "location / { proxy_pass http://pool; }",
+    );
+    let workers = nginx.workers();
+    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    // Every request succeeds; those that tried the dead server first failed
+    // over. Which ones did is nginx's round robin business (per worker): the
+    // error log says how many, and ngx-trace must report exactly those.
+    for _ in 0..4 {
+        assert_eq!(nginx.get("/"), 200);
+    }
+    let upstream = format!("127.0.0.1:{dead}");
+    let logged = nginx.error_log_lines("connect() failed (111: Connection refused)").len();
+    assert!(logged >= 1, "no request tried the dead server");
+    let events = tracer.upstream_events(logged, Duration::from_secs(10), |e| e["outcome"] != "ok");
+    assert_eq!(events.len(), logged, "{events:#?}");
+    for e in &events {
+        assert_failure(e, "refused", "backend_down", 111, &upstream, &workers);
+    }
+    let all = tracer.stop();
+    let summary = all.iter().find(|e| e["event"] == "summary").expect("summary");
+    let live = format!("127.0.0.1:{}", backend.port());
+    let live_row = summary["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["upstream"] == live.as_str())
+        .expect("live upstream in summary");
+    assert_eq!(live_row["outcomes"]["ok"], 4, "{summary}");
+}
+
+#[test]
+fn accepted_client_connections_are_never_upstreams() {
+    require_root();
+    let backend = HttpBackend::start();
+    let nginx = Nginx::start("", &format!("location / {{ proxy_pass http://127.0.0.1:{}; }}", backend.port()));
+    let workers = nginx.workers();
+    let mut tracer = Tracer::start(&["--all", "--pid", &nginx.master_pid().to_string()]);
+    send(&nginx, "/", 200);
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
+    assert_eq!(events.len(), REQUESTS, "one connect per request, no client socket: {events:#?}");
+    let upstream = format!("127.0.0.1:{}", backend.port());
+    for e in &events {
+        assert_eq!(e["outcome"], "ok", "{e}");
+        assert_eq!(e["verdict"], "healthy", "{e}");
+        assert_eq!(e["errno"], Value::Null, "{e}");
+        assert_eq!(e["upstream"], upstream.as_str(), "{e}");
+        assert!(workers.contains(&(e["worker_pid"].as_u64().unwrap() as u32)));
+    }
+    tracer.stop();
+}
+
+#[test]
+fn new_workers_after_reload_are_traced() {
+    require_root();
+    let port = free_port();
+    let nginx = Nginx::start("", &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"));
+    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let old = nginx.workers();
+    let new = nginx.reload();
+    let mut shown = new.clone();
+    shown.sort_unstable();
+    let workers_event = tracer.wait_for(Duration::from_secs(5), |e| {
+        e["event"] == "workers" && e["pids"] == serde_json::json!(shown)
+    });
+    assert!(workers_event.is_some(), "no workers event with {new:?}: {:#?}", tracer.events);
+    send(&nginx, "/", 502);
+    let upstream = format!("127.0.0.1:{port}");
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
+    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    for e in &events {
+        assert_failure(e, "refused", "backend_down", 111, &upstream, &new);
+        assert!(!old.contains(&(e["worker_pid"].as_u64().unwrap() as u32)));
+    }
+    tracer.stop();
+}
+
+#[test]
+fn without_pid_it_waits_for_nginx_and_traces_it_when_it_starts() {
+    require_root();
+    let port = free_port();
+    let mut tracer = Tracer::start(&[]);
+    let nginx = Nginx::start("", &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"));
+    let workers = nginx.workers();
+    send(&nginx, "/", 502);
+    let upstream = format!("127.0.0.1:{port}");
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |e| e["upstream"] == upstream.as_str());
+    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    for e in &events {
+        assert_failure(e, "refused", "backend_down", 111, &upstream, &workers);
+    }
+    tracer.stop();
+}

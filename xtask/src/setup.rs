@@ -1,0 +1,113 @@
+//! Installing what building and testing need, idempotently: each step
+//! checks first and does nothing when its part is already there.
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Debian packages the tests use (and `demo`, `bench` later).
+pub const TEST_PACKAGES: &[&str] = &["nginx", "php-fpm", "iptables", "curl", "iproute2"];
+
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("failed to run `{program} {}`", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("`{program} {}` failed ({})", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn status(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("failed to start {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// rust-src for the active toolchain (eBPF builds `core` from source) and a
+/// bpf-linker linked against the toolchain's own LLVM.
+pub fn toolchain() -> Result<()> {
+    let installed = output("rustup", &["component", "list", "--installed"])?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: installing rust-src");
+        status(
+            Command::new("rustup").args(["component", "add", "rust-src"]),
+            "`rustup component add rust-src`",
+        )?;
+    }
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !linker_ok {
+        install_bpf_linker()?;
+    }
+    Ok(())
+}
+
+/// Builds bpf-linker against the LLVM shipped inside the rustup toolchain:
+/// no system LLVM of the right major version is needed.
+fn install_bpf_linker() -> Result<()> {
+    let version = output("rustc", &["-vV"])?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("`rustc -vV` does not say its LLVM version")?
+        .to_string();
+    let sysroot = output("rustc", &["--print", "sysroot"])?.trim().to_string();
+    let libdir = format!("{sysroot}/lib");
+    let prefix = format!("libLLVM-{major}-");
+    let lib = std::fs::read_dir(&libdir)
+        .with_context(|| format!("failed to list {libdir}"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|name| name.starts_with(&prefix) && name.ends_with(".so"))
+        .with_context(|| format!("no {prefix}*.so in {libdir}: the toolchain ships no LLVM library"))?;
+    let lib = lib.trim_start_matches("lib").trim_end_matches(".so");
+    eprintln!("xtask: building bpf-linker against {libdir}/lib{lib}.so (about a minute)");
+    let rustflags = format!("-L native={libdir} -l dylib={lib} -C link-arg=-Wl,-rpath,{libdir}");
+    status(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+            .arg(format!("llvm-{major},no-llvm-linking"))
+            .env("RUSTFLAGS", rustflags),
+        "`cargo install bpf-linker`",
+    )
+}
+
+fn is_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs the Debian packages of `wanted` that are missing.
+pub fn packages(wanted: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !is_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let sudo = unsafe { libc::geteuid() } != 0;
+    let apt = |args: &[&str]| {
+        let mut cmd = if sudo {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        } else {
+            Command::new("apt-get")
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    status(&mut apt(&["update", "-qq"]), "`apt-get update`")?;
+    let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(&missing);
+    status(&mut install, "`apt-get install`")
+}
