@@ -36,7 +36,7 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     let Ok(ty) = (unsafe { ctx.read_at::<u64>(offset!(socket_type)) }) else {
         return 0;
     };
-    let _ = SOCKET_CALLS.insert(&pid_tgid, &((ty as u32) & SOCK_TYPE_MASK), 0);
+    let _ = SOCKET_CALLS.insert(pid_tgid, (ty as u32) & SOCK_TYPE_MASK, 0);
     0
 }
 
@@ -44,16 +44,16 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(ty) = SOCKET_CALLS.get_ptr(&pid_tgid) else {
+    let Some(ty) = SOCKET_CALLS.get_ptr(pid_tgid) else {
         return 0;
     };
     let ty = unsafe { *ty };
-    let _ = SOCKET_CALLS.remove(&pid_tgid);
+    let _ = SOCKET_CALLS.remove(pid_tgid);
     let Ok(fd) = (unsafe { ctx.read_at::<i64>(offset!(socket_ret)) }) else {
         return 0;
     };
     if fd >= 0 {
-        let _ = SOCKET_TYPES.insert(&fd_key((pid_tgid >> 32) as u32, fd as u32), &ty, 0);
+        let _ = SOCKET_TYPES.insert(fd_key((pid_tgid >> 32) as u32, fd as u32), ty, 0);
     }
     0
 }
@@ -74,7 +74,7 @@ fn try_enter_connect(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Resul
     let fd = unsafe { ctx.read_at::<u64>(offset!(connect_fd)) }?;
     // Datagram sockets (resolver, syslog) are never upstreams. An fd created
     // before tracing started has no entry and is taken as a stream.
-    if let Some(ty) = SOCKET_TYPES.get_ptr(&fd_key(tgid, fd as u32))
+    if let Some(ty) = SOCKET_TYPES.get_ptr(fd_key(tgid, fd as u32))
         && unsafe { *ty } != SOCK_STREAM
     {
         return Ok(());
@@ -89,12 +89,12 @@ fn try_enter_connect(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Resul
         sk: 0,
         addr: UpstreamAddr::ZERO,
     };
-    if CONNECTS.insert(&pid_tgid, &call, 0).is_err() {
+    if CONNECTS.insert(pid_tgid, call, 0).is_err() {
         count_lost(LOST_MAP_FULL);
         return Ok(());
     }
     // Fill the address in place, in the map value, to keep the stack small.
-    let Some(call) = CONNECTS.get_ptr_mut(&pid_tgid) else {
+    let Some(call) = CONNECTS.get_ptr_mut(pid_tgid) else {
         return Ok(());
     };
     let addr = unsafe { &mut (*call).addr };
@@ -124,7 +124,7 @@ fn try_enter_connect(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Resul
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = CONNECTS.get_ptr(&pid_tgid) else {
+    let Some(call) = CONNECTS.get_ptr(pid_tgid) else {
         return 0;
     };
     let ret = unsafe { ctx.read_at::<i64>(offset!(connect_ret)) }.unwrap_or(0);
@@ -149,16 +149,16 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     } else if ret < 0 && ret != -EINPROGRESS {
         if sk == 0 {
             emit_upstream(&outcome, unsafe { &raw const (*call).addr });
-        } else if let Some(state) = SOCKS.get_ptr(&sk) {
+        } else if let Some(state) = SOCKS.get_ptr(sk) {
             // Not reported yet by the socket hooks: the syscall's error is it.
             unsafe {
                 outcome.syn_retransmits = (*state).syn_retransmits;
                 outcome.flags = (*state).flags;
             }
             emit_upstream(&outcome, unsafe { &raw const (*call).addr });
-            let _ = SOCKS.remove(&sk);
+            let _ = SOCKS.remove(sk);
         }
     }
-    let _ = CONNECTS.remove(&pid_tgid);
+    let _ = CONNECTS.remove(pid_tgid);
     0
 }

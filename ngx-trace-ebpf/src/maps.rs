@@ -87,13 +87,13 @@ pub fn count_lost(slot: u32) {
 /// Whether `tgid` belongs to a traced nginx process.
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
-    NGINX_PIDS.get_ptr(&tgid).is_some()
+    NGINX_PIDS.get_ptr(tgid).is_some()
 }
 
 /// Whether `tgid` is a traced nginx process running its event loop.
 #[inline(always)]
 pub fn is_worker(tgid: u32) -> bool {
     NGINX_PIDS
-        .get_ptr(&tgid)
+        .get_ptr(tgid)
         .is_some_and(|mark| unsafe { *mark } == NGINX_PID_WORKER)
 }

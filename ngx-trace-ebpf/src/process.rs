@@ -28,7 +28,7 @@ fn emit_process(what: u32, pid: u32, parent: u32) {
 }
 
 fn trace_pid(pid: u32, mark: u32) -> bool {
-    if NGINX_PIDS.insert(&pid, &mark, 0).is_err() {
+    if NGINX_PIDS.insert(pid, mark, 0).is_err() {
         count_lost(LOST_MAP_FULL);
         return false;
     }
@@ -85,7 +85,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
             emit_process(PROC_EXEC, tgid, 0);
         }
     } else if !matches && traced {
-        let _ = NGINX_PIDS.remove(&tgid);
+        let _ = NGINX_PIDS.remove(tgid);
         emit_process(PROC_EXIT, tgid, 0);
     }
     0
@@ -96,7 +96,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = pid_tgid as u32;
-    if NGINX_PIDS.remove(&pid).is_ok() && pid == (pid_tgid >> 32) as u32 {
+    if NGINX_PIDS.remove(pid).is_ok() && pid == (pid_tgid >> 32) as u32 {
         emit_process(PROC_EXIT, pid, 0);
     }
     0

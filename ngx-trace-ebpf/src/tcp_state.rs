@@ -9,8 +9,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use ngx_trace_common::{
-    END_CONNECT_ABANDONED, END_CONNECT_SOCKET_ERROR, END_CONNECTED, FLAG_RESET_SEEN,
-    LOST_MAP_FULL,
+    END_CONNECT_ABANDONED, END_CONNECT_SOCKET_ERROR, END_CONNECTED, FLAG_RESET_SEEN, LOST_MAP_FULL,
 };
 
 use crate::{
@@ -38,7 +37,7 @@ fn finish(sk: u64, state: *const SockState, end: u32, errno: u32) {
         }
     };
     emit_upstream(&outcome, unsafe { &raw const (*state).addr });
-    let _ = SOCKS.remove(&sk);
+    let _ = SOCKS.remove(sk);
 }
 
 /// SYN_SENT inside a traced `connect()` marks an upstream socket; later
@@ -57,7 +56,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let newstate = unsafe { ctx.read_at::<i32>(offset!(set_state_newstate)) }?;
     if newstate == TCP_SYN_SENT {
         let pid_tgid = bpf_get_current_pid_tgid();
-        let Some(call) = CONNECTS.get_ptr_mut(&pid_tgid) else {
+        let Some(call) = CONNECTS.get_ptr_mut(pid_tgid) else {
             return Ok(());
         };
         let state = unsafe {
@@ -71,12 +70,12 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 addr: (*call).addr,
             }
         };
-        if SOCKS.insert(&sk, &state, 0).is_err() {
+        if SOCKS.insert(sk, state, 0).is_err() {
             count_lost(LOST_MAP_FULL);
         }
         return Ok(());
     }
-    let Some(state) = SOCKS.get_ptr(&sk) else {
+    let Some(state) = SOCKS.get_ptr(sk) else {
         return Ok(());
     };
     let oldstate = unsafe { ctx.read_at::<i32>(offset!(set_state_oldstate)) }?;
@@ -108,7 +107,7 @@ fn try_error_report(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     unsafe { *slot = 0 };
-    let Some(state) = SOCKS.get_ptr(&sk) else {
+    let Some(state) = SOCKS.get_ptr(sk) else {
         return Ok(());
     };
     // The slot is only a hint: the report must be about the same peer port.
@@ -127,7 +126,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(receive_reset_skaddr)) }) else {
         return 0;
     };
-    if let Some(state) = SOCKS.get_ptr_mut(&sk) {
+    if let Some(state) = SOCKS.get_ptr_mut(sk) {
         unsafe { (*state).flags |= FLAG_RESET_SEEN };
     }
     0
@@ -139,7 +138,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(retransmit_skaddr)) }) else {
         return 0;
     };
-    let Some(state) = SOCKS.get_ptr_mut(&sk) else {
+    let Some(state) = SOCKS.get_ptr_mut(sk) else {
         return 0;
     };
     if unsafe { ctx.read_at::<i32>(offset!(retransmit_state)) } == Ok(TCP_SYN_SENT) {
@@ -155,7 +154,7 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(destroy_skaddr)) }) else {
         return 0;
     };
-    if let Some(state) = SOCKS.get_ptr(&sk) {
+    if let Some(state) = SOCKS.get_ptr(sk) {
         finish(sk, state, END_CONNECT_ABANDONED, 0);
     }
     0

@@ -7,6 +7,7 @@ use ngx_trace_common::{
 use crate::records::Transport;
 
 /// What happened to one upstream connection attempt or exchange.
+#[expect(dead_code, reason = "exchange outcomes arrive with exchange timing")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
     /// Connected (and, for exchanges, answered).
@@ -34,21 +35,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Every outcome, in JSON spelling order.
-    pub const ALL: [Outcome; 11] = [
-        Outcome::Ok,
-        Outcome::Refused,
-        Outcome::NotFound,
-        Outcome::PermissionDenied,
-        Outcome::BacklogFull,
-        Outcome::AddrUnavailable,
-        Outcome::Unreachable,
-        Outcome::ConnectTimeout,
-        Outcome::Reset,
-        Outcome::ClosedEarly,
-        Outcome::NoResponse,
-    ];
-
     /// The JSON spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -68,6 +54,7 @@ impl Outcome {
 }
 
 /// Whose fault it is.
+#[expect(dead_code, reason = "backend_slow arrives with exchange timing")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Nothing wrong.
@@ -253,9 +240,9 @@ pub fn explain_connect(facts: &ConnectFacts) -> Explanation {
                 (ConnectEnd::SocketError(111), true) => {
                     format!("RST in reply to SYN after {elapsed}")
                 }
-                (ConnectEnd::SocketError(_), _) => format!(
-                    "socket error {errno} ({text}) after {elapsed} and {retransmits}"
-                ),
+                (ConnectEnd::SocketError(_), _) => {
+                    format!("socket error {errno} ({text}) after {elapsed} and {retransmits}")
+                }
                 _ => format!("connect() returned {errno} ({text}) after {elapsed}"),
             };
             Explanation {
@@ -287,10 +274,17 @@ mod tests {
 
     #[test]
     fn tcp_refused_reads_like_nginx_error_log() {
-        let mut f = facts(Transport::Tcp, "127.0.0.1:3999", ConnectEnd::SocketError(111));
+        let mut f = facts(
+            Transport::Tcp,
+            "127.0.0.1:3999",
+            ConnectEnd::SocketError(111),
+        );
         f.reset_seen = true;
         let e = explain_connect(&f);
-        assert_eq!((e.outcome, e.verdict, e.errno), (Outcome::Refused, Verdict::BackendDown, Some(111)));
+        assert_eq!(
+            (e.outcome, e.verdict, e.errno),
+            (Outcome::Refused, Verdict::BackendDown, Some(111))
+        );
         // Exactly what Debian's nginx 1.22 logs for a stopped backend.
         assert_eq!(
             e.nginx_error.unwrap(),
@@ -303,32 +297,58 @@ mod tests {
     fn unix_errors_name_the_socket_like_nginx() {
         let sock = "unix:/var/run/php/php8.1-fpm.sock";
         let e = explain_connect(&facts(Transport::Unix, sock, ConnectEnd::SyscallError(2)));
-        assert_eq!((e.outcome, e.verdict), (Outcome::NotFound, Verdict::BackendDown));
+        assert_eq!(
+            (e.outcome, e.verdict),
+            (Outcome::NotFound, Verdict::BackendDown)
+        );
         assert_eq!(
             e.nginx_error.unwrap(),
             "connect() to unix:/var/run/php/php8.1-fpm.sock failed (2: No such file or directory) while connecting to upstream"
         );
         let e = explain_connect(&facts(Transport::Unix, sock, ConnectEnd::SyscallError(13)));
-        assert_eq!((e.outcome, e.verdict), (Outcome::PermissionDenied, Verdict::Permission));
+        assert_eq!(
+            (e.outcome, e.verdict),
+            (Outcome::PermissionDenied, Verdict::Permission)
+        );
         assert_eq!(e.meaning, "socket permissions or SELinux/AppArmor");
         let e = explain_connect(&facts(Transport::Unix, sock, ConnectEnd::SyscallError(1)));
         assert_eq!(e.outcome, Outcome::PermissionDenied);
         let e = explain_connect(&facts(Transport::Unix, sock, ConnectEnd::SyscallError(111)));
-        assert_eq!((e.outcome, e.verdict), (Outcome::Refused, Verdict::BackendDown));
+        assert_eq!(
+            (e.outcome, e.verdict),
+            (Outcome::Refused, Verdict::BackendDown)
+        );
         let e = explain_connect(&facts(Transport::Unix, sock, ConnectEnd::SyscallError(11)));
-        assert_eq!((e.outcome, e.verdict), (Outcome::BacklogFull, Verdict::BackendOverloaded));
-        assert!(e.nginx_error.unwrap().contains("(11: Resource temporarily unavailable)"));
+        assert_eq!(
+            (e.outcome, e.verdict),
+            (Outcome::BacklogFull, Verdict::BackendOverloaded)
+        );
+        assert!(
+            e.nginx_error
+                .unwrap()
+                .contains("(11: Resource temporarily unavailable)")
+        );
     }
 
     #[test]
     fn local_and_network_errors() {
         let up = "10.0.0.9:80";
         let e = explain_connect(&facts(Transport::Tcp, up, ConnectEnd::SyscallError(99)));
-        assert_eq!((e.outcome, e.verdict), (Outcome::AddrUnavailable, Verdict::ProxyResources));
-        assert!(e.nginx_error.unwrap().contains("(99: Cannot assign requested address)"));
+        assert_eq!(
+            (e.outcome, e.verdict),
+            (Outcome::AddrUnavailable, Verdict::ProxyResources)
+        );
+        assert!(
+            e.nginx_error
+                .unwrap()
+                .contains("(99: Cannot assign requested address)")
+        );
         for errno in [101, 113] {
             let e = explain_connect(&facts(Transport::Tcp, up, ConnectEnd::SocketError(errno)));
-            assert_eq!((e.outcome, e.verdict), (Outcome::Unreachable, Verdict::Network));
+            assert_eq!(
+                (e.outcome, e.verdict),
+                (Outcome::Unreachable, Verdict::Network)
+            );
         }
         let e = explain_connect(&facts(Transport::Tcp, up, ConnectEnd::SocketError(113)));
         assert_eq!(
@@ -343,24 +363,40 @@ mod tests {
         f.elapsed_us = 2_001_000;
         f.syn_retransmits = 1;
         let e = explain_connect(&f);
-        assert_eq!((e.outcome, e.verdict, e.errno), (Outcome::ConnectTimeout, Verdict::Network, Some(110)));
+        assert_eq!(
+            (e.outcome, e.verdict, e.errno),
+            (Outcome::ConnectTimeout, Verdict::Network, Some(110))
+        );
         assert_eq!(
             e.nginx_error.unwrap(),
             "upstream timed out (110: Connection timed out) while connecting to upstream"
         );
-        assert_eq!(e.evidence, "no SYN-ACK after 2.00 s and 1 SYN retransmit; nginx closed the socket");
+        assert_eq!(
+            e.evidence,
+            "no SYN-ACK after 2.00 s and 1 SYN retransmit; nginx closed the socket"
+        );
     }
 
     #[test]
     fn a_made_connection_is_healthy_and_has_no_error() {
-        let e = explain_connect(&facts(Transport::Tcp, "127.0.0.1:80", ConnectEnd::Connected));
-        assert_eq!((e.outcome, e.verdict, e.errno), (Outcome::Ok, Verdict::Healthy, None));
+        let e = explain_connect(&facts(
+            Transport::Tcp,
+            "127.0.0.1:80",
+            ConnectEnd::Connected,
+        ));
+        assert_eq!(
+            (e.outcome, e.verdict, e.errno),
+            (Outcome::Ok, Verdict::Healthy, None)
+        );
         assert!(e.nginx_error.is_none());
     }
 
     #[test]
     fn unknown_end_codes_are_refused() {
-        assert_eq!(ConnectEnd::from_record(END_CONNECT_SYSCALL_ERROR, 2), Some(ConnectEnd::SyscallError(2)));
+        assert_eq!(
+            ConnectEnd::from_record(END_CONNECT_SYSCALL_ERROR, 2),
+            Some(ConnectEnd::SyscallError(2))
+        );
         assert_eq!(ConnectEnd::from_record(99, 0), None);
     }
 }

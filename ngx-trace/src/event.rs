@@ -169,12 +169,18 @@ mod tests {
     #[test]
     fn text_line_fits_80_columns() {
         let line = refused().to_text();
-        assert_eq!(line, "07:12:33.123 w4243 127.0.0.1:3999 refused(111) backend not listening");
+        assert_eq!(
+            line,
+            "07:12:33.123 w4243 127.0.0.1:3999 refused(111) backend not listening"
+        );
         let mut long = refused();
         long.upstream = format!("unix:/{}/php-fpm.sock", "very/deep/directory".repeat(5));
         long.meaning = "socket permissions or SELinux/AppArmor";
         let line = long.to_text();
         assert_eq!(line.chars().count(), 80, "{line}");
-        assert!(line.contains("…") && line.contains("php-fpm.sock"), "{line}");
+        assert!(
+            line.contains("…") && line.contains("php-fpm.sock"),
+            "{line}"
+        );
     }
 }

@@ -33,10 +33,7 @@ pub struct Kernel {
 
 impl Kernel {
     /// Loads the object with `config` and attaches `programs`; returns the ring buffer of records apart, to be polled.
-    pub fn attach(
-        config: &Config,
-        programs: &[&ProgramSpec],
-    ) -> Result<(Self, RingBuf<MapData>)> {
+    pub fn attach(config: &Config, programs: &[&ProgramSpec]) -> Result<(Self, RingBuf<MapData>)> {
         let started = Instant::now();
         // Not needed on kernels with memcg accounting (5.11+); harmless when refused.
         let unlimited = libc::rlimit {
@@ -68,15 +65,17 @@ impl Kernel {
                     format!("the kernel refused program {}: {e}", spec.program),
                 )
             })?;
-            program.attach(spec.category, spec.tracepoint).map_err(|e| {
-                UserError::new(
-                    exit::KERNEL,
-                    format!(
-                        "failed to attach to tracepoint {}:{} (to {}): {e}",
-                        spec.category, spec.tracepoint, spec.purpose
-                    ),
-                )
-            })?;
+            program
+                .attach(spec.category, spec.tracepoint)
+                .map_err(|e| {
+                    UserError::new(
+                        exit::KERNEL,
+                        format!(
+                            "failed to attach to tracepoint {}:{} (to {}): {e}",
+                            spec.category, spec.tracepoint, spec.purpose
+                        ),
+                    )
+                })?;
             attached.push(format!("{}:{}", spec.category, spec.tracepoint));
         }
         let events = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("no EVENTS map")?)

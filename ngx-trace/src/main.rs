@@ -41,7 +41,11 @@ fn main() {
         Ok(cli) => cli.trace_args(),
         Err(e) => {
             let _ = e.print();
-            std::process::exit(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            std::process::exit(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

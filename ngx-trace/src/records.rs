@@ -69,10 +69,17 @@ pub fn upstream_name(addr: &UpstreamAddr) -> (Transport, String) {
         AF_INET6 => {
             let mut octets = [0u8; 16];
             octets.copy_from_slice(&addr.data[..16]);
-            (Transport::Tcp, format!("[{}]:{port}", Ipv6Addr::from(octets)))
+            (
+                Transport::Tcp,
+                format!("[{}]:{port}", Ipv6Addr::from(octets)),
+            )
         }
         AF_UNIX => {
-            let len = addr.data.iter().position(|&b| b == 0).unwrap_or(addr.data.len());
+            let len = addr
+                .data
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(addr.data.len());
             let path = String::from_utf8_lossy(&addr.data[..len]);
             (Transport::Unix, format!("unix:{path}"))
         }
@@ -124,7 +131,10 @@ mod tests {
         };
         // SAFETY: a plain repr(C) struct viewed as bytes.
         let bytes = unsafe {
-            std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<UpstreamRecord>())
+            std::slice::from_raw_parts(
+                (&raw const record).cast::<u8>(),
+                size_of::<UpstreamRecord>(),
+            )
         };
         let Ok(Record::Upstream(back)) = decode(bytes) else {
             panic!("not decoded as upstream");
@@ -135,7 +145,15 @@ mod tests {
     #[test]
     fn short_or_unknown_records_are_errors() {
         assert!(decode(&[1, 0]).unwrap_err().contains("2 bytes"));
-        assert!(decode(&1u32.to_ne_bytes()).unwrap_err().contains("upstream record of 4 bytes"));
-        assert!(decode(&9u32.to_ne_bytes()).unwrap_err().contains("unknown record kind 9"));
+        assert!(
+            decode(&1u32.to_ne_bytes())
+                .unwrap_err()
+                .contains("upstream record of 4 bytes")
+        );
+        assert!(
+            decode(&9u32.to_ne_bytes())
+                .unwrap_err()
+                .contains("unknown record kind 9")
+        );
     }
 }

@@ -83,7 +83,9 @@ pub fn available_programs(root: &Path) -> Vec<&'static ProgramSpec> {
 
 /// Reads every field offset the kernel programs use. `read` returns the
 /// format text of `category/name`.
-pub fn offsets_from(read: impl Fn(&str, &str) -> Result<String, String>) -> Result<Offsets, String> {
+pub fn offsets_from(
+    read: impl Fn(&str, &str) -> Result<String, String>,
+) -> Result<Offsets, String> {
     let fields = |category: &str, name: &str| -> Result<(String, Vec<Field>), String> {
         let text = read(category, name)?;
         let fields = parse_format(&text).map_err(|e| format!("{category}:{name}: {e}"))?;
@@ -142,7 +144,8 @@ pub fn read_offsets(root: &Path) -> Result<Offsets> {
     }
     offsets_from(|category, name| {
         let path = root.join("events").join(category).join(name).join("format");
-        std::fs::read_to_string(&path).map_err(|e| format!("failed to read {}: {e}", path.display()))
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("failed to read {}: {e}", path.display()))
     })
     .map_err(|e| UserError::new(exit::KERNEL, format!("unexpected tracepoint layout: {e}")).into())
 }

@@ -60,7 +60,8 @@ fn serve(mut conn: TcpStream) {
             Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }
-    let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+    let _ =
+        conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
 }
 
 impl Drop for HttpBackend {

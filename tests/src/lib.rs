@@ -36,7 +36,10 @@ pub struct TempDir {
 impl TempDir {
     /// Creates `/tmp/ngx-trace-<tag>-<pid>-<n>`.
     pub fn new(tag: &str) -> Self {
-        use std::{os::unix::fs::PermissionsExt as _, sync::atomic::{AtomicU32, Ordering}};
+        use std::{
+            os::unix::fs::PermissionsExt as _,
+            sync::atomic::{AtomicU32, Ordering},
+        };
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("ngx-trace-{tag}-{}-{n}", std::process::id()));

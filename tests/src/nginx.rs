@@ -84,7 +84,11 @@ impl Nginx {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("nginx");
-        cmd.arg("-c").arg(&self.conf).arg("-p").arg(self.dir.path()).args(args);
+        cmd.arg("-c")
+            .arg(&self.conf)
+            .arg("-p")
+            .arg(self.dir.path())
+            .args(args);
         cmd
     }
 
@@ -128,7 +132,11 @@ impl Nginx {
     /// `nginx -s reload`, returning once two new workers replaced the old.
     pub fn reload(&self) -> Vec<u32> {
         let old = self.workers();
-        let status = self.command(&["-s", "reload"]).status().expect("nginx -s reload");
+        let status = self
+            .command(&["-s", "reload"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("nginx -s reload");
         assert!(status.success(), "nginx -s reload failed");
         wait_until("new workers after reload", Duration::from_secs(10), || {
             let now = self.workers();
@@ -158,9 +166,14 @@ impl Drop for Nginx {
         let Some(master) = self.try_master_pid() else {
             return;
         };
-        let _ = self.command(&["-s", "stop"]).status();
+        let _ = self
+            .command(&["-s", "stop"])
+            .stderr(std::process::Stdio::null())
+            .status();
         let start = Instant::now();
-        while Path::new(&format!("/proc/{master}")).exists() && start.elapsed() < Duration::from_secs(5) {
+        while Path::new(&format!("/proc/{master}")).exists()
+            && start.elapsed() < Duration::from_secs(5)
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Whatever is left (a stuck worker) goes now.

@@ -55,8 +55,9 @@ impl Tracer {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("ngx-trace printed a line that is not JSON ({e}): {line}"));
+                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("ngx-trace printed a line that is not JSON ({e}): {line}")
+                });
                 if tx.send(value).is_err() {
                     break;
                 }
@@ -70,7 +71,9 @@ impl Tracer {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let mut tracer = Self {
@@ -144,7 +147,11 @@ impl Tracer {
         while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.events.push(v);
         }
-        assert!(status.success(), "ngx-trace exited with {status}; stderr: {}", self.stderr());
+        assert!(
+            status.success(),
+            "ngx-trace exited with {status}; stderr: {}",
+            self.stderr()
+        );
         std::mem::take(&mut self.events)
     }
 }

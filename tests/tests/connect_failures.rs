@@ -28,8 +28,16 @@ fn assert_failure(
     assert_eq!(e["errno"], errno, "{e}");
     assert_eq!(e["upstream"], upstream, "{e}");
     let pid = e["worker_pid"].as_u64().expect("worker_pid") as u32;
-    assert!(workers.contains(&pid), "worker {pid} is not one of {workers:?}: {e}");
-    assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 27), "{e}");
+    assert!(
+        workers.contains(&pid),
+        "worker {pid} is not one of {workers:?}: {e}"
+    );
+    assert!(
+        e["time"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 27),
+        "{e}"
+    );
     assert!(e["evidence"].as_str().is_some_and(|s| !s.is_empty()), "{e}");
     assert!(e["timings_us"]["connect"].is_u64(), "{e}");
 }
@@ -57,31 +65,48 @@ fn assert_nginx_logged(nginx: &Nginx, events: &[Value]) {
 fn tcp_backend_stopped_is_refused_backend_down() {
     require_root();
     let port = free_port();
-    let nginx = Nginx::start("", &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"));
+    let nginx = Nginx::start(
+        "",
+        &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"),
+    );
     let workers = nginx.workers();
     let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
     send(&nginx, "/", 502);
     let upstream = format!("127.0.0.1:{port}");
-    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |e| e["upstream"] == upstream.as_str());
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |e| {
+        e["upstream"] == upstream.as_str()
+    });
     assert_eq!(events.len(), REQUESTS, "{events:#?}");
     for e in &events {
         assert_failure(e, "refused", "backend_down", 111, &upstream, &workers);
         assert_eq!(e["transport"], "tcp");
-        assert_eq!(e["nginx_error"], "connect() failed (111: Connection refused) while connecting to upstream");
+        assert_eq!(
+            e["nginx_error"],
+            "connect() failed (111: Connection refused) while connecting to upstream"
+        );
         assert_eq!(e["tcp"]["syn_retransmits"], 0);
     }
     assert_nginx_logged(&nginx, &events);
     let all = tracer.stop();
-    let summary = all.iter().find(|e| e["event"] == "summary").expect("summary at exit");
+    let summary = all
+        .iter()
+        .find(|e| e["event"] == "summary")
+        .expect("summary at exit");
     assert_eq!(summary["upstreams"][0]["upstream"], upstream.as_str());
-    assert_eq!(summary["upstreams"][0]["outcomes"]["refused"], REQUESTS as u64);
+    assert_eq!(
+        summary["upstreams"][0]["outcomes"]["refused"],
+        REQUESTS as u64
+    );
 }
 
 #[test]
 fn ipv6_backend_stopped_is_refused() {
     require_root();
     let port = free_port();
-    let nginx = Nginx::start("", &format!("location / {{ proxy_pass http://[::1]:{port}; }}"));
+    let nginx = Nginx::start(
+        "",
+        &format!("location / {{ proxy_pass http://[::1]:{port}; }}"),
+    );
     let workers = nginx.workers();
     let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
     send(&nginx, "/", 502);
@@ -117,7 +142,10 @@ fn syn_dropped_is_connect_timeout_with_retransmits() {
         );
         assert!(e["tcp"]["syn_retransmits"].as_u64().unwrap() >= 1, "{e}");
         let waited = e["timings_us"]["connect"].as_u64().unwrap();
-        assert!((1_900_000..3_000_000).contains(&waited), "waited {waited} us: {e}");
+        assert!(
+            (1_900_000..3_000_000).contains(&waited),
+            "waited {waited} us: {e}"
+        );
     }
     assert_nginx_logged(&nginx, &events);
     tracer.stop();
@@ -126,7 +154,10 @@ fn syn_dropped_is_connect_timeout_with_retransmits() {
 #[test]
 fn missing_unix_socket_is_not_found() {
     require_root();
-    let nginx = Nginx::start("", "location / { proxy_pass http://unix:{dir}/missing.sock; }");
+    let nginx = Nginx::start(
+        "",
+        "location / { proxy_pass http://unix:{dir}/missing.sock; }",
+    );
     let workers = nginx.workers();
     let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
     send(&nginx, "/", 502);
@@ -139,7 +170,9 @@ fn missing_unix_socket_is_not_found() {
         assert!(e.get("tcp").is_none(), "{e}");
         assert_eq!(
             e["nginx_error"].as_str().unwrap(),
-            format!("connect() to {upstream} failed (2: No such file or directory) while connecting to upstream")
+            format!(
+                "connect() to {upstream} failed (2: No such file or directory) while connecting to upstream"
+            )
         );
     }
     assert_nginx_logged(&nginx, &events);
@@ -158,7 +191,14 @@ fn root_only_unix_socket_is_permission_denied() {
     let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
     assert_eq!(events.len(), REQUESTS, "{events:#?}");
     for e in &events {
-        assert_failure(e, "permission_denied", "permission", 13, &upstream, &workers);
+        assert_failure(
+            e,
+            "permission_denied",
+            "permission",
+            13,
+            &upstream,
+            &workers,
+        );
     }
     assert_nginx_logged(&nginx, &events);
     tracer.stop();
@@ -167,7 +207,10 @@ fn root_only_unix_socket_is_permission_denied() {
 #[test]
 fn unix_socket_without_listener_is_refused() {
     require_root();
-    let nginx = Nginx::start("", "location / { proxy_pass http://unix:{dir}/stale.sock; }");
+    let nginx = Nginx::start(
+        "",
+        "location / { proxy_pass http://unix:{dir}/stale.sock; }",
+    );
     let _socket = UnixSocketFile::stale(&nginx.dir().join("stale.sock"));
     let workers = nginx.workers();
     let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
@@ -203,7 +246,9 @@ fn failover_reports_the_dead_server_and_not_the_live_one() {
         assert_eq!(nginx.get("/"), 200);
     }
     let upstream = format!("127.0.0.1:{dead}");
-    let logged = nginx.error_log_lines("connect() failed (111: Connection refused)").len();
+    let logged = nginx
+        .error_log_lines("connect() failed (111: Connection refused)")
+        .len();
     assert!(logged >= 1, "no request tried the dead server");
     let events = tracer.upstream_events(logged, Duration::from_secs(10), |e| e["outcome"] != "ok");
     assert_eq!(events.len(), logged, "{events:#?}");
@@ -211,7 +256,10 @@ fn failover_reports_the_dead_server_and_not_the_live_one() {
         assert_failure(e, "refused", "backend_down", 111, &upstream, &workers);
     }
     let all = tracer.stop();
-    let summary = all.iter().find(|e| e["event"] == "summary").expect("summary");
+    let summary = all
+        .iter()
+        .find(|e| e["event"] == "summary")
+        .expect("summary");
     let live = format!("127.0.0.1:{}", backend.port());
     let live_row = summary["upstreams"]
         .as_array()
@@ -226,12 +274,22 @@ fn failover_reports_the_dead_server_and_not_the_live_one() {
 fn accepted_client_connections_are_never_upstreams() {
     require_root();
     let backend = HttpBackend::start();
-    let nginx = Nginx::start("", &format!("location / {{ proxy_pass http://127.0.0.1:{}; }}", backend.port()));
+    let nginx = Nginx::start(
+        "",
+        &format!(
+            "location / {{ proxy_pass http://127.0.0.1:{}; }}",
+            backend.port()
+        ),
+    );
     let workers = nginx.workers();
     let mut tracer = Tracer::start(&["--all", "--pid", &nginx.master_pid().to_string()]);
     send(&nginx, "/", 200);
     let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
-    assert_eq!(events.len(), REQUESTS, "one connect per request, no client socket: {events:#?}");
+    assert_eq!(
+        events.len(),
+        REQUESTS,
+        "one connect per request, no client socket: {events:#?}"
+    );
     let upstream = format!("127.0.0.1:{}", backend.port());
     for e in &events {
         assert_eq!(e["outcome"], "ok", "{e}");
@@ -247,7 +305,10 @@ fn accepted_client_connections_are_never_upstreams() {
 fn new_workers_after_reload_are_traced() {
     require_root();
     let port = free_port();
-    let nginx = Nginx::start("", &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"));
+    let nginx = Nginx::start(
+        "",
+        &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"),
+    );
     let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
     let old = nginx.workers();
     let new = nginx.reload();
@@ -256,7 +317,11 @@ fn new_workers_after_reload_are_traced() {
     let workers_event = tracer.wait_for(Duration::from_secs(5), |e| {
         e["event"] == "workers" && e["pids"] == serde_json::json!(shown)
     });
-    assert!(workers_event.is_some(), "no workers event with {new:?}: {:#?}", tracer.events);
+    assert!(
+        workers_event.is_some(),
+        "no workers event with {new:?}: {:#?}",
+        tracer.events
+    );
     send(&nginx, "/", 502);
     let upstream = format!("127.0.0.1:{port}");
     let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
@@ -273,11 +338,16 @@ fn without_pid_it_waits_for_nginx_and_traces_it_when_it_starts() {
     require_root();
     let port = free_port();
     let mut tracer = Tracer::start(&[]);
-    let nginx = Nginx::start("", &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"));
+    let nginx = Nginx::start(
+        "",
+        &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"),
+    );
     let workers = nginx.workers();
     send(&nginx, "/", 502);
     let upstream = format!("127.0.0.1:{port}");
-    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |e| e["upstream"] == upstream.as_str());
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |e| {
+        e["upstream"] == upstream.as_str()
+    });
     assert_eq!(events.len(), REQUESTS, "{events:#?}");
     for e in &events {
         assert_failure(e, "refused", "backend_down", 111, &upstream, &workers);

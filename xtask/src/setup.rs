@@ -20,7 +20,9 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
 }
 
 fn status(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("failed to start {what}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -67,13 +69,21 @@ fn install_bpf_linker() -> Result<()> {
         .with_context(|| format!("failed to list {libdir}"))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .find(|name| name.starts_with(&prefix) && name.ends_with(".so"))
-        .with_context(|| format!("no {prefix}*.so in {libdir}: the toolchain ships no LLVM library"))?;
+        .with_context(|| {
+            format!("no {prefix}*.so in {libdir}: the toolchain ships no LLVM library")
+        })?;
     let lib = lib.trim_start_matches("lib").trim_end_matches(".so");
     eprintln!("xtask: building bpf-linker against {libdir}/lib{lib}.so (about a minute)");
     let rustflags = format!("-L native={libdir} -l dylib={lib} -C link-arg=-Wl,-rpath,{libdir}");
     status(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{major},no-llvm-linking"))
             .env("RUSTFLAGS", rustflags),
         "`cargo install bpf-linker`",
@@ -89,7 +99,11 @@ fn is_installed(package: &str) -> bool {
 
 /// Installs the Debian packages of `wanted` that are missing.
 pub fn packages(wanted: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !is_installed(p)).collect();
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|p| !is_installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }

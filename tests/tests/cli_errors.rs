@@ -1,0 +1,104 @@
+//! Errors a user meets: one clear sentence on stderr and a documented exit code.
+use std::{
+    os::unix::process::CommandExt as _,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use ngx_trace_tests::{nginx::Nginx, require_root, tracer::binary};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run ngx-trace")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn unprivileged_user_is_told_to_use_root_and_nothing_is_attached() {
+    require_root();
+    let out = Command::new(binary())
+        .arg("--json")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run ngx-trace as nobody");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("sudo"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one sentence: {err}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing traced: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_pid_that_does_not_exist_is_exit_5() {
+    require_root();
+    let out = run(&["--pid", "4000000"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no process has pid 4000000"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_pid_that_is_not_nginx_is_exit_5() {
+    require_root();
+    let me = std::process::id().to_string();
+    let out = run(&["trace", "--pid", &me]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not nginx"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_bad_option_is_exit_2() {
+    let out = run(&["--duration", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn duration_stops_by_itself_with_a_summary() {
+    require_root();
+    let nginx = Nginx::start("", "location / { return 200; }");
+    let started = std::time::Instant::now();
+    let out = run(&[
+        "--json",
+        "--duration",
+        "1.5",
+        "--pid",
+        &nginx.workers()[0].to_string(),
+    ]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let workers = events
+        .iter()
+        .find(|e| e["event"] == "workers")
+        .expect("workers event");
+    assert_eq!(
+        workers["pids"],
+        serde_json::json!(nginx.workers()),
+        "a worker's pid selects its whole instance"
+    );
+    assert_eq!(events.last().unwrap()["event"], "summary");
+}
