@@ -86,7 +86,7 @@ impl UpstreamEvent {
         let errno = self.errno.map(|e| format!("({e})")).unwrap_or_default();
         let head = format!("{clock} w{} ", self.worker_pid);
         let tail = format!(" {}{errno} {}", self.outcome, self.meaning);
-        let room = 80usize.saturating_sub(head.len() + tail.len()).max(16);
+        let room = 80usize.saturating_sub(head.len() + tail.len()).max(12);
         let upstream = shorten_left(&self.upstream, room);
         format!("{head}{upstream}{tail}")
     }
@@ -175,7 +175,7 @@ mod tests {
         );
         let mut long = refused();
         long.upstream = format!("unix:/{}/php-fpm.sock", "very/deep/directory".repeat(5));
-        long.meaning = "socket permissions or SELinux/AppArmor";
+        long.meaning = "socket file left, nobody listening";
         let line = long.to_text();
         assert_eq!(line.chars().count(), 80, "{line}");
         assert!(
