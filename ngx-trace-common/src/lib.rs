@@ -10,6 +10,8 @@
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Per-CPU drop counters, indexed by the `LOST_*` constants.
 pub const MAP_LOST: &str = "LOST";
+/// Upstream connections in flight, by `struct sock` address (value: [`Exchange`]).
+pub const MAP_CONNS: &str = "CONNS";
 /// Thread ids of the traced nginx processes (key: pid, value: [`NGINX_PID_TRACED`]).
 pub const MAP_NGINX_PIDS: &str = "NGINX_PIDS";
 /// Name of the global holding the [`Config`].
@@ -137,7 +139,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         program: "tcp_retransmit_skb",
         category: "tcp",
         tracepoint: "tcp_retransmit_skb",
-        purpose: "count SYN retransmissions",
+        purpose: "count SYN and data retransmissions",
         optional: false,
     },
     ProgramSpec {
@@ -147,6 +149,42 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "notice nginx giving up on a connect (proxy_connect_timeout)",
         optional: false,
     },
+    ProgramSpec {
+        program: "sys_enter_close",
+        category: "syscalls",
+        tracepoint: "sys_enter_close",
+        purpose: "notice nginx closing an upstream connection (its read timeout)",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "sock_send_length",
+        category: "sock",
+        tracepoint: "sock_send_length",
+        purpose: "time the request a worker writes",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "sock_recv_length",
+        category: "sock",
+        tracepoint: "sock_recv_length",
+        purpose: "time the response a worker reads",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "sk_data_ready",
+        category: "sock",
+        tracepoint: "sk_data_ready",
+        purpose: "see the first response byte arrive in the kernel",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "tcp_probe",
+        category: "tcp",
+        tracepoint: "tcp_probe",
+        purpose: "see the request acknowledged, and the smoothed RTT",
+        optional: false,
+    },
+
 ];
 
 /// Tracepoint field offsets, read from tracefs `format` files at start-up
@@ -186,6 +224,30 @@ pub struct Offsets {
     pub destroy_skaddr: u32,
     /// `sched_process_fork.child_pid`
     pub fork_child_pid: u32,
+    /// `sys_enter_close.fd`
+    pub close_fd: u32,
+    /// `sock_send_length.sk`
+    pub send_sk: u32,
+    /// `sock_send_length.family`
+    pub send_family: u32,
+    /// `sock_send_length.ret`
+    pub send_ret: u32,
+    /// `sock_recv_length.sk`
+    pub recv_sk: u32,
+    /// `sock_recv_length.ret`
+    pub recv_ret: u32,
+    /// `sk_data_ready.skaddr`
+    pub data_ready_skaddr: u32,
+    /// `tcp_probe.skaddr`
+    pub probe_skaddr: u32,
+    /// `tcp_probe.snd_nxt`
+    pub probe_snd_nxt: u32,
+    /// `tcp_probe.snd_una`
+    pub probe_snd_una: u32,
+    /// `tcp_probe.srtt` (µs)
+    pub probe_srtt: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// Configuration set by user space before the programs load.
@@ -239,40 +301,128 @@ pub const RECORD_UPSTREAM: u32 = 1;
 /// `kind` of a [`ProcessRecord`].
 pub const RECORD_PROCESS: u32 = 2;
 
-/// `connect()` itself returned this error (`UpstreamRecord::errno`).
+/// `connect()` itself returned this error (`Exchange::errno`).
 pub const END_CONNECT_SYSCALL_ERROR: u32 = 1;
 /// The kernel reported an error on a connecting TCP socket (RST, ICMP, timeout).
 pub const END_CONNECT_SOCKET_ERROR: u32 = 2;
 /// nginx closed a TCP socket still in SYN_SENT: it gave up waiting.
 pub const END_CONNECT_ABANDONED: u32 = 3;
-/// The connection was made (TCP handshake done, or UNIX `connect()` returned 0).
-pub const END_CONNECTED: u32 = 4;
+/// A response came and the exchange ended: the connection was reused for the
+/// next request, or closed by either side after the response.
+pub const END_RESPONSE_DONE: u32 = 4;
+/// The upstream closed the connection before any response byte.
+pub const END_PEER_CLOSED: u32 = 5;
+/// The connection was reset (or failed with `errno`) once established.
+pub const END_PEER_RESET: u32 = 6;
+/// nginx closed the connection while still waiting for the first response
+/// byte (its read timeout, or the client went away).
+pub const END_NGINX_CLOSED: u32 = 7;
 
-/// `UpstreamRecord::flags`: a reset arrived while connecting.
+/// `Exchange::phase`: connected, no request written yet.
+pub const PHASE_IDLE: u32 = 0;
+/// `Exchange::phase`: request being written or written; no response byte read.
+pub const PHASE_SENDING: u32 = 1;
+/// `Exchange::phase`: response bytes read.
+pub const PHASE_RECEIVING: u32 = 2;
+
+/// `Exchange::flags`: a reset arrived.
 pub const FLAG_RESET_SEEN: u32 = 1;
+/// `Exchange::flags`: the TCP handshake (or UNIX connect) completed.
+pub const FLAG_CONNECTED: u32 = 2;
+/// `Exchange::flags`: this exchange runs on a connection used before.
+pub const FLAG_REUSED: u32 = 4;
 
-/// One finished upstream connect attempt of an nginx worker.
+/// One upstream connect attempt or request/response exchange: the kernel's
+/// state for a connection (in a map, read by user space for pending
+/// exchanges) and the body of the record sent when it finishes.
+/// Timestamps are CLOCK_MONOTONIC ns, 0 when not (yet) seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Exchange {
+    /// `connect()` entry for a first exchange; first request byte for a reused one.
+    pub start_ns: u64,
+    /// Duration of the connect, ns (first exchange only).
+    pub connect_ns: u64,
+    /// First request byte written by the worker.
+    pub req_first_ns: u64,
+    /// Last request byte written by the worker.
+    pub req_last_ns: u64,
+    /// The upstream's kernel acknowledged everything written (TCP).
+    pub acked_ns: u64,
+    /// First response byte arrived in the kernel.
+    pub resp_kernel_ns: u64,
+    /// First response byte read by the worker.
+    pub resp_first_read_ns: u64,
+    /// Last response byte read by the worker.
+    pub resp_last_read_ns: u64,
+    /// When the exchange ended.
+    pub end_ns: u64,
+    /// Last segment from the upstream that found sent data unacknowledged
+    /// (TCP): on loopback the ACK of a write arrives before the write returns.
+    pub ack_hint_ns: u64,
+    /// Worker process id.
+    pub tgid: u32,
+    /// How it ended: one of the `END_*` constants (0 while in flight).
+    pub end: u32,
+    /// Positive errno, 0 when none.
+    pub errno: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// SYNs retransmitted while connecting.
+    pub syn_retransmits: u32,
+    /// Data segments retransmitted during this exchange.
+    pub retransmits: u32,
+    /// Smoothed RTT, µs (TCP, last seen).
+    pub srtt_us: u32,
+    /// `PHASE_*`.
+    pub phase: u32,
+    /// Exchanges finished on this connection before this one.
+    pub index: u32,
+    /// The worker's fd for the connection.
+    pub fd: u32,
+    /// The upstream.
+    pub addr: UpstreamAddr,
+}
+
+impl Exchange {
+    /// A connect attempt by `tgid` on `fd` to `addr`, started at `start_ns`.
+    pub const fn new(tgid: u32, fd: u32, start_ns: u64, addr: UpstreamAddr) -> Self {
+        Self {
+            start_ns,
+            connect_ns: 0,
+            req_first_ns: 0,
+            req_last_ns: 0,
+            acked_ns: 0,
+            resp_kernel_ns: 0,
+            resp_first_read_ns: 0,
+            resp_last_read_ns: 0,
+            end_ns: 0,
+            ack_hint_ns: 0,
+            tgid,
+            end: 0,
+            errno: 0,
+            flags: 0,
+            syn_retransmits: 0,
+            retransmits: 0,
+            srtt_us: 0,
+            phase: PHASE_IDLE,
+            index: 0,
+            fd,
+            addr,
+        }
+    }
+}
+
+/// A finished connect attempt or exchange of an nginx worker.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct UpstreamRecord {
     /// Always [`RECORD_UPSTREAM`].
     pub kind: u32,
-    /// Worker process id.
-    pub tgid: u32,
-    /// How it ended: one of the `END_*` constants.
-    pub end: u32,
-    /// Positive errno, 0 when none.
-    pub errno: u32,
-    /// `connect()` entry, CLOCK_MONOTONIC ns.
-    pub start_ns: u64,
-    /// When the outcome was known, CLOCK_MONOTONIC ns.
-    pub end_ns: u64,
-    /// SYNs retransmitted while connecting.
-    pub syn_retransmits: u32,
-    /// `FLAG_*` bits.
-    pub flags: u32,
-    /// The upstream.
-    pub addr: UpstreamAddr,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// What happened.
+    pub exchange: Exchange,
 }
 
 /// `ProcessRecord::what`: a traced process forked a child that is now traced.
@@ -296,10 +446,11 @@ pub struct ProcessRecord {
     pub parent: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 64);
-const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 112);
+const _: () = assert!(core::mem::size_of::<Config>() == 136);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
-const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 152);
+const _: () = assert!(core::mem::size_of::<Exchange>() == 232);
+const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 240);
 const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 16);
 
 #[cfg(feature = "user")]
@@ -307,5 +458,6 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers and arrays with no implicit padding.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::UpstreamRecord {}
+    unsafe impl aya::Pod for super::Exchange {}
     unsafe impl aya::Pod for super::ProcessRecord {}
 }

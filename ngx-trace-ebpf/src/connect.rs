@@ -9,16 +9,17 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use ngx_trace_common::{
-    AF_INET, AF_INET6, AF_UNIX, END_CONNECT_SYSCALL_ERROR, END_CONNECTED, LOST_MAP_FULL,
-    UpstreamAddr,
+    AF_INET, AF_INET6, AF_UNIX, END_CONNECT_SYSCALL_ERROR, Exchange, FLAG_CONNECTED,
+    LOST_MAP_FULL, UpstreamAddr,
 };
 
 use crate::{
     config::offset,
     maps::{
-        CONNECTS, ConnectCall, SOCKET_CALLS, SOCKET_TYPES, SOCKS, count_lost, fd_key, is_worker,
+        CONNECTS, CONNS, ConnectCall, SOCKET_CALLS, SOCKET_TYPES, UNIX_BIND, count_lost, fd_key,
+        forget, is_worker,
     },
-    record::{Outcome, emit_upstream},
+    record::emit,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -71,10 +72,10 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_connect(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Result<(), i64> {
-    let fd = unsafe { ctx.read_at::<u64>(offset!(connect_fd)) }?;
+    let fd = unsafe { ctx.read_at::<u64>(offset!(connect_fd)) }? as u32;
     // Datagram sockets (resolver, syslog) are never upstreams. An fd created
     // before tracing started has no entry and is taken as a stream.
-    if let Some(ty) = SOCKET_TYPES.get_ptr(fd_key(tgid, fd as u32))
+    if let Some(ty) = SOCKET_TYPES.get_ptr(fd_key(tgid, fd))
         && unsafe { *ty } != SOCK_STREAM
     {
         return Ok(());
@@ -85,9 +86,8 @@ fn try_enter_connect(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Resul
         return Ok(());
     }
     let call = ConnectCall {
-        start_ns: unsafe { bpf_ktime_get_ns() },
         sk: 0,
-        addr: UpstreamAddr::ZERO,
+        exchange: Exchange::new(tgid, fd, unsafe { bpf_ktime_get_ns() }, UpstreamAddr::ZERO),
     };
     if CONNECTS.insert(pid_tgid, call, 0).is_err() {
         count_lost(LOST_MAP_FULL);
@@ -97,7 +97,7 @@ fn try_enter_connect(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Resul
     let Some(call) = CONNECTS.get_ptr_mut(pid_tgid) else {
         return Ok(());
     };
-    let addr = unsafe { &mut (*call).addr };
+    let addr = unsafe { &mut (*call).exchange.addr };
     addr.family = family;
     match family {
         AF_INET => {
@@ -119,44 +119,38 @@ fn try_enter_connect(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Resul
     Ok(())
 }
 
-/// `connect()` returned: UNIX sockets are done here; TCP only when the
-/// syscall itself failed (the handshake is followed in `tcp_state`).
+/// `connect()` returned: UNIX sockets are connected (or not) here; TCP only
+/// ends here when the syscall itself failed (the handshake is followed in
+/// `tcp_state`).
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = CONNECTS.get_ptr(pid_tgid) else {
+    let Some(call) = CONNECTS.get_ptr_mut(pid_tgid) else {
         return 0;
     };
     let ret = unsafe { ctx.read_at::<i64>(offset!(connect_ret)) }.unwrap_or(0);
-    let (start_ns, sk, family) = unsafe { ((*call).start_ns, (*call).sk, (*call).addr.family) };
-    let mut outcome = Outcome {
-        tgid: (pid_tgid >> 32) as u32,
-        end: END_CONNECT_SYSCALL_ERROR,
-        errno: (-ret) as u32,
-        start_ns,
-        end_ns: unsafe { bpf_ktime_get_ns() },
-        syn_retransmits: 0,
-        flags: 0,
-    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (sk, family) = unsafe { ((*call).sk, (*call).exchange.addr.family) };
+    let exchange = unsafe { &raw mut (*call).exchange };
     if family == AF_UNIX {
         if ret == 0 {
-            outcome.end = END_CONNECTED;
-            outcome.errno = 0;
-            emit_upstream(&outcome, unsafe { &raw const (*call).addr });
+            unsafe {
+                (*exchange).connect_ns = now - (*exchange).start_ns;
+                (*exchange).flags |= FLAG_CONNECTED;
+            }
+            if UNIX_BIND.insert(pid_tgid, unsafe { &*exchange }, 0).is_err() {
+                count_lost(LOST_MAP_FULL);
+            }
         } else if ret < 0 {
-            emit_upstream(&outcome, unsafe { &raw const (*call).addr });
+            emit(exchange, END_CONNECT_SYSCALL_ERROR, (-ret) as u32, now);
         }
     } else if ret < 0 && ret != -EINPROGRESS {
         if sk == 0 {
-            emit_upstream(&outcome, unsafe { &raw const (*call).addr });
-        } else if let Some(state) = SOCKS.get_ptr(sk) {
+            emit(exchange, END_CONNECT_SYSCALL_ERROR, (-ret) as u32, now);
+        } else if let Some(state) = CONNS.get_ptr_mut(sk) {
             // Not reported yet by the socket hooks: the syscall's error is it.
-            unsafe {
-                outcome.syn_retransmits = (*state).syn_retransmits;
-                outcome.flags = (*state).flags;
-            }
-            emit_upstream(&outcome, unsafe { &raw const (*call).addr });
-            let _ = SOCKS.remove(sk);
+            emit(state, END_CONNECT_SYSCALL_ERROR, (-ret) as u32, now);
+            forget(sk, state);
         }
     }
     let _ = CONNECTS.remove(pid_tgid);

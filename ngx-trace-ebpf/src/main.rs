@@ -4,6 +4,7 @@
 
 mod config;
 mod connect;
+mod exchange;
 mod maps;
 mod process;
 mod record;

@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use ngx_trace_common::{LOST_SLOTS, NGINX_PID_WORKER, UpstreamAddr};
+use ngx_trace_common::{Exchange, LOST_SLOTS, NGINX_PID_WORKER};
 
 /// Records for user space: one per finished connect and per process change.
 #[map]
@@ -30,43 +30,33 @@ pub static SOCKET_TYPES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(163
 #[map]
 pub static CONNECTS: LruHashMap<u64, ConnectCall> = LruHashMap::with_max_entries(1024, 0);
 
-/// Upstream TCP sockets still connecting, by `struct sock` address.
+/// Upstream connections, by `struct sock` address: connecting, or carrying
+/// exchanges. LRU so a flood of connections cannot exhaust memory.
 #[map]
-pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(16384, 0);
+pub static CONNS: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(16384, 0);
+
+/// The `struct sock` of each upstream fd, by `fd_key`: `close()` names an fd.
+#[map]
+pub static FD_CONNS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// UNIX connections made but not yet written to, by pid_tgid: `connect()`
+/// does not name the `struct sock`, the first write does.
+#[map]
+pub static UNIX_BIND: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(1024, 0);
 
 /// The upstream socket this CPU last saw closing: the error report that
 /// follows it on the same CPU carries no socket address, only ports.
 #[map]
 pub static LAST_CLOSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// A `connect()` call of a traced process.
+/// A `connect()` call of a worker.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ConnectCall {
-    /// Entry time, CLOCK_MONOTONIC ns.
-    pub start_ns: u64,
     /// The `struct sock` that entered SYN_SENT during this call (TCP), or 0.
     pub sk: u64,
-    /// Where to.
-    pub addr: UpstreamAddr,
-}
-
-/// A TCP upstream socket between `connect()` and its outcome.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SockState {
-    /// `connect()` entry time.
-    pub start_ns: u64,
-    /// Worker that connected it.
-    pub tgid: u32,
-    /// SYN retransmissions so far.
-    pub syn_retransmits: u32,
-    /// `FLAG_*` bits of the record.
-    pub flags: u32,
-    /// Explicit padding.
-    pub _pad: u32,
-    /// Where to.
-    pub addr: UpstreamAddr,
+    /// The attempt.
+    pub exchange: Exchange,
 }
 
 /// Key of [`SOCKET_TYPES`]: process and fd.
@@ -96,4 +86,14 @@ pub fn is_worker(tgid: u32) -> bool {
     NGINX_PIDS
         .get_ptr(tgid)
         .is_some_and(|mark| unsafe { *mark } == NGINX_PID_WORKER)
+}
+
+/// Forgets an upstream connection.
+#[inline(always)]
+pub fn forget(sk: u64, state: *const Exchange) {
+    let key = unsafe { fd_key((*state).tgid, (*state).fd) };
+    if FD_CONNS.get_ptr(key).is_some_and(|s| unsafe { *s } == sk) {
+        let _ = FD_CONNS.remove(key);
+    }
+    let _ = CONNS.remove(sk);
 }

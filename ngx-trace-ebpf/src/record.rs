@@ -1,23 +1,17 @@
 //! Writing records to the ring buffer.
-use ngx_trace_common::{LOST_RINGBUF_FULL, RECORD_UPSTREAM, UpstreamAddr, UpstreamRecord};
+use ngx_trace_common::{Exchange, LOST_RINGBUF_FULL, RECORD_UPSTREAM, UpstreamRecord};
 
 use crate::maps::{EVENTS, count_lost};
 
-/// The facts of one finished connect, minus the address (copied by pointer
-/// so the 112-byte address is never staged on the 512-byte BPF stack).
-pub struct Outcome {
-    pub tgid: u32,
-    pub end: u32,
-    pub errno: u32,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub syn_retransmits: u32,
-    pub flags: u32,
-}
-
-/// Sends one [`UpstreamRecord`]; a full ring buffer is counted, never silent.
+/// Ends the exchange at `state` (a map value) with `end` and `errno` at
+/// `end_ns`, and sends it; a full ring buffer is counted, never silent.
 #[inline(always)]
-pub fn emit_upstream(outcome: &Outcome, addr: *const UpstreamAddr) {
+pub fn emit(state: *mut Exchange, end: u32, errno: u32, end_ns: u64) {
+    unsafe {
+        (*state).end = end;
+        (*state).errno = errno;
+        (*state).end_ns = end_ns;
+    }
     let Some(mut entry) = EVENTS.reserve::<UpstreamRecord>(0) else {
         count_lost(LOST_RINGBUF_FULL);
         return;
@@ -25,14 +19,8 @@ pub fn emit_upstream(outcome: &Outcome, addr: *const UpstreamAddr) {
     let r = entry.as_mut_ptr();
     unsafe {
         (*r).kind = RECORD_UPSTREAM;
-        (*r).tgid = outcome.tgid;
-        (*r).end = outcome.end;
-        (*r).errno = outcome.errno;
-        (*r).start_ns = outcome.start_ns;
-        (*r).end_ns = outcome.end_ns;
-        (*r).syn_retransmits = outcome.syn_retransmits;
-        (*r).flags = outcome.flags;
-        (*r).addr = *addr;
+        (*r)._pad = 0;
+        (*r).exchange = *state;
     }
     entry.submit(0);
 }

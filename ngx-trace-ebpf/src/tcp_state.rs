@@ -1,21 +1,24 @@
-//! TCP upstream sockets from SYN_SENT to their outcome: handshake done,
-//! refused, unreachable, or abandoned by nginx (its connect timeout).
+//! TCP upstream sockets: the handshake and its outcome (done, refused,
+//! unreachable, abandoned by nginx), resets and errors once established,
+//! retransmissions, and what incoming segments say (acknowledgement, RTT).
 //!
 //! These hooks fire for every TCP socket on the host; anything that is not
-//! an upstream socket of a traced worker leaves after one map lookup.
+//! an upstream socket of a worker leaves after one map lookup.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use ngx_trace_common::{
-    END_CONNECT_ABANDONED, END_CONNECT_SOCKET_ERROR, END_CONNECTED, FLAG_RESET_SEEN, LOST_MAP_FULL,
+    END_CONNECT_ABANDONED, END_CONNECT_SOCKET_ERROR, END_PEER_RESET, FLAG_CONNECTED,
+    FLAG_RESET_SEEN, LOST_MAP_FULL, PHASE_SENDING,
 };
 
 use crate::{
     config::offset,
-    maps::{CONNECTS, LAST_CLOSED, SOCKS, SockState, count_lost},
-    record::{Outcome, emit_upstream},
+    exchange::end_by_phase,
+    maps::{CONNECTS, CONNS, FD_CONNS, LAST_CLOSED, count_lost, fd_key, forget},
+    record::emit,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -23,24 +26,7 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 
-/// Reports the socket's outcome and forgets it.
-fn finish(sk: u64, state: *const SockState, end: u32, errno: u32) {
-    let outcome = unsafe {
-        Outcome {
-            tgid: (*state).tgid,
-            end,
-            errno,
-            start_ns: (*state).start_ns,
-            end_ns: bpf_ktime_get_ns(),
-            syn_retransmits: (*state).syn_retransmits,
-            flags: (*state).flags,
-        }
-    };
-    emit_upstream(&outcome, unsafe { &raw const (*state).addr });
-    let _ = SOCKS.remove(sk);
-}
-
-/// SYN_SENT inside a traced `connect()` marks an upstream socket; later
+/// SYN_SENT inside a worker's `connect()` marks an upstream socket; later
 /// transitions of such a socket give the handshake's outcome.
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -59,28 +45,26 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         let Some(call) = CONNECTS.get_ptr_mut(pid_tgid) else {
             return Ok(());
         };
-        let state = unsafe {
-            (*call).sk = sk;
-            SockState {
-                start_ns: (*call).start_ns,
-                tgid: (pid_tgid >> 32) as u32,
-                syn_retransmits: 0,
-                flags: 0,
-                _pad: 0,
-                addr: (*call).addr,
-            }
-        };
-        if SOCKS.insert(sk, state, 0).is_err() {
+        unsafe { (*call).sk = sk };
+        let exchange = unsafe { &(*call).exchange };
+        if CONNS.insert(sk, exchange, 0).is_err()
+            || FD_CONNS
+                .insert(fd_key(exchange.tgid, exchange.fd), sk, 0)
+                .is_err()
+        {
             count_lost(LOST_MAP_FULL);
         }
         return Ok(());
     }
-    let Some(state) = SOCKS.get_ptr(sk) else {
+    let Some(state) = CONNS.get_ptr_mut(sk) else {
         return Ok(());
     };
     let oldstate = unsafe { ctx.read_at::<i32>(offset!(set_state_oldstate)) }?;
     if oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED {
-        finish(sk, state, END_CONNECTED, 0);
+        unsafe {
+            (*state).connect_ns = bpf_ktime_get_ns() - (*state).start_ns;
+            (*state).flags |= FLAG_CONNECTED;
+        }
     } else if newstate == TCP_CLOSE {
         // An error report may follow on this CPU; it names no socket.
         if let Some(slot) = LAST_CLOSED.get_ptr_mut(0) {
@@ -90,8 +74,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// The error that closed a connecting upstream socket (111 for a reset in
-/// reply to the SYN, 113/101 from ICMP, 110 when the kernel gave up).
+/// The error that closed an upstream socket: while connecting 111 (reset in
+/// reply to the SYN), 113/101 (ICMP), 110 (the kernel gave up); once
+/// established 104 (reset) or 110 (retransmissions timed out).
 #[tracepoint]
 pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
     let _ = try_error_report(&ctx);
@@ -107,7 +92,7 @@ fn try_error_report(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     unsafe { *slot = 0 };
-    let Some(state) = SOCKS.get_ptr(sk) else {
+    let Some(state) = CONNS.get_ptr_mut(sk) else {
         return Ok(());
     };
     // The slot is only a hint: the report must be about the same peer port.
@@ -115,47 +100,98 @@ fn try_error_report(ctx: &TracePointContext) -> Result<(), i64> {
     if dport != u16::from_be(unsafe { (*state).addr.port_be }) {
         return Ok(());
     }
-    let error = unsafe { ctx.read_at::<i32>(offset!(error_report_error)) }?;
-    finish(sk, state, END_CONNECT_SOCKET_ERROR, error.unsigned_abs());
+    let error = unsafe { ctx.read_at::<i32>(offset!(error_report_error)) }?.unsigned_abs();
+    let end = if unsafe { (*state).flags } & FLAG_CONNECTED == 0 {
+        END_CONNECT_SOCKET_ERROR
+    } else {
+        END_PEER_RESET
+    };
+    emit(state, end, error, unsafe { bpf_ktime_get_ns() });
+    forget(sk, state);
     Ok(())
 }
 
-/// A reset for a connecting upstream socket.
+/// A reset for an upstream socket.
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(receive_reset_skaddr)) }) else {
         return 0;
     };
-    if let Some(state) = SOCKS.get_ptr_mut(sk) {
+    if let Some(state) = CONNS.get_ptr_mut(sk) {
         unsafe { (*state).flags |= FLAG_RESET_SEEN };
     }
     0
 }
 
-/// Counts SYN retransmissions of connecting upstream sockets.
+/// Counts retransmissions of upstream sockets: SYNs while connecting, data
+/// during an exchange.
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(retransmit_skaddr)) }) else {
         return 0;
     };
-    let Some(state) = SOCKS.get_ptr_mut(sk) else {
+    let Some(state) = CONNS.get_ptr_mut(sk) else {
         return 0;
     };
     if unsafe { ctx.read_at::<i32>(offset!(retransmit_state)) } == Ok(TCP_SYN_SENT) {
         unsafe { (*state).syn_retransmits += 1 };
+    } else {
+        unsafe { (*state).retransmits += 1 };
     }
     0
 }
 
-/// A connecting upstream socket destroyed with no error: nginx closed it
-/// while still waiting for the handshake (`proxy_connect_timeout`).
+/// Every segment from an upstream: its RTT, and when the request was
+/// acknowledged. The tracepoint shows `snd_una` before this segment's ACK is
+/// processed: a segment finding sent data unacknowledged is the latest
+/// candidate for the acknowledgement; the last such one before the answer is
+/// it. (A segment arriving during the write itself, as on loopback, is kept
+/// as a hint for `sock_send_length`.)
+#[tracepoint]
+pub fn tcp_probe(ctx: TracePointContext) -> u32 {
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(probe_skaddr)) }) else {
+        return 0;
+    };
+    let Some(state) = CONNS.get_ptr_mut(sk) else {
+        return 0;
+    };
+    let (Ok(snd_nxt), Ok(snd_una), Ok(srtt)) = (unsafe {
+        (
+            ctx.read_at::<u32>(offset!(probe_snd_nxt)),
+            ctx.read_at::<u32>(offset!(probe_snd_una)),
+            ctx.read_at::<u32>(offset!(probe_srtt)),
+        )
+    }) else {
+        return 0;
+    };
+    unsafe {
+        (*state).srtt_us = srtt;
+        if snd_una != snd_nxt {
+            let now = bpf_ktime_get_ns();
+            (*state).ack_hint_ns = now;
+            if (*state).phase == PHASE_SENDING {
+                (*state).acked_ns = now;
+            }
+        }
+    }
+    0
+}
+
+/// An upstream socket destroyed while still tracked: a connect nginx gave up
+/// on (no error came), or a connection whose `close()` was not seen.
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(destroy_skaddr)) }) else {
         return 0;
     };
-    if let Some(state) = SOCKS.get_ptr(sk) {
-        finish(sk, state, END_CONNECT_ABANDONED, 0);
+    let Some(state) = CONNS.get_ptr_mut(sk) else {
+        return 0;
+    };
+    if unsafe { (*state).flags } & FLAG_CONNECTED == 0 {
+        emit(state, END_CONNECT_ABANDONED, 0, unsafe { bpf_ktime_get_ns() });
+        forget(sk, state);
+    } else {
+        end_by_phase(sk, state, false);
     }
     0
 }

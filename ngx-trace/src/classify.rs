@@ -1,13 +1,24 @@
 //! From kernel facts to what a user acts on: outcome, verdict, the line
-//! nginx writes to its error log, and the evidence.
+//! nginx writes to its error log, the phase timings, and the evidence.
+//!
+//! Verdict rules for an exchange on an established connection (the README
+//! repeats them):
+//! - `backend_aborted`: the upstream reset the connection or closed it before
+//!   any response byte;
+//! - `network`: SYNs or data were retransmitted, or the request went unacknowledged
+//!   for [`ACK_LATE_US`] or more, or the smoothed RTT is at least half the
+//!   wait for the first byte;
+//! - `backend_slow`: none of that, and the first byte came after `slow` or
+//!   never;
+//! - `healthy` otherwise.
 use ngx_trace_common::{
-    END_CONNECT_ABANDONED, END_CONNECT_SOCKET_ERROR, END_CONNECT_SYSCALL_ERROR, END_CONNECTED,
+    END_CONNECT_ABANDONED, END_CONNECT_SOCKET_ERROR, END_CONNECT_SYSCALL_ERROR, END_NGINX_CLOSED,
+    END_PEER_CLOSED, END_PEER_RESET, END_RESPONSE_DONE, Exchange, FLAG_RESET_SEEN,
 };
 
 use crate::records::Transport;
 
 /// What happened to one upstream connection attempt or exchange.
-#[expect(dead_code, reason = "exchange outcomes arrive with exchange timing")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
     /// Connected (and, for exchanges, answered).
@@ -54,7 +65,6 @@ impl Outcome {
 }
 
 /// Whose fault it is.
-#[expect(dead_code, reason = "backend_slow arrives with exchange timing")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Nothing wrong.
@@ -91,50 +101,50 @@ impl Verdict {
     }
 }
 
-/// How a connect attempt ended, as the kernel saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectEnd {
-    /// `connect()` itself returned the error.
-    SyscallError(u32),
-    /// The socket reported the error later (RST, ICMP, kernel timeout).
-    SocketError(u32),
-    /// nginx closed the socket while the SYN was unanswered.
-    Abandoned,
-    /// Connected.
-    Connected,
+/// A request counts as unacknowledged when no ACK came within this long:
+/// above Linux's delayed-ACK timer (40 ms) and at its minimum RTO (200 ms),
+/// so a late ACK means loss, not a busy backend.
+pub const ACK_LATE_US: u64 = 200_000;
+
+/// Phase durations of a connect attempt or exchange, µs; unknown ones are `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// `connect()` to handshake done (or to the connect's failure).
+    pub connect: Option<u64>,
+    /// Last request byte written to its acknowledgement (TCP).
+    pub request_acked: Option<u64>,
+    /// Last request byte written to the first response byte in the kernel.
+    pub first_byte: Option<u64>,
+    /// First response byte in the kernel to nginx reading it.
+    pub nginx_read_delay: Option<u64>,
+    /// Exchange start (connect, or first request byte when reused) to its end.
+    pub total: Option<u64>,
 }
 
-impl ConnectEnd {
-    /// From the record's `end` and `errno` fields; `None` for an unknown `end`.
-    pub fn from_record(end: u32, errno: u32) -> Option<Self> {
-        match end {
-            END_CONNECT_SYSCALL_ERROR => Some(Self::SyscallError(errno)),
-            END_CONNECT_SOCKET_ERROR => Some(Self::SocketError(errno)),
-            END_CONNECT_ABANDONED => Some(Self::Abandoned),
-            END_CONNECTED => Some(Self::Connected),
-            _ => None,
-        }
+fn span_us(from_ns: u64, to_ns: u64) -> Option<u64> {
+    (from_ns != 0 && to_ns >= from_ns).then(|| (to_ns - from_ns) / 1000)
+}
+
+/// The phase timings the kernel's timestamps give.
+pub fn timings(ex: &Exchange) -> Timings {
+    let connecting = matches!(
+        ex.end,
+        END_CONNECT_SYSCALL_ERROR | END_CONNECT_SOCKET_ERROR | END_CONNECT_ABANDONED
+    );
+    Timings {
+        connect: if connecting {
+            span_us(ex.start_ns, ex.end_ns)
+        } else {
+            (ex.connect_ns != 0).then_some(ex.connect_ns / 1000)
+        },
+        request_acked: span_us(ex.req_last_ns, ex.acked_ns),
+        first_byte: span_us(ex.req_last_ns, ex.resp_kernel_ns),
+        nginx_read_delay: span_us(ex.resp_kernel_ns, ex.resp_first_read_ns),
+        total: span_us(ex.start_ns, ex.end_ns),
     }
 }
 
-/// Kernel facts about one connect attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConnectFacts {
-    /// TCP or UNIX.
-    pub transport: Transport,
-    /// The upstream as nginx names it.
-    pub upstream: String,
-    /// How it ended.
-    pub end: ConnectEnd,
-    /// From `connect()` to the outcome, µs.
-    pub elapsed_us: u64,
-    /// SYNs retransmitted (TCP).
-    pub syn_retransmits: u32,
-    /// A reset arrived while connecting (TCP).
-    pub reset_seen: bool,
-}
-
-/// The explanation of one connect attempt.
+/// The explanation of one connect attempt or exchange.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Explanation {
     /// What happened.
@@ -149,9 +159,12 @@ pub struct Explanation {
     pub meaning: &'static str,
     /// One sentence with the numbers behind the verdict.
     pub evidence: String,
+    /// Phase durations.
+    pub timings: Timings,
 }
 
 const ETIMEDOUT: u32 = 110;
+const ECONNRESET: u32 = 104;
 
 /// The C library's text for `errno`, as nginx prints it.
 pub fn strerror(errno: u32) -> String {
@@ -181,12 +194,13 @@ fn connect_error(transport: Transport, errno: u32) -> (Outcome, Verdict, &'stati
         (105 | 12 | 23 | 24, _) => (AddrUnavailable, ProxyResources, "out of buffers or fds"),
         (101 | 113 | 100 | 112, _) => (Unreachable, Network, "no route to upstream"),
         (ETIMEDOUT, _) => (ConnectTimeout, Network, "no answer to SYN"),
-        (104, _) => (Reset, BackendAborted, "reset while connecting"),
+        (ECONNRESET, _) => (Reset, BackendAborted, "reset while connecting"),
         _ => (Unreachable, Network, "unexpected connect error"),
     }
 }
 
-fn ms(us: u64) -> String {
+/// `1.5 ms`, `1.50 s`: the unit a person expects for the size.
+pub fn human_us(us: u64) -> String {
     if us >= 1_000_000 {
         format!("{:.2} s", us as f64 / 1e6)
     } else {
@@ -194,26 +208,31 @@ fn ms(us: u64) -> String {
     }
 }
 
-/// Explains a connect attempt.
-pub fn explain_connect(facts: &ConnectFacts) -> Explanation {
-    let elapsed = ms(facts.elapsed_us);
-    let retransmits = match facts.syn_retransmits {
-        1 => "1 SYN retransmit".to_string(),
-        n => format!("{n} SYN retransmits"),
-    };
-    match facts.end {
-        ConnectEnd::Connected => Explanation {
-            outcome: Outcome::Ok,
-            verdict: Verdict::Healthy,
-            errno: None,
-            nginx_error: None,
-            meaning: "connected",
-            evidence: match facts.transport {
-                Transport::Tcp => format!("handshake done in {elapsed}, {retransmits}"),
-                Transport::Unix => format!("connect() returned 0 in {elapsed}"),
-            },
-        },
-        ConnectEnd::Abandoned => Explanation {
+fn plural(n: u32, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// Explains a connect attempt or an exchange. `slow_us` is the first-byte
+/// wait from which a backend counts as slow (`--slow`).
+pub fn explain(ex: &Exchange, transport: Transport, upstream: &str, slow_us: u64) -> Explanation {
+    let t = timings(ex);
+    match ex.end {
+        END_CONNECT_SYSCALL_ERROR | END_CONNECT_SOCKET_ERROR | END_CONNECT_ABANDONED => {
+            explain_connect(ex, transport, upstream, t)
+        }
+        _ => explain_exchange(ex, transport, slow_us, t),
+    }
+}
+
+fn explain_connect(ex: &Exchange, transport: Transport, upstream: &str, t: Timings) -> Explanation {
+    let elapsed = human_us(t.connect.unwrap_or(0));
+    let retransmits = plural(ex.syn_retransmits, "SYN retransmit");
+    if ex.end == END_CONNECT_ABANDONED {
+        return Explanation {
             outcome: Outcome::ConnectTimeout,
             verdict: Verdict::Network,
             errno: Some(ETIMEDOUT),
@@ -225,178 +244,354 @@ pub fn explain_connect(facts: &ConnectFacts) -> Explanation {
             evidence: format!(
                 "no SYN-ACK after {elapsed} and {retransmits}; nginx closed the socket"
             ),
-        },
-        ConnectEnd::SyscallError(errno) | ConnectEnd::SocketError(errno) => {
-            let (outcome, verdict, meaning) = connect_error(facts.transport, errno);
-            let text = strerror(errno);
-            let nginx_error = match facts.end {
-                ConnectEnd::SyscallError(_) => format!(
-                    "connect() to {} failed ({errno}: {text}) while connecting to upstream",
-                    facts.upstream
-                ),
-                _ => format!("connect() failed ({errno}: {text}) while connecting to upstream"),
-            };
-            let evidence = match (facts.end, facts.reset_seen) {
-                (ConnectEnd::SocketError(111), true) => {
-                    format!("RST in reply to SYN after {elapsed}")
-                }
-                (ConnectEnd::SocketError(_), _) => {
-                    format!("socket error {errno} ({text}) after {elapsed} and {retransmits}")
-                }
-                _ => format!("connect() returned {errno} ({text}) after {elapsed}"),
-            };
-            Explanation {
-                outcome,
-                verdict,
-                errno: Some(errno),
-                nginx_error: Some(nginx_error),
-                meaning,
-                evidence,
-            }
+            timings: t,
+        };
+    }
+    let errno = ex.errno;
+    let (outcome, verdict, meaning) = connect_error(transport, errno);
+    let text = strerror(errno);
+    let (nginx_error, evidence) = if ex.end == END_CONNECT_SYSCALL_ERROR {
+        (
+            format!("connect() to {upstream} failed ({errno}: {text}) while connecting to upstream"),
+            format!("connect() returned {errno} ({text}) after {elapsed}"),
+        )
+    } else {
+        let evidence = if errno == 111 && ex.flags & FLAG_RESET_SEEN != 0 {
+            format!("RST in reply to SYN after {elapsed}")
+        } else {
+            format!("socket error {errno} ({text}) after {elapsed} and {retransmits}")
+        };
+        (
+            format!("connect() failed ({errno}: {text}) while connecting to upstream"),
+            evidence,
+        )
+    };
+    Explanation {
+        outcome,
+        verdict,
+        errno: Some(errno),
+        nginx_error: Some(nginx_error),
+        meaning,
+        evidence,
+        timings: t,
+    }
+}
+
+/// Whether retransmissions, an unacknowledged request or the RTT account for
+/// a wait of `waited_us`; the reason, for the evidence.
+fn network_reason(ex: &Exchange, transport: Transport, t: &Timings, waited_us: u64) -> Option<String> {
+    if transport != Transport::Tcp {
+        return None;
+    }
+    if ex.retransmits > 0 {
+        return Some(plural(ex.retransmits, "retransmit"));
+    }
+    if ex.syn_retransmits > 0 {
+        return Some(plural(ex.syn_retransmits, "SYN retransmit"));
+    }
+    match t.request_acked {
+        None if waited_us >= ACK_LATE_US => {
+            return Some(format!("request not acknowledged for {}", human_us(waited_us)));
         }
+        Some(ack) if ack >= ACK_LATE_US => {
+            return Some(format!("request acknowledged only after {}", human_us(ack)));
+        }
+        _ => {}
+    }
+    let srtt = u64::from(ex.srtt_us);
+    (srtt > 0 && srtt * 2 >= waited_us && waited_us >= ACK_LATE_US)
+        .then(|| format!("smoothed RTT {}", human_us(srtt)))
+}
+
+fn explain_exchange(ex: &Exchange, transport: Transport, slow_us: u64, t: Timings) -> Explanation {
+    // How long the request waited for its answer (or until the end).
+    let waited = t
+        .first_byte
+        .or_else(|| span_us(ex.req_last_ns, ex.end_ns))
+        .unwrap_or(0);
+    let mut facts = Vec::new();
+    if transport == Transport::Tcp {
+        facts.push(match t.request_acked {
+            Some(ack) => format!("request acked after {}", human_us(ack)),
+            None => "request not acked".to_string(),
+        });
+        facts.push(plural(ex.retransmits, "retransmit"));
+    }
+    match t.first_byte {
+        Some(fb) => facts.push(format!("first byte after {}", human_us(fb))),
+        None => facts.push(format!("no response for {}", human_us(waited))),
+    }
+    if let Some(delay) = t.nginx_read_delay.filter(|&d| d >= slow_us) {
+        facts.push(format!("nginx read it {} later (worker busy)", human_us(delay)));
+    }
+    let network = network_reason(ex, transport, &t, waited);
+    let read_phase = if ex.resp_first_read_ns == 0 {
+        "while reading response header from upstream"
+    } else {
+        "while reading upstream"
+    };
+    let (outcome, verdict, errno, nginx_error, meaning) = match ex.end {
+        END_RESPONSE_DONE => {
+            let lost = ex.retransmits + ex.syn_retransmits > 0;
+            let (verdict, meaning) = if network.is_some() && (waited >= slow_us || lost) {
+                (Verdict::Network, "slowed by the network")
+            } else if waited >= slow_us {
+                (Verdict::BackendSlow, "backend slow to answer")
+            } else {
+                (Verdict::Healthy, "answered")
+            };
+            (Outcome::Ok, verdict, None, None, meaning)
+        }
+        END_PEER_CLOSED => (
+            Outcome::ClosedEarly,
+            Verdict::BackendAborted,
+            None,
+            Some(format!("upstream prematurely closed connection {read_phase}")),
+            "backend closed without answering",
+        ),
+        END_NGINX_CLOSED => {
+            let (verdict, meaning) = if network.is_some() {
+                (Verdict::Network, "no response: network")
+            } else {
+                (Verdict::BackendSlow, "no response: backend slow")
+            };
+            (
+                Outcome::NoResponse,
+                verdict,
+                Some(ETIMEDOUT),
+                Some(format!("upstream timed out (110: Connection timed out) {read_phase}")),
+                meaning,
+            )
+        }
+        END_PEER_RESET if ex.errno == ETIMEDOUT => (
+            Outcome::NoResponse,
+            Verdict::Network,
+            Some(ETIMEDOUT),
+            Some(format!("recv() failed (110: Connection timed out) {read_phase}")),
+            "connection timed out: network",
+        ),
+        _ => {
+            let errno = if ex.errno == 0 { ECONNRESET } else { ex.errno };
+            (
+                Outcome::Reset,
+                Verdict::BackendAborted,
+                Some(errno),
+                Some(format!("recv() failed ({errno}: {}) {read_phase}", strerror(errno))),
+                "backend reset the connection",
+            )
+        }
+    };
+    let mut evidence = facts.join(", ");
+    if let (Verdict::Network, Some(reason)) = (verdict, &network) {
+        evidence = format!("{reason}: {evidence}");
+    }
+    Explanation {
+        outcome,
+        verdict,
+        errno,
+        nginx_error,
+        meaning,
+        evidence,
+        timings: t,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use ngx_trace_common::{FLAG_CONNECTED, FLAG_REUSED, UpstreamAddr};
+
     use super::*;
 
-    fn facts(transport: Transport, upstream: &str, end: ConnectEnd) -> ConnectFacts {
-        ConnectFacts {
-            transport,
-            upstream: upstream.into(),
-            end,
-            elapsed_us: 85,
-            syn_retransmits: 0,
-            reset_seen: false,
+    const MS: u64 = 1_000_000;
+    const SLOW: u64 = 1_000_000;
+
+    /// A connect attempt started at t=1 s that ended `after_ns` later.
+    fn connect(end: u32, errno: u32, after_ns: u64) -> Exchange {
+        let mut e = Exchange::new(4243, 17, 1_000 * MS, UpstreamAddr::ZERO);
+        e.end = end;
+        e.errno = errno;
+        e.end_ns = e.start_ns + after_ns;
+        e
+    }
+
+    /// An exchange as the kernel records it: connected in 0.1 ms, request
+    /// written over 0.05 ms, acked `ack` after, first byte `first` after
+    /// the request, read at once, ended `end_after` after the request.
+    fn exchange(end: u32, ack: Option<u64>, first: Option<u64>, end_after: u64) -> Exchange {
+        let mut e = Exchange::new(4243, 17, 1_000 * MS, UpstreamAddr::ZERO);
+        e.flags = FLAG_CONNECTED;
+        e.connect_ns = 100_000;
+        e.req_first_ns = e.start_ns + 100_000;
+        e.req_last_ns = e.req_first_ns + 50_000;
+        if let Some(ack) = ack {
+            e.acked_ns = e.req_last_ns + ack;
         }
+        if let Some(first) = first {
+            e.resp_kernel_ns = e.req_last_ns + first;
+            e.resp_first_read_ns = e.resp_kernel_ns + 20_000;
+            e.resp_last_read_ns = e.resp_first_read_ns + 30_000;
+        }
+        e.end = end;
+        e.end_ns = e.req_last_ns + end_after;
+        e
+    }
+
+    fn tcp(e: &Exchange) -> Explanation {
+        explain(e, Transport::Tcp, "127.0.0.1:3999", SLOW)
     }
 
     #[test]
     fn tcp_refused_reads_like_nginx_error_log() {
-        let mut f = facts(
-            Transport::Tcp,
-            "127.0.0.1:3999",
-            ConnectEnd::SocketError(111),
-        );
-        f.reset_seen = true;
-        let e = explain_connect(&f);
-        assert_eq!(
-            (e.outcome, e.verdict, e.errno),
-            (Outcome::Refused, Verdict::BackendDown, Some(111))
-        );
+        let mut e = connect(END_CONNECT_SOCKET_ERROR, 111, 150_000);
+        e.flags |= FLAG_RESET_SEEN;
+        let x = tcp(&e);
+        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::Refused, Verdict::BackendDown, Some(111)));
         // Exactly what Debian's nginx 1.22 logs for a stopped backend.
         assert_eq!(
-            e.nginx_error.unwrap(),
+            x.nginx_error.unwrap(),
             "connect() failed (111: Connection refused) while connecting to upstream"
         );
-        assert_eq!(e.evidence, "RST in reply to SYN after 0.1 ms");
+        assert_eq!(x.evidence, "RST in reply to SYN after 0.1 ms");
+        assert_eq!(x.timings.connect, Some(150));
     }
 
     #[test]
     fn unix_errors_name_the_socket_like_nginx() {
         let sock = "unix:/var/run/php/php8.1-fpm.sock";
-        let e = explain_connect(&facts(Transport::Unix, sock, ConnectEnd::SyscallError(2)));
+        let unix = |errno| explain(&connect(END_CONNECT_SYSCALL_ERROR, errno, 20_000), Transport::Unix, sock, SLOW);
+        let x = unix(2);
+        assert_eq!((x.outcome, x.verdict), (Outcome::NotFound, Verdict::BackendDown));
         assert_eq!(
-            (e.outcome, e.verdict),
-            (Outcome::NotFound, Verdict::BackendDown)
-        );
-        assert_eq!(
-            e.nginx_error.unwrap(),
+            x.nginx_error.unwrap(),
             "connect() to unix:/var/run/php/php8.1-fpm.sock failed (2: No such file or directory) while connecting to upstream"
         );
-        let e = explain_connect(&facts(Transport::Unix, sock, ConnectEnd::SyscallError(13)));
-        assert_eq!(
-            (e.outcome, e.verdict),
-            (Outcome::PermissionDenied, Verdict::Permission)
-        );
-        assert_eq!(e.meaning, "socket permissions or SELinux/AppArmor");
-        let e = explain_connect(&facts(Transport::Unix, sock, ConnectEnd::SyscallError(1)));
-        assert_eq!(e.outcome, Outcome::PermissionDenied);
-        let e = explain_connect(&facts(Transport::Unix, sock, ConnectEnd::SyscallError(111)));
-        assert_eq!(
-            (e.outcome, e.verdict),
-            (Outcome::Refused, Verdict::BackendDown)
-        );
-        let e = explain_connect(&facts(Transport::Unix, sock, ConnectEnd::SyscallError(11)));
-        assert_eq!(
-            (e.outcome, e.verdict),
-            (Outcome::BacklogFull, Verdict::BackendOverloaded)
-        );
-        assert!(
-            e.nginx_error
-                .unwrap()
-                .contains("(11: Resource temporarily unavailable)")
-        );
+        let x = unix(13);
+        assert_eq!((x.outcome, x.verdict), (Outcome::PermissionDenied, Verdict::Permission));
+        assert_eq!(x.meaning, "socket permissions or SELinux/AppArmor");
+        assert_eq!(unix(1).outcome, Outcome::PermissionDenied);
+        let x = unix(111);
+        assert_eq!((x.outcome, x.verdict), (Outcome::Refused, Verdict::BackendDown));
+        let x = unix(11);
+        assert_eq!((x.outcome, x.verdict), (Outcome::BacklogFull, Verdict::BackendOverloaded));
+        assert!(x.nginx_error.unwrap().contains("(11: Resource temporarily unavailable)"));
     }
 
     #[test]
-    fn local_and_network_errors() {
-        let up = "10.0.0.9:80";
-        let e = explain_connect(&facts(Transport::Tcp, up, ConnectEnd::SyscallError(99)));
-        assert_eq!(
-            (e.outcome, e.verdict),
-            (Outcome::AddrUnavailable, Verdict::ProxyResources)
-        );
-        assert!(
-            e.nginx_error
-                .unwrap()
-                .contains("(99: Cannot assign requested address)")
-        );
+    fn local_and_network_connect_errors() {
+        let x = tcp(&connect(END_CONNECT_SYSCALL_ERROR, 99, 10_000));
+        assert_eq!((x.outcome, x.verdict), (Outcome::AddrUnavailable, Verdict::ProxyResources));
+        assert!(x.nginx_error.unwrap().contains("(99: Cannot assign requested address)"));
         for errno in [101, 113] {
-            let e = explain_connect(&facts(Transport::Tcp, up, ConnectEnd::SocketError(errno)));
-            assert_eq!(
-                (e.outcome, e.verdict),
-                (Outcome::Unreachable, Verdict::Network)
-            );
+            let x = tcp(&connect(END_CONNECT_SOCKET_ERROR, errno, 3_000 * MS));
+            assert_eq!((x.outcome, x.verdict), (Outcome::Unreachable, Verdict::Network));
         }
-        let e = explain_connect(&facts(Transport::Tcp, up, ConnectEnd::SocketError(113)));
+        let x = tcp(&connect(END_CONNECT_SOCKET_ERROR, 113, 3_000 * MS));
         assert_eq!(
-            e.nginx_error.unwrap(),
+            x.nginx_error.unwrap(),
             "connect() failed (113: No route to host) while connecting to upstream"
         );
     }
 
     #[test]
     fn nginx_giving_up_on_a_syn_is_a_connect_timeout() {
-        let mut f = facts(Transport::Tcp, "127.0.0.1:3998", ConnectEnd::Abandoned);
-        f.elapsed_us = 2_001_000;
-        f.syn_retransmits = 1;
-        let e = explain_connect(&f);
+        let mut e = connect(END_CONNECT_ABANDONED, 0, 2_001 * MS);
+        e.syn_retransmits = 1;
+        let x = tcp(&e);
+        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::ConnectTimeout, Verdict::Network, Some(110)));
         assert_eq!(
-            (e.outcome, e.verdict, e.errno),
-            (Outcome::ConnectTimeout, Verdict::Network, Some(110))
-        );
-        assert_eq!(
-            e.nginx_error.unwrap(),
+            x.nginx_error.unwrap(),
             "upstream timed out (110: Connection timed out) while connecting to upstream"
         );
+        assert_eq!(x.evidence, "no SYN-ACK after 2.00 s and 1 SYN retransmit; nginx closed the socket");
+    }
+
+    #[test]
+    fn a_fast_answer_is_healthy_with_every_phase_timed() {
+        let e = exchange(END_RESPONSE_DONE, Some(40_000), Some(2 * MS), 2 * MS + 50_000);
+        let x = tcp(&e);
+        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::Ok, Verdict::Healthy, None));
+        assert!(x.nginx_error.is_none());
         assert_eq!(
-            e.evidence,
-            "no SYN-ACK after 2.00 s and 1 SYN retransmit; nginx closed the socket"
+            x.timings,
+            Timings {
+                connect: Some(100),
+                request_acked: Some(40),
+                first_byte: Some(2_000),
+                nginx_read_delay: Some(20),
+                total: Some(2_200),
+            }
         );
     }
 
     #[test]
-    fn a_made_connection_is_healthy_and_has_no_error() {
-        let e = explain_connect(&facts(
-            Transport::Tcp,
-            "127.0.0.1:80",
-            ConnectEnd::Connected,
-        ));
-        assert_eq!(
-            (e.outcome, e.verdict, e.errno),
-            (Outcome::Ok, Verdict::Healthy, None)
-        );
-        assert!(e.nginx_error.is_none());
+    fn a_late_first_byte_after_a_prompt_ack_is_backend_slow() {
+        let e = exchange(END_RESPONSE_DONE, Some(100_000), Some(1_500 * MS), 1_501 * MS);
+        let x = tcp(&e);
+        assert_eq!((x.outcome, x.verdict), (Outcome::Ok, Verdict::BackendSlow));
+        assert_eq!(x.evidence, "request acked after 0.1 ms, 0 retransmits, first byte after 1.50 s");
     }
 
     #[test]
-    fn unknown_end_codes_are_refused() {
+    fn nginx_closing_while_waiting_is_no_response_and_the_504_line() {
+        // proxy_read_timeout 60s against a backend that never answers.
+        let e = exchange(END_NGINX_CLOSED, Some(100_000), None, 60_000 * MS);
+        let x = tcp(&e);
+        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::NoResponse, Verdict::BackendSlow, Some(110)));
         assert_eq!(
-            ConnectEnd::from_record(END_CONNECT_SYSCALL_ERROR, 2),
-            Some(ConnectEnd::SyscallError(2))
+            x.nginx_error.unwrap(),
+            "upstream timed out (110: Connection timed out) while reading response header from upstream"
         );
-        assert_eq!(ConnectEnd::from_record(99, 0), None);
+        assert_eq!(x.evidence, "request acked after 0.1 ms, 0 retransmits, no response for 60.00 s");
+    }
+
+    #[test]
+    fn retransmissions_make_it_the_network() {
+        let mut e = exchange(END_RESPONSE_DONE, Some(210 * MS), Some(212 * MS), 213 * MS);
+        e.retransmits = 1;
+        let x = tcp(&e);
+        assert_eq!(x.verdict, Verdict::Network);
+        assert!(x.evidence.starts_with("1 retransmit: "), "{}", x.evidence);
+        // A request never acknowledged, and no answer: also the network.
+        let e = exchange(END_NGINX_CLOSED, None, None, 5_000 * MS);
+        let x = tcp(&e);
+        assert_eq!((x.outcome, x.verdict), (Outcome::NoResponse, Verdict::Network));
+        assert!(x.evidence.starts_with("request not acknowledged for 5.00 s"), "{}", x.evidence);
+    }
+
+    #[test]
+    fn unix_has_no_tcp_facts_and_a_slow_php_is_backend_slow() {
+        let mut e = exchange(END_RESPONSE_DONE, None, Some(2_000 * MS), 2_001 * MS);
+        e.flags |= FLAG_REUSED;
+        let x = explain(&e, Transport::Unix, "unix:/run/php/php8.2-fpm.sock", SLOW);
+        assert_eq!((x.outcome, x.verdict), (Outcome::Ok, Verdict::BackendSlow));
+        assert_eq!(x.evidence, "first byte after 2.00 s");
+    }
+
+    #[test]
+    fn resets_and_early_closes_are_the_backend_aborting() {
+        let mut e = exchange(END_PEER_RESET, Some(50_000), None, 3 * MS);
+        e.errno = 104;
+        let x = tcp(&e);
+        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::Reset, Verdict::BackendAborted, Some(104)));
+        assert_eq!(
+            x.nginx_error.unwrap(),
+            "recv() failed (104: Connection reset by peer) while reading response header from upstream"
+        );
+        let e = exchange(END_PEER_CLOSED, Some(50_000), None, 3 * MS);
+        let x = tcp(&e);
+        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::ClosedEarly, Verdict::BackendAborted, None));
+        assert_eq!(
+            x.nginx_error.unwrap(),
+            "upstream prematurely closed connection while reading response header from upstream"
+        );
+    }
+
+    #[test]
+    fn a_busy_worker_reading_late_is_in_the_evidence() {
+        let mut e = exchange(END_RESPONSE_DONE, Some(50_000), Some(2 * MS), 1_300 * MS);
+        e.resp_first_read_ns = e.resp_kernel_ns + 1_200 * MS;
+        let x = tcp(&e);
+        assert_eq!(x.timings.nginx_read_delay, Some(1_200_000));
+        assert!(x.evidence.contains("nginx read it 1.20 s later (worker busy)"), "{}", x.evidence);
     }
 }

@@ -42,9 +42,18 @@ pub struct TraceArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Print every connect, successful ones too.
+    /// Print every exchange, healthy ones too (default: failed or slow ones).
     #[arg(long)]
     pub all: bool,
+
+    /// First-byte wait, in ms, from which a backend counts as slow; exchanges
+    /// waiting this long are reported while they wait.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub slow: u64,
+
+    /// Print latency histograms every SECS seconds (0: only at exit).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub interval: u64,
 
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]

@@ -11,6 +11,11 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
+/// Now on the kernel programs' clock (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
 /// Converts `bpf_ktime_get_ns()` values to wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {

@@ -8,8 +8,8 @@ use aya::{
     programs::TracePoint,
 };
 use ngx_trace_common::{
-    Config, GLOBAL_CONFIG, LOST_SLOTS, MAP_EVENTS, MAP_LOST, MAP_NGINX_PIDS, NGINX_PID_TRACED,
-    NGINX_PID_WORKER, ProgramSpec,
+    Config, Exchange, GLOBAL_CONFIG, LOST_SLOTS, MAP_CONNS, MAP_EVENTS, MAP_LOST, MAP_NGINX_PIDS,
+    NGINX_PID_TRACED, NGINX_PID_WORKER, ProgramSpec,
 };
 
 use crate::exit::{self, UserError};
@@ -25,6 +25,8 @@ pub struct Kernel {
     lost: PerCpuArray<MapData, u64>,
     /// Traced pids.
     pids: HashMap<MapData, u32, u32>,
+    /// Upstream connections in flight.
+    conns: HashMap<MapData, u64, Exchange>,
     /// How long loading and attaching took.
     pub attach_time: Duration,
     /// `category:name` of every attached tracepoint.
@@ -84,9 +86,12 @@ impl Kernel {
             .context("LOST is not a per-CPU array")?;
         let pids = HashMap::try_from(ebpf.take_map(MAP_NGINX_PIDS).context("no pid map")?)
             .context("NGINX_PIDS is not a hash map")?;
+        let conns = HashMap::try_from(ebpf.take_map(MAP_CONNS).context("no CONNS map")?)
+            .context("CONNS is not a hash map")?;
         let kernel = Self {
             _ebpf: ebpf,
             lost,
+            conns,
             pids,
             attach_time: started.elapsed(),
             attached,
@@ -104,6 +109,12 @@ impl Kernel {
         self.pids
             .insert(pid, mark, 0)
             .with_context(|| format!("failed to add pid {pid} to the traced set"))
+    }
+
+    /// The upstream connections the kernel tracks now, by socket. Entries
+    /// that change while being read are skipped (the next read sees them).
+    pub fn conns(&self) -> impl Iterator<Item = (u64, Exchange)> + '_ {
+        self.conns.iter().filter_map(Result::ok)
     }
 
     /// Records dropped so far, summed over CPUs, per `LOST_*` slot.

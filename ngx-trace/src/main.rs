@@ -9,6 +9,7 @@ mod cli;
 mod clock;
 mod event;
 mod exit;
+mod histogram;
 mod kernel;
 mod output;
 mod preflight;
@@ -113,11 +114,16 @@ async fn trace(args: TraceArgs) -> Result<()> {
             kernel.attach_time.as_millis()
         ));
     }
-    let mut session = Session::new(Output::new(args.json), args.all, initial);
+    let mut session = Session::new(
+        Output::new(args.json),
+        args.all,
+        args.slow.saturating_mul(1000),
+        initial,
+    );
     session.refresh_workers()?;
 
-    pump(&kernel, events, &mut session, args.duration).await?;
-    session.finish()?;
+    pump(&kernel, events, &mut session, &args).await?;
+    session.finish(kernel.conns(), clock::monotonic_ns())?;
     Ok(())
 }
 
@@ -127,14 +133,21 @@ async fn pump(
     kernel: &Kernel,
     events: RingBuf<MapData>,
     session: &mut Session,
-    duration: Option<Duration>,
+    args: &TraceArgs,
 ) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("failed to handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("failed to handle SIGINT")?;
-    let deadline = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    let forever = Duration::from_secs(u64::MAX / 4);
+    let deadline = tokio::time::sleep(args.duration.unwrap_or(forever));
     tokio::pin!(deadline);
     let mut workers_tick = tokio::time::interval(Duration::from_millis(200));
     let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut pending_tick = tokio::time::interval(Duration::from_millis(250));
+    let interval = match args.interval {
+        0 => forever,
+        secs => Duration::from_secs(secs),
+    };
+    let mut histogram_tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
 
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
     // for as long as the AsyncFd owns the RingBuf.
@@ -154,6 +167,10 @@ async fn pump(
                 }
                 _ = workers_tick.tick() => session.refresh_workers()?,
                 _ = lost_tick.tick() => session.report_lost(kernel.lost()?)?,
+                _ = pending_tick.tick() => {
+                    session.report_pending(kernel.conns(), clock::monotonic_ns())?;
+                }
+                _ = histogram_tick.tick() => session.report_histograms()?,
                 _ = &mut deadline => break,
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,

@@ -22,11 +22,15 @@ impl Output {
 
     /// Prints `event` as JSON, or `text` in text mode.
     pub fn event(&self, event: &impl Serialize, text: impl FnOnce() -> String) -> io::Result<()> {
-        let line = if self.json {
-            serde_json::to_string(event).map_err(io::Error::other)?
+        if self.json {
+            self.text(&serde_json::to_string(event).map_err(io::Error::other)?)
         } else {
-            text()
-        };
+            self.text(&text())
+        }
+    }
+
+    /// Prints `line` as it is.
+    pub fn text(&self, line: &str) -> io::Result<()> {
         let mut out = io::stdout().lock();
         out.write_all(line.as_bytes())?;
         if !line.ends_with('\n') {

@@ -9,7 +9,7 @@ use ngx_trace_common::{
 /// One record from the kernel.
 #[derive(Debug, Clone, Copy)]
 pub enum Record {
-    /// A finished upstream connect.
+    /// A finished connect attempt or exchange.
     Upstream(UpstreamRecord),
     /// A change to the traced processes.
     Process(ProcessRecord),
@@ -89,7 +89,7 @@ pub fn upstream_name(addr: &UpstreamAddr) -> (Transport, String) {
 
 #[cfg(test)]
 mod tests {
-    use ngx_trace_common::END_CONNECT_SOCKET_ERROR;
+    use ngx_trace_common::{END_CONNECT_SOCKET_ERROR, Exchange};
 
     use super::*;
 
@@ -118,28 +118,25 @@ mod tests {
 
     #[test]
     fn decodes_what_the_kernel_writes() {
+        let mut exchange = Exchange::new(4243, 17, 1_000, addr(AF_INET, 3999, &[127, 0, 0, 1]));
+        exchange.end = END_CONNECT_SOCKET_ERROR;
+        exchange.errno = 111;
+        exchange.end_ns = 91_000;
         let record = UpstreamRecord {
             kind: RECORD_UPSTREAM,
-            tgid: 4243,
-            end: END_CONNECT_SOCKET_ERROR,
-            errno: 111,
-            start_ns: 1_000,
-            end_ns: 91_000,
-            syn_retransmits: 0,
-            flags: 1,
-            addr: addr(AF_INET, 3999, &[127, 0, 0, 1]),
+            _pad: 0,
+            exchange,
         };
         // SAFETY: a plain repr(C) struct viewed as bytes.
         let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&raw const record).cast::<u8>(),
-                size_of::<UpstreamRecord>(),
-            )
+            std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<UpstreamRecord>())
         };
         let Ok(Record::Upstream(back)) = decode(bytes) else {
             panic!("not decoded as upstream");
         };
-        assert_eq!((back.tgid, back.errno, back.end_ns), (4243, 111, 91_000));
+        let e = back.exchange;
+        assert_eq!((e.tgid, e.errno, e.end_ns, e.fd), (4243, 111, 91_000, 17));
+        assert_eq!(upstream_name(&e.addr).1, "127.0.0.1:3999");
     }
 
     #[test]

@@ -1,26 +1,38 @@
 //! One tracing session: turns kernel records into events, follows the set
 //! of traced workers, reports lost events, and sums up at the end.
-use std::{collections::BTreeSet, io};
+use std::{
+    collections::{BTreeSet, HashSet},
+    io,
+};
 
+use ngx_trace_common::{
+    END_RESPONSE_DONE, Exchange, FLAG_CONNECTED, PHASE_RECEIVING, PHASE_SENDING, PROC_EXEC,
+    PROC_EXIT, PROC_FORK,
+};
 use serde_json::json;
 
 use crate::{
-    classify::{ConnectEnd, ConnectFacts, explain_connect},
+    classify::{Outcome, Verdict, explain, human_us},
     clock::{Clock, rfc3339_micros},
-    event::UpstreamEvent,
+    event::{PendingEvent, UpstreamEvent},
+    histogram::Histograms,
     output::{Output, notice},
     procs,
-    records::{Record, upstream_name},
+    records::{Record, Transport, upstream_name},
     summary::Summary,
 };
-use ngx_trace_common::{FLAG_RESET_SEEN, PROC_EXEC, PROC_EXIT, PROC_FORK};
 
 /// State of a tracing session.
 pub struct Session {
     out: Output,
     all: bool,
+    /// First-byte wait from which a backend counts as slow, µs.
+    slow_us: u64,
     clock: Clock,
     summary: Summary,
+    histograms: Histograms,
+    /// Exchanges already reported as pending: (sock, exchange index, start).
+    pending_shown: HashSet<(u64, u32, u64)>,
     /// Traced nginx processes (not threads).
     traced: BTreeSet<u32>,
     /// The worker set last printed.
@@ -32,13 +44,17 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session printing to `out`, tracing `traced` at first.
-    pub fn new(out: Output, all: bool, traced: BTreeSet<u32>) -> Self {
+    /// A session printing to `out` (every exchange if `all`, else failed or
+    /// slow ones), tracing `traced` at first.
+    pub fn new(out: Output, all: bool, slow_us: u64, traced: BTreeSet<u32>) -> Self {
         Self {
             out,
             all,
+            slow_us,
             clock: Clock::new(),
             summary: Summary::default(),
+            histograms: Histograms::default(),
+            pending_shown: HashSet::new(),
             traced,
             shown_workers: None,
             lost_reported: 0,
@@ -49,29 +65,7 @@ impl Session {
     /// Handles one raw ring-buffer record.
     pub fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
         match crate::records::decode(bytes) {
-            Ok(Record::Upstream(r)) => {
-                let Some(end) = ConnectEnd::from_record(r.end, r.errno) else {
-                    self.bad_records += 1;
-                    return Ok(());
-                };
-                let (transport, upstream) = upstream_name(&r.addr);
-                let facts = ConnectFacts {
-                    transport,
-                    upstream,
-                    end,
-                    elapsed_us: r.end_ns.saturating_sub(r.start_ns) / 1000,
-                    syn_retransmits: r.syn_retransmits,
-                    reset_seen: r.flags & FLAG_RESET_SEEN != 0,
-                };
-                let explanation = explain_connect(&facts);
-                self.summary.add(&facts.upstream, explanation.outcome);
-                if explanation.outcome == crate::classify::Outcome::Ok && !self.all {
-                    return Ok(());
-                }
-                let time = rfc3339_micros(self.clock.wall(r.end_ns));
-                let event = UpstreamEvent::connect(time, r.tgid, &facts, explanation);
-                self.out.event(&event, || event.to_text())
-            }
+            Ok(Record::Upstream(r)) => self.exchange(&r.exchange),
             Ok(Record::Process(p)) => {
                 match p.what {
                     PROC_FORK | PROC_EXEC if procs::is_process(p.pid) => {
@@ -88,6 +82,96 @@ impl Session {
                 self.bad_records += 1;
                 Ok(())
             }
+        }
+    }
+
+    /// Explains, counts and (if it is to be shown) prints a finished exchange.
+    fn exchange(&mut self, ex: &Exchange) -> io::Result<()> {
+        let (transport, upstream) = upstream_name(&ex.addr);
+        let explanation = explain(ex, transport, &upstream, self.slow_us);
+        self.summary.add(&upstream, explanation.outcome);
+        self.histograms.record(&upstream, &explanation.timings);
+        let routine =
+            explanation.outcome == Outcome::Ok && explanation.verdict == Verdict::Healthy;
+        if routine && !self.all {
+            return Ok(());
+        }
+        let time = rfc3339_micros(self.clock.wall(ex.end_ns));
+        let event = UpstreamEvent::new(time, ex, transport, &upstream, explanation);
+        self.out.event(&event, || event.to_text())
+    }
+
+    /// Reports, once each, the exchanges in `conns` (the kernel's in-flight
+    /// state) that have waited `--slow` or longer for their first byte.
+    pub fn report_pending(
+        &mut self,
+        conns: impl Iterator<Item = (u64, Exchange)>,
+        now_ns: u64,
+    ) -> io::Result<()> {
+        let mut still_waiting = HashSet::new();
+        for (sk, ex) in conns {
+            if ex.phase != PHASE_SENDING || ex.resp_kernel_ns != 0 || ex.flags & FLAG_CONNECTED == 0 {
+                continue;
+            }
+            let key = (sk, ex.index, ex.req_first_ns);
+            let waited_us = now_ns.saturating_sub(ex.req_last_ns) / 1000;
+            if waited_us < self.slow_us {
+                continue;
+            }
+            still_waiting.insert(key);
+            if self.pending_shown.contains(&key) {
+                continue;
+            }
+            let (transport, upstream) = upstream_name(&ex.addr);
+            let tcp = transport == Transport::Tcp;
+            let acked = ex.acked_ns >= ex.req_last_ns && ex.acked_ns != 0;
+            let network = tcp && (ex.retransmits > 0 || !acked);
+            let mut evidence = Vec::new();
+            if tcp {
+                evidence.push(if acked {
+                    format!("request acked after {}", human_us((ex.acked_ns - ex.req_last_ns) / 1000))
+                } else {
+                    "request not acked".to_string()
+                });
+                evidence.push(format!("{} retransmits", ex.retransmits));
+            }
+            evidence.push(format!("no response for {} yet", human_us(waited_us)));
+            let event = PendingEvent {
+                event: "pending",
+                time: rfc3339_micros(self.clock.wall(now_ns)),
+                worker_pid: ex.tgid,
+                upstream,
+                transport: transport.as_str(),
+                waiting_ms: waited_us / 1000,
+                request_acked: tcp.then_some(acked),
+                retransmits: tcp.then_some(ex.retransmits),
+                verdict: if network {
+                    Verdict::Network.as_str()
+                } else {
+                    Verdict::BackendSlow.as_str()
+                },
+                evidence: evidence.join(", "),
+            };
+            self.out.event(&event, || event.to_text())?;
+        }
+        // Forget exchanges that ended, keeping the set bounded.
+        self.pending_shown = still_waiting;
+        Ok(())
+    }
+
+    /// Prints the latency histograms (cumulative since start).
+    pub fn report_histograms(&self) -> io::Result<()> {
+        if self.histograms.is_empty() {
+            return Ok(());
+        }
+        if self.out.is_json() {
+            for event in self.histograms.to_json() {
+                self.out.event(&event, String::new)?;
+            }
+            Ok(())
+        } else {
+            let text = self.histograms.to_text();
+            self.out.text(&format!("latency per upstream and phase:\n{}", text.trim_end()))
         }
     }
 
@@ -141,8 +225,18 @@ impl Session {
         })
     }
 
-    /// Prints the per-upstream summary.
-    pub fn finish(&self) -> io::Result<()> {
+    /// Reports exchanges that got their response but were not ended by the
+    /// kernel yet (a kept-alive connection waiting for its next request),
+    /// then the histograms and the per-upstream summary.
+    pub fn finish(&mut self, conns: impl Iterator<Item = (u64, Exchange)>, now_ns: u64) -> io::Result<()> {
+        for (_, mut ex) in conns {
+            if ex.phase == PHASE_RECEIVING {
+                ex.end = END_RESPONSE_DONE;
+                ex.end_ns = ex.resp_last_read_ns.min(now_ns);
+                self.exchange(&ex)?;
+            }
+        }
+        self.report_histograms()?;
         let summary = self.summary.to_json();
         self.out.event(&summary, || self.summary.to_text())
     }

@@ -101,6 +101,11 @@ pub fn offsets_from(
     let (retransmit, retransmit_f) = fields("tcp", "tcp_retransmit_skb")?;
     let (destroy, destroy_f) = fields("tcp", "tcp_destroy_sock")?;
     let (fork, fork_f) = fields("sched", "sched_process_fork")?;
+    let (close, close_f) = fields("syscalls", "sys_enter_close")?;
+    let (send, send_f) = fields("sock", "sock_send_length")?;
+    let (recv, recv_f) = fields("sock", "sock_recv_length")?;
+    let (ready, ready_f) = fields("sock", "sk_data_ready")?;
+    let (probe, probe_f) = fields("tcp", "tcp_probe")?;
     Ok(Offsets {
         socket_type: offset_of(&socket_f, &socket, "type", 8)?,
         socket_ret: offset_of(&socket_exit_f, &socket_exit, "ret", 8)?,
@@ -118,6 +123,18 @@ pub fn offsets_from(
         retransmit_state: offset_of(&retransmit_f, &retransmit, "state", 4)?,
         destroy_skaddr: offset_of(&destroy_f, &destroy, "skaddr", 8)?,
         fork_child_pid: offset_of(&fork_f, &fork, "child_pid", 4)?,
+        close_fd: offset_of(&close_f, &close, "fd", 8)?,
+        send_sk: offset_of(&send_f, &send, "sk", 8)?,
+        send_family: offset_of(&send_f, &send, "family", 2)?,
+        send_ret: offset_of(&send_f, &send, "ret", 4)?,
+        recv_sk: offset_of(&recv_f, &recv, "sk", 8)?,
+        recv_ret: offset_of(&recv_f, &recv, "ret", 4)?,
+        data_ready_skaddr: offset_of(&ready_f, &ready, "skaddr", 8)?,
+        probe_skaddr: offset_of(&probe_f, &probe, "skaddr", 8)?,
+        probe_snd_nxt: offset_of(&probe_f, &probe, "snd_nxt", 4)?,
+        probe_snd_una: offset_of(&probe_f, &probe, "snd_una", 4)?,
+        probe_srtt: offset_of(&probe_f, &probe, "srtt", 4)?,
+        _pad: 0,
     })
 }
 

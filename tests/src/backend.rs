@@ -12,8 +12,19 @@ use std::{
     time::Duration,
 };
 
-/// A TCP HTTP server answering `200 ok` to every request, one thread per
-/// connection; stopped on drop.
+/// What an [`HttpBackend`] does with each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behavior {
+    /// Answers `200 ok` after this delay.
+    Answer(Duration),
+    /// Resets the connection (SO_LINGER 0) once the request is read.
+    Reset,
+    /// Closes the connection without answering once the request is read.
+    Close,
+}
+
+/// A TCP HTTP server on loopback, one thread per connection, HTTP/1.1
+/// keep-alive when asked; stopped on drop.
 pub struct HttpBackend {
     port: u16,
     stop: Arc<AtomicBool>,
@@ -21,8 +32,13 @@ pub struct HttpBackend {
 }
 
 impl HttpBackend {
-    /// Starts on a free loopback port.
+    /// Starts on a free loopback port, answering at once.
     pub fn start() -> Self {
+        Self::with(Behavior::Answer(Duration::ZERO))
+    }
+
+    /// Starts on a free loopback port with `behavior`.
+    pub fn with(behavior: Behavior) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
         let port = listener.local_addr().expect("backend addr").port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -33,7 +49,7 @@ impl HttpBackend {
                     break;
                 }
                 if let Ok(conn) = conn {
-                    std::thread::spawn(move || serve(conn));
+                    std::thread::spawn(move || serve(conn, behavior));
                 }
             }
         });
@@ -50,18 +66,66 @@ impl HttpBackend {
     }
 }
 
-fn serve(mut conn: TcpStream) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+fn serve(mut conn: TcpStream, behavior: Behavior) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
     let mut buf = [0u8; 4096];
     let mut seen = Vec::new();
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
+    loop {
+        // One request: headers up to the blank line (nginx sends no body here).
+        let end = loop {
+            if let Some(pos) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+        seen.drain(..end);
+        let keepalive = head.starts_with("get") && head.contains("http/1.1") && !head.contains("connection: close");
+        match behavior {
+            Behavior::Answer(delay) => {
+                std::thread::sleep(delay);
+                let connection = if keepalive { "keep-alive" } else { "close" };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: {connection}\r\n\r\nok\n"
+                );
+                if conn.write_all(response.as_bytes()).is_err() || !keepalive {
+                    return;
+                }
+            }
+            Behavior::Reset => {
+                let _ = socket_linger_zero(&conn);
+                return;
+            }
+            Behavior::Close => return,
         }
     }
-    let _ =
-        conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+}
+
+/// SO_LINGER with a zero timeout: closing sends a RST instead of a FIN.
+fn socket_linger_zero(conn: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and a pointer to a linger of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 impl Drop for HttpBackend {
