@@ -184,7 +184,6 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "see the request acknowledged, and the smoothed RTT",
         optional: false,
     },
-
 ];
 
 /// Tracepoint field offsets, read from tracefs `format` files at start-up

@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use ngx_trace_common::{
-    AF_INET, AF_INET6, AF_UNIX, END_CONNECT_SYSCALL_ERROR, Exchange, FLAG_CONNECTED,
-    LOST_MAP_FULL, UpstreamAddr,
+    AF_INET, AF_INET6, AF_UNIX, END_CONNECT_SYSCALL_ERROR, Exchange, FLAG_CONNECTED, LOST_MAP_FULL,
+    UpstreamAddr,
 };
 
 use crate::{
@@ -138,7 +138,10 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
                 (*exchange).connect_ns = now - (*exchange).start_ns;
                 (*exchange).flags |= FLAG_CONNECTED;
             }
-            if UNIX_BIND.insert(pid_tgid, unsafe { &*exchange }, 0).is_err() {
+            if UNIX_BIND
+                .insert(pid_tgid, unsafe { &*exchange }, 0)
+                .is_err()
+            {
                 count_lost(LOST_MAP_FULL);
             }
         } else if ret < 0 {

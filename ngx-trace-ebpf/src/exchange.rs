@@ -31,10 +31,16 @@ pub fn end_by_phase(sk: u64, state: *mut Exchange, peer: bool) {
     let now = unsafe { bpf_ktime_get_ns() };
     match unsafe { (*state).phase } {
         PHASE_SENDING => {
-            let end = if peer { END_PEER_CLOSED } else { END_NGINX_CLOSED };
+            let end = if peer {
+                END_PEER_CLOSED
+            } else {
+                END_NGINX_CLOSED
+            };
             emit(state, end, 0, now);
         }
-        PHASE_RECEIVING => emit(state, END_RESPONSE_DONE, 0, unsafe { (*state).resp_last_read_ns }),
+        PHASE_RECEIVING => emit(state, END_RESPONSE_DONE, 0, unsafe {
+            (*state).resp_last_read_ns
+        }),
         _ => {}
     }
     forget(sk, state);
@@ -84,7 +90,10 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     unsafe {
         // Anything from the upstream after this instant answers this write.
-        let before = max((*state).start_ns, max((*state).req_last_ns, (*state).resp_last_read_ns));
+        let before = max(
+            (*state).start_ns,
+            max((*state).req_last_ns, (*state).resp_last_read_ns),
+        );
         match (*state).phase {
             PHASE_IDLE => (*state).req_first_ns = now,
             PHASE_RECEIVING => {
@@ -108,7 +117,11 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
         }
         (*state).req_last_ns = now;
         // Acknowledged while the write was still running (loopback), or not yet.
-        (*state).acked_ns = if (*state).ack_hint_ns > before { now } else { 0 };
+        (*state).acked_ns = if (*state).ack_hint_ns > before {
+            now
+        } else {
+            0
+        };
         (*state).phase = PHASE_SENDING;
     }
     0

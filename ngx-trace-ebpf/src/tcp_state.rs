@@ -188,7 +188,9 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if unsafe { (*state).flags } & FLAG_CONNECTED == 0 {
-        emit(state, END_CONNECT_ABANDONED, 0, unsafe { bpf_ktime_get_ns() });
+        emit(state, END_CONNECT_ABANDONED, 0, unsafe {
+            bpf_ktime_get_ns()
+        });
         forget(sk, state);
     } else {
         end_by_phase(sk, state, false);

@@ -252,7 +252,9 @@ fn explain_connect(ex: &Exchange, transport: Transport, upstream: &str, t: Timin
     let text = strerror(errno);
     let (nginx_error, evidence) = if ex.end == END_CONNECT_SYSCALL_ERROR {
         (
-            format!("connect() to {upstream} failed ({errno}: {text}) while connecting to upstream"),
+            format!(
+                "connect() to {upstream} failed ({errno}: {text}) while connecting to upstream"
+            ),
             format!("connect() returned {errno} ({text}) after {elapsed}"),
         )
     } else {
@@ -279,7 +281,12 @@ fn explain_connect(ex: &Exchange, transport: Transport, upstream: &str, t: Timin
 
 /// Whether retransmissions, an unacknowledged request or the RTT account for
 /// a wait of `waited_us`; the reason, for the evidence.
-fn network_reason(ex: &Exchange, transport: Transport, t: &Timings, waited_us: u64) -> Option<String> {
+fn network_reason(
+    ex: &Exchange,
+    transport: Transport,
+    t: &Timings,
+    waited_us: u64,
+) -> Option<String> {
     if transport != Transport::Tcp {
         return None;
     }
@@ -291,7 +298,10 @@ fn network_reason(ex: &Exchange, transport: Transport, t: &Timings, waited_us: u
     }
     match t.request_acked {
         None if waited_us >= ACK_LATE_US => {
-            return Some(format!("request not acknowledged for {}", human_us(waited_us)));
+            return Some(format!(
+                "request not acknowledged for {}",
+                human_us(waited_us)
+            ));
         }
         Some(ack) if ack >= ACK_LATE_US => {
             return Some(format!("request acknowledged only after {}", human_us(ack)));
@@ -322,7 +332,10 @@ fn explain_exchange(ex: &Exchange, transport: Transport, slow_us: u64, t: Timing
         None => facts.push(format!("no response for {}", human_us(waited))),
     }
     if let Some(delay) = t.nginx_read_delay.filter(|&d| d >= slow_us) {
-        facts.push(format!("nginx read it {} later (worker busy)", human_us(delay)));
+        facts.push(format!(
+            "nginx read it {} later (worker busy)",
+            human_us(delay)
+        ));
     }
     let network = network_reason(ex, transport, &t, waited);
     let read_phase = if ex.resp_first_read_ns == 0 {
@@ -346,7 +359,9 @@ fn explain_exchange(ex: &Exchange, transport: Transport, slow_us: u64, t: Timing
             Outcome::ClosedEarly,
             Verdict::BackendAborted,
             None,
-            Some(format!("upstream prematurely closed connection {read_phase}")),
+            Some(format!(
+                "upstream prematurely closed connection {read_phase}"
+            )),
             "backend closed without answering",
         ),
         END_NGINX_CLOSED => {
@@ -359,7 +374,9 @@ fn explain_exchange(ex: &Exchange, transport: Transport, slow_us: u64, t: Timing
                 Outcome::NoResponse,
                 verdict,
                 Some(ETIMEDOUT),
-                Some(format!("upstream timed out (110: Connection timed out) {read_phase}")),
+                Some(format!(
+                    "upstream timed out (110: Connection timed out) {read_phase}"
+                )),
                 meaning,
             )
         }
@@ -367,7 +384,9 @@ fn explain_exchange(ex: &Exchange, transport: Transport, slow_us: u64, t: Timing
             Outcome::NoResponse,
             Verdict::Network,
             Some(ETIMEDOUT),
-            Some(format!("recv() failed (110: Connection timed out) {read_phase}")),
+            Some(format!(
+                "recv() failed (110: Connection timed out) {read_phase}"
+            )),
             "connection timed out: network",
         ),
         _ => {
@@ -376,7 +395,10 @@ fn explain_exchange(ex: &Exchange, transport: Transport, slow_us: u64, t: Timing
                 Outcome::Reset,
                 Verdict::BackendAborted,
                 Some(errno),
-                Some(format!("recv() failed ({errno}: {}) {read_phase}", strerror(errno))),
+                Some(format!(
+                    "recv() failed ({errno}: {}) {read_phase}",
+                    strerror(errno)
+                )),
                 "backend reset the connection",
             )
         }
@@ -445,7 +467,10 @@ mod tests {
         let mut e = connect(END_CONNECT_SOCKET_ERROR, 111, 150_000);
         e.flags |= FLAG_RESET_SEEN;
         let x = tcp(&e);
-        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::Refused, Verdict::BackendDown, Some(111)));
+        assert_eq!(
+            (x.outcome, x.verdict, x.errno),
+            (Outcome::Refused, Verdict::BackendDown, Some(111))
+        );
         // Exactly what Debian's nginx 1.22 logs for a stopped backend.
         assert_eq!(
             x.nginx_error.unwrap(),
@@ -458,32 +483,65 @@ mod tests {
     #[test]
     fn unix_errors_name_the_socket_like_nginx() {
         let sock = "unix:/var/run/php/php8.1-fpm.sock";
-        let unix = |errno| explain(&connect(END_CONNECT_SYSCALL_ERROR, errno, 20_000), Transport::Unix, sock, SLOW);
+        let unix = |errno| {
+            explain(
+                &connect(END_CONNECT_SYSCALL_ERROR, errno, 20_000),
+                Transport::Unix,
+                sock,
+                SLOW,
+            )
+        };
         let x = unix(2);
-        assert_eq!((x.outcome, x.verdict), (Outcome::NotFound, Verdict::BackendDown));
+        assert_eq!(
+            (x.outcome, x.verdict),
+            (Outcome::NotFound, Verdict::BackendDown)
+        );
         assert_eq!(
             x.nginx_error.unwrap(),
             "connect() to unix:/var/run/php/php8.1-fpm.sock failed (2: No such file or directory) while connecting to upstream"
         );
         let x = unix(13);
-        assert_eq!((x.outcome, x.verdict), (Outcome::PermissionDenied, Verdict::Permission));
+        assert_eq!(
+            (x.outcome, x.verdict),
+            (Outcome::PermissionDenied, Verdict::Permission)
+        );
         assert_eq!(x.meaning, "socket permissions or SELinux/AppArmor");
         assert_eq!(unix(1).outcome, Outcome::PermissionDenied);
         let x = unix(111);
-        assert_eq!((x.outcome, x.verdict), (Outcome::Refused, Verdict::BackendDown));
+        assert_eq!(
+            (x.outcome, x.verdict),
+            (Outcome::Refused, Verdict::BackendDown)
+        );
         let x = unix(11);
-        assert_eq!((x.outcome, x.verdict), (Outcome::BacklogFull, Verdict::BackendOverloaded));
-        assert!(x.nginx_error.unwrap().contains("(11: Resource temporarily unavailable)"));
+        assert_eq!(
+            (x.outcome, x.verdict),
+            (Outcome::BacklogFull, Verdict::BackendOverloaded)
+        );
+        assert!(
+            x.nginx_error
+                .unwrap()
+                .contains("(11: Resource temporarily unavailable)")
+        );
     }
 
     #[test]
     fn local_and_network_connect_errors() {
         let x = tcp(&connect(END_CONNECT_SYSCALL_ERROR, 99, 10_000));
-        assert_eq!((x.outcome, x.verdict), (Outcome::AddrUnavailable, Verdict::ProxyResources));
-        assert!(x.nginx_error.unwrap().contains("(99: Cannot assign requested address)"));
+        assert_eq!(
+            (x.outcome, x.verdict),
+            (Outcome::AddrUnavailable, Verdict::ProxyResources)
+        );
+        assert!(
+            x.nginx_error
+                .unwrap()
+                .contains("(99: Cannot assign requested address)")
+        );
         for errno in [101, 113] {
             let x = tcp(&connect(END_CONNECT_SOCKET_ERROR, errno, 3_000 * MS));
-            assert_eq!((x.outcome, x.verdict), (Outcome::Unreachable, Verdict::Network));
+            assert_eq!(
+                (x.outcome, x.verdict),
+                (Outcome::Unreachable, Verdict::Network)
+            );
         }
         let x = tcp(&connect(END_CONNECT_SOCKET_ERROR, 113, 3_000 * MS));
         assert_eq!(
@@ -497,19 +555,33 @@ mod tests {
         let mut e = connect(END_CONNECT_ABANDONED, 0, 2_001 * MS);
         e.syn_retransmits = 1;
         let x = tcp(&e);
-        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::ConnectTimeout, Verdict::Network, Some(110)));
+        assert_eq!(
+            (x.outcome, x.verdict, x.errno),
+            (Outcome::ConnectTimeout, Verdict::Network, Some(110))
+        );
         assert_eq!(
             x.nginx_error.unwrap(),
             "upstream timed out (110: Connection timed out) while connecting to upstream"
         );
-        assert_eq!(x.evidence, "no SYN-ACK after 2.00 s and 1 SYN retransmit; nginx closed the socket");
+        assert_eq!(
+            x.evidence,
+            "no SYN-ACK after 2.00 s and 1 SYN retransmit; nginx closed the socket"
+        );
     }
 
     #[test]
     fn a_fast_answer_is_healthy_with_every_phase_timed() {
-        let e = exchange(END_RESPONSE_DONE, Some(40_000), Some(2 * MS), 2 * MS + 50_000);
+        let e = exchange(
+            END_RESPONSE_DONE,
+            Some(40_000),
+            Some(2 * MS),
+            2 * MS + 50_000,
+        );
         let x = tcp(&e);
-        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::Ok, Verdict::Healthy, None));
+        assert_eq!(
+            (x.outcome, x.verdict, x.errno),
+            (Outcome::Ok, Verdict::Healthy, None)
+        );
         assert!(x.nginx_error.is_none());
         assert_eq!(
             x.timings,
@@ -525,10 +597,18 @@ mod tests {
 
     #[test]
     fn a_late_first_byte_after_a_prompt_ack_is_backend_slow() {
-        let e = exchange(END_RESPONSE_DONE, Some(100_000), Some(1_500 * MS), 1_501 * MS);
+        let e = exchange(
+            END_RESPONSE_DONE,
+            Some(100_000),
+            Some(1_500 * MS),
+            1_501 * MS,
+        );
         let x = tcp(&e);
         assert_eq!((x.outcome, x.verdict), (Outcome::Ok, Verdict::BackendSlow));
-        assert_eq!(x.evidence, "request acked after 0.1 ms, 0 retransmits, first byte after 1.50 s");
+        assert_eq!(
+            x.evidence,
+            "request acked after 0.1 ms, 0 retransmits, first byte after 1.50 s"
+        );
     }
 
     #[test]
@@ -536,12 +616,18 @@ mod tests {
         // proxy_read_timeout 60s against a backend that never answers.
         let e = exchange(END_NGINX_CLOSED, Some(100_000), None, 60_000 * MS);
         let x = tcp(&e);
-        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::NoResponse, Verdict::BackendSlow, Some(110)));
+        assert_eq!(
+            (x.outcome, x.verdict, x.errno),
+            (Outcome::NoResponse, Verdict::BackendSlow, Some(110))
+        );
         assert_eq!(
             x.nginx_error.unwrap(),
             "upstream timed out (110: Connection timed out) while reading response header from upstream"
         );
-        assert_eq!(x.evidence, "request acked after 0.1 ms, 0 retransmits, no response for 60.00 s");
+        assert_eq!(
+            x.evidence,
+            "request acked after 0.1 ms, 0 retransmits, no response for 60.00 s"
+        );
     }
 
     #[test]
@@ -554,8 +640,16 @@ mod tests {
         // A request never acknowledged, and no answer: also the network.
         let e = exchange(END_NGINX_CLOSED, None, None, 5_000 * MS);
         let x = tcp(&e);
-        assert_eq!((x.outcome, x.verdict), (Outcome::NoResponse, Verdict::Network));
-        assert!(x.evidence.starts_with("request not acknowledged for 5.00 s"), "{}", x.evidence);
+        assert_eq!(
+            (x.outcome, x.verdict),
+            (Outcome::NoResponse, Verdict::Network)
+        );
+        assert!(
+            x.evidence
+                .starts_with("request not acknowledged for 5.00 s"),
+            "{}",
+            x.evidence
+        );
     }
 
     #[test]
@@ -572,14 +666,20 @@ mod tests {
         let mut e = exchange(END_PEER_RESET, Some(50_000), None, 3 * MS);
         e.errno = 104;
         let x = tcp(&e);
-        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::Reset, Verdict::BackendAborted, Some(104)));
+        assert_eq!(
+            (x.outcome, x.verdict, x.errno),
+            (Outcome::Reset, Verdict::BackendAborted, Some(104))
+        );
         assert_eq!(
             x.nginx_error.unwrap(),
             "recv() failed (104: Connection reset by peer) while reading response header from upstream"
         );
         let e = exchange(END_PEER_CLOSED, Some(50_000), None, 3 * MS);
         let x = tcp(&e);
-        assert_eq!((x.outcome, x.verdict, x.errno), (Outcome::ClosedEarly, Verdict::BackendAborted, None));
+        assert_eq!(
+            (x.outcome, x.verdict, x.errno),
+            (Outcome::ClosedEarly, Verdict::BackendAborted, None)
+        );
         assert_eq!(
             x.nginx_error.unwrap(),
             "upstream prematurely closed connection while reading response header from upstream"
@@ -592,6 +692,11 @@ mod tests {
         e.resp_first_read_ns = e.resp_kernel_ns + 1_200 * MS;
         let x = tcp(&e);
         assert_eq!(x.timings.nginx_read_delay, Some(1_200_000));
-        assert!(x.evidence.contains("nginx read it 1.20 s later (worker busy)"), "{}", x.evidence);
+        assert!(
+            x.evidence
+                .contains("nginx read it 1.20 s later (worker busy)"),
+            "{}",
+            x.evidence
+        );
     }
 }

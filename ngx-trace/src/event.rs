@@ -187,7 +187,9 @@ fn shorten_left(s: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use ngx_trace_common::{END_CONNECT_SOCKET_ERROR, END_RESPONSE_DONE, FLAG_RESET_SEEN, UpstreamAddr};
+    use ngx_trace_common::{
+        END_CONNECT_SOCKET_ERROR, END_RESPONSE_DONE, FLAG_RESET_SEEN, UpstreamAddr,
+    };
     use serde_json::json;
 
     use super::*;
@@ -195,7 +197,13 @@ mod tests {
 
     fn event(ex: &Exchange, transport: Transport, upstream: &str) -> UpstreamEvent {
         let e = explain(ex, transport, upstream, 1_000_000);
-        UpstreamEvent::new("2026-11-26T07:12:33.123456Z".into(), ex, transport, upstream, e)
+        UpstreamEvent::new(
+            "2026-11-26T07:12:33.123456Z".into(),
+            ex,
+            transport,
+            upstream,
+            e,
+        )
     }
 
     fn refused() -> UpstreamEvent {
@@ -252,7 +260,10 @@ mod tests {
             v["timings_us"],
             json!({"request_acked": 30, "first_byte": 100_000, "nginx_read_delay": 15, "total": 100_030})
         );
-        assert_eq!(v["tcp"], json!({"syn_retransmits": 0, "retransmits": 0, "srtt_us": 25}));
+        assert_eq!(
+            v["tcp"],
+            json!({"syn_retransmits": 0, "retransmits": 0, "srtt_us": 25})
+        );
         assert_eq!(v["reused"], true);
     }
 
@@ -268,7 +279,8 @@ mod tests {
         ex.resp_last_read_ns = 60_000;
         ex.end = END_RESPONSE_DONE;
         ex.end_ns = 60_000;
-        let v = serde_json::to_value(event(&ex, Transport::Unix, "unix:/run/php/php8.2-fpm.sock")).unwrap();
+        let v = serde_json::to_value(event(&ex, Transport::Unix, "unix:/run/php/php8.2-fpm.sock"))
+            .unwrap();
         assert!(v.get("tcp").is_none());
         assert_eq!(v["transport"], "unix");
         assert_eq!(v["reused"], false);
@@ -278,12 +290,18 @@ mod tests {
     #[test]
     fn text_line_fits_80_columns() {
         let line = refused().to_text();
-        assert_eq!(line, "07:12:33.123 w4243 127.0.0.1:3999 refused(111) backend not listening");
+        assert_eq!(
+            line,
+            "07:12:33.123 w4243 127.0.0.1:3999 refused(111) backend not listening"
+        );
         let mut long = refused();
         long.upstream = format!("unix:/{}/php-fpm.sock", "very/deep/directory".repeat(5));
         long.meaning = "socket file left, nobody listening";
         let line = long.to_text();
         assert_eq!(line.chars().count(), 80, "{line}");
-        assert!(line.contains("…") && line.contains("php-fpm.sock"), "{line}");
+        assert!(
+            line.contains("…") && line.contains("php-fpm.sock"),
+            "{line}"
+        );
     }
 }

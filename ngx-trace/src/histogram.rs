@@ -57,9 +57,12 @@ impl Histograms {
             (Phase::Total, t.total),
         ] {
             let Some(us) = value else { continue };
-            let h = self.by.entry((upstream.to_string(), phase)).or_insert_with(|| {
-                Histogram::new_with_bounds(1, HIGHEST_US, 3).expect("valid histogram bounds")
-            });
+            let h = self
+                .by
+                .entry((upstream.to_string(), phase))
+                .or_insert_with(|| {
+                    Histogram::new_with_bounds(1, HIGHEST_US, 3).expect("valid histogram bounds")
+                });
             h.saturating_record(us.clamp(1, HIGHEST_US));
         }
     }
@@ -148,7 +151,10 @@ mod tests {
         // 3 significant digits: max within 0.1%.
         let max = fb["max_us"].as_u64().unwrap();
         assert!((999_000..=1_001_000).contains(&max), "{max}");
-        assert!(events.iter().all(|e| e["phase"] != "connect"), "no connect recorded");
+        assert!(
+            events.iter().all(|e| e["phase"] != "connect"),
+            "no connect recorded"
+        );
     }
 
     #[test]
@@ -168,7 +174,10 @@ mod tests {
             h.record("unix:/run/php/php8.2-fpm.sock", &first_byte(us));
         }
         let text = h.to_text();
-        assert!(text.starts_with("unix:/run/php/php8.2-fpm.sock\n  first_byte n=4\n"), "{text}");
+        assert!(
+            text.starts_with("unix:/run/php/php8.2-fpm.sock\n  first_byte n=4\n"),
+            "{text}"
+        );
         let bar = |name: &str| {
             text.lines()
                 .find(|l| l.trim_start().starts_with(name))

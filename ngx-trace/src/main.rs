@@ -147,7 +147,8 @@ async fn pump(
         0 => forever,
         secs => Duration::from_secs(secs),
     };
-    let mut histogram_tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut histogram_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
 
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
     // for as long as the AsyncFd owns the RingBuf.

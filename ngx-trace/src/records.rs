@@ -129,7 +129,10 @@ mod tests {
         };
         // SAFETY: a plain repr(C) struct viewed as bytes.
         let bytes = unsafe {
-            std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<UpstreamRecord>())
+            std::slice::from_raw_parts(
+                (&raw const record).cast::<u8>(),
+                size_of::<UpstreamRecord>(),
+            )
         };
         let Ok(Record::Upstream(back)) = decode(bytes) else {
             panic!("not decoded as upstream");

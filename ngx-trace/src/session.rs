@@ -91,8 +91,7 @@ impl Session {
         let explanation = explain(ex, transport, &upstream, self.slow_us);
         self.summary.add(&upstream, explanation.outcome);
         self.histograms.record(&upstream, &explanation.timings);
-        let routine =
-            explanation.outcome == Outcome::Ok && explanation.verdict == Verdict::Healthy;
+        let routine = explanation.outcome == Outcome::Ok && explanation.verdict == Verdict::Healthy;
         if routine && !self.all {
             return Ok(());
         }
@@ -110,7 +109,8 @@ impl Session {
     ) -> io::Result<()> {
         let mut still_waiting = HashSet::new();
         for (sk, ex) in conns {
-            if ex.phase != PHASE_SENDING || ex.resp_kernel_ns != 0 || ex.flags & FLAG_CONNECTED == 0 {
+            if ex.phase != PHASE_SENDING || ex.resp_kernel_ns != 0 || ex.flags & FLAG_CONNECTED == 0
+            {
                 continue;
             }
             let key = (sk, ex.index, ex.req_first_ns);
@@ -129,7 +129,10 @@ impl Session {
             let mut evidence = Vec::new();
             if tcp {
                 evidence.push(if acked {
-                    format!("request acked after {}", human_us((ex.acked_ns - ex.req_last_ns) / 1000))
+                    format!(
+                        "request acked after {}",
+                        human_us((ex.acked_ns - ex.req_last_ns) / 1000)
+                    )
                 } else {
                     "request not acked".to_string()
                 });
@@ -171,7 +174,10 @@ impl Session {
             Ok(())
         } else {
             let text = self.histograms.to_text();
-            self.out.text(&format!("latency per upstream and phase:\n{}", text.trim_end()))
+            self.out.text(&format!(
+                "latency per upstream and phase:\n{}",
+                text.trim_end()
+            ))
         }
     }
 
@@ -228,7 +234,11 @@ impl Session {
     /// Reports exchanges that got their response but were not ended by the
     /// kernel yet (a kept-alive connection waiting for its next request),
     /// then the histograms and the per-upstream summary.
-    pub fn finish(&mut self, conns: impl Iterator<Item = (u64, Exchange)>, now_ns: u64) -> io::Result<()> {
+    pub fn finish(
+        &mut self,
+        conns: impl Iterator<Item = (u64, Exchange)>,
+        now_ns: u64,
+    ) -> io::Result<()> {
         for (_, mut ex) in conns {
             if ex.phase == PHASE_RECEIVING {
                 ex.end = END_RESPONSE_DONE;

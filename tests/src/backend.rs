@@ -83,7 +83,9 @@ fn serve(mut conn: TcpStream, behavior: Behavior) {
         };
         let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
         seen.drain(..end);
-        let keepalive = head.starts_with("get") && head.contains("http/1.1") && !head.contains("connection: close");
+        let keepalive = head.starts_with("get")
+            && head.contains("http/1.1")
+            && !head.contains("connection: close");
         match behavior {
             Behavior::Answer(delay) => {
                 std::thread::sleep(delay);

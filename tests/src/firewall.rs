@@ -14,6 +14,8 @@ fn iptables(args: &[String]) -> bool {
     Command::new("iptables")
         .args(["-w", "5"])
         .args(args)
+        // Deleting a rule that is not there (the sweep) is expected to fail.
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -22,6 +24,14 @@ impl LoopbackRule {
     /// Drops SYNs to 127.0.0.1:`port`: connects to it get no answer.
     pub fn drop_syn(port: u16) -> Self {
         Self::insert(&format!("-p tcp --dport {port} --syn -j DROP"))
+    }
+
+    /// Drops this fraction of the packets sent to 127.0.0.1:`port` (SYNs,
+    /// request data, ACKs of the response), at random.
+    pub fn lose(port: u16, probability: f64) -> Self {
+        Self::insert(&format!(
+            "-p tcp --dport {port} -m statistic --mode random --probability {probability} -j DROP"
+        ))
     }
 
     fn insert(rule: &str) -> Self {

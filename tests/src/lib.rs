@@ -7,6 +7,7 @@ pub mod backend;
 pub mod firewall;
 pub mod http;
 pub mod nginx;
+pub mod php_fpm;
 pub mod tracer;
 
 /// Fails with a clear message unless running as root: kernel tests never
