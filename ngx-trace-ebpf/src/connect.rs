@@ -138,10 +138,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
                 (*exchange).connect_ns = now - (*exchange).start_ns;
                 (*exchange).flags |= FLAG_CONNECTED;
             }
-            if UNIX_BIND
-                .insert(pid_tgid, unsafe { &*exchange }, 0)
-                .is_err()
-            {
+            if UNIX_BIND.insert(pid_tgid, unsafe { *exchange }, 0).is_err() {
                 count_lost(LOST_MAP_FULL);
             }
         } else if ret < 0 {

@@ -59,7 +59,7 @@ fn writer_conn(sk: u64, family: u16) -> Option<*mut Exchange> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let bind = UNIX_BIND.get_ptr(pid_tgid)?;
     let (tgid, fd) = unsafe { ((*bind).tgid, (*bind).fd) };
-    if CONNS.insert(sk, unsafe { &*bind }, 0).is_err()
+    if CONNS.insert(sk, unsafe { *bind }, 0).is_err()
         || FD_CONNS.insert(fd_key(tgid, fd), sk, 0).is_err()
     {
         count_lost(LOST_MAP_FULL);
@@ -209,10 +209,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     };
     let sk = unsafe { *sk };
     let _ = FD_CONNS.remove(key);
-    if let Some(state) = CONNS.get_ptr_mut(sk) {
-        if unsafe { (*state).flags } & FLAG_CONNECTED != 0 {
-            end_by_phase(sk, state, false);
-        }
+    if let Some(state) = CONNS.get_ptr_mut(sk)
+        && unsafe { (*state).flags } & FLAG_CONNECTED != 0
+    {
+        end_by_phase(sk, state, false);
     }
     0
 }

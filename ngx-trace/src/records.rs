@@ -8,6 +8,10 @@ use ngx_trace_common::{
 
 /// One record from the kernel.
 #[derive(Debug, Clone, Copy)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "records are decoded and consumed one at a time, never stored"
+)]
 pub enum Record {
     /// A finished connect attempt or exchange.
     Upstream(UpstreamRecord),

@@ -45,9 +45,9 @@ impl Summary {
     /// A table: one line per upstream with its counts.
     pub fn to_text(&self) -> String {
         if self.counts.is_empty() {
-            return "summary: no upstream connections seen\n".into();
+            return "summary: no upstream connection seen\n".into();
         }
-        let mut text = String::from("summary (connects per upstream):\n");
+        let mut text = String::from("summary (outcomes per upstream):\n");
         for (upstream, outcomes) in &self.counts {
             let parts: Vec<String> = outcomes
                 .iter()
