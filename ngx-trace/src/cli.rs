@@ -59,6 +59,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<Duration>,
 
+    /// Load and attach everything, report the hooks and kernel features in
+    /// use, and exit (0 when all is well): a check for a new host.
+    #[arg(long)]
+    pub check: bool,
+
     /// Process name of nginx (its task comm), for renamed builds.
     #[arg(long, value_name = "NAME", default_value = "nginx", value_parser = parse_comm)]
     pub comm: String,

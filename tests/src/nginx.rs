@@ -46,23 +46,32 @@ impl Nginx {
     /// `locations` inside its one loopback `server {}`. `{dir}` in either is
     /// replaced by the instance's directory.
     pub fn start(http_extra: &str, locations: &str) -> Self {
+        Self::start_with_connections(1024, http_extra, locations)
+    }
+
+    /// [`Nginx::start`] sized for `connections` concurrent connections per
+    /// worker (descriptor limit and listen backlog to match).
+    pub fn start_with_connections(connections: u32, http_extra: &str, locations: &str) -> Self {
         let dir = TempDir::new("nginx");
         let port = free_port();
         let d = dir.path().display().to_string();
         let conf = dir.path().join("nginx.conf");
+        let nofile = connections * 3;
+        let backlog = connections.max(511);
         let text = format!(
             "user nobody nogroup;\n\
              worker_processes 2;\n\
              pid {d}/nginx.pid;\n\
              error_log {d}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
+             worker_rlimit_nofile {nofile};\n\
+             events {{ worker_connections {connections}; }}\n\
              http {{\n\
                access_log off;\n\
                client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
                {http_extra}\n\
                server {{\n\
-                 listen 127.0.0.1:{port};\n\
+                 listen 127.0.0.1:{port} backlog={backlog};\n\
                  {locations}\n\
                }}\n\
              }}\n"

@@ -5,7 +5,9 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages the tests use (and `demo`, `bench` later).
-pub const TEST_PACKAGES: &[&str] = &["nginx", "php-fpm", "iptables", "curl", "iproute2"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "nginx", "php-fpm", "iptables", "curl", "iproute2", "bpftool",
+];
 
 fn output(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)

@@ -1,4 +1,5 @@
-//! Errors a user meets: one clear sentence on stderr and a documented exit code.
+//! The command line a user meets: errors (one clear sentence on stderr and a
+//! documented exit code), `--duration` and `--check`.
 use std::{
     os::unix::process::CommandExt as _,
     process::{Command, Output},
@@ -101,4 +102,21 @@ fn duration_stops_by_itself_with_a_summary() {
         "a worker's pid selects its whole instance"
     );
     assert_eq!(events.last().unwrap()["event"], "summary");
+}
+
+#[test]
+fn check_attaches_every_hook_and_exits_0() {
+    require_root();
+    let out = run(&["--check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("programs: 19 loaded and attached"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("attached sock:inet_sock_set_state"),
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("check: ok"), "{stdout}");
 }
