@@ -9,6 +9,8 @@ mod cli;
 mod clock;
 mod event;
 mod exit;
+#[cfg(test)]
+mod fuzz;
 mod histogram;
 mod kernel;
 mod output;

@@ -1,0 +1,156 @@
+//! Property-based fuzzing of every parser of outside input: tracepoint
+//! format files, /proc status files, ring-buffer records. Inputs are real
+//! files from a Linux 6.18 host (`fuzz-seeds/`, committed) mutated at random,
+//! plus arbitrary text and bytes. Each parser must return, never panic, and
+//! produce no more than its input holds.
+use std::{collections::BTreeMap, path::Path};
+
+use proptest::prelude::*;
+
+use crate::{preflight::parse_cap_eff, procs::parse_status, records::decode, tracefs};
+
+fn seeds(kind: &str) -> BTreeMap<String, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz-seeds")
+        .join(kind);
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("seed corpus {}: {e}", dir.display()))
+        .map(|e| {
+            let path = e.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&path).unwrap())
+        })
+        .collect()
+}
+
+/// One random edit of a text.
+#[derive(Debug, Clone)]
+enum Edit {
+    Delete(usize, usize),
+    Insert(usize, String),
+    DuplicateLine(usize),
+    Truncate(usize),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (any::<usize>(), 0usize..64).prop_map(|(at, len)| Edit::Delete(at, len)),
+        (any::<usize>(), "[a-z0-9:; \t\n\\[\\]*_-]{0,24}").prop_map(|(at, s)| Edit::Insert(at, s)),
+        any::<usize>().prop_map(Edit::DuplicateLine),
+        any::<usize>().prop_map(Edit::Truncate),
+    ]
+}
+
+fn apply(text: &str, edits: &[Edit]) -> String {
+    let mut s: Vec<char> = text.chars().collect();
+    for e in edits {
+        let n = s.len().max(1);
+        match e {
+            Edit::Delete(at, len) => {
+                let at = at % n;
+                let end = (at + len).min(s.len());
+                if at < end {
+                    s.drain(at..end);
+                }
+            }
+            Edit::Insert(at, ins) => {
+                let at = (at % n).min(s.len());
+                s.splice(at..at, ins.chars());
+            }
+            Edit::DuplicateLine(i) => {
+                let text: String = s.iter().collect();
+                let lines: Vec<&str> = text.lines().collect();
+                if !lines.is_empty() {
+                    let line = lines[i % lines.len()];
+                    s.extend(format!("\n{line}").chars());
+                }
+            }
+            Edit::Truncate(at) => s.truncate(at % n),
+        }
+    }
+    s.into_iter().collect()
+}
+
+fn field_lines(text: &str) -> usize {
+    text.lines()
+        .filter(|l| l.trim().starts_with("field:"))
+        .count()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn format_parser_survives_mutated_real_formats(
+        pick in any::<usize>(),
+        edits in prop::collection::vec(edit(), 0..8),
+    ) {
+        let seeds = seeds("format");
+        let (_, text) = seeds.iter().nth(pick % seeds.len()).unwrap();
+        let mutated = apply(text, &edits);
+        if let Ok(fields) = tracefs::parse_format(&mutated) {
+            prop_assert!(fields.len() <= field_lines(&mutated));
+        }
+    }
+
+    #[test]
+    fn format_parser_survives_any_text(text in ".{0,400}") {
+        if let Ok(fields) = tracefs::parse_format(&text) {
+            prop_assert!(fields.len() <= field_lines(&text));
+        }
+    }
+
+    #[test]
+    fn offsets_survive_one_mutated_tracepoint(
+        pick in any::<usize>(),
+        edits in prop::collection::vec(edit(), 1..8),
+    ) {
+        let seeds = seeds("format");
+        let victim = seeds.keys().nth(pick % seeds.len()).unwrap().clone();
+        let read = |category: &str, name: &str| -> Result<String, String> {
+            let key = format!("{category}_{name}");
+            let text = seeds.get(&key).ok_or_else(|| format!("no seed {key}"))?;
+            Ok(if key == victim { apply(text, &edits) } else { text.clone() })
+        };
+        // Either offsets come back, or an error names what is wrong.
+        if let Err(e) = tracefs::offsets_from(read) {
+            prop_assert!(!e.is_empty());
+        }
+    }
+
+    #[test]
+    fn proc_status_parsers_survive_mutated_real_files(
+        pick in any::<usize>(),
+        edits in prop::collection::vec(edit(), 0..8),
+    ) {
+        let seeds = seeds("proc-status");
+        let (_, text) = seeds.iter().nth(pick % seeds.len()).unwrap();
+        let mutated = apply(text, &edits);
+        let _ = parse_status(&mutated);
+        let _ = parse_cap_eff(&mutated);
+    }
+
+    #[test]
+    fn record_decoder_survives_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = decode(&bytes);
+    }
+}
+
+#[test]
+fn every_seed_parses_as_is() {
+    for (name, text) in seeds("format") {
+        let fields = tracefs::parse_format(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(fields.len(), field_lines(&text), "{name}");
+    }
+    let read = |category: &str, name: &str| -> Result<String, String> {
+        seeds("format")
+            .remove(&format!("{category}_{name}"))
+            .ok_or_else(|| format!("no seed {category}_{name}"))
+    };
+    let offsets = tracefs::offsets_from(read).expect("offsets of Linux 6.18");
+    assert_eq!(offsets.set_state_skaddr, 8);
+    assert_eq!(offsets.probe_skaddr, 128);
+    for (name, text) in seeds("proc-status") {
+        assert!(parse_status(&text).is_some(), "{name}");
+    }
+}
