@@ -12,6 +12,9 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_LOST: &str = "LOST";
 /// Upstream connections in flight, by `struct sock` address (value: [`Exchange`]).
 pub const MAP_CONNS: &str = "CONNS";
+/// TCP ports something listens on (key: port, host byte order): a worker's
+/// connection from such a port was accepted, not connected.
+pub const MAP_LISTEN_PORTS: &str = "LISTEN_PORTS";
 /// Thread ids of the traced nginx processes (key: pid, value: [`NGINX_PID_TRACED`]).
 pub const MAP_NGINX_PIDS: &str = "NGINX_PIDS";
 /// Name of the global holding the [`Config`].
@@ -23,6 +26,9 @@ pub const LOST_RINGBUF_FULL: u32 = 0;
 pub const LOST_MAP_FULL: u32 = 1;
 /// Number of slots in [`MAP_LOST`].
 pub const LOST_SLOTS: u32 = 2;
+
+/// `Exchange::fd` of a connection adopted mid-life: its fd is not known.
+pub const FD_UNKNOWN: u32 = u32::MAX;
 
 /// Value stored in [`MAP_NGINX_PIDS`] for a traced process (master,
 /// `nginx -s` signal process, a worker still initialising, a thread).
@@ -178,6 +184,13 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
     },
     ProgramSpec {
+        program: "tcp_rcv_space_adjust",
+        category: "tcp",
+        tracepoint: "tcp_rcv_space_adjust",
+        purpose: "adopt kept-alive upstream connections opened before tracing",
+        optional: false,
+    },
+    ProgramSpec {
         program: "tcp_probe",
         category: "tcp",
         tracepoint: "tcp_probe",
@@ -245,6 +258,18 @@ pub struct Offsets {
     pub probe_snd_una: u32,
     /// `tcp_probe.srtt` (µs)
     pub probe_srtt: u32,
+    /// `tcp_rcv_space_adjust.skaddr`
+    pub space_skaddr: u32,
+    /// `tcp_rcv_space_adjust.sport` (local port, host byte order)
+    pub space_sport: u32,
+    /// `tcp_rcv_space_adjust.dport` (remote port, host byte order)
+    pub space_dport: u32,
+    /// `tcp_rcv_space_adjust.family`
+    pub space_family: u32,
+    /// `tcp_rcv_space_adjust.daddr`
+    pub space_daddr: u32,
+    /// `tcp_rcv_space_adjust.daddr_v6`
+    pub space_daddr_v6: u32,
     /// Explicit padding.
     pub _pad: u32,
 }
@@ -276,7 +301,7 @@ pub const UNIX_PATH_LEN: usize = 108;
 
 /// The upstream a worker connected to, as given to `connect()`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct UpstreamAddr {
     /// `AF_INET`, `AF_INET6` or `AF_UNIX`.
     pub family: u16,
@@ -445,8 +470,8 @@ pub struct ProcessRecord {
     pub parent: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 112);
-const _: () = assert!(core::mem::size_of::<Config>() == 136);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 136);
+const _: () = assert!(core::mem::size_of::<Config>() == 160);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
 const _: () = assert!(core::mem::size_of::<Exchange>() == 232);
 const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 240);

@@ -26,6 +26,10 @@ pub static SOCKET_CALLS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(102
 #[map]
 pub static SOCKET_TYPES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
+/// TCP ports something listens on, set by user space.
+#[map]
+pub static LISTEN_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(4096, 0);
+
 /// `connect()` calls in flight, by pid_tgid.
 #[map]
 pub static CONNECTS: LruHashMap<u64, ConnectCall> = LruHashMap::with_max_entries(1024, 0);

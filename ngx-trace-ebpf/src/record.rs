@@ -1,13 +1,28 @@
 //! Writing records to the ring buffer.
-use ngx_trace_common::{Exchange, LOST_RINGBUF_FULL, RECORD_UPSTREAM, UpstreamRecord};
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use ngx_trace_common::{
+    END_RESPONSE_DONE, Exchange, FLAG_CONNECTED, LOST_RINGBUF_FULL, RECORD_UPSTREAM, UpstreamRecord,
+};
 
 use crate::maps::{EVENTS, count_lost};
 
+/// Unread bytes from which an answered exchange wakes the reader anyway, so
+/// the 256 KiB ring never fills between the reader's periodic drains.
+const WAKEUP_BACKLOG: u64 = 64 * 1024;
+
 /// Ends the exchange at `state` (a map value) with `end` and `errno` at
 /// `end_ns`, and sends it; a full ring buffer is counted, never silent.
+///
+/// Waking the reader costs more than the rest of the program: answered
+/// exchanges (the bulk) do not wake it, user space drains them every 100 ms;
+/// failures, which a person waits for, do.
 #[inline(always)]
 pub fn emit(state: *mut Exchange, end: u32, errno: u32, end_ns: u64) {
     unsafe {
+        if (*state).flags & FLAG_CONNECTED != 0 && (*state).req_first_ns == 0 {
+            // Joined an adopted connection mid-exchange: its request is unknown.
+            return;
+        }
         (*state).end = end;
         (*state).errno = errno;
         (*state).end_ns = end_ns;
@@ -22,5 +37,12 @@ pub fn emit(state: *mut Exchange, end: u32, errno: u32, end_ns: u64) {
         (*r)._pad = 0;
         (*r).exchange = *state;
     }
-    entry.submit(0);
+    let flags = if end != END_RESPONSE_DONE {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BACKLOG {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
 }

@@ -10,20 +10,24 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use ngx_trace_common::{
-    END_CONNECT_ABANDONED, END_CONNECT_SOCKET_ERROR, END_PEER_RESET, FLAG_CONNECTED,
-    FLAG_RESET_SEEN, LOST_MAP_FULL, PHASE_SENDING,
+    AF_INET, AF_INET6, END_CONNECT_ABANDONED, END_CONNECT_SOCKET_ERROR, END_PEER_RESET, Exchange,
+    FD_UNKNOWN, FLAG_CONNECTED, FLAG_RESET_SEEN, LOST_MAP_FULL, PHASE_RECEIVING, PHASE_SENDING,
+    UpstreamAddr,
 };
 
 use crate::{
     config::offset,
     exchange::end_by_phase,
-    maps::{CONNECTS, CONNS, FD_CONNS, LAST_CLOSED, count_lost, fd_key, forget},
+    maps::{
+        CONNECTS, CONNS, FD_CONNS, LAST_CLOSED, LISTEN_PORTS, count_lost, fd_key, forget, is_worker,
+    },
     record::emit,
 };
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
 
 /// SYN_SENT inside a worker's `connect()` marks an upstream socket; later
@@ -65,6 +69,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             (*state).connect_ns = bpf_ktime_get_ns() - (*state).start_ns;
             (*state).flags |= FLAG_CONNECTED;
         }
+    } else if oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1 {
+        // nginx closed it (seen here when its fd is unknown: an adopted one).
+        end_by_phase(sk, state, false);
     } else if newstate == TCP_CLOSE {
         // An error report may follow on this CPU; it names no socket.
         if let Some(slot) = LAST_CLOSED.get_ptr_mut(0) {
@@ -196,4 +203,53 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
         end_by_phase(sk, state, false);
     }
     0
+}
+
+/// A worker reading from a TCP socket not known as upstream: one connected
+/// before tracing started (a kept-alive connection) is adopted, unless its
+/// local port is a listening one (a client connection nginx accepted). Its
+/// current exchange is not reported (its request was not seen); the next
+/// ones are.
+#[tracepoint]
+pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
+    let _ = try_adopt(&ctx);
+    0
+}
+
+fn try_adopt(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_worker(tgid) {
+        return Ok(());
+    }
+    let sk = unsafe { ctx.read_at::<u64>(offset!(space_skaddr)) }?;
+    if CONNS.get_ptr(sk).is_some() {
+        return Ok(());
+    }
+    let sport = unsafe { ctx.read_at::<u16>(offset!(space_sport)) }?;
+    if LISTEN_PORTS.get_ptr(sport).is_some() {
+        return Ok(());
+    }
+    let family = unsafe { ctx.read_at::<u16>(offset!(space_family)) }?;
+    let dport = unsafe { ctx.read_at::<u16>(offset!(space_dport)) }?;
+    let mut addr = UpstreamAddr::ZERO;
+    addr.family = family;
+    addr.port_be = dport.to_be();
+    if family == AF_INET {
+        let v4 = unsafe { ctx.read_at::<[u8; 4]>(offset!(space_daddr)) }?;
+        addr.data[..4].copy_from_slice(&v4);
+    } else if family == AF_INET6 {
+        let v6 = unsafe { ctx.read_at::<[u8; 16]>(offset!(space_daddr_v6)) }?;
+        addr.data[..16].copy_from_slice(&v6);
+    } else {
+        return Ok(());
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut exchange = Exchange::new(tgid, FD_UNKNOWN, now, addr);
+    exchange.flags = FLAG_CONNECTED;
+    exchange.phase = PHASE_RECEIVING;
+    if CONNS.insert(sk, exchange, 0).is_err() {
+        count_lost(LOST_MAP_FULL);
+    }
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! Property-based fuzzing of every parser of outside input: tracepoint
-//! format files, /proc status files, ring-buffer records. Inputs are real
+//! format files, /proc status and /proc/net/tcp files, ring-buffer records. Inputs are real
 //! files from a Linux 6.18 host (`fuzz-seeds/`, committed) mutated at random,
 //! plus arbitrary text and bytes. Each parser must return, never panic, and
 //! produce no more than its input holds.
@@ -7,7 +7,12 @@ use std::{collections::BTreeMap, path::Path};
 
 use proptest::prelude::*;
 
-use crate::{preflight::parse_cap_eff, procs::parse_status, records::decode, tracefs};
+use crate::{
+    preflight::parse_cap_eff,
+    procs::{parse_listen_ports, parse_status},
+    records::decode,
+    tracefs,
+};
 
 fn seeds(kind: &str) -> BTreeMap<String, String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -131,6 +136,17 @@ proptest! {
     }
 
     #[test]
+    fn listen_port_parser_survives_mutated_real_files(
+        pick in any::<usize>(),
+        edits in prop::collection::vec(edit(), 0..8),
+    ) {
+        let seeds = seeds("proc-net-tcp");
+        let (_, text) = seeds.iter().nth(pick % seeds.len()).unwrap();
+        let mutated = apply(text, &edits);
+        prop_assert!(parse_listen_ports(&mutated).len() <= mutated.lines().count());
+    }
+
+    #[test]
     fn record_decoder_survives_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
         let _ = decode(&bytes);
     }
@@ -153,4 +169,10 @@ fn every_seed_parses_as_is() {
     for (name, text) in seeds("proc-status") {
         assert!(parse_status(&text).is_some(), "{name}");
     }
+    let tcp = &seeds("proc-net-tcp")["tcp"];
+    let listening = tcp
+        .lines()
+        .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
+        .count();
+    assert_eq!(parse_listen_ports(tcp).len(), listening);
 }

@@ -45,7 +45,7 @@ const PERCENTILES: [(&str, f64); 5] = [
 /// Histograms (1 µs to 1 h, 3 significant digits) per upstream and phase.
 #[derive(Default)]
 pub struct Histograms {
-    by: BTreeMap<(String, Phase), Histogram<u64>>,
+    by: BTreeMap<String, BTreeMap<Phase, Histogram<u64>>>,
 }
 
 impl Histograms {
@@ -57,12 +57,16 @@ impl Histograms {
             (Phase::Total, t.total),
         ] {
             let Some(us) = value else { continue };
-            let h = self
-                .by
-                .entry((upstream.to_string(), phase))
-                .or_insert_with(|| {
-                    Histogram::new_with_bounds(1, HIGHEST_US, 3).expect("valid histogram bounds")
-                });
+            // Look up by &str first: no allocation per exchange.
+            if !self.by.contains_key(upstream) {
+                self.by.insert(upstream.to_string(), BTreeMap::new());
+            }
+            let Some(phases) = self.by.get_mut(upstream) else {
+                continue;
+            };
+            let h = phases.entry(phase).or_insert_with(|| {
+                Histogram::new_with_bounds(1, HIGHEST_US, 3).expect("valid histogram bounds")
+            });
             h.saturating_record(us.clamp(1, HIGHEST_US));
         }
     }
@@ -76,7 +80,10 @@ impl Histograms {
     pub fn to_json(&self) -> Vec<Value> {
         self.by
             .iter()
-            .map(|((upstream, phase), h)| {
+            .flat_map(|(upstream, phases)| {
+                phases.iter().map(move |(phase, h)| (upstream, phase, h))
+            })
+            .map(|(upstream, phase, h)| {
                 json!({
                     "event": "histogram",
                     "upstream": upstream,
@@ -96,29 +103,31 @@ impl Histograms {
     /// log scale shared by the phase's values, so shapes compare at a glance.
     pub fn to_text(&self) -> String {
         let mut text = String::new();
-        let mut last_upstream = None;
-        for ((upstream, phase), h) in &self.by {
-            if last_upstream != Some(upstream) {
-                text.push_str(&format!("{upstream}\n"));
-                last_upstream = Some(upstream);
-            }
-            text.push_str(&format!("  {:<10} n={}\n", phase.as_str(), h.len()));
-            let scale = ((h.max() + 1) as f64).ln().max(1.0);
-            for (name, pct) in PERCENTILES {
-                let v = if pct >= 100.0 {
-                    h.max()
-                } else {
-                    h.value_at_percentile(pct)
-                };
-                let len = (((v + 1) as f64).ln() / scale * BAR_WIDTH).round() as usize;
-                text.push_str(&format!(
-                    "    {name:<5} {:>9} {}\n",
-                    human_us(v),
-                    "█".repeat(len.max(1))
-                ));
+        for (upstream, phases) in &self.by {
+            text.push_str(&format!("{upstream}\n"));
+            for (phase, h) in phases {
+                Self::phase_text(&mut text, *phase, h);
             }
         }
         text
+    }
+
+    fn phase_text(text: &mut String, phase: Phase, h: &Histogram<u64>) {
+        text.push_str(&format!("  {:<10} n={}\n", phase.as_str(), h.len()));
+        let scale = ((h.max() + 1) as f64).ln().max(1.0);
+        for (name, pct) in PERCENTILES {
+            let v = if pct >= 100.0 {
+                h.max()
+            } else {
+                h.value_at_percentile(pct)
+            };
+            let len = (((v + 1) as f64).ln() / scale * BAR_WIDTH).round() as usize;
+            text.push_str(&format!(
+                "    {name:<5} {:>9} {}\n",
+                human_us(v),
+                "█".repeat(len.max(1))
+            ));
+        }
     }
 }
 

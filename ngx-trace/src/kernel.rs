@@ -8,8 +8,8 @@ use aya::{
     programs::TracePoint,
 };
 use ngx_trace_common::{
-    Config, Exchange, GLOBAL_CONFIG, LOST_SLOTS, MAP_CONNS, MAP_EVENTS, MAP_LOST, MAP_NGINX_PIDS,
-    NGINX_PID_TRACED, NGINX_PID_WORKER, ProgramSpec,
+    Config, Exchange, GLOBAL_CONFIG, LOST_SLOTS, MAP_CONNS, MAP_EVENTS, MAP_LISTEN_PORTS, MAP_LOST,
+    MAP_NGINX_PIDS, NGINX_PID_TRACED, NGINX_PID_WORKER, ProgramSpec,
 };
 
 use crate::exit::{self, UserError};
@@ -27,6 +27,8 @@ pub struct Kernel {
     pids: HashMap<MapData, u32, u32>,
     /// Upstream connections in flight.
     conns: HashMap<MapData, u64, Exchange>,
+    /// Ports something listens on.
+    listen_ports: HashMap<MapData, u16, u32>,
     /// How long loading and attaching took.
     pub attach_time: Duration,
     /// `category:name` of every attached tracepoint.
@@ -88,10 +90,16 @@ impl Kernel {
             .context("NGINX_PIDS is not a hash map")?;
         let conns = HashMap::try_from(ebpf.take_map(MAP_CONNS).context("no CONNS map")?)
             .context("CONNS is not a hash map")?;
+        let listen_ports = HashMap::try_from(
+            ebpf.take_map(MAP_LISTEN_PORTS)
+                .context("no LISTEN_PORTS map")?,
+        )
+        .context("LISTEN_PORTS is not a hash map")?;
         let kernel = Self {
             _ebpf: ebpf,
             lost,
             conns,
+            listen_ports,
             pids,
             attach_time: started.elapsed(),
             attached,
@@ -109,6 +117,17 @@ impl Kernel {
         self.pids
             .insert(pid, mark, 0)
             .with_context(|| format!("failed to add pid {pid} to the traced set"))
+    }
+
+    /// Tells the kernel which local ports are listening ones (connections
+    /// from them were accepted, not connected).
+    pub fn set_listen_ports(&mut self, ports: &std::collections::BTreeSet<u16>) -> Result<()> {
+        for &port in ports {
+            self.listen_ports
+                .insert(port, 1, 0)
+                .with_context(|| format!("failed to record listening port {port}"))?;
+        }
+        Ok(())
     }
 
     /// The upstream connections the kernel tracks now, by socket. Entries

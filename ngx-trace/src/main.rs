@@ -106,6 +106,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         Some(pid) => procs::instance_of(pid, &args.comm)?,
         None => procs::all_instances(&args.comm),
     };
+    kernel.set_listen_ports(&procs::listening_ports())?;
     for &pid in &initial {
         kernel.trace_pid(pid, procs::is_worker(pid))?;
     }
@@ -127,7 +128,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
     );
     session.refresh_workers()?;
 
-    pump(&kernel, events, &mut session, &args).await?;
+    pump(&mut kernel, events, &mut session, &args).await?;
     session.finish(kernel.conns(), clock::monotonic_ns())?;
     Ok(())
 }
@@ -184,7 +185,7 @@ fn check_report(
 /// Reads records until the duration ends or a signal asks to stop, then
 /// drains what is left.
 async fn pump(
-    kernel: &Kernel,
+    kernel: &mut Kernel,
     events: RingBuf<MapData>,
     session: &mut Session,
     args: &TraceArgs,
@@ -197,6 +198,9 @@ async fn pump(
     let mut workers_tick = tokio::time::interval(Duration::from_millis(200));
     let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
     let mut pending_tick = tokio::time::interval(Duration::from_millis(250));
+    // Answered exchanges are written without waking us (see the kernel's
+    // record.rs): drain them on a timer.
+    let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
     let interval = match args.interval {
         0 => forever,
         secs => Duration::from_secs(secs),
@@ -220,7 +224,18 @@ async fn pump(
                     }
                     guard.clear_ready();
                 }
-                _ = workers_tick.tick() => session.refresh_workers()?,
+                _ = drain_tick.tick() => {
+                    let rb = ring.get_mut();
+                    while let Some(item) = rb.next() {
+                        session.record(&item)?;
+                    }
+                }
+                _ = workers_tick.tick() => {
+                    // A reload may listen on new ports.
+                    if session.refresh_workers()? {
+                        kernel.set_listen_ports(&procs::listening_ports())?;
+                    }
+                }
                 _ = lost_tick.tick() => session.report_lost(kernel.lost()?)?,
                 _ = pending_tick.tick() => {
                     session.report_pending(kernel.conns(), clock::monotonic_ns())?;

@@ -117,6 +117,34 @@ pub fn instance_of(pid: u32, comm: &str) -> Result<BTreeSet<u32>> {
     }
 }
 
+/// Local ports of the sockets in LISTEN state in a `/proc/net/tcp` or
+/// `/proc/net/tcp6` text. Lines that do not parse are skipped.
+pub fn parse_listen_ports(text: &str) -> BTreeSet<u16> {
+    const TCP_LISTEN: &str = "0A";
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let local = cols.nth(1)?;
+            let state = cols.nth(1)?;
+            if state != TCP_LISTEN {
+                return None;
+            }
+            let port = local.rsplit_once(':')?.1;
+            u16::from_str_radix(port, 16).ok()
+        })
+        .collect()
+}
+
+/// Every TCP port something listens on (IPv4 and IPv6).
+pub fn listening_ports() -> BTreeSet<u16> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| fs::read_to_string(path).ok())
+        .flat_map(|text| parse_listen_ports(&text))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +162,21 @@ mod tests {
                 ppid: 4242
             })
         );
+    }
+
+    #[test]
+    fn listening_ports_from_proc_net_tcp() {
+        // /proc/net/tcp of a host with nginx on 127.0.0.1:18080 and a client
+        // connection to it (state 01, not listening).
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 528 1 0000000064b3f6b3 100 0 0 10 0\n\
+   1: 0100007F:46A0 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2087454 1 00000000543dc31d 100 0 0 10 0\n\
+   2: 0100007F:46A0 0100007F:E7FE 01 00000000:00000000 00:00000000 00000000 65534        0 2087999 1 0000000011111111 20 4 30 10 -1\n\
+   3: garbage\n";
+        assert_eq!(parse_listen_ports(text), BTreeSet::from([2024, 18080]));
+        // tcp6 addresses are longer; the port is still after the last colon.
+        let v6 = "header\n   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 0 0 0 0 0 1\n";
+        assert_eq!(parse_listen_ports(v6), BTreeSet::from([8080]));
     }
 
     #[test]

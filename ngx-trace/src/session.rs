@@ -1,13 +1,14 @@
 //! One tracing session: turns kernel records into events, follows the set
 //! of traced workers, reports lost events, and sums up at the end.
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     io,
+    rc::Rc,
 };
 
 use ngx_trace_common::{
     END_RESPONSE_DONE, Exchange, FLAG_CONNECTED, PHASE_RECEIVING, PHASE_SENDING, PROC_EXEC,
-    PROC_EXIT, PROC_FORK,
+    PROC_EXIT, PROC_FORK, UpstreamAddr,
 };
 use serde_json::json;
 
@@ -33,6 +34,8 @@ pub struct Session {
     histograms: Histograms,
     /// Exchanges already reported as pending: (sock, exchange index, start).
     pending_shown: HashSet<(u64, u32, u64)>,
+    /// Upstream names by address: formatted once, not per exchange.
+    names: HashMap<UpstreamAddr, (Transport, Rc<str>)>,
     /// Traced nginx processes (not threads).
     traced: BTreeSet<u32>,
     /// The worker set last printed.
@@ -55,6 +58,7 @@ impl Session {
             summary: Summary::default(),
             histograms: Histograms::default(),
             pending_shown: HashSet::new(),
+            names: HashMap::new(),
             traced,
             shown_workers: None,
             lost_reported: 0,
@@ -85,9 +89,24 @@ impl Session {
         }
     }
 
+    /// The transport and name of an upstream, cached (bounded: cleared when
+    /// a host has seen more upstreams than any configuration has).
+    fn name(&mut self, addr: &UpstreamAddr) -> (Transport, Rc<str>) {
+        if self.names.len() > 65_536 {
+            self.names.clear();
+        }
+        self.names
+            .entry(*addr)
+            .or_insert_with(|| {
+                let (transport, name) = upstream_name(addr);
+                (transport, name.into())
+            })
+            .clone()
+    }
+
     /// Explains, counts and (if it is to be shown) prints a finished exchange.
     fn exchange(&mut self, ex: &Exchange) -> io::Result<()> {
-        let (transport, upstream) = upstream_name(&ex.addr);
+        let (transport, upstream) = self.name(&ex.addr);
         let explanation = explain(ex, transport, &upstream, self.slow_us);
         self.summary.add(&upstream, explanation.outcome);
         self.histograms.record(&upstream, &explanation.timings);
@@ -184,7 +203,8 @@ impl Session {
     /// Prints the worker set if it changed since last printed. Workers are
     /// told from the master by their title, which a new worker sets a moment
     /// after fork, hence a periodic check rather than one per fork.
-    pub fn refresh_workers(&mut self) -> io::Result<()> {
+    /// Returns whether the set changed.
+    pub fn refresh_workers(&mut self) -> io::Result<bool> {
         self.traced.retain(|&pid| procs::is_process(pid));
         let workers: BTreeSet<u32> = self
             .traced
@@ -193,7 +213,7 @@ impl Session {
             .filter(|&pid| procs::is_worker(pid))
             .collect();
         if self.shown_workers.as_ref() == Some(&workers) {
-            return Ok(());
+            return Ok(false);
         }
         let pids: Vec<u32> = workers.iter().copied().collect();
         let event = json!({"event": "workers", "pids": pids});
@@ -210,7 +230,7 @@ impl Session {
             notice("no nginx worker running: waiting for nginx to start");
         }
         self.shown_workers = Some(workers);
-        Ok(())
+        Ok(true)
     }
 
     /// Reports records lost since the last call; `lost` is the kernel's

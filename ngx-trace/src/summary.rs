@@ -14,12 +14,13 @@ pub struct Summary {
 impl Summary {
     /// Counts one outcome for `upstream`.
     pub fn add(&mut self, upstream: &str, outcome: Outcome) {
-        *self
-            .counts
-            .entry(upstream.to_string())
-            .or_default()
-            .entry(outcome)
-            .or_default() += 1;
+        // Look up by &str first: no allocation per exchange.
+        if !self.counts.contains_key(upstream) {
+            self.counts.insert(upstream.to_string(), BTreeMap::new());
+        }
+        if let Some(outcomes) = self.counts.get_mut(upstream) {
+            *outcomes.entry(outcome).or_default() += 1;
+        }
     }
 
     /// `{"event":"summary","upstreams":[{"upstream":..,"total":N,"outcomes":{..}}]}`

@@ -106,6 +106,7 @@ pub fn offsets_from(
     let (recv, recv_f) = fields("sock", "sock_recv_length")?;
     let (ready, ready_f) = fields("sock", "sk_data_ready")?;
     let (probe, probe_f) = fields("tcp", "tcp_probe")?;
+    let (space, space_f) = fields("tcp", "tcp_rcv_space_adjust")?;
     Ok(Offsets {
         socket_type: offset_of(&socket_f, &socket, "type", 8)?,
         socket_ret: offset_of(&socket_exit_f, &socket_exit, "ret", 8)?,
@@ -134,6 +135,12 @@ pub fn offsets_from(
         probe_snd_nxt: offset_of(&probe_f, &probe, "snd_nxt", 4)?,
         probe_snd_una: offset_of(&probe_f, &probe, "snd_una", 4)?,
         probe_srtt: offset_of(&probe_f, &probe, "srtt", 4)?,
+        space_skaddr: offset_of(&space_f, &space, "skaddr", 8)?,
+        space_sport: offset_of(&space_f, &space, "sport", 2)?,
+        space_dport: offset_of(&space_f, &space, "dport", 2)?,
+        space_family: offset_of(&space_f, &space, "family", 2)?,
+        space_daddr: offset_of(&space_f, &space, "daddr", 4)?,
+        space_daddr_v6: offset_of(&space_f, &space, "daddr_v6", 16)?,
         _pad: 0,
     })
 }

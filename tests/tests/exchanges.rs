@@ -362,3 +362,53 @@ fn php_fpm_with_a_full_backlog_refuses_connects_with_eagain() {
     }
     tracer.stop();
 }
+
+#[test]
+fn keepalive_connections_opened_before_tracing_are_adopted() {
+    require_root();
+    let backend = HttpBackend::start();
+    let nginx = Nginx::start(
+        &format!(
+            "upstream pool {{ server 127.0.0.1:{}; keepalive 4; }}",
+            backend.port()
+        ),
+        "location / { proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; }",
+    );
+    // Warm the pools: each worker keeps its upstream connection open.
+    for _ in 0..20 {
+        assert_eq!(nginx.get("/"), 200);
+    }
+    let tracer = Tracer::start(&["--all", "--pid", &nginx.master_pid().to_string()]);
+    for _ in 0..20 {
+        assert_eq!(nginx.get("/"), 200);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let events: Vec<Value> = tracer
+        .stop()
+        .into_iter()
+        .filter(|e| e["event"] == "upstream")
+        .collect();
+    // Each worker's first exchange on an old connection was half over when
+    // seen (its request went unseen) and is not reported; every other one is.
+    assert!(
+        (18..=20).contains(&events.len()),
+        "{} of 20 exchanges: {events:#?}",
+        events.len()
+    );
+    for e in &events {
+        assert_eq!(e["outcome"], "ok", "{e}");
+        assert_eq!(
+            e["upstream"],
+            format!("127.0.0.1:{}", backend.port()).as_str()
+        );
+        assert!(us(e, "first_byte") < 100_000, "{e}");
+        if e["reused"] == false {
+            assert!(
+                e["timings_us"].get("connect").is_some(),
+                "a new connection is timed: {e}"
+            );
+        }
+    }
+    let reused = events.iter().filter(|e| e["reused"] == true).count();
+    assert!(reused >= 18, "old connections adopted: {events:#?}");
+}

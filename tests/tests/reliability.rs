@@ -153,7 +153,11 @@ fn sigkill_of_the_tracer_leaves_no_program_attached() {
         })
         .map(|(id, _)| id)
         .collect();
-    assert_eq!(ours.len(), 19, "programs ngx-trace loaded: {ours:?}");
+    assert_eq!(
+        ours.len(),
+        ngx_trace_common::PROGRAMS.len(),
+        "programs ngx-trace loaded: {ours:?}"
+    );
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     drop(tracer); // reaps it

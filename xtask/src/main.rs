@@ -4,6 +4,7 @@
 //! - `cargo xtask test`: set up (with the test packages), then every test.
 //! - `cargo xtask demo`: a throwaway nginx with broken upstreams, traced.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -39,6 +40,16 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// Measure ngx-trace's cost against no tracer and a bpftrace script;
+    /// writes BENCHMARKS.md.
+    Bench {
+        /// ABBA pairs per mode and variant.
+        #[arg(long, default_value_t = 5)]
+        pairs: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
     /// Only install what is missing.
     Setup,
 }
@@ -68,6 +79,12 @@ fn run(command: Cmd) -> Result<()> {
             setup::toolchain()?;
             setup::packages(setup::TEST_PACKAGES)?;
             test()
+        }
+        Cmd::Bench { pairs, seconds } => {
+            setup::toolchain()?;
+            setup::packages(setup::BENCH_PACKAGES)?;
+            let bin = build_release()?;
+            bench::run(&bin, &workspace(), pairs, seconds)
         }
         Cmd::Demo { seconds } => {
             setup::toolchain()?;

@@ -4,7 +4,10 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages the tests use (and `demo`, `bench` later).
+/// Debian packages the benchmark uses.
+pub const BENCH_PACKAGES: &[&str] = &["nginx", "wrk", "bpftrace", "bpftool"];
+
+/// Debian packages the tests use.
 pub const TEST_PACKAGES: &[&str] = &[
     "nginx", "php-fpm", "iptables", "curl", "iproute2", "bpftool",
 ];
