@@ -51,6 +51,10 @@ pub struct ProgramSpec {
     pub purpose: &'static str,
     /// Skipped when the kernel lacks the tracepoint (another program covers it).
     pub optional: bool,
+    /// A BTF tracepoint (`tp_btf`): its arguments come straight from the
+    /// kernel, without the classic tracepoint's record being built (cheaper,
+    /// for the hooks that fire for every socket on the host).
+    pub btf: bool,
 }
 
 /// Every program ngx-trace loads, in attach order: process tracking first so
@@ -62,6 +66,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sched_process_fork",
         purpose: "follow workers forked by the nginx master",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "sched_process_exec",
@@ -69,6 +74,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sched_process_exec",
         purpose: "notice nginx instances that start while tracing",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "sched_process_exit",
@@ -76,6 +82,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sched_process_exit",
         purpose: "forget nginx processes that exit",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "sys_enter_epoll_create1",
@@ -83,6 +90,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sys_enter_epoll_create1",
         purpose: "tell workers (event loop) from master and signal processes",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "sys_enter_epoll_create",
@@ -91,6 +99,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "tell workers (event loop) from master and signal processes",
         // Architectures without the legacy syscall (arm64) only have epoll_create1.
         optional: true,
+        btf: false,
     },
     ProgramSpec {
         program: "sys_enter_socket",
@@ -98,6 +107,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sys_enter_socket",
         purpose: "tell stream sockets from datagram ones (resolver, syslog)",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "sys_exit_socket",
@@ -105,6 +115,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sys_exit_socket",
         purpose: "tell stream sockets from datagram ones (resolver, syslog)",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "sys_enter_connect",
@@ -112,6 +123,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sys_enter_connect",
         purpose: "see which upstream a worker connects to",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "sys_exit_connect",
@@ -119,6 +131,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sys_exit_connect",
         purpose: "catch connect() errors (UNIX sockets, local TCP errors)",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "inet_sock_set_state",
@@ -126,6 +139,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "inet_sock_set_state",
         purpose: "follow TCP upstream handshakes",
         optional: false,
+        btf: true,
     },
     ProgramSpec {
         program: "inet_sk_error_report",
@@ -133,6 +147,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "inet_sk_error_report",
         purpose: "catch asynchronous TCP connect errors (refused, unreachable)",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "tcp_receive_reset",
@@ -140,6 +155,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "tcp_receive_reset",
         purpose: "see resets sent by the upstream",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "tcp_retransmit_skb",
@@ -147,6 +163,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "tcp_retransmit_skb",
         purpose: "count SYN and data retransmissions",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "tcp_destroy_sock",
@@ -154,6 +171,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "tcp_destroy_sock",
         purpose: "notice nginx giving up on a connect (proxy_connect_timeout)",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "sys_enter_close",
@@ -161,6 +179,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sys_enter_close",
         purpose: "notice nginx closing an upstream connection (its read timeout)",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "sock_send_length",
@@ -168,6 +187,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sock_send_length",
         purpose: "time the request a worker writes",
         optional: false,
+        btf: true,
     },
     ProgramSpec {
         program: "sock_recv_length",
@@ -175,6 +195,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sock_recv_length",
         purpose: "time the response a worker reads",
         optional: false,
+        btf: true,
     },
     ProgramSpec {
         program: "sk_data_ready",
@@ -182,6 +203,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "sk_data_ready",
         purpose: "see the first response byte arrive in the kernel",
         optional: false,
+        btf: true,
     },
     ProgramSpec {
         program: "tcp_rcv_space_adjust",
@@ -189,6 +211,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "tcp_rcv_space_adjust",
         purpose: "adopt kept-alive upstream connections opened before tracing",
         optional: false,
+        btf: false,
     },
     ProgramSpec {
         program: "tcp_probe",
@@ -196,6 +219,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "tcp_probe",
         purpose: "see the request acknowledged, and the smoothed RTT",
         optional: false,
+        btf: false,
     },
 ];
 
@@ -214,14 +238,6 @@ pub struct Offsets {
     pub connect_uservaddr: u32,
     /// `sys_exit_connect.ret`
     pub connect_ret: u32,
-    /// `inet_sock_set_state.skaddr`
-    pub set_state_skaddr: u32,
-    /// `inet_sock_set_state.oldstate`
-    pub set_state_oldstate: u32,
-    /// `inet_sock_set_state.newstate`
-    pub set_state_newstate: u32,
-    /// `inet_sock_set_state.protocol`
-    pub set_state_protocol: u32,
     /// `inet_sk_error_report.error`
     pub error_report_error: u32,
     /// `inet_sk_error_report.dport` (host byte order)
@@ -238,18 +254,6 @@ pub struct Offsets {
     pub fork_child_pid: u32,
     /// `sys_enter_close.fd`
     pub close_fd: u32,
-    /// `sock_send_length.sk`
-    pub send_sk: u32,
-    /// `sock_send_length.family`
-    pub send_family: u32,
-    /// `sock_send_length.ret`
-    pub send_ret: u32,
-    /// `sock_recv_length.sk`
-    pub recv_sk: u32,
-    /// `sock_recv_length.ret`
-    pub recv_ret: u32,
-    /// `sk_data_ready.skaddr`
-    pub data_ready_skaddr: u32,
     /// `tcp_probe.skaddr`
     pub probe_skaddr: u32,
     /// `tcp_probe.snd_nxt`
@@ -470,8 +474,8 @@ pub struct ProcessRecord {
     pub parent: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 136);
-const _: () = assert!(core::mem::size_of::<Config>() == 160);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 96);
+const _: () = assert!(core::mem::size_of::<Config>() == 120);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
 const _: () = assert!(core::mem::size_of::<Exchange>() == 232);
 const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 240);

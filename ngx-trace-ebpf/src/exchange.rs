@@ -6,12 +6,12 @@
 //! either side closes or resets the connection.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use ngx_trace_common::{
-    AF_UNIX, END_NGINX_CLOSED, END_PEER_CLOSED, END_PEER_RESET, END_RESPONSE_DONE, Exchange,
-    FLAG_CONNECTED, FLAG_REUSED, LOST_MAP_FULL, PHASE_IDLE, PHASE_RECEIVING, PHASE_SENDING,
+    END_NGINX_CLOSED, END_PEER_CLOSED, END_PEER_RESET, END_RESPONSE_DONE, Exchange, FLAG_CONNECTED,
+    FLAG_REUSED, LOST_MAP_FULL, PHASE_IDLE, PHASE_RECEIVING, PHASE_SENDING,
 };
 
 use crate::{
@@ -47,14 +47,12 @@ pub fn end_by_phase(sk: u64, state: *mut Exchange, peer: bool) {
 }
 
 /// The connection of `sk` for a worker writing to it: a known one, or the
-/// UNIX connection this thread connected last and has not written to yet.
+/// UNIX connection this thread connected last and has not written to yet
+/// (nginx writes the request right after `connect()` returns 0).
 #[inline(always)]
-fn writer_conn(sk: u64, family: u16) -> Option<*mut Exchange> {
+fn writer_conn(sk: u64) -> Option<*mut Exchange> {
     if let Some(state) = CONNS.get_ptr_mut(sk) {
         return Some(state);
-    }
-    if family != AF_UNIX {
-        return None;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let bind = UNIX_BIND.get_ptr(pid_tgid)?;
@@ -69,22 +67,15 @@ fn writer_conn(sk: u64, family: u16) -> Option<*mut Exchange> {
 }
 
 /// A worker wrote to an upstream connection: the request (or the next one,
-/// which ends the previous exchange).
-#[tracepoint]
-pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    let (Ok(sk), Ok(family), Ok(ret)) = (unsafe {
-        (
-            ctx.read_at::<u64>(offset!(send_sk)),
-            ctx.read_at::<u16>(offset!(send_family)),
-            ctx.read_at::<i32>(offset!(send_ret)),
-        )
-    }) else {
-        return 0;
-    };
+/// which ends the previous exchange). Arguments: `(sk, ret, flags)`.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
     if ret <= 0 {
         return 0;
     }
-    let Some(state) = writer_conn(sk, family) else {
+    let Some(state) = writer_conn(sk) else {
         return 0;
     };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -133,17 +124,12 @@ fn max(a: u64, b: u64) -> u64 {
 }
 
 /// A worker read from an upstream connection: response bytes, the end of
-/// the stream (the upstream closed), or an error (reset).
-#[tracepoint]
-pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    let (Ok(sk), Ok(ret)) = (unsafe {
-        (
-            ctx.read_at::<u64>(offset!(recv_sk)),
-            ctx.read_at::<i32>(offset!(recv_ret)),
-        )
-    }) else {
-        return 0;
-    };
+/// the stream (the upstream closed), or an error (reset). Arguments:
+/// `(sk, ret, flags)`.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
     let Some(state) = CONNS.get_ptr_mut(sk) else {
         return 0;
     };
@@ -180,12 +166,10 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
 }
 
 /// Data arrived in the kernel for an upstream connection: the first
-/// response byte, before nginx reads it.
-#[tracepoint]
-pub fn sk_data_ready(ctx: TracePointContext) -> u32 {
-    let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(data_ready_skaddr)) }) else {
-        return 0;
-    };
+/// response byte, before nginx reads it. Argument: `(sk)`.
+#[btf_tracepoint(function = "sk_data_ready")]
+pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
     let Some(state) = CONNS.get_ptr_mut(sk) else {
         return 0;
     };
@@ -203,8 +187,15 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(offset!(close_fd)) }) else {
         return 0;
     };
-    let key = fd_key((bpf_get_current_pid_tgid() >> 32) as u32, fd as u32);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = fd_key((pid_tgid >> 32) as u32, fd as u32);
     let Some(sk) = FD_CONNS.get_ptr(key) else {
+        // A UNIX connection closed before its first write: never bind it.
+        if let Some(bind) = UNIX_BIND.get_ptr(pid_tgid)
+            && unsafe { (*bind).fd } == fd as u32
+        {
+            let _ = UNIX_BIND.remove(pid_tgid);
+        }
         return 0;
     };
     let sk = unsafe { *sk };

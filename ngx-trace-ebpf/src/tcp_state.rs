@@ -6,8 +6,8 @@
 //! an upstream socket of a worker leaves after one map lookup.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use ngx_trace_common::{
     AF_INET, AF_INET6, END_CONNECT_ABANDONED, END_CONNECT_SOCKET_ERROR, END_PEER_RESET, Exchange,
@@ -24,30 +24,24 @@ use crate::{
     record::emit,
 };
 
-const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
 
 /// SYN_SENT inside a worker's `connect()` marks an upstream socket; later
-/// transitions of such a socket give the handshake's outcome.
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let _ = try_set_state(&ctx);
-    0
-}
-
-fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
-    if unsafe { ctx.read_at::<u16>(offset!(set_state_protocol)) }? != IPPROTO_TCP {
-        return Ok(());
-    }
-    let sk = unsafe { ctx.read_at::<u64>(offset!(set_state_skaddr)) }?;
-    let newstate = unsafe { ctx.read_at::<i32>(offset!(set_state_newstate)) }?;
+/// transitions of such a socket give the handshake's outcome. Arguments:
+/// `(sk, oldstate, newstate)`; only TCP enters SYN_SENT, and only sockets
+/// marked then are followed, so no protocol check is needed.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
     if newstate == TCP_SYN_SENT {
         let pid_tgid = bpf_get_current_pid_tgid();
         let Some(call) = CONNECTS.get_ptr_mut(pid_tgid) else {
-            return Ok(());
+            return 0;
         };
         unsafe { (*call).sk = sk };
         let exchange = unsafe { &(*call).exchange };
@@ -58,12 +52,11 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         {
             count_lost(LOST_MAP_FULL);
         }
-        return Ok(());
+        return 0;
     }
     let Some(state) = CONNS.get_ptr_mut(sk) else {
-        return Ok(());
+        return 0;
     };
-    let oldstate = unsafe { ctx.read_at::<i32>(offset!(set_state_oldstate)) }?;
     if oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED {
         unsafe {
             (*state).connect_ns = bpf_ktime_get_ns() - (*state).start_ns;
@@ -78,7 +71,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             unsafe { *slot = sk };
         }
     }
-    Ok(())
+    0
 }
 
 /// The error that closed an upstream socket: while connecting 111 (reset in

@@ -164,7 +164,7 @@ fn every_seed_parses_as_is() {
             .ok_or_else(|| format!("no seed {category}_{name}"))
     };
     let offsets = tracefs::offsets_from(read).expect("offsets of Linux 6.18");
-    assert_eq!(offsets.set_state_skaddr, 8);
+    assert_eq!(offsets.connect_uservaddr, 24);
     assert_eq!(offsets.probe_skaddr, 128);
     for (name, text) in seeds("proc-status") {
         assert!(parse_status(&text).is_some(), "{name}");

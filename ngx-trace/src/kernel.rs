@@ -3,9 +3,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
 use ngx_trace_common::{
     Config, Exchange, GLOBAL_CONFIG, LOST_SLOTS, MAP_CONNS, MAP_EVENTS, MAP_LISTEN_PORTS, MAP_LOST,
@@ -56,30 +56,52 @@ impl Kernel {
                     format!("failed to load the eBPF object: {e} (is this kernel built with CONFIG_BPF_SYSCALL and BTF?)"),
                 )
             })?;
+        let btf = Btf::from_sys_fs().map_err(|e| {
+            UserError::new(
+                exit::KERNEL,
+                format!(
+                    "failed to read the kernel's BTF at /sys/kernel/btf/vmlinux ({e}): \
+                     ngx-trace needs a kernel built with CONFIG_DEBUG_INFO_BTF"
+                ),
+            )
+        })?;
         let mut attached = Vec::new();
         for spec in programs {
-            let program: &mut TracePoint = ebpf
-                .program_mut(spec.program)
-                .with_context(|| format!("the eBPF object has no program {}", spec.program))?
-                .try_into()
-                .with_context(|| format!("program {} is not a tracepoint", spec.program))?;
-            program.load().map_err(|e| {
+            let refused = |e: &dyn std::fmt::Display| {
                 UserError::new(
                     exit::KERNEL,
                     format!("the kernel refused program {}: {e}", spec.program),
                 )
-            })?;
-            program
-                .attach(spec.category, spec.tracepoint)
-                .map_err(|e| {
-                    UserError::new(
-                        exit::KERNEL,
-                        format!(
-                            "failed to attach to tracepoint {}:{} (to {}): {e}",
-                            spec.category, spec.tracepoint, spec.purpose
-                        ),
-                    )
-                })?;
+            };
+            let not_attached = |e: &dyn std::fmt::Display| {
+                UserError::new(
+                    exit::KERNEL,
+                    format!(
+                        "failed to attach to tracepoint {}:{} (to {}): {e}",
+                        spec.category, spec.tracepoint, spec.purpose
+                    ),
+                )
+            };
+            let program = ebpf
+                .program_mut(spec.program)
+                .with_context(|| format!("the eBPF object has no program {}", spec.program))?;
+            if spec.btf {
+                let program: &mut BtfTracePoint = program
+                    .try_into()
+                    .with_context(|| format!("program {} is not a BTF tracepoint", spec.program))?;
+                program
+                    .load(spec.tracepoint, &btf)
+                    .map_err(|e| refused(&e))?;
+                program.attach().map_err(|e| not_attached(&e))?;
+            } else {
+                let program: &mut TracePoint = program
+                    .try_into()
+                    .with_context(|| format!("program {} is not a tracepoint", spec.program))?;
+                program.load().map_err(|e| refused(&e))?;
+                program
+                    .attach(spec.category, spec.tracepoint)
+                    .map_err(|e| not_attached(&e))?;
+            }
             attached.push(format!("{}:{}", spec.category, spec.tracepoint));
         }
         let events = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("no EVENTS map")?)

@@ -158,9 +158,10 @@ fn check_report(
         } else {
             "skipped (tracepoint absent; optional)"
         };
+        let kind = if spec.btf { "tp_btf" } else { "tracepoint" };
         out.push_str(&format!(
-            "  {:<8} {}:{} ({})\n",
-            state, spec.category, spec.tracepoint, spec.purpose
+            "  {state:<8} {kind:<10} {}:{} ({})\n",
+            spec.category, spec.tracepoint, spec.purpose
         ));
     }
     let lost: u64 = kernel.lost()?.iter().sum();

@@ -81,7 +81,8 @@ pub fn available_programs(root: &Path) -> Vec<&'static ProgramSpec> {
         .collect()
 }
 
-/// Reads every field offset the kernel programs use. `read` returns the
+/// Reads every field offset the classic-tracepoint programs use (BTF
+/// tracepoints get their arguments typed, without offsets). `read` returns the
 /// format text of `category/name`.
 pub fn offsets_from(
     read: impl Fn(&str, &str) -> Result<String, String>,
@@ -95,16 +96,12 @@ pub fn offsets_from(
     let (socket_exit, socket_exit_f) = fields("syscalls", "sys_exit_socket")?;
     let (connect, connect_f) = fields("syscalls", "sys_enter_connect")?;
     let (connect_exit, connect_exit_f) = fields("syscalls", "sys_exit_connect")?;
-    let (set_state, set_state_f) = fields("sock", "inet_sock_set_state")?;
     let (error_report, error_report_f) = fields("sock", "inet_sk_error_report")?;
     let (reset, reset_f) = fields("tcp", "tcp_receive_reset")?;
     let (retransmit, retransmit_f) = fields("tcp", "tcp_retransmit_skb")?;
     let (destroy, destroy_f) = fields("tcp", "tcp_destroy_sock")?;
     let (fork, fork_f) = fields("sched", "sched_process_fork")?;
     let (close, close_f) = fields("syscalls", "sys_enter_close")?;
-    let (send, send_f) = fields("sock", "sock_send_length")?;
-    let (recv, recv_f) = fields("sock", "sock_recv_length")?;
-    let (ready, ready_f) = fields("sock", "sk_data_ready")?;
     let (probe, probe_f) = fields("tcp", "tcp_probe")?;
     let (space, space_f) = fields("tcp", "tcp_rcv_space_adjust")?;
     Ok(Offsets {
@@ -113,10 +110,6 @@ pub fn offsets_from(
         connect_fd: offset_of(&connect_f, &connect, "fd", 8)?,
         connect_uservaddr: offset_of(&connect_f, &connect, "uservaddr", 8)?,
         connect_ret: offset_of(&connect_exit_f, &connect_exit, "ret", 8)?,
-        set_state_skaddr: offset_of(&set_state_f, &set_state, "skaddr", 8)?,
-        set_state_oldstate: offset_of(&set_state_f, &set_state, "oldstate", 4)?,
-        set_state_newstate: offset_of(&set_state_f, &set_state, "newstate", 4)?,
-        set_state_protocol: offset_of(&set_state_f, &set_state, "protocol", 2)?,
         error_report_error: offset_of(&error_report_f, &error_report, "error", 4)?,
         error_report_dport: offset_of(&error_report_f, &error_report, "dport", 2)?,
         receive_reset_skaddr: offset_of(&reset_f, &reset, "skaddr", 8)?,
@@ -125,12 +118,6 @@ pub fn offsets_from(
         destroy_skaddr: offset_of(&destroy_f, &destroy, "skaddr", 8)?,
         fork_child_pid: offset_of(&fork_f, &fork, "child_pid", 4)?,
         close_fd: offset_of(&close_f, &close, "fd", 8)?,
-        send_sk: offset_of(&send_f, &send, "sk", 8)?,
-        send_family: offset_of(&send_f, &send, "family", 2)?,
-        send_ret: offset_of(&send_f, &send, "ret", 4)?,
-        recv_sk: offset_of(&recv_f, &recv, "sk", 8)?,
-        recv_ret: offset_of(&recv_f, &recv, "ret", 4)?,
-        data_ready_skaddr: offset_of(&ready_f, &ready, "skaddr", 8)?,
         probe_skaddr: offset_of(&probe_f, &probe, "skaddr", 8)?,
         probe_snd_nxt: offset_of(&probe_f, &probe, "snd_nxt", 4)?,
         probe_snd_una: offset_of(&probe_f, &probe, "snd_una", 4)?,

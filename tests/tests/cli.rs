@@ -116,7 +116,7 @@ fn check_attaches_every_hook_and_exits_0() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("attached sock:inet_sock_set_state"),
+        stdout.contains("attached tp_btf     sock:inet_sock_set_state"),
         "{stdout}"
     );
     assert!(stdout.trim_end().ends_with("check: ok"), "{stdout}");
