@@ -4,6 +4,7 @@
 //! (`kernel`) → ring-buffer pump (here) → decode (`records`) → explain
 //! (`classify`) → print (`event`, `output`) and count (`summary`).
 
+mod check;
 mod classify;
 mod cli;
 mod clock;
@@ -111,7 +112,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         kernel.trace_pid(pid, procs::is_worker(pid))?;
     }
     if args.check {
-        return check_report(&kernel, &tracefs, &programs, &initial);
+        return check::report(&kernel, &tracefs, &programs, &initial);
     }
     if !args.json {
         notice(&format!(
@@ -130,56 +131,6 @@ async fn trace(args: TraceArgs) -> Result<()> {
 
     pump(&mut kernel, events, &mut session, &args).await?;
     session.finish(kernel.conns(), clock::monotonic_ns())?;
-    Ok(())
-}
-
-/// `--check`: what was loaded and attached, and what this host offers.
-fn check_report(
-    kernel: &Kernel,
-    tracefs: &std::path::Path,
-    programs: &[&ngx_trace_common::ProgramSpec],
-    nginx: &BTreeSet<u32>,
-) -> Result<()> {
-    let mut out = String::new();
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    out.push_str(&format!("kernel: Linux {}\n", release.trim()));
-    out.push_str(&format!("tracefs: {}\n", tracefs.display()));
-    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
-    out.push_str(&format!("kernel BTF: {}\n", if btf { "yes" } else { "no" }));
-    out.push_str("ring buffer: yes (256 KiB)\n");
-    out.push_str(&format!(
-        "programs: {} loaded and attached in {} ms\n",
-        kernel.attached.len(),
-        kernel.attach_time.as_millis()
-    ));
-    for spec in ngx_trace_common::PROGRAMS {
-        let state = if programs.iter().any(|p| p.program == spec.program) {
-            "attached"
-        } else {
-            "skipped (tracepoint absent; optional)"
-        };
-        let kind = if spec.btf { "tp_btf" } else { "tracepoint" };
-        out.push_str(&format!(
-            "  {state:<8} {kind:<10} {}:{} ({})\n",
-            spec.category, spec.tracepoint, spec.purpose
-        ));
-    }
-    let lost: u64 = kernel.lost()?.iter().sum();
-    out.push_str(&format!("lost-event counters: readable ({lost} so far)\n"));
-    out.push_str(&format!(
-        "nginx processes now: {}\n",
-        if nginx.is_empty() {
-            "none (ngx-trace would wait for nginx)".to_string()
-        } else {
-            nginx
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
-    ));
-    out.push_str("check: ok\n");
-    Output::new(false).text(out.trim_end())?;
     Ok(())
 }
 

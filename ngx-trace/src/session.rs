@@ -7,13 +7,13 @@ use std::{
 };
 
 use ngx_trace_common::{
-    END_RESPONSE_DONE, Exchange, FLAG_CONNECTED, PHASE_RECEIVING, PHASE_SENDING, PROC_EXEC,
-    PROC_EXIT, PROC_FORK, UpstreamAddr,
+    END_NGINX_CLOSED, END_RESPONSE_DONE, Exchange, FLAG_CONNECTED, PHASE_RECEIVING, PHASE_SENDING,
+    PROC_EXEC, PROC_EXIT, PROC_FORK, UpstreamAddr,
 };
 use serde_json::json;
 
 use crate::{
-    classify::{Outcome, Verdict, explain, human_us},
+    classify::{Outcome, Verdict, explain},
     clock::{Clock, rfc3339_micros},
     event::{PendingEvent, UpstreamEvent},
     histogram::Histograms,
@@ -141,38 +141,24 @@ impl Session {
             if self.pending_shown.contains(&key) {
                 continue;
             }
-            let (transport, upstream) = upstream_name(&ex.addr);
+            // Judged as if nginx gave up now: the verdict so far.
+            let (transport, upstream) = self.name(&ex.addr);
+            let mut so_far = ex;
+            so_far.end = END_NGINX_CLOSED;
+            so_far.end_ns = now_ns;
+            let e = explain(&so_far, transport, &upstream, self.slow_us);
             let tcp = transport == Transport::Tcp;
-            let acked = ex.acked_ns >= ex.req_last_ns && ex.acked_ns != 0;
-            let network = tcp && (ex.retransmits > 0 || !acked);
-            let mut evidence = Vec::new();
-            if tcp {
-                evidence.push(if acked {
-                    format!(
-                        "request acked after {}",
-                        human_us((ex.acked_ns - ex.req_last_ns) / 1000)
-                    )
-                } else {
-                    "request not acked".to_string()
-                });
-                evidence.push(format!("{} retransmits", ex.retransmits));
-            }
-            evidence.push(format!("no response for {} yet", human_us(waited_us)));
             let event = PendingEvent {
                 event: "pending",
                 time: rfc3339_micros(self.clock.wall(now_ns)),
                 worker_pid: ex.tgid,
-                upstream,
+                upstream: upstream.to_string(),
                 transport: transport.as_str(),
                 waiting_ms: waited_us / 1000,
-                request_acked: tcp.then_some(acked),
+                request_acked: tcp.then_some(e.timings.request_acked.is_some()),
                 retransmits: tcp.then_some(ex.retransmits),
-                verdict: if network {
-                    Verdict::Network.as_str()
-                } else {
-                    Verdict::BackendSlow.as_str()
-                },
-                evidence: evidence.join(", "),
+                verdict: e.verdict.as_str(),
+                evidence: e.evidence,
             };
             self.out.event(&event, || event.to_text())?;
         }

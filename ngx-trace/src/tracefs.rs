@@ -146,8 +146,8 @@ pub fn read_offsets(root: &Path) -> Result<Offsets> {
         return Err(UserError::new(
             exit::KERNEL,
             format!(
-                "this kernel lacks the tracepoint(s) {}: ngx-trace needs Linux 5.15 or newer \
-                 with CONFIG_FTRACE_SYSCALLS",
+                "this kernel lacks the tracepoint(s) {}: ngx-trace needs a Linux 6.x kernel \
+                 that has them, built with CONFIG_FTRACE_SYSCALLS",
                 list.join(", ")
             ),
         )

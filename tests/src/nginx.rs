@@ -49,6 +49,15 @@ impl Nginx {
         Self::start_with_connections(1024, http_extra, locations)
     }
 
+    /// An nginx whose `location /` proxies to 127.0.0.1:`port`, with `extra`
+    /// directives in the location.
+    pub fn proxying_to(port: u16, extra: &str) -> Self {
+        Self::start(
+            "",
+            &format!("location / {{ {extra} proxy_pass http://127.0.0.1:{port}; }}"),
+        )
+    }
+
     /// [`Nginx::start`] sized for `connections` concurrent connections per
     /// worker (descriptor limit and listen backlog to match).
     pub fn start_with_connections(connections: u32, http_extra: &str, locations: &str) -> Self {

@@ -96,6 +96,15 @@ impl Tracer {
         self.child.id()
     }
 
+    /// Starts `ngx-trace --json <args> --pid <master of nginx>`: the tracer
+    /// on that instance only.
+    pub fn attach_to(nginx: &crate::nginx::Nginx, args: &[&str]) -> Self {
+        let master = nginx.master_pid().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--pid", &master]);
+        Self::start(&all)
+    }
+
     /// What it wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

@@ -65,12 +65,9 @@ fn assert_nginx_logged(nginx: &Nginx, events: &[Value]) {
 fn tcp_backend_stopped_is_refused_backend_down() {
     require_root();
     let port = free_port();
-    let nginx = Nginx::start(
-        "",
-        &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"),
-    );
+    let nginx = Nginx::proxying_to(port, "");
     let workers = nginx.workers();
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     send(&nginx, "/", 502);
     let upstream = format!("127.0.0.1:{port}");
     let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |e| {
@@ -108,7 +105,7 @@ fn ipv6_backend_stopped_is_refused() {
         &format!("location / {{ proxy_pass http://[::1]:{port}; }}"),
     );
     let workers = nginx.workers();
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     send(&nginx, "/", 502);
     let upstream = format!("[::1]:{port}");
     let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
@@ -129,7 +126,7 @@ fn syn_dropped_is_connect_timeout_with_retransmits() {
         &format!("location / {{ proxy_connect_timeout 2s; proxy_pass http://127.0.0.1:{port}; }}"),
     );
     let workers = nginx.workers();
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     send(&nginx, "/", 504);
     let upstream = format!("127.0.0.1:{port}");
     let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
@@ -159,7 +156,7 @@ fn missing_unix_socket_is_not_found() {
         "location / { proxy_pass http://unix:{dir}/missing.sock; }",
     );
     let workers = nginx.workers();
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     send(&nginx, "/", 502);
     let upstream = format!("unix:{}/missing.sock", nginx.dir().display());
     let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
@@ -185,7 +182,7 @@ fn root_only_unix_socket_is_permission_denied() {
     let nginx = Nginx::start("", "location / { proxy_pass http://unix:{dir}/root.sock; }");
     let _socket = UnixSocketFile::listening(&nginx.dir().join("root.sock"), 0o600);
     let workers = nginx.workers();
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     send(&nginx, "/", 502);
     let upstream = format!("unix:{}/root.sock", nginx.dir().display());
     let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
@@ -213,7 +210,7 @@ fn unix_socket_without_listener_is_refused() {
     );
     let _socket = UnixSocketFile::stale(&nginx.dir().join("stale.sock"));
     let workers = nginx.workers();
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     send(&nginx, "/", 502);
     let upstream = format!("unix:{}/stale.sock", nginx.dir().display());
     let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
@@ -238,7 +235,7 @@ fn failover_reports_the_dead_server_and_not_the_live_one() {
         "location / { proxy_pass http://pool; }",
     );
     let workers = nginx.workers();
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     // Every request succeeds; those that tried the dead server first failed
     // over. Which ones did is nginx's round robin business (per worker): the
     // error log says how many, and ngx-trace must report exactly those.
@@ -282,7 +279,7 @@ fn accepted_client_connections_are_never_upstreams() {
         ),
     );
     let workers = nginx.workers();
-    let mut tracer = Tracer::start(&["--all", "--pid", &nginx.master_pid().to_string()]);
+    let mut tracer = Tracer::attach_to(&nginx, &["--all"]);
     send(&nginx, "/", 200);
     let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
     assert_eq!(
@@ -305,11 +302,8 @@ fn accepted_client_connections_are_never_upstreams() {
 fn new_workers_after_reload_are_traced() {
     require_root();
     let port = free_port();
-    let nginx = Nginx::start(
-        "",
-        &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"),
-    );
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let nginx = Nginx::proxying_to(port, "");
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     let old = nginx.workers();
     let new = nginx.reload();
     let mut shown = new.clone();
@@ -338,10 +332,7 @@ fn without_pid_it_waits_for_nginx_and_traces_it_when_it_starts() {
     require_root();
     let port = free_port();
     let mut tracer = Tracer::start(&[]);
-    let nginx = Nginx::start(
-        "",
-        &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"),
-    );
+    let nginx = Nginx::proxying_to(port, "");
     let workers = nginx.workers();
     send(&nginx, "/", 502);
     let upstream = format!("127.0.0.1:{port}");

@@ -14,10 +14,6 @@ use ngx_trace_tests::{
 };
 use serde_json::Value;
 
-fn proxy_to(port: u16, extra: &str) -> String {
-    format!("location / {{ {extra} proxy_pass http://127.0.0.1:{port}; }}")
-}
-
 fn us(e: &Value, field: &str) -> u64 {
     e["timings_us"][field]
         .as_u64()
@@ -28,8 +24,8 @@ fn us(e: &Value, field: &str) -> u64 {
 fn backend_slower_than_read_timeout_is_no_response_backend_slow_after_a_pending_event() {
     require_root();
     let backend = HttpBackend::with(Behavior::Answer(Duration::from_secs(3)));
-    let nginx = Nginx::start("", &proxy_to(backend.port(), "proxy_read_timeout 1s;"));
-    let mut tracer = Tracer::start(&["--slow", "500", "--pid", &nginx.master_pid().to_string()]);
+    let nginx = Nginx::proxying_to(backend.port(), "proxy_read_timeout 1s;");
+    let mut tracer = Tracer::attach_to(&nginx, &["--slow", "500"]);
     assert_eq!(nginx.get("/"), 504);
     let events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
     assert_eq!(events.len(), 1, "{events:#?}");
@@ -97,8 +93,8 @@ fn backend_slower_than_read_timeout_is_no_response_backend_slow_after_a_pending_
 fn slow_answer_within_the_timeout_is_ok_backend_slow_with_its_first_byte_time() {
     require_root();
     let backend = HttpBackend::with(Behavior::Answer(Duration::from_millis(1500)));
-    let nginx = Nginx::start("", &proxy_to(backend.port(), "proxy_read_timeout 5s;"));
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let nginx = Nginx::proxying_to(backend.port(), "proxy_read_timeout 5s;");
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     assert_eq!(nginx.get("/"), 200);
     let events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
     assert_eq!(events.len(), 1, "{events:#?}");
@@ -122,9 +118,9 @@ fn slow_answer_within_the_timeout_is_ok_backend_slow_with_its_first_byte_time() 
 fn backend_reset_after_the_request_is_reset_104() {
     require_root();
     let backend = HttpBackend::with(Behavior::Reset);
-    let nginx = Nginx::start("", &proxy_to(backend.port(), ""));
+    let nginx = Nginx::proxying_to(backend.port(), "");
     let workers = nginx.workers();
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     assert_eq!(nginx.get("/"), 502);
     let events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
     assert_eq!(events.len(), 1, "{events:#?}");
@@ -146,8 +142,8 @@ fn backend_reset_after_the_request_is_reset_104() {
 fn backend_closing_without_answer_is_closed_early() {
     require_root();
     let backend = HttpBackend::with(Behavior::Close);
-    let nginx = Nginx::start("", &proxy_to(backend.port(), ""));
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let nginx = Nginx::proxying_to(backend.port(), "");
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     assert_eq!(nginx.get("/"), 502);
     let events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
     assert_eq!(events.len(), 1, "{events:#?}");
@@ -179,7 +175,7 @@ fn keepalive_exchanges_are_each_timed_and_reused_after_the_first() {
         ),
         "location / { proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; }",
     );
-    let tracer = Tracer::start(&["--all", "--pid", &nginx.master_pid().to_string()]);
+    let tracer = Tracer::attach_to(&nginx, &["--all"]);
     for _ in 0..6 {
         assert_eq!(nginx.get("/"), 200);
         std::thread::sleep(Duration::from_millis(50));
@@ -220,8 +216,8 @@ fn keepalive_exchanges_are_each_timed_and_reused_after_the_first() {
 fn first_byte_histogram_matches_a_known_backend_delay() {
     require_root();
     let backend = HttpBackend::with(Behavior::Answer(Duration::from_millis(100)));
-    let nginx = Nginx::start("", &proxy_to(backend.port(), ""));
-    let tracer = Tracer::start(&["--interval", "0", "--pid", &nginx.master_pid().to_string()]);
+    let nginx = Nginx::proxying_to(backend.port(), "");
+    let tracer = Tracer::attach_to(&nginx, &["--interval", "0"]);
     for _ in 0..10 {
         assert_eq!(nginx.get("/"), 200);
     }
@@ -252,8 +248,8 @@ fn packet_loss_is_network_never_backend_slow() {
     require_root();
     let backend = HttpBackend::start();
     let _loss = LoopbackRule::lose(backend.port(), 0.3);
-    let nginx = Nginx::start("", &proxy_to(backend.port(), ""));
-    let tracer = Tracer::start(&["--all", "--pid", &nginx.master_pid().to_string()]);
+    let nginx = Nginx::proxying_to(backend.port(), "");
+    let tracer = Tracer::attach_to(&nginx, &["--all"]);
     for _ in 0..50 {
         nginx.get("/");
     }
@@ -301,7 +297,7 @@ fn slow_php_fpm_script_is_backend_slow_on_the_unix_upstream() {
         &[("sleep.php", "<?php usleep(1500000); echo \"done\\n\";")],
     );
     let nginx = Nginx::start("", &php_location(&fpm));
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     assert_eq!(nginx.get("/sleep.php"), 200);
     let events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
     assert_eq!(events.len(), 1, "{events:#?}");
@@ -332,7 +328,7 @@ fn php_fpm_with_a_full_backlog_refuses_connects_with_eagain() {
     );
     let nginx = Nginx::start("", &php_location(&fpm));
     let workers = nginx.workers();
-    let mut tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
     let port = nginx.port();
     let clients: Vec<_> = (0..10)
         .map(|_| std::thread::spawn(move || ngx_trace_tests::http::get(port, "/sleep.php")))
@@ -378,7 +374,7 @@ fn keepalive_connections_opened_before_tracing_are_adopted() {
     for _ in 0..20 {
         assert_eq!(nginx.get("/"), 200);
     }
-    let tracer = Tracer::start(&["--all", "--pid", &nginx.master_pid().to_string()]);
+    let tracer = Tracer::attach_to(&nginx, &["--all"]);
     for _ in 0..20 {
         assert_eq!(nginx.get("/"), 200);
     }

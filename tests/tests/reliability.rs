@@ -40,11 +40,8 @@ fn tally(events: &[Value]) -> (u64, u64) {
 fn reload_storm_under_load_loses_no_failure() {
     require_root();
     let port = free_port();
-    let nginx = Nginx::start(
-        "",
-        &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"),
-    );
-    let tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let nginx = Nginx::proxying_to(port, "");
+    let tracer = Tracer::attach_to(&nginx, &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let nginx_port = nginx.port();
@@ -183,10 +180,7 @@ fn sigkill_of_the_tracer_leaves_no_program_attached() {
 fn sigterm_prints_the_final_summary() {
     require_root();
     let port = free_port();
-    let nginx = Nginx::start(
-        "",
-        &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"),
-    );
+    let nginx = Nginx::proxying_to(port, "");
     let mut child = Command::new(binary())
         .args(["--pid", &nginx.master_pid().to_string()])
         .stdout(Stdio::piped())
@@ -252,7 +246,7 @@ fn burst_of_10000_concurrent_connections_is_fully_accounted_with_bounded_memory(
         "",
         &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"),
     );
-    let tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let tracer = Tracer::attach_to(&nginx, &[]);
     let mut clients: Vec<TcpStream> = (0..CLIENTS)
         .map(|i| {
             TcpStream::connect(("127.0.0.1", nginx.port()))
@@ -291,11 +285,8 @@ fn an_overfilled_ring_buffer_is_counted_exactly() {
     require_root();
     const REQUESTS: u64 = 3_000;
     let port = free_port();
-    let nginx = Nginx::start(
-        "",
-        &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"),
-    );
-    let tracer = Tracer::start(&["--pid", &nginx.master_pid().to_string()]);
+    let nginx = Nginx::proxying_to(port, "");
+    let tracer = Tracer::attach_to(&nginx, &[]);
     // Freeze the reader: the kernel keeps writing until the 256 KiB ring is full.
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };

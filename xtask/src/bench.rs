@@ -91,16 +91,14 @@ fn wrk(port: u16, seconds: u64) -> Result<Load> {
     Ok(Load { rps, p99_us })
 }
 
+/// CPU time of `pid`'s main thread, s, from the scheduler's own accounting
+/// (`schedstat`, in ns): tick sampling misses a process that runs in short
+/// bursts, as the tracer does.
 fn proc_cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // utime and stime are fields 14 and 15 (11 and 12 after the comm).
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    ticks as f64 / 100.0
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0.0, |ns| ns as f64 / 1e9)
 }
 
 fn proc_hwm_kb(pid: u32) -> u64 {

@@ -1,0 +1,57 @@
+//! `ngx-trace --check`: load and attach everything, say what is in use, exit.
+use std::{collections::BTreeSet, path::Path};
+
+use anyhow::Result;
+use ngx_trace_common::{PROGRAMS, ProgramSpec};
+
+use crate::{kernel::Kernel, output::Output};
+
+/// `--check`: what was loaded and attached, and what this host offers.
+pub fn report(
+    kernel: &Kernel,
+    tracefs: &Path,
+    programs: &[&ProgramSpec],
+    nginx: &BTreeSet<u32>,
+) -> Result<()> {
+    let mut out = String::new();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    out.push_str(&format!("kernel: Linux {}\n", release.trim()));
+    out.push_str(&format!("tracefs: {}\n", tracefs.display()));
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    out.push_str(&format!("kernel BTF: {}\n", if btf { "yes" } else { "no" }));
+    out.push_str("ring buffer: yes (256 KiB)\n");
+    out.push_str(&format!(
+        "programs: {} loaded and attached in {} ms\n",
+        kernel.attached.len(),
+        kernel.attach_time.as_millis()
+    ));
+    for spec in PROGRAMS {
+        let state = if programs.iter().any(|p| p.program == spec.program) {
+            "attached"
+        } else {
+            "skipped (tracepoint absent; optional)"
+        };
+        let kind = if spec.btf { "tp_btf" } else { "tracepoint" };
+        out.push_str(&format!(
+            "  {state:<8} {kind:<10} {}:{} ({})\n",
+            spec.category, spec.tracepoint, spec.purpose
+        ));
+    }
+    let lost: u64 = kernel.lost()?.iter().sum();
+    out.push_str(&format!("lost-event counters: readable ({lost} so far)\n"));
+    out.push_str(&format!(
+        "nginx processes now: {}\n",
+        if nginx.is_empty() {
+            "none (ngx-trace would wait for nginx)".to_string()
+        } else {
+            nginx
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    ));
+    out.push_str("check: ok\n");
+    Output::new(false).text(out.trim_end())?;
+    Ok(())
+}
