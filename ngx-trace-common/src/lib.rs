@@ -8,6 +8,9 @@
 
 /// Ring buffer carrying [`UpstreamRecord`] and [`ProcessRecord`] to user space.
 pub const MAP_EVENTS: &str = "EVENTS";
+/// Size of [`MAP_EVENTS`]: about 4,000 exchanges, a second of a busy proxy
+/// between two drains even when printing every exchange as JSON.
+pub const EVENTS_BYTES: u32 = 1024 * 1024;
 /// Per-CPU drop counters, indexed by the `LOST_*` constants.
 pub const MAP_LOST: &str = "LOST";
 /// Upstream connections in flight, by `struct sock` address (value: [`Exchange`]).

@@ -3,11 +3,11 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use ngx_trace_common::{Exchange, LOST_SLOTS, NGINX_PID_WORKER};
+use ngx_trace_common::{EVENTS_BYTES, Exchange, LOST_SLOTS, NGINX_PID_WORKER};
 
 /// Records for user space: one per finished connect and per process change.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// Drop counters (`LOST_*` indexes), summed over CPUs by user space.
 #[map]

@@ -1,14 +1,15 @@
 //! Writing records to the ring buffer.
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use ngx_trace_common::{
-    END_RESPONSE_DONE, Exchange, FLAG_CONNECTED, LOST_RINGBUF_FULL, RECORD_UPSTREAM, UpstreamRecord,
+    END_RESPONSE_DONE, EVENTS_BYTES, Exchange, FLAG_CONNECTED, LOST_RINGBUF_FULL, RECORD_UPSTREAM,
+    UpstreamRecord,
 };
 
 use crate::maps::{EVENTS, count_lost};
 
 /// Unread bytes from which an answered exchange wakes the reader anyway, so
-/// the 256 KiB ring never fills between the reader's periodic drains.
-const WAKEUP_BACKLOG: u64 = 64 * 1024;
+/// the ring never fills between the reader's periodic drains.
+const WAKEUP_BACKLOG: u64 = EVENTS_BYTES as u64 / 4;
 
 /// Ends the exchange at `state` (a map value) with `end` and `errno` at
 /// `end_ns`, and sends it; a full ring buffer is counted, never silent.

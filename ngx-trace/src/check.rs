@@ -19,7 +19,10 @@ pub fn report(
     out.push_str(&format!("tracefs: {}\n", tracefs.display()));
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     out.push_str(&format!("kernel BTF: {}\n", if btf { "yes" } else { "no" }));
-    out.push_str("ring buffer: yes (256 KiB)\n");
+    out.push_str(&format!(
+        "ring buffer: yes ({} KiB)\n",
+        ngx_trace_common::EVENTS_BYTES / 1024
+    ));
     out.push_str(&format!(
         "programs: {} loaded and attached in {} ms\n",
         kernel.attached.len(),

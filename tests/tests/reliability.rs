@@ -283,11 +283,13 @@ fn burst_of_10000_concurrent_connections_is_fully_accounted_with_bounded_memory(
 #[test]
 fn an_overfilled_ring_buffer_is_counted_exactly() {
     require_root();
-    const REQUESTS: u64 = 3_000;
+    // Twice what the ring holds.
+    const REQUESTS: u64 = 2 * ngx_trace_common::EVENTS_BYTES as u64
+        / (size_of::<ngx_trace_common::UpstreamRecord>() as u64 + 8);
     let port = free_port();
     let nginx = Nginx::proxying_to(port, "");
     let tracer = Tracer::attach_to(&nginx, &[]);
-    // Freeze the reader: the kernel keeps writing until the 256 KiB ring is full.
+    // Freeze the reader: the kernel keeps writing until the ring is full.
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
     for _ in 0..REQUESTS {
@@ -300,7 +302,7 @@ fn an_overfilled_ring_buffer_is_counted_exactly() {
     let (lost, refused) = tally(&events);
     assert!(
         lost > 0,
-        "3000 records fit a 256 KiB ring? {refused} reported"
+        "{REQUESTS} records fit the ring? {refused} reported"
     );
     assert_eq!(refused + lost, REQUESTS, "{refused} reported + {lost} lost");
 }
