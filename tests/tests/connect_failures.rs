@@ -61,21 +61,41 @@ fn assert_nginx_logged(nginx: &Nginx, events: &[Value]) {
     }
 }
 
+/// What every failed-connect test checks: `REQUESTS` requests through a
+/// traced `nginx` each get `status`; exactly `REQUESTS` events come for
+/// `upstream`, each with the `expected` (outcome, verdict, errno), from one of
+/// nginx's workers, and nginx logged each one's `nginx_error`. Returns the
+/// tracer, still running, and the events.
+fn expect_failures(
+    nginx: &Nginx,
+    status: u16,
+    upstream: &str,
+    expected: (&str, &str, u64),
+) -> (Tracer, Vec<Value>) {
+    let workers = nginx.workers();
+    let mut tracer = Tracer::attach_to(nginx, &[]);
+    send(nginx, "/", status);
+    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |e| {
+        e["upstream"] == upstream
+    });
+    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    let (outcome, verdict, errno) = expected;
+    for e in &events {
+        assert_failure(e, outcome, verdict, errno, upstream, &workers);
+    }
+    assert_nginx_logged(nginx, &events);
+    (tracer, events)
+}
+
 #[test]
 fn tcp_backend_stopped_is_refused_backend_down() {
     require_root();
     let port = free_port();
     let nginx = Nginx::proxying_to(port, "");
-    let workers = nginx.workers();
-    let mut tracer = Tracer::attach_to(&nginx, &[]);
-    send(&nginx, "/", 502);
     let upstream = format!("127.0.0.1:{port}");
-    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |e| {
-        e["upstream"] == upstream.as_str()
-    });
-    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    let (tracer, events) =
+        expect_failures(&nginx, 502, &upstream, ("refused", "backend_down", 111));
     for e in &events {
-        assert_failure(e, "refused", "backend_down", 111, &upstream, &workers);
         assert_eq!(e["transport"], "tcp");
         assert_eq!(
             e["nginx_error"],
@@ -83,7 +103,6 @@ fn tcp_backend_stopped_is_refused_backend_down() {
         );
         assert_eq!(e["tcp"]["syn_retransmits"], 0);
     }
-    assert_nginx_logged(&nginx, &events);
     let all = tracer.stop();
     let summary = all
         .iter()
@@ -104,15 +123,8 @@ fn ipv6_backend_stopped_is_refused() {
         "",
         &format!("location / {{ proxy_pass http://[::1]:{port}; }}"),
     );
-    let workers = nginx.workers();
-    let mut tracer = Tracer::attach_to(&nginx, &[]);
-    send(&nginx, "/", 502);
     let upstream = format!("[::1]:{port}");
-    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
-    assert_eq!(events.len(), REQUESTS, "{events:#?}");
-    for e in &events {
-        assert_failure(e, "refused", "backend_down", 111, &upstream, &workers);
-    }
+    let (tracer, _) = expect_failures(&nginx, 502, &upstream, ("refused", "backend_down", 111));
     tracer.stop();
 }
 
@@ -121,18 +133,11 @@ fn syn_dropped_is_connect_timeout_with_retransmits() {
     require_root();
     let port = free_port();
     let _rule = LoopbackRule::drop_syn(port);
-    let nginx = Nginx::start(
-        "",
-        &format!("location / {{ proxy_connect_timeout 2s; proxy_pass http://127.0.0.1:{port}; }}"),
-    );
-    let workers = nginx.workers();
-    let mut tracer = Tracer::attach_to(&nginx, &[]);
-    send(&nginx, "/", 504);
+    let nginx = Nginx::proxying_to(port, "proxy_connect_timeout 2s;");
     let upstream = format!("127.0.0.1:{port}");
-    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
-    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    let (tracer, events) =
+        expect_failures(&nginx, 504, &upstream, ("connect_timeout", "network", 110));
     for e in &events {
-        assert_failure(e, "connect_timeout", "network", 110, &upstream, &workers);
         assert_eq!(
             e["nginx_error"],
             "upstream timed out (110: Connection timed out) while connecting to upstream"
@@ -144,7 +149,6 @@ fn syn_dropped_is_connect_timeout_with_retransmits() {
             "waited {waited} us: {e}"
         );
     }
-    assert_nginx_logged(&nginx, &events);
     tracer.stop();
 }
 
@@ -155,14 +159,10 @@ fn missing_unix_socket_is_not_found() {
         "",
         "location / { proxy_pass http://unix:{dir}/missing.sock; }",
     );
-    let workers = nginx.workers();
-    let mut tracer = Tracer::attach_to(&nginx, &[]);
-    send(&nginx, "/", 502);
     let upstream = format!("unix:{}/missing.sock", nginx.dir().display());
-    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
-    assert_eq!(events.len(), REQUESTS, "{events:#?}");
+    let (tracer, events) =
+        expect_failures(&nginx, 502, &upstream, ("not_found", "backend_down", 2));
     for e in &events {
-        assert_failure(e, "not_found", "backend_down", 2, &upstream, &workers);
         assert_eq!(e["transport"], "unix");
         assert!(e.get("tcp").is_none(), "{e}");
         assert_eq!(
@@ -172,7 +172,6 @@ fn missing_unix_socket_is_not_found() {
             )
         );
     }
-    assert_nginx_logged(&nginx, &events);
     tracer.stop();
 }
 
@@ -181,23 +180,13 @@ fn root_only_unix_socket_is_permission_denied() {
     require_root();
     let nginx = Nginx::start("", "location / { proxy_pass http://unix:{dir}/root.sock; }");
     let _socket = UnixSocketFile::listening(&nginx.dir().join("root.sock"), 0o600);
-    let workers = nginx.workers();
-    let mut tracer = Tracer::attach_to(&nginx, &[]);
-    send(&nginx, "/", 502);
     let upstream = format!("unix:{}/root.sock", nginx.dir().display());
-    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
-    assert_eq!(events.len(), REQUESTS, "{events:#?}");
-    for e in &events {
-        assert_failure(
-            e,
-            "permission_denied",
-            "permission",
-            13,
-            &upstream,
-            &workers,
-        );
-    }
-    assert_nginx_logged(&nginx, &events);
+    let (tracer, _) = expect_failures(
+        &nginx,
+        502,
+        &upstream,
+        ("permission_denied", "permission", 13),
+    );
     tracer.stop();
 }
 
@@ -209,16 +198,8 @@ fn unix_socket_without_listener_is_refused() {
         "location / { proxy_pass http://unix:{dir}/stale.sock; }",
     );
     let _socket = UnixSocketFile::stale(&nginx.dir().join("stale.sock"));
-    let workers = nginx.workers();
-    let mut tracer = Tracer::attach_to(&nginx, &[]);
-    send(&nginx, "/", 502);
     let upstream = format!("unix:{}/stale.sock", nginx.dir().display());
-    let events = tracer.upstream_events(REQUESTS, Duration::from_secs(10), |_| true);
-    assert_eq!(events.len(), REQUESTS, "{events:#?}");
-    for e in &events {
-        assert_failure(e, "refused", "backend_down", 111, &upstream, &workers);
-    }
-    assert_nginx_logged(&nginx, &events);
+    let (tracer, _) = expect_failures(&nginx, 502, &upstream, ("refused", "backend_down", 111));
     tracer.stop();
 }
 
