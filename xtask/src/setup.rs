@@ -9,7 +9,7 @@ pub const BENCH_PACKAGES: &[&str] = &["nginx", "wrk", "bpftrace", "bpftool"];
 
 /// Debian packages the tests use.
 pub const TEST_PACKAGES: &[&str] = &[
-    "nginx", "php-fpm", "iptables", "curl", "iproute2", "bpftool",
+    "nginx", "php-fpm", "iptables", "bpftool",
 ];
 
 fn output(program: &str, args: &[&str]) -> Result<String> {
