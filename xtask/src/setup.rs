@@ -8,9 +8,7 @@ use anyhow::{Context as _, Result, bail};
 pub const BENCH_PACKAGES: &[&str] = &["nginx", "wrk", "bpftrace", "bpftool"];
 
 /// Debian packages the tests use.
-pub const TEST_PACKAGES: &[&str] = &[
-    "nginx", "php-fpm", "iptables", "bpftool",
-];
+pub const TEST_PACKAGES: &[&str] = &["nginx", "php-fpm", "iptables", "bpftool"];
 
 fn output(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
