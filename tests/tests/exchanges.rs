@@ -164,17 +164,23 @@ fn backend_closing_without_answer_is_closed_early() {
     tracer.stop();
 }
 
-#[test]
-fn keepalive_exchanges_are_each_timed_and_reused_after_the_first() {
-    require_root();
-    let backend = HttpBackend::start();
-    let nginx = Nginx::start(
+/// An nginx keeping up to 4 idle HTTP/1.1 connections per worker to `backend`.
+fn keepalive_nginx(backend: &HttpBackend) -> Nginx {
+    Nginx::start(
         &format!(
             "upstream pool {{ server 127.0.0.1:{}; keepalive 4; }}",
             backend.port()
         ),
-        "location / { proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; }",
-    );
+        "location / { proxy_pass http://pool; proxy_http_version 1.1; \
+         proxy_set_header Connection \"\"; }",
+    )
+}
+
+#[test]
+fn keepalive_exchanges_are_each_timed_and_reused_after_the_first() {
+    require_root();
+    let backend = HttpBackend::start();
+    let nginx = keepalive_nginx(&backend);
     let tracer = Tracer::attach_to(&nginx, &["--all"]);
     for _ in 0..6 {
         assert_eq!(nginx.get("/"), 200);
@@ -363,13 +369,7 @@ fn php_fpm_with_a_full_backlog_refuses_connects_with_eagain() {
 fn keepalive_connections_opened_before_tracing_are_adopted() {
     require_root();
     let backend = HttpBackend::start();
-    let nginx = Nginx::start(
-        &format!(
-            "upstream pool {{ server 127.0.0.1:{}; keepalive 4; }}",
-            backend.port()
-        ),
-        "location / { proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; }",
-    );
+    let nginx = keepalive_nginx(&backend);
     // Warm the pools: each worker keeps its upstream connection open.
     for _ in 0..20 {
         assert_eq!(nginx.get("/"), 200);
