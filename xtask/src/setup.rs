@@ -80,9 +80,11 @@ fn install_bpf_linker() -> Result<()> {
     let rustflags = format!("-L native={libdir} -l dylib={lib} -C link-arg=-Wl,-rpath,{libdir}");
     status(
         Command::new("cargo")
+            // The release verified with this toolchain line (aya 0.14, LLVM 22):
+            // a newer one may need a newer rustc than the machine's.
             .args([
                 "install",
-                "bpf-linker",
+                "bpf-linker@0.13.0",
                 "--locked",
                 "--no-default-features",
                 "--features",
