@@ -106,18 +106,24 @@ impl Verdict {
 /// so a late ACK means loss, not a busy backend.
 pub const ACK_LATE_US: u64 = 200_000;
 
-/// Phase durations of a connect attempt or exchange, µs; unknown ones are `None`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Phase durations of a connect attempt or exchange, µs; unknown ones are
+/// `None`, and left out of the JSON `timings_us` object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Timings {
     /// `connect()` to handshake done (or to the connect's failure).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connect: Option<u64>,
     /// Last request byte written to its acknowledgement (TCP).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_acked: Option<u64>,
     /// Last request byte written to the first response byte in the kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub first_byte: Option<u64>,
     /// First response byte in the kernel to nginx reading it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nginx_read_delay: Option<u64>,
     /// Exchange start (connect, or first request byte when reused) to its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
 }
 

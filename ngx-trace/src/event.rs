@@ -8,38 +8,6 @@ use crate::{
     records::Transport,
 };
 
-/// Phase durations of an upstream event, µs; unknown ones are left out.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TimingsUs {
-    /// `connect()` to handshake done (or to the connect's failure).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect: Option<u64>,
-    /// Last request byte to its acknowledgement (TCP).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_acked: Option<u64>,
-    /// Last request byte to the first response byte in the kernel.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_byte: Option<u64>,
-    /// First response byte in the kernel to nginx reading it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nginx_read_delay: Option<u64>,
-    /// Exchange start to end.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub total: Option<u64>,
-}
-
-impl From<Timings> for TimingsUs {
-    fn from(t: Timings) -> Self {
-        Self {
-            connect: t.connect,
-            request_acked: t.request_acked,
-            first_byte: t.first_byte,
-            nginx_read_delay: t.nginx_read_delay,
-            total: t.total,
-        }
-    }
-}
-
 /// TCP facts of an upstream event.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TcpFacts {
@@ -78,7 +46,7 @@ pub struct UpstreamEvent {
     /// One sentence with the numbers.
     pub evidence: String,
     /// Phase durations.
-    pub timings_us: TimingsUs,
+    pub timings_us: Timings,
     /// TCP facts (TCP upstreams only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpFacts>,
@@ -112,7 +80,7 @@ impl UpstreamEvent {
             nginx_error: e.nginx_error,
             verdict: e.verdict.as_str(),
             evidence: e.evidence,
-            timings_us: e.timings.into(),
+            timings_us: e.timings,
             tcp: (transport == Transport::Tcp).then_some(TcpFacts {
                 syn_retransmits: ex.syn_retransmits,
                 retransmits: (!connecting).then_some(ex.retransmits),
