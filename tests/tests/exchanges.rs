@@ -20,16 +20,24 @@ fn us(e: &Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no timings_us.{field}: {e}"))
 }
 
+/// Traces `nginx` with `args`, GETs `path` once (answered `status`), and
+/// returns the tracer, still running, and the one upstream event it saw.
+fn one_exchange(nginx: &Nginx, args: &[&str], path: &str, status: u16) -> (Tracer, Value) {
+    let mut tracer = Tracer::attach_to(nginx, args);
+    assert_eq!(nginx.get(path), status);
+    let mut events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = events.remove(0);
+    (tracer, event)
+}
+
 #[test]
 fn backend_slower_than_read_timeout_is_no_response_backend_slow_after_a_pending_event() {
     require_root();
     let backend = HttpBackend::with(Behavior::Answer(Duration::from_secs(3)));
     let nginx = Nginx::proxying_to(backend.port(), "proxy_read_timeout 1s;");
-    let mut tracer = Tracer::attach_to(&nginx, &["--slow", "500"]);
-    assert_eq!(nginx.get("/"), 504);
-    let events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
-    assert_eq!(events.len(), 1, "{events:#?}");
-    let e = &events[0];
+    let (tracer, e) = one_exchange(&nginx, &["--slow", "500"], "/", 504);
+    let e = &e;
     assert_eq!(e["outcome"], "no_response", "{e}");
     assert_eq!(e["verdict"], "backend_slow", "{e}");
     assert_eq!(e["errno"], 110, "{e}");
@@ -94,11 +102,8 @@ fn slow_answer_within_the_timeout_is_ok_backend_slow_with_its_first_byte_time() 
     require_root();
     let backend = HttpBackend::with(Behavior::Answer(Duration::from_millis(1500)));
     let nginx = Nginx::proxying_to(backend.port(), "proxy_read_timeout 5s;");
-    let mut tracer = Tracer::attach_to(&nginx, &[]);
-    assert_eq!(nginx.get("/"), 200);
-    let events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
-    assert_eq!(events.len(), 1, "{events:#?}");
-    let e = &events[0];
+    let (tracer, e) = one_exchange(&nginx, &[], "/", 200);
+    let e = &e;
     assert_eq!(
         (e["outcome"].as_str(), e["verdict"].as_str()),
         (Some("ok"), Some("backend_slow")),
@@ -120,11 +125,8 @@ fn backend_reset_after_the_request_is_reset_104() {
     let backend = HttpBackend::with(Behavior::Reset);
     let nginx = Nginx::proxying_to(backend.port(), "");
     let workers = nginx.workers();
-    let mut tracer = Tracer::attach_to(&nginx, &[]);
-    assert_eq!(nginx.get("/"), 502);
-    let events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
-    assert_eq!(events.len(), 1, "{events:#?}");
-    let e = &events[0];
+    let (tracer, e) = one_exchange(&nginx, &[], "/", 502);
+    let e = &e;
     assert_eq!(e["outcome"], "reset", "{e}");
     assert_eq!(e["verdict"], "backend_aborted", "{e}");
     assert_eq!(e["errno"], 104, "{e}");
@@ -143,11 +145,8 @@ fn backend_closing_without_answer_is_closed_early() {
     require_root();
     let backend = HttpBackend::with(Behavior::Close);
     let nginx = Nginx::proxying_to(backend.port(), "");
-    let mut tracer = Tracer::attach_to(&nginx, &[]);
-    assert_eq!(nginx.get("/"), 502);
-    let events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
-    assert_eq!(events.len(), 1, "{events:#?}");
-    let e = &events[0];
+    let (tracer, e) = one_exchange(&nginx, &[], "/", 502);
+    let e = &e;
     assert_eq!(e["outcome"], "closed_early", "{e}");
     assert_eq!(e["verdict"], "backend_aborted", "{e}");
     assert_eq!(e["errno"], Value::Null, "{e}");
@@ -303,11 +302,8 @@ fn slow_php_fpm_script_is_backend_slow_on_the_unix_upstream() {
         &[("sleep.php", "<?php usleep(1500000); echo \"done\\n\";")],
     );
     let nginx = Nginx::start("", &php_location(&fpm));
-    let mut tracer = Tracer::attach_to(&nginx, &[]);
-    assert_eq!(nginx.get("/sleep.php"), 200);
-    let events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
-    assert_eq!(events.len(), 1, "{events:#?}");
-    let e = &events[0];
+    let (tracer, e) = one_exchange(&nginx, &[], "/sleep.php", 200);
+    let e = &e;
     assert_eq!(
         e["upstream"],
         format!("unix:{}", fpm.socket().display()).as_str()
