@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// Watches nginx from inside the kernel and explains its upstream failures.
 #[derive(Debug, Parser)]
-#[command(name = "ngx-trace", version, about, after_help = crate::exit::HELP)]
+#[command(name = "ngx-trace", version, about, after_help = crate::exit::help())]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -48,11 +48,11 @@ pub struct TraceArgs {
 
     /// First-byte wait, in ms, from which a backend counts as slow; exchanges
     /// waiting this long are reported while they wait.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = parse_slow_ms)]
     pub slow: u64,
 
     /// Print latency histograms every SECS seconds (0: only at exit).
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = parse_interval)]
     pub interval: u64,
 
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
@@ -69,6 +69,15 @@ pub struct TraceArgs {
     pub comm: String,
 }
 
+/// The longest `--duration` or `--interval`, in seconds: one year. Far
+/// beyond any real use, and far below what overflows a `Duration` or a
+/// tokio deadline (`Instant::now() + interval` panics on overflow).
+pub const MAX_SECS: u64 = 365 * 24 * 3600;
+
+/// The longest `--slow`, in ms: one year too. Keeps `slow * 1000` (µs)
+/// exact instead of saturated.
+pub const MAX_SLOW_MS: u64 = MAX_SECS * 1000;
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -76,7 +85,33 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("`{s}` must be a positive number of seconds"));
     }
+    // Checked before converting: `Duration::from_secs_f64` panics on huge values.
+    if secs > MAX_SECS as f64 {
+        return Err(format!("too long: at most {MAX_SECS} seconds (one year)"));
+    }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_interval(s: &str) -> Result<u64, String> {
+    let secs: u64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number of seconds (0: only at exit)"))?;
+    if secs > MAX_SECS {
+        return Err(format!(
+            "too long: at most {MAX_SECS} seconds (one year; 0: only at exit)"
+        ));
+    }
+    Ok(secs)
+}
+
+fn parse_slow_ms(s: &str) -> Result<u64, String> {
+    let ms: u64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number of milliseconds"))?;
+    if ms > MAX_SLOW_MS {
+        return Err(format!("too long: at most {MAX_SLOW_MS} ms (one year)"));
+    }
+    Ok(ms)
 }
 
 fn parse_comm(s: &str) -> Result<String, String> {
@@ -109,6 +144,69 @@ mod tests {
         assert_eq!(args.duration, Some(Duration::from_millis(1500)));
         assert!(parse(&["ngx-trace", "--duration", "0"]).is_err());
         assert!(parse(&["ngx-trace", "--duration", "soon"]).is_err());
+    }
+
+    /// `args` fails as a bad value, with one line naming `option` and `limit`.
+    fn assert_rejected(args: &[&str], option: &str, limit: &str) {
+        let err = parse(args).expect_err("out of range");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let text = err.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        assert!(first.contains(option) && first.contains(limit), "{text}");
+    }
+
+    #[test]
+    fn huge_durations_are_refused_not_a_panic() {
+        for huge in ["1e20", "31536000.5", "1e308", "18446744073709551615"] {
+            assert_rejected(
+                &["ngx-trace", "--duration", huge],
+                "--duration",
+                "31536000 seconds",
+            );
+        }
+        let year = parse(&["ngx-trace", "--duration", "31536000"]).unwrap();
+        assert_eq!(year.duration, Some(Duration::from_secs(MAX_SECS)));
+        assert!(parse(&["ngx-trace", "--duration", "inf"]).is_err());
+        assert!(parse(&["ngx-trace", "--duration", "NaN"]).is_err());
+    }
+
+    #[test]
+    fn huge_intervals_are_refused_not_a_panic() {
+        for huge in ["18446744073709551615", "31536001"] {
+            assert_rejected(
+                &["ngx-trace", "--interval", huge],
+                "--interval",
+                "31536000 seconds",
+            );
+        }
+        let err = parse(&["ngx-trace", "--interval", "18446744073709551616"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(parse(&["ngx-trace"]).unwrap().interval, 10);
+        assert_eq!(
+            parse(&["ngx-trace", "--interval", "0"]).unwrap().interval,
+            0
+        );
+        let year = parse(&["ngx-trace", "trace", "--interval", "31536000"]).unwrap();
+        assert_eq!(year.interval, MAX_SECS);
+        // What `pump` does with it must not overflow.
+        let _ = tokio::time::Instant::now() + Duration::from_secs(year.interval);
+    }
+
+    #[test]
+    fn huge_slow_thresholds_are_refused_not_saturated() {
+        for huge in ["18446744073709551615", "31536000001"] {
+            assert_rejected(&["ngx-trace", "--slow", huge], "--slow", "31536000000 ms");
+        }
+        assert_eq!(parse(&["ngx-trace"]).unwrap().slow, 1000);
+        let year = parse(&["ngx-trace", "--slow", "31536000000"]).unwrap();
+        assert!(year.slow.checked_mul(1000).is_some());
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        use clap::CommandFactory as _;
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains(&crate::exit::help()), "{help}");
     }
 
     #[test]

@@ -14,15 +14,31 @@ pub const KERNEL: i32 = 4;
 /// `--pid` names no process, or a process that is not nginx.
 pub const NO_SUCH_NGINX: i32 = 5;
 
-/// Text for `--help`.
-pub const HELP: &str = "\
-Exit codes:
-  0  success (also when stdout is closed early)
-  1  runtime failure
-  2  bad command line
-  3  not root, or missing CAP_BPF and CAP_PERFMON
-  4  kernel lacks tracefs, a needed tracepoint, or BPF support
-  5  --pid is not a running nginx process";
+/// Every exit code with its meaning, in order: the one source of the
+/// `--help` text, so the two cannot drift apart.
+pub const CODES: &[(i32, &str)] = &[
+    (OK, "success (also when stdout is closed early)"),
+    (
+        FAILURE,
+        "runtime failure, or a program the BPF verifier rejected (a bug: please report it)",
+    ),
+    (USAGE, "bad command line"),
+    (PRIVILEGES, "not root, or missing CAP_BPF and CAP_PERFMON"),
+    (
+        KERNEL,
+        "the kernel lacks tracefs, a needed tracepoint, BTF or BPF support",
+    ),
+    (NO_SUCH_NGINX, "--pid is not a running nginx process"),
+];
+
+/// The exit-code section of `--help`, built from [`CODES`].
+pub fn help() -> String {
+    let mut text = String::from("Exit codes:");
+    for (code, meaning) in CODES {
+        text.push_str(&format!("\n  {code}  {meaning}"));
+    }
+    text
+}
 
 /// An error the user can act on, with the exit code that documents it.
 #[derive(Debug)]
@@ -56,4 +72,30 @@ pub fn code_of(err: &anyhow::Error) -> i32 {
     err.chain()
         .find_map(|e| e.downcast_ref::<UserError>())
         .map_or(FAILURE, |e| e.code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_code_with_its_number() {
+        let help = help();
+        for code in [OK, FAILURE, USAGE, PRIVILEGES, KERNEL, NO_SUCH_NGINX] {
+            let (_, meaning) = CODES
+                .iter()
+                .find(|(c, _)| *c == code)
+                .unwrap_or_else(|| panic!("exit code {code} is missing from CODES"));
+            assert!(
+                help.lines().any(|l| l == format!("  {code}  {meaning}")),
+                "{help}"
+            );
+        }
+        assert_eq!(help.lines().count(), CODES.len() + 1, "{help}");
+    }
+
+    #[test]
+    fn codes_are_distinct_and_in_order() {
+        assert!(CODES.windows(2).all(|w| w[0].0 < w[1].0), "{CODES:?}");
+    }
 }

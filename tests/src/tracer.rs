@@ -13,19 +13,22 @@ use std::{
 use serde_json::Value;
 
 /// The ngx-trace binary under test: `NGX_TRACE_BIN` (set by `cargo xtask
-/// test`), else the workspace's release or debug build.
+/// test`), else the workspace's newer of its release and debug builds (the
+/// older one is likely stale).
 pub fn binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("NGX_TRACE_BIN") {
         return PathBuf::from(bin);
     }
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-    for profile in ["release", "debug"] {
-        let bin = target.join(profile).join("ngx-trace");
-        if bin.exists() {
-            return bin;
-        }
-    }
-    panic!("no ngx-trace binary: run the tests through `cargo xtask test`, which builds it");
+    ["release", "debug"]
+        .into_iter()
+        .map(|profile| target.join(profile).join("ngx-trace"))
+        .filter_map(|bin| Some((bin.metadata().ok()?.modified().ok()?, bin)))
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, bin)| bin)
+        .unwrap_or_else(|| {
+            panic!("no ngx-trace binary: run the tests through `cargo xtask test`, which builds it")
+        })
 }
 
 /// A running tracer.

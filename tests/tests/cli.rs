@@ -70,6 +70,33 @@ fn a_bad_option_is_exit_2() {
 }
 
 #[test]
+fn out_of_range_times_are_exit_2_with_one_sentence_not_a_panic() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["--duration", "1e20"], "31536000 seconds"),
+        (&["--interval", "18446744073709551615"], "31536000 seconds"),
+        (&["trace", "--interval", "31536001"], "31536000 seconds"),
+        (&["--slow", "18446744073709551615"], "31536000000 ms"),
+    ];
+    for (args, limit) in cases {
+        let out = run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        // clap's one `error:` sentence; besides it only its hint to try --help.
+        let said: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("For more information"))
+            .collect();
+        assert_eq!(said.len(), 1, "one sentence for {args:?}: {err}");
+        assert!(
+            said[0].starts_with("error: invalid value") && said[0].contains(limit),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: nothing traced");
+    }
+}
+
+#[test]
 fn duration_stops_by_itself_with_a_summary() {
     require_root();
     let nginx = Nginx::start("", "location / { return 200; }");

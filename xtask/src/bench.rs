@@ -110,10 +110,115 @@ fn proc_hwm_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn sigterm_and_wait(child: &mut Child) {
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
+/// A tracer (ngx-trace or bpftrace) the bench started. It cannot outlive the
+/// bench, even frozen: dropping it (a failed step, a panic) stops it as
+/// [`Tracer::stop`] does. (nginx instances stop with their own `Drop`, and
+/// wrk always runs to its end under `Command::output`.)
+struct Tracer {
+    child: Child,
+    /// Where its stdout goes.
+    out: PathBuf,
+    /// Reaped already: its pid may belong to another process now.
+    reaped: bool,
+}
+
+impl Tracer {
+    /// How long a tracer may take to exit after SIGTERM before SIGKILL.
+    const GRACE: Duration = Duration::from_secs(20);
+
+    fn new(child: Child, out: PathBuf) -> Self {
+        Self {
+            child,
+            out,
+            reaped: false,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal`, unless the child is gone.
+    fn signal(&self, signal: i32) {
+        if !self.reaped {
+            // SAFETY: plain kill(2) on our own child, not reaped yet, so its
+            // pid is still ours.
+            unsafe { libc::kill(self.child.id() as i32, signal) };
+        }
+    }
+
+    /// Wakes it if frozen, asks it to stop (SIGTERM: ngx-trace then prints
+    /// its summary and lost counts) and waits; SIGKILL after [`Self::GRACE`].
+    fn stop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        self.signal(libc::SIGCONT);
+        self.signal(libc::SIGTERM);
+        let asked = Instant::now();
+        while asked.elapsed() < Self::GRACE {
+            match self.child.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                // Exited, or cannot be waited for (then nothing more to do).
+                Ok(Some(_)) | Err(_) => {
+                    self.reaped = true;
+                    return;
+                }
+            }
+        }
+        eprintln!(
+            "xtask bench: tracer {} ignored SIGTERM for {:?}, killing it",
+            self.pid(),
+            Self::GRACE
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reaped = true;
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A sysctl changed by the bench; dropping it puts the previous value back,
+/// so that a failed step does not leave the host changed.
+struct Sysctl {
+    path: String,
+    /// The value to restore; `None` once restored.
+    old: Option<String>,
+}
+
+impl Sysctl {
+    /// Sets `key` to `value`, remembering its current value.
+    fn set(key: &str, value: &str) -> Result<Self> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let old = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        std::fs::write(&path, value).with_context(|| format!("write {path}"))?;
+        Ok(Self {
+            path,
+            old: Some(old.trim().to_string()),
+        })
+    }
+
+    /// Puts the previous value back.
+    fn restore(&mut self) -> Result<()> {
+        if let Some(old) = self.old.take() {
+            std::fs::write(&self.path, &old)
+                .with_context(|| format!("failed to restore {} to {old}", self.path))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(e) = self.restore() {
+            eprintln!("xtask bench: {e:#}: write it by hand");
+        }
+    }
 }
 
 /// Lost-event count in a tracer output file (JSON or text).
@@ -136,8 +241,8 @@ fn lost_in(path: &Path) -> u64 {
 }
 
 impl Bench {
-    /// Starts `mode`'s tracer on the front nginx; returns it and its output file.
-    fn start(&self, mode: Mode, front: &Nginx) -> Result<Option<(Child, PathBuf)>> {
+    /// Starts `mode`'s tracer on the front nginx (none for [`Mode::None`]).
+    fn start(&self, mode: Mode, front: &Nginx) -> Result<Option<Tracer>> {
         let out = self.dir.path().join("tracer.out");
         let file = std::fs::File::create(&out)?;
         let master = front.master_pid().to_string();
@@ -163,27 +268,29 @@ impl Bench {
                     .spawn()?
             }
         };
+        // Guarded before waiting, so that nothing below can leak it.
+        let tracer = Tracer::new(child, out);
         // Attached well within this (ngx-trace: ~50 ms; bpftrace: ~1 s).
         std::thread::sleep(Duration::from_millis(2500));
-        Ok(Some((child, out)))
+        Ok(Some(tracer))
     }
 
     /// One measured run of `mode`.
     fn run(&self, mode: Mode, front: &Nginx) -> Result<(Load, TracerCost)> {
         let tracer = self.start(mode, front)?;
-        let cpu0 = tracer.as_ref().map_or(0.0, |(c, _)| proc_cpu_s(c.id()));
+        let cpu0 = tracer.as_ref().map_or(0.0, |t| proc_cpu_s(t.pid()));
         let started = Instant::now();
         let load = wrk(front.port(), self.seconds)?;
         let mut cost = TracerCost {
             rps: load.rps,
             ..TracerCost::default()
         };
-        if let Some((mut child, out)) = tracer {
+        if let Some(mut tracer) = tracer {
             cost.wall_s = started.elapsed().as_secs_f64();
-            cost.cpu_s = proc_cpu_s(child.id()) - cpu0;
-            cost.rss_kb = proc_hwm_kb(child.id());
-            sigterm_and_wait(&mut child);
-            cost.lost = lost_in(&out);
+            cost.cpu_s = proc_cpu_s(tracer.pid()) - cpu0;
+            cost.rss_kb = proc_hwm_kb(tracer.pid());
+            tracer.stop();
+            cost.lost = lost_in(&tracer.out);
         }
         Ok((load, cost))
     }
@@ -225,13 +332,6 @@ fn program_ids() -> Result<Vec<u64>> {
         .output()?;
     let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
     Ok(progs.iter().filter_map(|p| p["id"].as_u64()).collect())
-}
-
-fn sysctl(key: &str, value: &str) -> Result<String> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    let old = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    std::fs::write(&path, value).with_context(|| format!("write {path}"))?;
-    Ok(old.trim().to_string())
 }
 
 /// Runs the whole benchmark and writes BENCHMARKS.md in `workspace`.
@@ -345,7 +445,9 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
     )?;
     for (variant, front) in &variants {
         let before = program_ids()?;
-        let old = sysctl("kernel.bpf_stats_enabled", "1")?;
+        // Declared before the tracer, so that on a failure the tracer is
+        // stopped first and the sysctl restored then, as below.
+        let mut stats_enabled = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
         let tracer = bench.start(Mode::Default, front)?;
         let ours: Vec<u64> = program_ids()?
             .into_iter()
@@ -354,10 +456,10 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
         let stats0 = bpf_stats(&ours)?;
         let load = wrk(front.port(), seconds)?;
         let stats1 = bpf_stats(&ours)?;
-        if let Some((mut child, _)) = tracer {
-            sigterm_and_wait(&mut child);
+        if let Some(mut tracer) = tracer {
+            tracer.stop();
         }
-        sysctl("kernel.bpf_stats_enabled", &old)?;
+        stats_enabled.restore()?;
         let requests = load.rps * seconds as f64;
         let mut rows = Vec::new();
         let (mut total_ns, mut total_runs) = (0u64, 0u64);
@@ -449,7 +551,7 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
         .lines()
         .count();
     let out = bench.dir.path().join("flood.out");
-    let mut tracer = Command::new(&bench.bin)
+    let child = Command::new(&bench.bin)
         .args([
             "--all",
             "--json",
@@ -461,14 +563,14 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
         .stdout(std::fs::File::create(&out)?)
         .stderr(Stdio::null())
         .spawn()?;
+    // If wrk fails, dropping the guard wakes the frozen tracer and stops it.
+    let mut tracer = Tracer::new(child, out.clone());
     std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(tracer.id() as i32, libc::SIGSTOP) };
+    tracer.signal(libc::SIGSTOP);
     wrk(front.port(), 2)?;
-    // SAFETY: as above.
-    unsafe { libc::kill(tracer.id() as i32, libc::SIGCONT) };
+    tracer.signal(libc::SIGCONT);
     std::thread::sleep(Duration::from_secs(1));
-    sigterm_and_wait(&mut tracer);
+    tracer.stop();
     let served = std::fs::read_to_string(&access)
         .unwrap_or_default()
         .lines()
