@@ -4,7 +4,11 @@
 //! ring-buffer records, the configuration set before load, map and program
 //! names. Structs are `#[repr(C)]` with explicit padding and no `bool`, so
 //! both sides agree on every byte; each has a compile-time size check.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+
+mod state;
+
+pub use state::{End, Ending, Next, Phase};
 
 /// Ring buffer carrying [`UpstreamRecord`] and [`ProcessRecord`] to user space.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -22,6 +26,69 @@ pub const MAP_LISTEN_PORTS: &str = "LISTEN_PORTS";
 pub const MAP_NGINX_PIDS: &str = "NGINX_PIDS";
 /// Name of the global holding the [`Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
+
+/// Type of a map as the kernel program declares it (`BPF_MAP_TYPE_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    /// `BPF_MAP_TYPE_RINGBUF`.
+    RingBuf,
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
+    PerCpuArray,
+    /// `BPF_MAP_TYPE_HASH`.
+    Hash,
+    /// `BPF_MAP_TYPE_LRU_HASH` (user space opens it as a hash map too).
+    LruHash,
+}
+
+/// A map user space opens by name, with the layout it expects.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSpec {
+    /// Name of the map in the eBPF object (one of the `MAP_*` constants).
+    pub name: &'static str,
+    /// Its type.
+    pub kind: MapKind,
+    /// Key size in bytes: the size of the key type user space uses
+    /// (0 for a ring buffer, which has none).
+    pub key_size: u32,
+    /// Value size in bytes: the size of the value type user space uses.
+    pub value_size: u32,
+}
+
+/// Every map user space opens by name, with the key and value types of
+/// `ngx-trace/src/kernel.rs`: a unit test of ngx-trace checks them against
+/// the built object, so a renamed map or a changed type fails without root.
+pub const USER_MAPS: &[MapSpec] = &[
+    MapSpec {
+        name: MAP_EVENTS,
+        kind: MapKind::RingBuf,
+        key_size: 0,
+        value_size: 0,
+    },
+    MapSpec {
+        name: MAP_LOST,
+        kind: MapKind::PerCpuArray,
+        key_size: core::mem::size_of::<u32>() as u32,
+        value_size: core::mem::size_of::<u64>() as u32,
+    },
+    MapSpec {
+        name: MAP_CONNS,
+        kind: MapKind::LruHash,
+        key_size: core::mem::size_of::<u64>() as u32,
+        value_size: core::mem::size_of::<Exchange>() as u32,
+    },
+    MapSpec {
+        name: MAP_LISTEN_PORTS,
+        kind: MapKind::Hash,
+        key_size: core::mem::size_of::<u16>() as u32,
+        value_size: core::mem::size_of::<u32>() as u32,
+    },
+    MapSpec {
+        name: MAP_NGINX_PIDS,
+        kind: MapKind::Hash,
+        key_size: core::mem::size_of::<u32>() as u32,
+        value_size: core::mem::size_of::<u32>() as u32,
+    },
+];
 
 /// Index in [`MAP_LOST`]: records dropped because the ring buffer was full.
 pub const LOST_RINGBUF_FULL: u32 = 0;
@@ -331,30 +398,8 @@ impl UpstreamAddr {
 pub const RECORD_UPSTREAM: u32 = 1;
 /// `kind` of a [`ProcessRecord`].
 pub const RECORD_PROCESS: u32 = 2;
-
-/// `connect()` itself returned this error (`Exchange::errno`).
-pub const END_CONNECT_SYSCALL_ERROR: u32 = 1;
-/// The kernel reported an error on a connecting TCP socket (RST, ICMP, timeout).
-pub const END_CONNECT_SOCKET_ERROR: u32 = 2;
-/// nginx closed a TCP socket still in SYN_SENT: it gave up waiting.
-pub const END_CONNECT_ABANDONED: u32 = 3;
-/// A response came and the exchange ended: the connection was reused for the
-/// next request, or closed by either side after the response.
-pub const END_RESPONSE_DONE: u32 = 4;
-/// The upstream closed the connection before any response byte.
-pub const END_PEER_CLOSED: u32 = 5;
-/// The connection was reset (or failed with `errno`) once established.
-pub const END_PEER_RESET: u32 = 6;
-/// nginx closed the connection while still waiting for the first response
-/// byte (its read timeout, or the client went away).
-pub const END_NGINX_CLOSED: u32 = 7;
-
-/// `Exchange::phase`: connected, no request written yet.
-pub const PHASE_IDLE: u32 = 0;
-/// `Exchange::phase`: request being written or written; no response byte read.
-pub const PHASE_SENDING: u32 = 1;
-/// `Exchange::phase`: response bytes read.
-pub const PHASE_RECEIVING: u32 = 2;
+/// `kind` of a [`ClientGoneRecord`].
+pub const RECORD_CLIENT_GONE: u32 = 3;
 
 /// `Exchange::flags`: a reset arrived.
 pub const FLAG_RESET_SEEN: u32 = 1;
@@ -393,7 +438,7 @@ pub struct Exchange {
     pub ack_hint_ns: u64,
     /// Worker process id.
     pub tgid: u32,
-    /// How it ended: one of the `END_*` constants (0 while in flight).
+    /// How it ended: an [`End`] code (0 while in flight).
     pub end: u32,
     /// Positive errno, 0 when none.
     pub errno: u32,
@@ -405,7 +450,7 @@ pub struct Exchange {
     pub retransmits: u32,
     /// Smoothed RTT, µs (TCP, last seen).
     pub srtt_us: u32,
-    /// `PHASE_*`.
+    /// A [`Phase`] code.
     pub phase: u32,
     /// Exchanges finished on this connection before this one.
     pub index: u32,
@@ -436,7 +481,7 @@ impl Exchange {
             syn_retransmits: 0,
             retransmits: 0,
             srtt_us: 0,
-            phase: PHASE_IDLE,
+            phase: Phase::Idle.code(),
             index: 0,
             fd,
             addr,
@@ -477,12 +522,31 @@ pub struct ProcessRecord {
     pub parent: u32,
 }
 
+/// A worker closed a client connection its client had already left
+/// (FIN or RST received), right after giving up on an upstream exchange:
+/// the exchange ended because the client went away (nginx logs 499), not
+/// because nginx's timer fired. No socket send or connect by the worker
+/// came between the two, which rules out nginx answering 504 or retrying.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ClientGoneRecord {
+    /// Always [`RECORD_CLIENT_GONE`].
+    pub kind: u32,
+    /// The worker process.
+    pub tgid: u32,
+    /// `Exchange::end_ns` of the exchange given up on: the join key.
+    pub giveup_ns: u64,
+    /// When the client connection was closed.
+    pub closed_ns: u64,
+}
+
 const _: () = assert!(core::mem::size_of::<Offsets>() == 96);
 const _: () = assert!(core::mem::size_of::<Config>() == 120);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
 const _: () = assert!(core::mem::size_of::<Exchange>() == 232);
 const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 240);
 const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 16);
+const _: () = assert!(core::mem::size_of::<ClientGoneRecord>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -491,4 +555,5 @@ mod pod {
     unsafe impl aya::Pod for super::UpstreamRecord {}
     unsafe impl aya::Pod for super::Exchange {}
     unsafe impl aya::Pod for super::ProcessRecord {}
+    unsafe impl aya::Pod for super::ClientGoneRecord {}
 }

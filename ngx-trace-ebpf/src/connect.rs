@@ -9,8 +9,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use ngx_trace_common::{
-    AF_INET, AF_INET6, AF_UNIX, END_CONNECT_SYSCALL_ERROR, Exchange, FLAG_CONNECTED, LOST_MAP_FULL,
-    UpstreamAddr,
+    AF_INET, AF_INET6, AF_UNIX, End, Ending, Exchange, LOST_MAP_FULL, UpstreamAddr,
 };
 
 use crate::{
@@ -19,7 +18,7 @@ use crate::{
         CONNECTS, CONNS, ConnectCall, SOCKET_CALLS, SOCKET_TYPES, UNIX_BIND, count_lost, fd_key,
         forget, is_worker,
     },
-    record::emit,
+    record::{clear_giveup, emit},
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -67,6 +66,9 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if !is_worker(tgid) {
         return 0;
     }
+    // nginx retrying on the next upstream: a give-up just before was its
+    // timeout, not its client leaving.
+    clear_giveup();
     let _ = try_enter_connect(&ctx, pid_tgid, tgid);
     0
 }
@@ -132,24 +134,26 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let (sk, family) = unsafe { ((*call).sk, (*call).exchange.addr.family) };
     let exchange = unsafe { &raw mut (*call).exchange };
+    let failed = Ending {
+        end: End::ConnectSyscallError,
+        errno: (-ret) as u32,
+        end_ns: now,
+    };
     if family == AF_UNIX {
         if ret == 0 {
-            unsafe {
-                (*exchange).connect_ns = now - (*exchange).start_ns;
-                (*exchange).flags |= FLAG_CONNECTED;
-            }
+            unsafe { (*exchange).handshake_done(now) };
             if UNIX_BIND.insert(pid_tgid, unsafe { *exchange }, 0).is_err() {
                 count_lost(LOST_MAP_FULL);
             }
         } else if ret < 0 {
-            emit(exchange, END_CONNECT_SYSCALL_ERROR, (-ret) as u32, now);
+            emit(exchange, failed);
         }
     } else if ret < 0 && ret != -EINPROGRESS {
         if sk == 0 {
-            emit(exchange, END_CONNECT_SYSCALL_ERROR, (-ret) as u32, now);
+            emit(exchange, failed);
         } else if let Some(state) = CONNS.get_ptr_mut(sk) {
             // Not reported yet by the socket hooks: the syscall's error is it.
-            emit(state, END_CONNECT_SYSCALL_ERROR, (-ret) as u32, now);
+            emit(state, failed);
             forget(sk, state);
         }
     }

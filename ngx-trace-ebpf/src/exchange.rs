@@ -1,5 +1,7 @@
 //! Request/response exchanges on upstream connections, TCP and UNIX: the
-//! request written, the response arriving and read, and how it ended.
+//! request written, the response arriving and read, and how it ended. The
+//! rules themselves are `Exchange`'s methods in ngx-trace-common (unit
+//! tested on the host); these hooks feed them kernel events.
 //!
 //! An exchange starts with the first request byte a worker writes, and ends
 //! when the next request starts on the same connection (keepalive), or when
@@ -9,42 +11,13 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use ngx_trace_common::{
-    END_NGINX_CLOSED, END_PEER_CLOSED, END_PEER_RESET, END_RESPONSE_DONE, Exchange, FLAG_CONNECTED,
-    FLAG_REUSED, LOST_MAP_FULL, PHASE_IDLE, PHASE_RECEIVING, PHASE_SENDING,
-};
+use ngx_trace_common::{Exchange, LOST_MAP_FULL};
 
 use crate::{
     config::offset,
-    maps::{CONNS, FD_CONNS, UNIX_BIND, count_lost, fd_key, forget},
-    record::emit,
+    maps::{CONNS, FD_CONNS, UNIX_BIND, count_lost, fd_key},
+    record::{apply, clear_giveup, emit},
 };
-
-const EAGAIN: u32 = 11;
-const EINTR: u32 = 4;
-
-/// Ends the exchange of a closing connection by how far it got: nothing
-/// asked (forgotten), waiting for the answer (`peer` closed it early, or
-/// nginx gave up), or answered (done at the last byte read).
-#[inline(always)]
-pub fn end_by_phase(sk: u64, state: *mut Exchange, peer: bool) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    match unsafe { (*state).phase } {
-        PHASE_SENDING => {
-            let end = if peer {
-                END_PEER_CLOSED
-            } else {
-                END_NGINX_CLOSED
-            };
-            emit(state, end, 0, now);
-        }
-        PHASE_RECEIVING => emit(state, END_RESPONSE_DONE, 0, unsafe {
-            (*state).resp_last_read_ns
-        }),
-        _ => {}
-    }
-    forget(sk, state);
-}
 
 /// The connection of `sk` for a worker writing to it: a known one, or the
 /// UNIX connection this thread connected last and has not written to yet
@@ -75,52 +48,18 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
     if ret <= 0 {
         return 0;
     }
+    // Any write (the 504 page, a retried request) means a give-up just
+    // before was nginx's timeout, not its client leaving.
+    clear_giveup();
     let Some(state) = writer_conn(sk) else {
         return 0;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    unsafe {
-        // Anything from the upstream after this instant answers this write.
-        let before = max(
-            (*state).start_ns,
-            max((*state).req_last_ns, (*state).resp_last_read_ns),
-        );
-        match (*state).phase {
-            PHASE_IDLE => (*state).req_first_ns = now,
-            PHASE_RECEIVING => {
-                // Keepalive: a new request ends the previous exchange.
-                emit(state, END_RESPONSE_DONE, 0, (*state).resp_last_read_ns);
-                let s = &mut *state;
-                s.start_ns = now;
-                s.connect_ns = 0;
-                s.req_first_ns = now;
-                s.resp_kernel_ns = 0;
-                s.resp_first_read_ns = 0;
-                s.resp_last_read_ns = 0;
-                s.end = 0;
-                s.errno = 0;
-                s.flags = (s.flags & FLAG_CONNECTED) | FLAG_REUSED;
-                s.syn_retransmits = 0;
-                s.retransmits = 0;
-                s.index += 1;
-            }
-            _ => {}
-        }
-        (*state).req_last_ns = now;
-        // Acknowledged while the write was still running (loopback), or not yet.
-        (*state).acked_ns = if (*state).ack_hint_ns > before {
-            now
-        } else {
-            0
-        };
-        (*state).phase = PHASE_SENDING;
+    if let Some(previous) = unsafe { (*state).ending_before_write() } {
+        emit(state, previous);
     }
+    unsafe { (*state).request_written(now) };
     0
-}
-
-#[inline(always)]
-fn max(a: u64, b: u64) -> u64 {
-    if a > b { a } else { b }
 }
 
 /// A worker read from an upstream connection: response bytes, the end of
@@ -129,39 +68,12 @@ fn max(a: u64, b: u64) -> u64 {
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
-    let ret: i32 = ctx.arg(1);
     let Some(state) = CONNS.get_ptr_mut(sk) else {
         return 0;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if ret > 0 {
-        unsafe {
-            let s = &mut *state;
-            if s.phase == PHASE_IDLE {
-                return 0;
-            }
-            if s.resp_first_read_ns == 0 {
-                s.resp_first_read_ns = now;
-                if s.resp_kernel_ns == 0 {
-                    s.resp_kernel_ns = now;
-                }
-            }
-            s.resp_last_read_ns = now;
-            s.phase = PHASE_RECEIVING;
-        }
-    } else if ret == 0 {
-        end_by_phase(sk, state, true);
-    } else {
-        let errno = ret.unsigned_abs();
-        if errno != EAGAIN && errno != EINTR {
-            if unsafe { (*state).phase } == PHASE_IDLE {
-                forget(sk, state);
-            } else {
-                emit(state, END_PEER_RESET, errno, now);
-                forget(sk, state);
-            }
-        }
-    }
+    let ret: i32 = ctx.arg(1);
+    let next = unsafe { (*state).response_read(ret, bpf_ktime_get_ns()) };
+    apply(sk, state, next);
     0
 }
 
@@ -173,11 +85,7 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
     let Some(state) = CONNS.get_ptr_mut(sk) else {
         return 0;
     };
-    unsafe {
-        if (*state).phase == PHASE_SENDING && (*state).resp_kernel_ns == 0 {
-            (*state).resp_kernel_ns = bpf_ktime_get_ns();
-        }
-    }
+    unsafe { (*state).data_arrived(bpf_ktime_get_ns()) };
     0
 }
 
@@ -201,9 +109,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let sk = unsafe { *sk };
     let _ = FD_CONNS.remove(key);
     if let Some(state) = CONNS.get_ptr_mut(sk)
-        && unsafe { (*state).flags } & FLAG_CONNECTED != 0
+        && unsafe { (*state).is_connected() }
     {
-        end_by_phase(sk, state, false);
+        let next = unsafe { (*state).closed(false, bpf_ktime_get_ns()) };
+        apply(sk, state, next);
     }
     0
 }

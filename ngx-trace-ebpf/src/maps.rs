@@ -53,6 +53,25 @@ pub static UNIX_BIND: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(1
 #[map]
 pub static LAST_CLOSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// The exchange the thread on this CPU last gave up on (see
+/// `record::client_gone`); `pid_tgid` 0 when none is watched.
+#[map]
+pub static GIVEUP: PerCpuArray<GiveUp> = PerCpuArray::with_max_entries(1, 0);
+
+/// An exchange nginx gave up on, watched for its client leaving.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GiveUp {
+    /// The thread that gave up (0: nothing watched).
+    pub pid_tgid: u64,
+    /// The exchange's end, the key user space joins on.
+    pub end_ns: u64,
+    /// The worker process.
+    pub tgid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
 /// A `connect()` call of a worker.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -9,25 +9,22 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use ngx_trace_common::{
-    AF_INET, AF_INET6, END_CONNECT_ABANDONED, END_CONNECT_SOCKET_ERROR, END_PEER_RESET, Exchange,
-    FD_UNKNOWN, FLAG_CONNECTED, FLAG_RESET_SEEN, LOST_MAP_FULL, PHASE_RECEIVING, PHASE_SENDING,
-    UpstreamAddr,
-};
+use ngx_trace_common::{AF_INET, AF_INET6, Exchange, LOST_MAP_FULL, UpstreamAddr};
 
 use crate::{
     config::offset,
-    exchange::end_by_phase,
     maps::{
         CONNECTS, CONNS, FD_CONNS, LAST_CLOSED, LISTEN_PORTS, count_lost, fd_key, forget, is_worker,
     },
-    record::emit,
+    record::{apply, client_gone, emit},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
 
 /// SYN_SENT inside a worker's `connect()` marks an upstream socket; later
 /// transitions of such a socket give the handshake's outcome. Arguments:
@@ -55,16 +52,19 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let Some(state) = CONNS.get_ptr_mut(sk) else {
+        if oldstate == TCP_CLOSE_WAIT && (newstate == TCP_LAST_ACK || newstate == TCP_CLOSE) {
+            // Closing a connection whose peer left first: a client that
+            // went away, if this thread just gave up on an exchange.
+            client_gone();
+        }
         return 0;
     };
     if oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED {
-        unsafe {
-            (*state).connect_ns = bpf_ktime_get_ns() - (*state).start_ns;
-            (*state).flags |= FLAG_CONNECTED;
-        }
+        unsafe { (*state).handshake_done(bpf_ktime_get_ns()) };
     } else if oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1 {
         // nginx closed it (seen here when its fd is unknown: an adopted one).
-        end_by_phase(sk, state, false);
+        let next = unsafe { (*state).closed(false, bpf_ktime_get_ns()) };
+        apply(sk, state, next);
     } else if newstate == TCP_CLOSE {
         // An error report may follow on this CPU; it names no socket.
         if let Some(slot) = LAST_CLOSED.get_ptr_mut(0) {
@@ -101,12 +101,8 @@ fn try_error_report(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let error = unsafe { ctx.read_at::<i32>(offset!(error_report_error)) }?.unsigned_abs();
-    let end = if unsafe { (*state).flags } & FLAG_CONNECTED == 0 {
-        END_CONNECT_SOCKET_ERROR
-    } else {
-        END_PEER_RESET
-    };
-    emit(state, end, error, unsafe { bpf_ktime_get_ns() });
+    let ending = unsafe { (*state).socket_error(error, bpf_ktime_get_ns()) };
+    emit(state, ending);
     forget(sk, state);
     Ok(())
 }
@@ -118,7 +114,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if let Some(state) = CONNS.get_ptr_mut(sk) {
-        unsafe { (*state).flags |= FLAG_RESET_SEEN };
+        unsafe { (*state).reset_seen() };
     }
     0
 }
@@ -164,37 +160,25 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
     }) else {
         return 0;
     };
-    unsafe {
-        (*state).srtt_us = srtt;
-        if snd_una != snd_nxt {
-            let now = bpf_ktime_get_ns();
-            (*state).ack_hint_ns = now;
-            if (*state).phase == PHASE_SENDING {
-                (*state).acked_ns = now;
-            }
-        }
-    }
+    unsafe { (*state).segment_received(snd_una != snd_nxt, srtt, bpf_ktime_get_ns()) };
     0
 }
 
 /// An upstream socket destroyed while still tracked: a connect nginx gave up
-/// on (no error came), or a connection whose `close()` was not seen.
+/// on (no error came), or a connection whose `close()` was not seen. Any
+/// other socket destroyed by the thread that just gave up on an exchange is
+/// a client connection its client had reset: closed, it is freed at once.
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(destroy_skaddr)) }) else {
         return 0;
     };
     let Some(state) = CONNS.get_ptr_mut(sk) else {
+        client_gone();
         return 0;
     };
-    if unsafe { (*state).flags } & FLAG_CONNECTED == 0 {
-        emit(state, END_CONNECT_ABANDONED, 0, unsafe {
-            bpf_ktime_get_ns()
-        });
-        forget(sk, state);
-    } else {
-        end_by_phase(sk, state, false);
-    }
+    let next = unsafe { (*state).destroyed(bpf_ktime_get_ns()) };
+    apply(sk, state, next);
     0
 }
 
@@ -237,10 +221,7 @@ fn try_adopt(ctx: &TracePointContext) -> Result<(), i64> {
     } else {
         return Ok(());
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut exchange = Exchange::new(tgid, FD_UNKNOWN, now, addr);
-    exchange.flags = FLAG_CONNECTED;
-    exchange.phase = PHASE_RECEIVING;
+    let exchange = Exchange::adopted(tgid, unsafe { bpf_ktime_get_ns() }, addr);
     if CONNS.insert(sk, exchange, 0).is_err() {
         count_lost(LOST_MAP_FULL);
     }

@@ -1,11 +1,10 @@
 //! The events ngx-trace prints: the JSON Lines schema and the text lines.
 use serde::Serialize;
 
-use ngx_trace_common::{Exchange, FLAG_CONNECTED, FLAG_REUSED};
-
 use crate::{
-    classify::{Explanation, Timings},
-    records::Transport,
+    records::{Facts, Transport},
+    timings::Timings,
+    verdict::Explanation,
 };
 
 /// TCP facts of an upstream event.
@@ -34,14 +33,14 @@ pub struct UpstreamEvent {
     pub upstream: String,
     /// `tcp` or `unix`.
     pub transport: &'static str,
-    /// See [`crate::classify::Outcome`].
+    /// See [`crate::verdict::Outcome`].
     pub outcome: &'static str,
     /// The errno nginx prints, or null.
     pub errno: Option<u32>,
     /// The text nginx writes to its error log, when it writes one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nginx_error: Option<String>,
-    /// See [`crate::classify::Verdict`].
+    /// See [`crate::verdict::Verdict`].
     pub verdict: &'static str,
     /// One sentence with the numbers.
     pub evidence: String,
@@ -62,17 +61,17 @@ impl UpstreamEvent {
     /// The event for an explained connect attempt or exchange.
     pub fn new(
         time: String,
-        ex: &Exchange,
+        ex: &Facts,
         transport: Transport,
         upstream: &str,
         e: Explanation,
     ) -> Self {
         // A connect attempt that failed carries no exchange facts.
-        let connecting = ex.flags & FLAG_CONNECTED == 0;
+        let connecting = !ex.connected;
         Self {
             event: "upstream",
             time,
-            worker_pid: ex.tgid,
+            worker_pid: ex.worker_pid,
             upstream: upstream.to_string(),
             transport: transport.as_str(),
             outcome: e.outcome.as_str(),
@@ -84,9 +83,9 @@ impl UpstreamEvent {
             tcp: (transport == Transport::Tcp).then_some(TcpFacts {
                 syn_retransmits: ex.syn_retransmits,
                 retransmits: (!connecting).then_some(ex.retransmits),
-                srtt_us: (ex.srtt_us != 0).then_some(ex.srtt_us),
+                srtt_us: ex.srtt_us,
             }),
-            reused: (!connecting).then_some(ex.flags & FLAG_REUSED != 0),
+            reused: (!connecting).then_some(ex.reused),
             meaning: e.meaning,
         }
     }
@@ -105,7 +104,8 @@ impl UpstreamEvent {
 }
 
 /// `{"event":"pending",...}`: an exchange still waiting for its first
-/// response byte longer than `--slow`, reported once while it waits.
+/// response byte longer than `--slow`, reported once while it waits, and
+/// once more if tracing stops before it ends.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PendingEvent {
     /// Always `"pending"`.
@@ -130,18 +130,107 @@ pub struct PendingEvent {
     pub verdict: &'static str,
     /// One sentence with the numbers.
     pub evidence: String,
+    /// True on the final `pending` event printed when tracing stops while
+    /// the exchange still waits for its response (it is then counted in the
+    /// summary, as no `upstream` event will follow); false on the ones
+    /// printed while it waits.
+    pub cut_by_stop: bool,
 }
 
 impl PendingEvent {
     /// One text line.
     pub fn to_text(&self) -> String {
         let clock = self.time.get(11..23).unwrap_or(&self.time);
+        let state = if self.cut_by_stop {
+            "pending cut by stop after"
+        } else {
+            "pending"
+        };
         format!(
-            "{clock} w{} {} pending {} ms: {}",
+            "{clock} w{} {} {state} {} ms: {}",
             self.worker_pid, self.upstream, self.waiting_ms, self.evidence
         )
     }
 }
+
+/// `{"event":"workers","pids":[...]}`: the traced workers, printed at start
+/// and whenever the set changes; empty while waiting for nginx.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkersEvent {
+    /// Always `"workers"`.
+    pub event: &'static str,
+    /// The worker pids, ascending.
+    pub pids: Vec<u32>,
+}
+
+impl WorkersEvent {
+    /// The event for the worker set `pids` (ascending).
+    pub fn new(pids: Vec<u32>) -> Self {
+        Self {
+            event: "workers",
+            pids,
+        }
+    }
+
+    /// One text line; an empty set says ngx-trace waits for nginx.
+    pub fn to_text(&self) -> String {
+        if self.pids.is_empty() {
+            return "no nginx worker running: waiting for nginx to start".into();
+        }
+        let list: Vec<String> = self.pids.iter().map(u32::to_string).collect();
+        format!("tracing nginx workers {}", list.join(" "))
+    }
+}
+
+/// `{"event":"lost",...}`: records dropped since the last report, with the
+/// running totals per cause so a reader can tell which limit was hit.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LostEvent {
+    /// Always `"lost"`.
+    pub event: &'static str,
+    /// Records lost since the last `lost` event.
+    pub count: u64,
+    /// Running total: records the kernel dropped because the ring buffer was full.
+    pub ring_buffer_full: u64,
+    /// Running total: state the kernel dropped because a bounded map was full.
+    pub map_full: u64,
+    /// Running total: records user space could not decode.
+    pub undecodable: u64,
+}
+
+impl LostEvent {
+    /// The event for `count` records lost since the last report, with the
+    /// running totals per cause since start.
+    pub fn new(count: u64, ring_buffer_full: u64, map_full: u64, undecodable: u64) -> Self {
+        Self {
+            event: "lost",
+            count,
+            ring_buffer_full,
+            map_full,
+            undecodable,
+        }
+    }
+
+    /// One text line.
+    pub fn to_text(&self) -> String {
+        format!(
+            "lost {} events (so far: ring buffer full {}, map full {}, undecodable {})",
+            self.count, self.ring_buffer_full, self.map_full, self.undecodable
+        )
+    }
+}
+
+/// The `event` value of every kind of JSON event, in the order the README
+/// documents them; the README schema test checks the README against it.
+#[cfg(test)]
+pub const EVENT_KINDS: &[&str] = &[
+    "upstream",
+    "pending",
+    "histogram",
+    "workers",
+    "lost",
+    "summary",
+];
 
 /// `s` itself if it has at most `max` characters, else `…` and its end.
 fn shorten_left(s: &str, max: usize) -> String {
@@ -156,18 +245,19 @@ fn shorten_left(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use ngx_trace_common::{
-        END_CONNECT_SOCKET_ERROR, END_RESPONSE_DONE, FLAG_RESET_SEEN, UpstreamAddr,
+        End, Exchange, FLAG_CONNECTED, FLAG_RESET_SEEN, FLAG_REUSED, UpstreamAddr,
     };
     use serde_json::json;
 
     use super::*;
-    use crate::classify::explain;
+    use crate::verdict::explain;
 
     fn event(ex: &Exchange, transport: Transport, upstream: &str) -> UpstreamEvent {
-        let e = explain(ex, transport, upstream, 1_000_000);
+        let x = crate::records::finished(ex).expect("a valid record");
+        let e = explain(&x, transport, upstream, 1_000_000);
         UpstreamEvent::new(
             "2026-11-26T07:12:33.123456Z".into(),
-            ex,
+            &x.facts,
             transport,
             upstream,
             e,
@@ -176,7 +266,7 @@ mod tests {
 
     fn refused() -> UpstreamEvent {
         let mut ex = Exchange::new(4243, 17, 1_000_000_000, UpstreamAddr::ZERO);
-        ex.end = END_CONNECT_SOCKET_ERROR;
+        ex.end = End::ConnectSocketError.code();
         ex.errno = 111;
         ex.flags = FLAG_RESET_SEEN;
         ex.end_ns = ex.start_ns + 92_000;
@@ -216,7 +306,7 @@ mod tests {
         ex.resp_kernel_ns = ex.req_last_ns + 100_000_000;
         ex.resp_first_read_ns = ex.resp_kernel_ns + 15_000;
         ex.resp_last_read_ns = ex.resp_first_read_ns + 5_000;
-        ex.end = END_RESPONSE_DONE;
+        ex.end = End::ResponseDone.code();
         ex.end_ns = ex.resp_last_read_ns;
         ex.srtt_us = 25;
         let v = serde_json::to_value(event(&ex, Transport::Tcp, "127.0.0.1:8080")).unwrap();
@@ -245,7 +335,7 @@ mod tests {
         ex.resp_kernel_ns = 50_000;
         ex.resp_first_read_ns = 60_000;
         ex.resp_last_read_ns = 60_000;
-        ex.end = END_RESPONSE_DONE;
+        ex.end = End::ResponseDone.code();
         ex.end_ns = 60_000;
         let v = serde_json::to_value(event(&ex, Transport::Unix, "unix:/run/php/php8.2-fpm.sock"))
             .unwrap();
@@ -253,6 +343,104 @@ mod tests {
         assert_eq!(v["transport"], "unix");
         assert_eq!(v["reused"], false);
         assert_eq!(v["timings_us"]["connect"], 12);
+    }
+
+    fn pending(cut_by_stop: bool) -> PendingEvent {
+        PendingEvent {
+            event: "pending",
+            time: "2026-11-26T07:42:36.211034Z".into(),
+            worker_pid: 28929,
+            upstream: "127.0.0.1:18082".into(),
+            transport: "tcp",
+            waiting_ms: 654,
+            request_acked: Some(true),
+            retransmits: Some(0),
+            verdict: "backend_slow",
+            evidence: "request acked after 0.0 ms, 0 retransmits, no response for 654.4 ms yet"
+                .into(),
+            cut_by_stop,
+        }
+    }
+
+    #[test]
+    fn json_schema_of_a_pending_exchange() {
+        assert_eq!(
+            serde_json::to_value(pending(false)).unwrap(),
+            json!({
+                "event": "pending",
+                "time": "2026-11-26T07:42:36.211034Z",
+                "worker_pid": 28929,
+                "upstream": "127.0.0.1:18082",
+                "transport": "tcp",
+                "waiting_ms": 654,
+                "request_acked": true,
+                "retransmits": 0,
+                "verdict": "backend_slow",
+                "evidence": "request acked after 0.0 ms, 0 retransmits, no response for 654.4 ms yet",
+                "cut_by_stop": false,
+            })
+        );
+        // A UNIX exchange has no TCP facts; cut_by_stop is always there.
+        let mut unix = pending(true);
+        unix.transport = "unix";
+        unix.request_acked = None;
+        unix.retransmits = None;
+        let v = serde_json::to_value(unix).unwrap();
+        assert!(v.get("request_acked").is_none() && v.get("retransmits").is_none());
+        assert_eq!(v["cut_by_stop"], true);
+    }
+
+    #[test]
+    fn pending_text_says_when_stopping_cut_the_wait() {
+        let evidence = "request acked after 0.0 ms, 0 retransmits, no response for 654.4 ms yet";
+        assert_eq!(
+            pending(false).to_text(),
+            format!("07:42:36.211 w28929 127.0.0.1:18082 pending 654 ms: {evidence}")
+        );
+        assert_eq!(
+            pending(true).to_text(),
+            format!(
+                "07:42:36.211 w28929 127.0.0.1:18082 pending cut by stop after 654 ms: {evidence}"
+            )
+        );
+    }
+
+    #[test]
+    fn json_schema_and_text_of_workers() {
+        let e = WorkersEvent::new(vec![18651, 18652]);
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({"event": "workers", "pids": [18651, 18652]})
+        );
+        assert_eq!(e.to_text(), "tracing nginx workers 18651 18652");
+        let none = WorkersEvent::new(Vec::new());
+        assert_eq!(
+            serde_json::to_value(&none).unwrap(),
+            json!({"event": "workers", "pids": []})
+        );
+        assert_eq!(
+            none.to_text(),
+            "no nginx worker running: waiting for nginx to start"
+        );
+    }
+
+    #[test]
+    fn json_schema_and_text_of_lost() {
+        let e = LostEvent::new(3, 5, 1, 0);
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({
+                "event": "lost",
+                "count": 3,
+                "ring_buffer_full": 5,
+                "map_full": 1,
+                "undecodable": 0,
+            })
+        );
+        assert_eq!(
+            e.to_text(),
+            "lost 3 events (so far: ring buffer full 5, map full 1, undecodable 0)"
+        );
     }
 
     #[test]
@@ -271,5 +459,220 @@ mod tests {
             line.contains("…") && line.contains("php-fpm.sock"),
             "{line}"
         );
+    }
+
+    /// The README's JSON schema section against the typed events.
+    mod readme {
+        use std::collections::BTreeSet;
+
+        use serde_json::Value;
+
+        use super::*;
+        use crate::{histogram::Histograms, summary::Summary, timings::Timings, verdict::Outcome};
+
+        const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+
+        /// Paths of values whose keys are data, not schema: compared as
+        /// one leaf.
+        const DATA_KEYED: &[&str] = &["upstreams[].outcomes"];
+
+        /// The README's schema section, up to the next section.
+        fn schema_section() -> &'static str {
+            let start = README
+                .find("## JSON Lines schema")
+                .expect("README has a `## JSON Lines schema` section");
+            let rest = &README[start..];
+            let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
+            &rest[..end]
+        }
+
+        /// Leaf key paths of `v`: `a.b` inside objects, `a[].b` inside
+        /// arrays of objects; an array of scalars is one leaf.
+        fn key_paths(v: &Value, path: &str, out: &mut BTreeSet<String>) {
+            let join = |key: &str| {
+                if path.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{path}.{key}")
+                }
+            };
+            match v {
+                Value::Object(map) if !DATA_KEYED.contains(&path) => {
+                    for (key, child) in map {
+                        key_paths(child, &join(key), out);
+                    }
+                }
+                Value::Array(items) if items.iter().any(Value::is_object) => {
+                    for item in items {
+                        key_paths(item, &format!("{path}[]"), out);
+                    }
+                }
+                _ => {
+                    out.insert(path.to_string());
+                }
+            }
+        }
+
+        fn paths_of(v: &Value) -> BTreeSet<String> {
+            let mut out = BTreeSet::new();
+            key_paths(v, "", &mut out);
+            out
+        }
+
+        /// An upstream event with every optional field present. Struct
+        /// literals without `..default()` on purpose: a new field does not
+        /// compile until it is set here, so the README check sees it.
+        fn full_upstream() -> UpstreamEvent {
+            let mut e = refused();
+            e.nginx_error = Some("upstream timed out".into());
+            e.timings_us = Timings {
+                connect: Some(61),
+                request_acked: Some(0),
+                first_byte: Some(1_000_000),
+                nginx_read_delay: Some(15),
+                total: Some(1_000_412),
+            };
+            e.tcp = Some(TcpFacts {
+                syn_retransmits: 0,
+                retransmits: Some(0),
+                srtt_us: Some(31),
+            });
+            e.reused = Some(false);
+            e
+        }
+
+        /// A serialised event of `kind` with every optional field present.
+        fn full_instance(kind: &str) -> Value {
+            let v = match kind {
+                "upstream" => serde_json::to_value(full_upstream()),
+                "pending" => serde_json::to_value(pending(false)),
+                "histogram" => {
+                    let mut h = Histograms::default();
+                    let t = Timings {
+                        connect: Some(164),
+                        ..Timings::default()
+                    };
+                    h.record("127.0.0.1:8080", &t);
+                    serde_json::to_value(&h.to_events()[0])
+                }
+                "workers" => serde_json::to_value(WorkersEvent::new(vec![18651])),
+                "lost" => serde_json::to_value(LostEvent::new(3, 3, 0, 0)),
+                "summary" => {
+                    let mut s = Summary::default();
+                    s.add("127.0.0.1:3999", Outcome::Refused);
+                    serde_json::to_value(s.to_event())
+                }
+                other => panic!("no instance of event kind {other}: add one to full_instance"),
+            }
+            .unwrap();
+            assert_eq!(v["event"], kind, "the {kind} instance says {}", v["event"]);
+            v
+        }
+
+        /// The keys of the upstream field table (`timings_us.connect`...).
+        fn upstream_table_keys() -> BTreeSet<String> {
+            schema_section()
+                .lines()
+                .filter_map(|line| line.strip_prefix("| `"))
+                .filter_map(|cell| cell.split('`').next())
+                .map(str::to_string)
+                .collect()
+        }
+
+        /// The examples of the ```json block (upstream events).
+        fn upstream_examples() -> Vec<Value> {
+            let section = schema_section();
+            let start = section.find("```json\n").expect("a ```json example block") + 8;
+            let len = section[start..].find("```").expect("the block's end");
+            serde_json::Deserializer::from_str(&section[start..start + len])
+                .into_iter::<Value>()
+                .map(|v| v.expect("the ```json block holds JSON objects"))
+                .collect()
+        }
+
+        /// The example object of each bullet under "Other events:".
+        fn other_examples() -> Vec<Value> {
+            let section = schema_section();
+            let others = &section[section
+                .find("Other events")
+                .expect("an `Other events` list")..];
+            others
+                .lines()
+                .filter_map(|line| line.trim_start().strip_prefix("- `"))
+                .map(|rest| {
+                    let code = rest.split('`').next().unwrap_or_default();
+                    serde_json::from_str(code).unwrap_or_else(|e| {
+                        panic!("README example `{code}` is not a JSON object: {e}")
+                    })
+                })
+                .collect()
+        }
+
+        #[test]
+        fn readme_documents_every_event_kind_and_no_other() {
+            let mut documented: BTreeSet<String> = other_examples()
+                .iter()
+                .map(|v| v["event"].as_str().unwrap_or("(no event key)").to_string())
+                .collect();
+            for example in upstream_examples() {
+                assert_eq!(example["event"], "upstream", "{example}");
+            }
+            if !upstream_table_keys().is_empty() {
+                documented.insert("upstream".into());
+            }
+            let kinds: BTreeSet<String> = EVENT_KINDS.iter().map(|k| k.to_string()).collect();
+            assert_eq!(
+                documented, kinds,
+                "README event kinds (left) differ from EVENT_KINDS (right)"
+            );
+        }
+
+        #[test]
+        fn readme_upstream_table_lists_exactly_the_keys() {
+            let serialised = paths_of(&full_instance("upstream"));
+            assert_eq!(
+                upstream_table_keys(),
+                serialised,
+                "README upstream field table (left) differs from UpstreamEvent (right)"
+            );
+            for example in upstream_examples() {
+                let extra: Vec<String> = paths_of(&example)
+                    .difference(&serialised)
+                    .cloned()
+                    .collect();
+                assert!(
+                    extra.is_empty(),
+                    "README example has unknown keys {extra:?}"
+                );
+            }
+        }
+
+        #[test]
+        fn readme_examples_have_exactly_the_keys_of_each_event() {
+            for example in other_examples() {
+                let kind = example["event"].as_str().unwrap_or_default();
+                assert_eq!(
+                    paths_of(&example),
+                    paths_of(&full_instance(kind)),
+                    "README example of `{kind}` (left) differs from its type (right)"
+                );
+            }
+        }
+
+        #[test]
+        fn key_paths_flatten_objects_and_arrays() {
+            let v = serde_json::json!({
+                "a": 1,
+                "b": {"c": null},
+                "pids": [1, 2],
+                "upstreams": [{"x": 1, "outcomes": {"ok": 1}}],
+            });
+            let want: BTreeSet<String> =
+                ["a", "b.c", "pids", "upstreams[].x", "upstreams[].outcomes"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+            assert_eq!(paths_of(&v), want);
+        }
     }
 }

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::classify::{Timings, human_us};
+use crate::{human::human_us, timings::Timings};
 
 /// The phases histograms are kept for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,6 +42,47 @@ const PERCENTILES: [(&str, f64); 5] = [
     ("max", 100.0),
 ];
 
+/// `{"event":"histogram",...}`: the latency percentiles of one upstream and
+/// phase, cumulative since start.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HistogramEvent {
+    /// Always `"histogram"`.
+    pub event: &'static str,
+    /// The upstream, as nginx names it.
+    pub upstream: String,
+    /// `connect`, `first_byte` or `total` (see [`Phase`]).
+    pub phase: &'static str,
+    /// Values recorded.
+    pub count: u64,
+    /// Median, µs.
+    pub p50_us: u64,
+    /// 90th percentile, µs.
+    pub p90_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// 99.9th percentile, µs.
+    pub p999_us: u64,
+    /// Largest value, µs (to 3 significant digits, as every value here).
+    pub max_us: u64,
+}
+
+impl HistogramEvent {
+    /// The event for the histogram `h` of `upstream`'s `phase`.
+    pub fn new(upstream: &str, phase: Phase, h: &Histogram<u64>) -> Self {
+        Self {
+            event: "histogram",
+            upstream: upstream.to_string(),
+            phase: phase.as_str(),
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
 /// Histograms (1 µs to 1 h, 3 significant digits) per upstream and phase.
 #[derive(Default)]
 pub struct Histograms {
@@ -76,25 +117,14 @@ impl Histograms {
         self.by.is_empty()
     }
 
-    /// One `{"event":"histogram",...}` object per upstream and phase.
-    pub fn to_json(&self) -> Vec<Value> {
+    /// One event per upstream and phase, upstreams in name order.
+    pub fn to_events(&self) -> Vec<HistogramEvent> {
         self.by
             .iter()
             .flat_map(|(upstream, phases)| {
-                phases.iter().map(move |(phase, h)| (upstream, phase, h))
-            })
-            .map(|(upstream, phase, h)| {
-                json!({
-                    "event": "histogram",
-                    "upstream": upstream,
-                    "phase": phase.as_str(),
-                    "count": h.len(),
-                    "p50_us": h.value_at_quantile(0.5),
-                    "p90_us": h.value_at_quantile(0.9),
-                    "p99_us": h.value_at_quantile(0.99),
-                    "p999_us": h.value_at_quantile(0.999),
-                    "max_us": h.max(),
-                })
+                phases
+                    .iter()
+                    .map(move |(phase, h)| HistogramEvent::new(upstream, *phase, h))
             })
             .collect()
     }
@@ -133,6 +163,8 @@ impl Histograms {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn first_byte(us: u64) -> Timings {
@@ -150,19 +182,45 @@ mod tests {
         for ms in 1..=1000 {
             h.record("127.0.0.1:8080", &first_byte(ms * 1000));
         }
-        let events = h.to_json();
-        let fb = events.iter().find(|e| e["phase"] == "first_byte").unwrap();
-        assert_eq!(fb["count"], 1000);
-        let p50 = fb["p50_us"].as_u64().unwrap();
-        assert!((499_000..=501_000).contains(&p50), "{p50}");
-        let p99 = fb["p99_us"].as_u64().unwrap();
-        assert!((989_000..=991_000).contains(&p99), "{p99}");
+        let events = h.to_events();
+        let fb = events.iter().find(|e| e.phase == "first_byte").unwrap();
+        assert_eq!(fb.count, 1000);
+        assert!((499_000..=501_000).contains(&fb.p50_us), "{fb:?}");
+        assert!((989_000..=991_000).contains(&fb.p99_us), "{fb:?}");
         // 3 significant digits: max within 0.1%.
-        let max = fb["max_us"].as_u64().unwrap();
-        assert!((999_000..=1_001_000).contains(&max), "{max}");
+        assert!((999_000..=1_001_000).contains(&fb.max_us), "{fb:?}");
         assert!(
-            events.iter().all(|e| e["phase"] != "connect"),
+            events.iter().all(|e| e.phase != "connect"),
             "no connect recorded"
+        );
+    }
+
+    #[test]
+    fn json_schema_of_a_histogram() {
+        let mut h = Histograms::default();
+        // Below 2048 µs every value is exact at 3 significant digits.
+        for us in [61, 92, 164] {
+            let t = Timings {
+                connect: Some(us),
+                ..Timings::default()
+            };
+            h.record("127.0.0.1:8080", &t);
+        }
+        let events = h.to_events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(
+            serde_json::to_value(&events[0]).unwrap(),
+            json!({
+                "event": "histogram",
+                "upstream": "127.0.0.1:8080",
+                "phase": "connect",
+                "count": 3,
+                "p50_us": 92,
+                "p90_us": 164,
+                "p99_us": 164,
+                "p999_us": 164,
+                "max_us": 164,
+            })
         );
     }
 
@@ -171,9 +229,9 @@ mod tests {
         let mut h = Histograms::default();
         h.record("u", &first_byte(3_600_000_000));
         h.record("u", &first_byte(10_000_000_000));
-        let fb = &h.to_json()[0];
-        assert_eq!(fb["count"], 2);
-        assert!(fb["max_us"].as_u64().unwrap() >= 3_599_000_000);
+        let fb = &h.to_events()[0];
+        assert_eq!(fb.count, 2);
+        assert!(fb.max_us >= 3_599_000_000, "{fb:?}");
     }
 
     #[test]

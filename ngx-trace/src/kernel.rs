@@ -5,17 +5,21 @@ use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use ngx_trace_common::{
     Config, Exchange, GLOBAL_CONFIG, LOST_SLOTS, MAP_CONNS, MAP_EVENTS, MAP_LISTEN_PORTS, MAP_LOST,
     MAP_NGINX_PIDS, NGINX_PID_TRACED, NGINX_PID_WORKER, ProgramSpec,
 };
 
-use crate::exit::{self, UserError};
+use crate::{
+    exit::{self, UserError},
+    load_error::{load_error, save_verifier_log},
+};
 
 /// The eBPF object built from `ngx-trace-ebpf` by `build.rs`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ngx-trace"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ngx-trace"));
 
 /// Loaded and attached programs, with the maps user space reads.
 pub struct Kernel {
@@ -67,12 +71,7 @@ impl Kernel {
         })?;
         let mut attached = Vec::new();
         for spec in programs {
-            let refused = |e: &dyn std::fmt::Display| {
-                UserError::new(
-                    exit::KERNEL,
-                    format!("the kernel refused program {}: {e}", spec.program),
-                )
-            };
+            let refused = |e: &ProgramError| load_error(spec.program, e, save_verifier_log);
             let not_attached = |e: &dyn std::fmt::Display| {
                 UserError::new(
                     exit::KERNEL,

@@ -1,26 +1,32 @@
 //! ngx-trace: explains nginx upstream failures from inside the kernel.
 //!
-//! The pipeline, top to bottom: preflight checks → load and attach
-//! (`kernel`) → ring-buffer pump (here) → decode (`records`) → explain
-//! (`classify`) → print (`event`, `output`) and count (`summary`).
+//! The pipeline, top to bottom: preflight checks (`preflight`, `tracefs`)
+//! → load and attach (`kernel`) → ring-buffer pump (here) → typed decode
+//! (`records`) → join and judge (`session`: `verdict`, `timings`, `human`)
+//! → print (`event`, `output`) and count (`summary`, `histogram`).
 
 mod check;
-mod classify;
 mod cli;
 mod clock;
+#[cfg(test)]
+mod contract;
 mod event;
 mod exit;
 #[cfg(test)]
 mod fuzz;
 mod histogram;
+mod human;
 mod kernel;
+mod load_error;
 mod output;
 mod preflight;
 mod procs;
 mod records;
 mod session;
 mod summary;
+mod timings;
 mod tracefs;
+mod verdict;
 
 use std::{collections::BTreeSet, io, time::Duration};
 
@@ -181,6 +187,7 @@ async fn pump(
                     while let Some(item) = rb.next() {
                         session.record(&item)?;
                     }
+                    session.release_held(clock::monotonic_ns())?;
                 }
                 _ = workers_tick.tick() => {
                     // A reload may listen on new ports.

@@ -1,10 +1,103 @@
-//! Decoding ring-buffer records, and naming upstreams as nginx does.
+//! Decoding kernel records into typed facts, and naming upstreams as nginx
+//! does. This is the one place that reads the kernel's raw codes (`End`,
+//! `Phase`, flag bits, record kinds): everything after it works on enums and
+//! plain fields, and a code it does not know is a decode error, counted and
+//! reported like a lost record, never guessed.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ngx_trace_common::{
-    AF_INET, AF_INET6, AF_UNIX, ProcessRecord, RECORD_PROCESS, RECORD_UPSTREAM, UpstreamAddr,
-    UpstreamRecord,
+    AF_INET, AF_INET6, AF_UNIX, ClientGoneRecord, End, Exchange, FD_UNKNOWN, FLAG_CONNECTED,
+    FLAG_RESET_SEEN, FLAG_REUSED, PROC_EXEC, PROC_EXIT, PROC_FORK, Phase, ProcessRecord,
+    RECORD_CLIENT_GONE, RECORD_PROCESS, RECORD_UPSTREAM, UpstreamAddr, UpstreamRecord,
 };
+
+/// What the kernel knows of one upstream connection attempt or exchange,
+/// finished or in flight. Timestamps are CLOCK_MONOTONIC ns, 0 when not
+/// (yet) seen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Facts {
+    /// The nginx worker.
+    pub worker_pid: u32,
+    /// The worker's fd for the connection (unknown for an adopted one).
+    pub fd: Option<u32>,
+    /// The upstream, as given to `connect()`.
+    pub addr: UpstreamAddr,
+    /// How far the exchange got.
+    pub phase: Phase,
+    /// The TCP handshake (or UNIX connect) completed.
+    pub connected: bool,
+    /// The exchange runs on a connection used before (keepalive).
+    pub reused: bool,
+    /// A reset arrived.
+    pub reset_seen: bool,
+    /// `connect()` entry for a first exchange; first request byte for a reused one.
+    pub start_ns: u64,
+    /// Duration of the connect, ns (0: not this exchange's, or not done).
+    pub connect_ns: u64,
+    /// First request byte written.
+    pub req_first_ns: u64,
+    /// Last request byte written.
+    pub req_last_ns: u64,
+    /// The upstream's kernel acknowledged the request (TCP).
+    pub acked_ns: u64,
+    /// First response byte arrived in the kernel.
+    pub resp_kernel_ns: u64,
+    /// First response byte read by the worker.
+    pub resp_first_read_ns: u64,
+    /// Last response byte read by the worker.
+    pub resp_last_read_ns: u64,
+    /// SYNs retransmitted while connecting.
+    pub syn_retransmits: u32,
+    /// Data segments retransmitted during the exchange.
+    pub retransmits: u32,
+    /// Smoothed RTT, µs (TCP, once a segment came back).
+    pub srtt_us: Option<u32>,
+    /// Exchanges finished on this connection before this one.
+    pub index: u32,
+}
+
+impl Facts {
+    /// Whether it is waiting for the upstream's answer now.
+    pub fn waiting_for_response(&self) -> bool {
+        self.connected && self.phase == Phase::Sending && self.resp_kernel_ns == 0
+    }
+}
+
+/// A finished connect attempt or exchange.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Finished {
+    /// What was seen.
+    pub facts: Facts,
+    /// How it ended, as the kernel saw it.
+    pub end: End,
+    /// The errno the kernel gave, if any.
+    pub errno: Option<u32>,
+    /// When it ended.
+    pub end_ns: u64,
+    /// nginx gave up on it because its client had gone away (joined from a
+    /// [`Record::ClientGone`]); only meaningful when `end` is nginx giving up.
+    pub client_left: bool,
+}
+
+/// A change to the set of traced processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessChange {
+    /// A traced process forked `pid`, now traced.
+    Fork {
+        /// The child.
+        pid: u32,
+    },
+    /// A new nginx instance `pid` was exec'd and is now traced.
+    Exec {
+        /// The process.
+        pid: u32,
+    },
+    /// A traced process exited (or exec'd something that is not nginx).
+    Exit {
+        /// The process.
+        pid: u32,
+    },
+}
 
 /// One record from the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -14,9 +107,19 @@ use ngx_trace_common::{
 )]
 pub enum Record {
     /// A finished connect attempt or exchange.
-    Upstream(UpstreamRecord),
+    Upstream(Finished),
     /// A change to the traced processes.
-    Process(ProcessRecord),
+    Process(ProcessChange),
+    /// A worker gave up on the exchange that ended at `giveup_ns` because
+    /// its client left (it then closed the client connection at `closed_ns`).
+    ClientGone {
+        /// The worker.
+        worker_pid: u32,
+        /// `end_ns` of the exchange given up on.
+        giveup_ns: u64,
+        /// When the client connection was closed.
+        closed_ns: u64,
+    },
 }
 
 fn read<T: Copy>(bytes: &[u8], what: &str) -> Result<T, String> {
@@ -32,12 +135,72 @@ fn read<T: Copy>(bytes: &[u8], what: &str) -> Result<T, String> {
     Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 
+/// The typed facts of the kernel's state for a connection (a record's
+/// body, or an in-flight entry of the connection map).
+pub fn facts(ex: &Exchange) -> Result<Facts, String> {
+    let phase =
+        Phase::from_code(ex.phase).ok_or_else(|| format!("unknown exchange phase {}", ex.phase))?;
+    Ok(Facts {
+        worker_pid: ex.tgid,
+        fd: (ex.fd != FD_UNKNOWN).then_some(ex.fd),
+        addr: ex.addr,
+        phase,
+        connected: ex.flags & FLAG_CONNECTED != 0,
+        reused: ex.flags & FLAG_REUSED != 0,
+        reset_seen: ex.flags & FLAG_RESET_SEEN != 0,
+        start_ns: ex.start_ns,
+        connect_ns: ex.connect_ns,
+        req_first_ns: ex.req_first_ns,
+        req_last_ns: ex.req_last_ns,
+        acked_ns: ex.acked_ns,
+        resp_kernel_ns: ex.resp_kernel_ns,
+        resp_first_read_ns: ex.resp_first_read_ns,
+        resp_last_read_ns: ex.resp_last_read_ns,
+        syn_retransmits: ex.syn_retransmits,
+        retransmits: ex.retransmits,
+        srtt_us: (ex.srtt_us != 0).then_some(ex.srtt_us),
+        index: ex.index,
+    })
+}
+
+/// A finished exchange from the kernel's record of it.
+pub fn finished(ex: &Exchange) -> Result<Finished, String> {
+    let end = End::from_code(ex.end).ok_or_else(|| format!("unknown end code {}", ex.end))?;
+    Ok(Finished {
+        facts: facts(ex)?,
+        end,
+        errno: (ex.errno != 0).then_some(ex.errno),
+        end_ns: ex.end_ns,
+        client_left: false,
+    })
+}
+
 /// Decodes one ring-buffer record; the first 4 bytes say its kind.
 pub fn decode(bytes: &[u8]) -> Result<Record, String> {
     let kind = read::<u32>(bytes, "a")?;
     match kind {
-        RECORD_UPSTREAM => read(bytes, "an upstream").map(Record::Upstream),
-        RECORD_PROCESS => read(bytes, "a process").map(Record::Process),
+        RECORD_UPSTREAM => {
+            let r: UpstreamRecord = read(bytes, "an upstream")?;
+            finished(&r.exchange).map(Record::Upstream)
+        }
+        RECORD_PROCESS => {
+            let p: ProcessRecord = read(bytes, "a process")?;
+            let change = match p.what {
+                PROC_FORK => ProcessChange::Fork { pid: p.pid },
+                PROC_EXEC => ProcessChange::Exec { pid: p.pid },
+                PROC_EXIT => ProcessChange::Exit { pid: p.pid },
+                other => return Err(format!("unknown process change {other}")),
+            };
+            Ok(Record::Process(change))
+        }
+        RECORD_CLIENT_GONE => {
+            let c: ClientGoneRecord = read(bytes, "a client-gone")?;
+            Ok(Record::ClientGone {
+                worker_pid: c.tgid,
+                giveup_ns: c.giveup_ns,
+                closed_ns: c.closed_ns,
+            })
+        }
         other => Err(format!("unknown record kind {other}")),
     }
 }
@@ -93,7 +256,6 @@ pub fn upstream_name(addr: &UpstreamAddr) -> (Transport, String) {
 
 #[cfg(test)]
 mod tests {
-    use ngx_trace_common::{END_CONNECT_SOCKET_ERROR, Exchange};
 
     use super::*;
 
@@ -120,30 +282,95 @@ mod tests {
         );
     }
 
-    #[test]
-    fn decodes_what_the_kernel_writes() {
+    fn bytes_of<T>(record: &T) -> &[u8] {
+        // SAFETY: a plain repr(C) struct viewed as bytes.
+        unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+
+    fn refused_record() -> UpstreamRecord {
         let mut exchange = Exchange::new(4243, 17, 1_000, addr(AF_INET, 3999, &[127, 0, 0, 1]));
-        exchange.end = END_CONNECT_SOCKET_ERROR;
+        exchange.end = End::ConnectSocketError.code();
         exchange.errno = 111;
         exchange.end_ns = 91_000;
-        let record = UpstreamRecord {
+        exchange.flags = FLAG_RESET_SEEN;
+        UpstreamRecord {
             kind: RECORD_UPSTREAM,
             _pad: 0,
             exchange,
-        };
-        // SAFETY: a plain repr(C) struct viewed as bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&raw const record).cast::<u8>(),
-                size_of::<UpstreamRecord>(),
-            )
-        };
-        let Ok(Record::Upstream(back)) = decode(bytes) else {
+        }
+    }
+
+    #[test]
+    fn decodes_what_the_kernel_writes_into_typed_facts() {
+        let record = refused_record();
+        let Ok(Record::Upstream(back)) = decode(bytes_of(&record)) else {
             panic!("not decoded as upstream");
         };
-        let e = back.exchange;
-        assert_eq!((e.tgid, e.errno, e.end_ns, e.fd), (4243, 111, 91_000, 17));
-        assert_eq!(upstream_name(&e.addr).1, "127.0.0.1:3999");
+        assert_eq!(back.end, End::ConnectSocketError);
+        assert_eq!(back.errno, Some(111));
+        assert_eq!(back.end_ns, 91_000);
+        let f = back.facts;
+        assert_eq!((f.worker_pid, f.fd, f.phase), (4243, Some(17), Phase::Idle));
+        assert!(f.reset_seen && !f.connected && !f.reused);
+        assert_eq!(f.srtt_us, None);
+        assert_eq!(upstream_name(&f.addr).1, "127.0.0.1:3999");
+    }
+
+    #[test]
+    fn unknown_codes_are_decode_errors_never_guesses() {
+        let mut record = refused_record();
+        record.exchange.end = 42;
+        assert_eq!(
+            decode(bytes_of(&record)).unwrap_err(),
+            "unknown end code 42"
+        );
+        let mut record = refused_record();
+        record.exchange.end = 0;
+        assert!(decode(bytes_of(&record)).is_err(), "in flight is no end");
+        let mut record = refused_record();
+        record.exchange.phase = 9;
+        assert_eq!(
+            decode(bytes_of(&record)).unwrap_err(),
+            "unknown exchange phase 9"
+        );
+        let process = ProcessRecord {
+            kind: RECORD_PROCESS,
+            what: 77,
+            pid: 1,
+            parent: 0,
+        };
+        assert_eq!(
+            decode(bytes_of(&process)).unwrap_err(),
+            "unknown process change 77"
+        );
+    }
+
+    #[test]
+    fn decodes_process_changes_and_client_gone() {
+        let fork = ProcessRecord {
+            kind: RECORD_PROCESS,
+            what: PROC_FORK,
+            pid: 4300,
+            parent: 4200,
+        };
+        assert!(matches!(
+            decode(bytes_of(&fork)),
+            Ok(Record::Process(ProcessChange::Fork { pid: 4300 }))
+        ));
+        let gone = ClientGoneRecord {
+            kind: RECORD_CLIENT_GONE,
+            tgid: 4243,
+            giveup_ns: 5_000,
+            closed_ns: 5_080,
+        };
+        assert!(matches!(
+            decode(bytes_of(&gone)),
+            Ok(Record::ClientGone {
+                worker_pid: 4243,
+                giveup_ns: 5_000,
+                closed_ns: 5_080
+            })
+        ));
     }
 
     #[test]

@@ -1,27 +1,29 @@
 //! One tracing session: turns kernel records into events, follows the set
 //! of traced workers, reports lost events, and sums up at the end.
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     io,
     rc::Rc,
 };
 
-use ngx_trace_common::{
-    END_NGINX_CLOSED, END_RESPONSE_DONE, Exchange, FLAG_CONNECTED, PHASE_RECEIVING, PHASE_SENDING,
-    PROC_EXEC, PROC_EXIT, PROC_FORK, UpstreamAddr,
-};
-use serde_json::json;
+use ngx_trace_common::{End, Exchange, Phase, UpstreamAddr};
 
 use crate::{
-    classify::{Outcome, Verdict, explain},
     clock::{Clock, rfc3339_micros},
-    event::{PendingEvent, UpstreamEvent},
+    event::{LostEvent, PendingEvent, UpstreamEvent, WorkersEvent},
     histogram::Histograms,
     output::{Output, notice},
     procs,
-    records::{Record, Transport, upstream_name},
+    records::{Facts, Finished, ProcessChange, Record, Transport, facts, upstream_name},
     summary::Summary,
+    timings::Timings,
+    verdict::{Outcome, Verdict, explain},
 };
+
+/// How long an exchange nginx gave up on waits for the kernel's word that
+/// its client had left (a record written microseconds after it, in the same
+/// worker thread) before it is judged as nginx's own timeout.
+const CLIENT_GONE_WAIT_NS: u64 = 200_000_000;
 
 /// State of a tracing session.
 pub struct Session {
@@ -34,6 +36,9 @@ pub struct Session {
     histograms: Histograms,
     /// Exchanges already reported as pending: (sock, exchange index, start).
     pending_shown: HashSet<(u64, u32, u64)>,
+    /// Exchanges nginx gave up on, held until the kernel says whether their
+    /// client had left (oldest first).
+    held: VecDeque<Finished>,
     /// Upstream names by address: formatted once, not per exchange.
     names: HashMap<UpstreamAddr, (Transport, Rc<str>)>,
     /// Traced nginx processes (not threads).
@@ -58,6 +63,7 @@ impl Session {
             summary: Summary::default(),
             histograms: Histograms::default(),
             pending_shown: HashSet::new(),
+            held: VecDeque::new(),
             names: HashMap::new(),
             traced,
             shown_workers: None,
@@ -66,17 +72,29 @@ impl Session {
         }
     }
 
-    /// Handles one raw ring-buffer record.
+    /// Handles one raw ring-buffer record; one that does not decode is
+    /// counted and reported with the lost records.
     pub fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
         match crate::records::decode(bytes) {
-            Ok(Record::Upstream(r)) => self.exchange(&r.exchange),
-            Ok(Record::Process(p)) => {
-                match p.what {
-                    PROC_FORK | PROC_EXEC if procs::is_process(p.pid) => {
-                        self.traced.insert(p.pid);
+            Ok(Record::Upstream(x)) if x.end.is_nginx_giving_up() => {
+                self.held.push_back(x);
+                Ok(())
+            }
+            Ok(Record::Upstream(x)) => self.exchange(&x),
+            Ok(Record::ClientGone {
+                worker_pid,
+                giveup_ns,
+                closed_ns,
+            }) => self.client_gone(worker_pid, giveup_ns, closed_ns),
+            Ok(Record::Process(change)) => {
+                match change {
+                    ProcessChange::Fork { pid } | ProcessChange::Exec { pid }
+                        if procs::is_process(pid) =>
+                    {
+                        self.traced.insert(pid);
                     }
-                    PROC_EXIT => {
-                        self.traced.remove(&p.pid);
+                    ProcessChange::Exit { pid } => {
+                        self.traced.remove(&pid);
                     }
                     _ => {}
                 }
@@ -87,6 +105,44 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// The kernel saw worker `worker_pid` close its client's connection,
+    /// the client gone, right after giving up on the exchange that ended at
+    /// `giveup_ns`: that exchange ended because the client left. (A close
+    /// long after is not part of nginx's 499 path: ignored.)
+    fn client_gone(&mut self, worker_pid: u32, giveup_ns: u64, closed_ns: u64) -> io::Result<()> {
+        if closed_ns.saturating_sub(giveup_ns) > CLIENT_GONE_WAIT_NS {
+            return Ok(());
+        }
+        let Some(at) = self
+            .held
+            .iter()
+            .position(|x| x.facts.worker_pid == worker_pid && x.end_ns == giveup_ns)
+        else {
+            // Already judged (the thread was descheduled for long), or its
+            // record was lost: nothing to correct.
+            return Ok(());
+        };
+        if let Some(mut x) = self.held.remove(at) {
+            x.client_left = true;
+            self.exchange(&x)?;
+        }
+        Ok(())
+    }
+
+    /// Judges the held give-ups that ended before `now_ns` minus the wait
+    /// for a client-gone record (all of them when `now_ns` is `u64::MAX`).
+    pub fn release_held(&mut self, now_ns: u64) -> io::Result<()> {
+        while let Some(x) = self.held.front() {
+            if x.end_ns.saturating_add(CLIENT_GONE_WAIT_NS) > now_ns {
+                break;
+            }
+            if let Some(x) = self.held.pop_front() {
+                self.exchange(&x)?;
+            }
+        }
+        Ok(())
     }
 
     /// The transport and name of an upstream, cached (bounded: cleared when
@@ -105,18 +161,61 @@ impl Session {
     }
 
     /// Explains, counts and (if it is to be shown) prints a finished exchange.
-    fn exchange(&mut self, ex: &Exchange) -> io::Result<()> {
-        let (transport, upstream) = self.name(&ex.addr);
-        let explanation = explain(ex, transport, &upstream, self.slow_us);
+    fn exchange(&mut self, x: &Finished) -> io::Result<()> {
+        let (transport, upstream) = self.name(&x.facts.addr);
+        let explanation = explain(x, transport, &upstream, self.slow_us);
         self.summary.add(&upstream, explanation.outcome);
-        self.histograms.record(&upstream, &explanation.timings);
+        if explanation.outcome == Outcome::ClientClosed {
+            // Its wait measures the client's patience, not the upstream.
+            let connect_only = Timings {
+                connect: explanation.timings.connect,
+                ..Timings::default()
+            };
+            self.histograms.record(&upstream, &connect_only);
+        } else {
+            self.histograms.record(&upstream, &explanation.timings);
+        }
         let routine = explanation.outcome == Outcome::Ok && explanation.verdict == Verdict::Healthy;
         if routine && !self.all {
             return Ok(());
         }
-        let time = rfc3339_micros(self.clock.wall(ex.end_ns));
-        let event = UpstreamEvent::new(time, ex, transport, &upstream, explanation);
+        let time = rfc3339_micros(self.clock.wall(x.end_ns));
+        let event = UpstreamEvent::new(time, &x.facts, transport, &upstream, explanation);
         self.out.event(&event, || event.to_text())
+    }
+
+    /// The `pending` event of an exchange still under way at `now_ns`:
+    /// waiting for its answer, or still connecting. Judged as if nginx gave
+    /// up now: the verdict so far.
+    fn pending_event(&mut self, f: &Facts, now_ns: u64, cut_by_stop: bool) -> PendingEvent {
+        let (transport, upstream) = self.name(&f.addr);
+        let (end, since) = if f.connected {
+            (End::NginxClosed, f.req_last_ns)
+        } else {
+            (End::ConnectAbandoned, f.start_ns)
+        };
+        let so_far = Finished {
+            facts: *f,
+            end,
+            errno: None,
+            end_ns: now_ns,
+            client_left: false,
+        };
+        let e = explain(&so_far, transport, &upstream, self.slow_us);
+        let tcp = transport == Transport::Tcp;
+        PendingEvent {
+            event: "pending",
+            time: rfc3339_micros(self.clock.wall(now_ns)),
+            worker_pid: f.worker_pid,
+            upstream: upstream.to_string(),
+            transport: transport.as_str(),
+            waiting_ms: now_ns.saturating_sub(since) / 1_000_000,
+            request_acked: tcp.then_some(e.timings.request_acked.is_some()),
+            retransmits: tcp.then_some(f.retransmits),
+            verdict: e.verdict.as_str(),
+            evidence: e.evidence,
+            cut_by_stop,
+        }
     }
 
     /// Reports, once each, the exchanges in `conns` (the kernel's in-flight
@@ -128,12 +227,12 @@ impl Session {
     ) -> io::Result<()> {
         let mut still_waiting = HashSet::new();
         for (sk, ex) in conns {
-            if ex.phase != PHASE_SENDING || ex.resp_kernel_ns != 0 || ex.flags & FLAG_CONNECTED == 0
-            {
+            let Ok(f) = facts(&ex) else { continue };
+            if !f.waiting_for_response() {
                 continue;
             }
-            let key = (sk, ex.index, ex.req_first_ns);
-            let waited_us = now_ns.saturating_sub(ex.req_last_ns) / 1000;
+            let key = (sk, f.index, f.req_first_ns);
+            let waited_us = now_ns.saturating_sub(f.req_last_ns) / 1000;
             if waited_us < self.slow_us {
                 continue;
             }
@@ -141,25 +240,7 @@ impl Session {
             if self.pending_shown.contains(&key) {
                 continue;
             }
-            // Judged as if nginx gave up now: the verdict so far.
-            let (transport, upstream) = self.name(&ex.addr);
-            let mut so_far = ex;
-            so_far.end = END_NGINX_CLOSED;
-            so_far.end_ns = now_ns;
-            let e = explain(&so_far, transport, &upstream, self.slow_us);
-            let tcp = transport == Transport::Tcp;
-            let event = PendingEvent {
-                event: "pending",
-                time: rfc3339_micros(self.clock.wall(now_ns)),
-                worker_pid: ex.tgid,
-                upstream: upstream.to_string(),
-                transport: transport.as_str(),
-                waiting_ms: waited_us / 1000,
-                request_acked: tcp.then_some(e.timings.request_acked.is_some()),
-                retransmits: tcp.then_some(ex.retransmits),
-                verdict: e.verdict.as_str(),
-                evidence: e.evidence,
-            };
+            let event = self.pending_event(&f, now_ns, false);
             self.out.event(&event, || event.to_text())?;
         }
         // Forget exchanges that ended, keeping the set bounded.
@@ -173,7 +254,7 @@ impl Session {
             return Ok(());
         }
         if self.out.is_json() {
-            for event in self.histograms.to_json() {
+            for event in self.histograms.to_events() {
                 self.out.event(&event, String::new)?;
             }
             Ok(())
@@ -201,16 +282,8 @@ impl Session {
         if self.shown_workers.as_ref() == Some(&workers) {
             return Ok(false);
         }
-        let pids: Vec<u32> = workers.iter().copied().collect();
-        let event = json!({"event": "workers", "pids": pids});
-        self.out.event(&event, || {
-            if pids.is_empty() {
-                "no nginx worker running: waiting for nginx to start".into()
-            } else {
-                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-                format!("tracing nginx workers {}", list.join(" "))
-            }
-        })?;
+        let event = WorkersEvent::new(workers.iter().copied().collect());
+        self.out.event(&event, || event.to_text())?;
         if workers.is_empty() && self.out.is_json() {
             // Text mode said it on stdout already.
             notice("no nginx worker running: waiting for nginx to start");
@@ -226,34 +299,49 @@ impl Session {
         if total <= self.lost_reported {
             return Ok(());
         }
-        let count = total - self.lost_reported;
+        let event = LostEvent::new(
+            total - self.lost_reported,
+            lost[0],
+            lost[1],
+            self.bad_records,
+        );
         self.lost_reported = total;
-        let event = json!({"event": "lost", "count": count});
-        self.out.event(&event, || {
-            format!(
-                "lost {count} events (so far: ring buffer full {}, map full {}, undecodable {})",
-                lost[0], lost[1], self.bad_records
-            )
-        })
+        self.out.event(&event, || event.to_text())
     }
 
-    /// Reports exchanges that got their response but were not ended by the
-    /// kernel yet (a kept-alive connection waiting for its next request),
-    /// then the histograms and the per-upstream summary.
+    /// Ends the session: judges the exchanges still held, reports what the
+    /// kernel still has in flight (an answered exchange on a kept-alive
+    /// connection is reported as done; one still waiting for its answer, or
+    /// still connecting, as a final `pending` event cut by the stop, counted
+    /// in the summary), then the histograms and the per-upstream summary.
     pub fn finish(
         &mut self,
         conns: impl Iterator<Item = (u64, Exchange)>,
         now_ns: u64,
     ) -> io::Result<()> {
-        for (_, mut ex) in conns {
-            if ex.phase == PHASE_RECEIVING {
-                ex.end = END_RESPONSE_DONE;
-                ex.end_ns = ex.resp_last_read_ns.min(now_ns);
-                self.exchange(&ex)?;
+        self.release_held(u64::MAX)?;
+        for (_, ex) in conns {
+            let Ok(f) = facts(&ex) else {
+                self.bad_records += 1;
+                continue;
+            };
+            if f.phase == Phase::Receiving && f.req_first_ns != 0 {
+                let done = Finished {
+                    facts: f,
+                    end: End::ResponseDone,
+                    errno: None,
+                    end_ns: f.resp_last_read_ns.min(now_ns),
+                    client_left: false,
+                };
+                self.exchange(&done)?;
+            } else if f.waiting_for_response() || (!f.connected && f.phase == Phase::Idle) {
+                let event = self.pending_event(&f, now_ns, true);
+                self.summary.add_cut_by_stop(&event.upstream);
+                self.out.event(&event, || event.to_text())?;
             }
         }
         self.report_histograms()?;
-        let summary = self.summary.to_json();
+        let summary = self.summary.to_event();
         self.out.event(&summary, || self.summary.to_text())
     }
 }

@@ -1,14 +1,41 @@
 //! Per-upstream outcome counts, printed when tracing stops.
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::classify::Outcome;
+use crate::verdict::Outcome;
+
+/// `{"event":"summary",...}`: outcome counts per upstream, printed once
+/// when tracing stops.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SummaryEvent {
+    /// Always `"summary"`.
+    pub event: &'static str,
+    /// One entry per upstream seen, in name order.
+    pub upstreams: Vec<UpstreamSummary>,
+}
+
+/// The counts of one upstream in a [`SummaryEvent`].
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UpstreamSummary {
+    /// The upstream, as nginx names it.
+    pub upstream: String,
+    /// Connect attempts and exchanges counted: the sum of `outcomes` and
+    /// `cut_by_stop`.
+    pub total: u64,
+    /// Count per outcome (its JSON spelling); outcomes never seen are left out.
+    pub outcomes: BTreeMap<&'static str, u64>,
+    /// Exchanges still waiting for their answer (or connecting) when tracing
+    /// stopped: each was reported by a final `pending` event.
+    pub cut_by_stop: u64,
+}
 
 /// Outcome counts per upstream.
 #[derive(Debug, Default)]
 pub struct Summary {
     counts: BTreeMap<String, BTreeMap<Outcome, u64>>,
+    /// Exchanges in flight when tracing stopped, per upstream.
+    cut: BTreeMap<String, u64>,
 }
 
 impl Summary {
@@ -23,24 +50,33 @@ impl Summary {
         }
     }
 
-    /// `{"event":"summary","upstreams":[{"upstream":..,"total":N,"outcomes":{..}}]}`
-    pub fn to_json(&self) -> Value {
-        let upstreams: Vec<Value> = self
+    /// Counts an exchange of `upstream` still in flight when tracing stopped.
+    pub fn add_cut_by_stop(&mut self, upstream: &str) {
+        if !self.counts.contains_key(upstream) {
+            self.counts.insert(upstream.to_string(), BTreeMap::new());
+        }
+        *self.cut.entry(upstream.to_string()).or_default() += 1;
+    }
+
+    /// The `summary` event of the counts so far.
+    pub fn to_event(&self) -> SummaryEvent {
+        let upstreams = self
             .counts
             .iter()
             .map(|(upstream, outcomes)| {
-                let map: serde_json::Map<String, Value> = outcomes
-                    .iter()
-                    .map(|(o, n)| (o.as_str().to_string(), json!(n)))
-                    .collect();
-                json!({
-                    "upstream": upstream,
-                    "total": outcomes.values().sum::<u64>(),
-                    "outcomes": map,
-                })
+                let cut_by_stop = self.cut.get(upstream).copied().unwrap_or(0);
+                UpstreamSummary {
+                    upstream: upstream.clone(),
+                    total: outcomes.values().sum::<u64>() + cut_by_stop,
+                    outcomes: outcomes.iter().map(|(o, n)| (o.as_str(), *n)).collect(),
+                    cut_by_stop,
+                }
             })
             .collect();
-        json!({"event": "summary", "upstreams": upstreams})
+        SummaryEvent {
+            event: "summary",
+            upstreams,
+        }
     }
 
     /// A table: one line per upstream with its counts.
@@ -50,10 +86,13 @@ impl Summary {
         }
         let mut text = String::from("summary (outcomes per upstream):\n");
         for (upstream, outcomes) in &self.counts {
-            let parts: Vec<String> = outcomes
+            let mut parts: Vec<String> = outcomes
                 .iter()
                 .map(|(o, n)| format!("{} {n}", o.as_str()))
                 .collect();
+            if let Some(cut) = self.cut.get(upstream) {
+                parts.push(format!("cut by stop {cut}"));
+            }
             text.push_str(&format!("  {upstream:<30} {}\n", parts.join(", ")));
         }
         text
@@ -62,22 +101,63 @@ impl Summary {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
-    #[test]
-    fn counts_per_upstream_and_outcome() {
+    fn three_upstreams() -> Summary {
         let mut s = Summary::default();
         s.add("127.0.0.1:3999", Outcome::Refused);
         s.add("127.0.0.1:3999", Outcome::Refused);
         s.add("127.0.0.1:3999", Outcome::Ok);
         s.add("unix:/run/php.sock", Outcome::NotFound);
-        let v = s.to_json();
-        assert_eq!(v["upstreams"][0]["upstream"], "127.0.0.1:3999");
-        assert_eq!(v["upstreams"][0]["total"], 3);
-        assert_eq!(v["upstreams"][0]["outcomes"]["refused"], 2);
-        assert_eq!(v["upstreams"][1]["outcomes"]["not_found"], 1);
+        s
+    }
+
+    #[test]
+    fn counts_per_upstream_and_outcome() {
+        let s = three_upstreams();
+        let e = s.to_event();
+        assert_eq!(e.upstreams[0].upstream, "127.0.0.1:3999");
+        assert_eq!(e.upstreams[0].total, 3);
+        assert_eq!(e.upstreams[0].outcomes["refused"], 2);
+        assert_eq!(e.upstreams[1].outcomes["not_found"], 1);
         let text = s.to_text();
         assert!(text.contains("127.0.0.1:3999"));
         assert!(text.contains("ok 1, refused 2"), "{text}");
+    }
+
+    #[test]
+    fn json_schema_of_a_summary() {
+        let mut s = three_upstreams();
+        s.add_cut_by_stop("unix:/run/php.sock");
+        assert_eq!(
+            serde_json::to_value(s.to_event()).unwrap(),
+            json!({
+                "event": "summary",
+                "upstreams": [
+                    {
+                        "upstream": "127.0.0.1:3999",
+                        "total": 3,
+                        "outcomes": {"ok": 1, "refused": 2},
+                        "cut_by_stop": 0,
+                    },
+                    {
+                        "upstream": "unix:/run/php.sock",
+                        "total": 2,
+                        "outcomes": {"not_found": 1},
+                        "cut_by_stop": 1,
+                    },
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn an_empty_summary_has_no_upstreams() {
+        assert_eq!(
+            serde_json::to_value(Summary::default().to_event()).unwrap(),
+            json!({"event": "summary", "upstreams": []})
+        );
     }
 }

@@ -24,3 +24,16 @@ pub fn get(port: u16, path: &str) -> u16 {
         .and_then(|code| code.parse().ok())
         .unwrap_or(0)
 }
+
+/// Sends `GET path` to 127.0.0.1:`port`, then leaves after `after` without
+/// reading the answer, closing the connection (FIN), as a client that gives
+/// up does.
+pub fn get_then_leave(port: u16, path: &str, after: Duration) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .expect("send the request");
+    std::thread::sleep(after);
+    drop(stream);
+}

@@ -404,3 +404,39 @@ fn keepalive_connections_opened_before_tracing_are_adopted() {
     let reused = events.iter().filter(|e| e["reused"] == true).count();
     assert!(reused >= 18, "old connections adopted: {events:#?}");
 }
+
+#[test]
+fn an_exchange_still_waiting_when_tracing_stops_is_reported_and_counted() {
+    require_root();
+    let backend = HttpBackend::with(Behavior::Answer(Duration::from_secs(4)));
+    let nginx = Nginx::proxying_to(backend.port(), "");
+    // --slow above the wait: only the stop can report it.
+    let tracer = Tracer::attach_to(&nginx, &["--slow", "60000"]);
+    let port = nginx.port();
+    let client = std::thread::spawn(move || ngx_trace_tests::http::get(port, "/"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let events = tracer.stop();
+    let upstream = format!("127.0.0.1:{}", backend.port());
+    let pending: Vec<&Value> = events.iter().filter(|e| e["event"] == "pending").collect();
+    assert_eq!(pending.len(), 1, "{events:#?}");
+    let p = pending[0];
+    assert_eq!(p["cut_by_stop"], true, "{p}");
+    assert_eq!(p["upstream"], upstream.as_str(), "{p}");
+    assert_eq!(p["request_acked"], true, "{p}");
+    let waited = p["waiting_ms"].as_u64().unwrap();
+    assert!((1_300..3_000).contains(&waited), "waited about 1.5 s: {p}");
+    assert!(
+        !events.iter().any(|e| e["event"] == "upstream"),
+        "it never ended while traced: {events:#?}"
+    );
+    let summary = events.iter().find(|e| e["event"] == "summary").unwrap();
+    let counts = &summary["upstreams"][0];
+    assert_eq!(counts["upstream"], upstream.as_str(), "{summary}");
+    assert_eq!(counts["cut_by_stop"], 1, "{summary}");
+    assert_eq!(counts["total"], 1, "{summary}");
+    assert_eq!(
+        client.join().unwrap(),
+        200,
+        "nginx itself was not disturbed"
+    );
+}

@@ -1,0 +1,50 @@
+//! Numbers and errors as a person reads them, and as nginx prints them.
+
+/// `1.5 ms`, `1.50 s`: the unit a person expects for the size.
+pub fn human_us(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.2} s", us as f64 / 1e6)
+    } else {
+        format!("{:.1} ms", us as f64 / 1e3)
+    }
+}
+
+/// `1 retransmit`, `2 retransmits`.
+pub fn plural(n: u32, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// The C library's text for `errno`, as nginx prints it.
+pub fn strerror(errno: u32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno as i32).to_string();
+    match text.rfind(" (os error") {
+        Some(cut) => text[..cut].to_string(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_switch_to_seconds_at_one_second() {
+        assert_eq!(human_us(92), "0.1 ms");
+        assert_eq!(human_us(999_949), "999.9 ms");
+        assert_eq!(human_us(1_000_000), "1.00 s");
+        assert_eq!(human_us(60_000_000), "60.00 s");
+    }
+
+    #[test]
+    fn errno_texts_are_glibcs() {
+        assert_eq!(strerror(111), "Connection refused");
+        assert_eq!(strerror(110), "Connection timed out");
+        assert_eq!(strerror(11), "Resource temporarily unavailable");
+        assert_eq!(plural(1, "SYN retransmit"), "1 SYN retransmit");
+        assert_eq!(plural(0, "retransmit"), "0 retransmits");
+    }
+}

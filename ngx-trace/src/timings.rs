@@ -1,0 +1,45 @@
+//! Phase durations of a connect attempt or exchange, from the kernel's
+//! timestamps.
+use crate::records::Finished;
+
+/// Phase durations of a connect attempt or exchange, µs; unknown ones are
+/// `None`, and left out of the JSON `timings_us` object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Timings {
+    /// `connect()` to handshake done (or to the connect's failure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<u64>,
+    /// Last request byte written to its acknowledgement (TCP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_acked: Option<u64>,
+    /// Last request byte written to the first response byte in the kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte: Option<u64>,
+    /// First response byte in the kernel to nginx reading it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nginx_read_delay: Option<u64>,
+    /// Exchange start (connect, or first request byte when reused) to its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+}
+
+/// `to_ns - from_ns` in µs, when `from_ns` was seen and precedes `to_ns`.
+pub fn span_us(from_ns: u64, to_ns: u64) -> Option<u64> {
+    (from_ns != 0 && to_ns >= from_ns).then(|| (to_ns - from_ns) / 1000)
+}
+
+/// The phase timings the kernel's timestamps give.
+pub fn timings(x: &Finished) -> Timings {
+    let f = &x.facts;
+    Timings {
+        connect: if x.end.is_connect_failure() {
+            span_us(f.start_ns, x.end_ns)
+        } else {
+            (f.connect_ns != 0).then_some(f.connect_ns / 1000)
+        },
+        request_acked: span_us(f.req_last_ns, f.acked_ns),
+        first_byte: span_us(f.req_last_ns, f.resp_kernel_ns),
+        nginx_read_delay: span_us(f.resp_kernel_ns, f.resp_first_read_ns),
+        total: span_us(f.start_ns, x.end_ns),
+    }
+}
