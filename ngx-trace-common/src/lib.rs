@@ -19,9 +19,11 @@ pub const EVENTS_BYTES: u32 = 1024 * 1024;
 pub const MAP_LOST: &str = "LOST";
 /// Upstream connections in flight, by `struct sock` address (value: [`Exchange`]).
 pub const MAP_CONNS: &str = "CONNS";
-/// TCP ports something listens on (key: port, host byte order): a worker's
-/// connection from such a port was accepted, not connected.
-pub const MAP_LISTEN_PORTS: &str = "LISTEN_PORTS";
+/// Socket-local storage marking the sockets that are upstream connections
+/// of traced workers (value: [`SockMark`]): the hot hooks leave at once for
+/// every other socket, without a hash lookup. User space marks kept-alive
+/// connections opened before tracing ([`MARK_ADOPT`]) by socket fd.
+pub const MAP_UPSTREAM_SOCKS: &str = "UPSTREAM_SOCKS";
 /// Thread ids of the traced nginx processes (key: pid, value: [`NGINX_PID_TRACED`]).
 pub const MAP_NGINX_PIDS: &str = "NGINX_PIDS";
 /// Name of the global holding the [`Config`].
@@ -38,6 +40,8 @@ pub enum MapKind {
     Hash,
     /// `BPF_MAP_TYPE_LRU_HASH` (user space opens it as a hash map too).
     LruHash,
+    /// `BPF_MAP_TYPE_SK_STORAGE` (a BTF map; key: a socket fd in user space).
+    SkStorage,
 }
 
 /// A map user space opens by name, with the layout it expects.
@@ -77,10 +81,10 @@ pub const USER_MAPS: &[MapSpec] = &[
         value_size: core::mem::size_of::<Exchange>() as u32,
     },
     MapSpec {
-        name: MAP_LISTEN_PORTS,
-        kind: MapKind::Hash,
-        key_size: core::mem::size_of::<u16>() as u32,
-        value_size: core::mem::size_of::<u32>() as u32,
+        name: MAP_UPSTREAM_SOCKS,
+        kind: MapKind::SkStorage,
+        key_size: core::mem::size_of::<i32>() as u32,
+        value_size: core::mem::size_of::<SockMark>() as u32,
     },
     MapSpec {
         name: MAP_NGINX_PIDS,
@@ -241,7 +245,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         tracepoint: "tcp_destroy_sock",
         purpose: "notice nginx giving up on a connect (proxy_connect_timeout)",
         optional: false,
-        btf: false,
+        btf: true,
     },
     ProgramSpec {
         program: "sys_enter_close",
@@ -276,20 +280,12 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         btf: true,
     },
     ProgramSpec {
-        program: "tcp_rcv_space_adjust",
-        category: "tcp",
-        tracepoint: "tcp_rcv_space_adjust",
-        purpose: "adopt kept-alive upstream connections opened before tracing",
-        optional: false,
-        btf: false,
-    },
-    ProgramSpec {
         program: "tcp_probe",
         category: "tcp",
         tracepoint: "tcp_probe",
         purpose: "see the request acknowledged, and the smoothed RTT",
         optional: false,
-        btf: false,
+        btf: true,
     },
 ];
 
@@ -318,32 +314,24 @@ pub struct Offsets {
     pub retransmit_skaddr: u32,
     /// `tcp_retransmit_skb.state`
     pub retransmit_state: u32,
-    /// `tcp_destroy_sock.skaddr`
-    pub destroy_skaddr: u32,
     /// `sched_process_fork.child_pid`
     pub fork_child_pid: u32,
     /// `sys_enter_close.fd`
     pub close_fd: u32,
-    /// `tcp_probe.skaddr`
-    pub probe_skaddr: u32,
-    /// `tcp_probe.snd_nxt`
-    pub probe_snd_nxt: u32,
-    /// `tcp_probe.snd_una`
-    pub probe_snd_una: u32,
-    /// `tcp_probe.srtt` (µs)
-    pub probe_srtt: u32,
-    /// `tcp_rcv_space_adjust.skaddr`
-    pub space_skaddr: u32,
-    /// `tcp_rcv_space_adjust.sport` (local port, host byte order)
-    pub space_sport: u32,
-    /// `tcp_rcv_space_adjust.dport` (remote port, host byte order)
-    pub space_dport: u32,
-    /// `tcp_rcv_space_adjust.family`
-    pub space_family: u32,
-    /// `tcp_rcv_space_adjust.daddr`
-    pub space_daddr: u32,
-    /// `tcp_rcv_space_adjust.daddr_v6`
-    pub space_daddr_v6: u32,
+}
+
+/// Byte offsets of kernel struct fields the programs read, taken from the
+/// running kernel's BTF at start (Rust BPF objects carry no CO-RE
+/// relocations, and these layouts differ between kernel builds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StructOffsets {
+    /// `struct tcp_sock.snd_una` (u32): first byte not acknowledged.
+    pub tcp_snd_una: u32,
+    /// `struct tcp_sock.snd_nxt` (u32): next byte to send.
+    pub tcp_snd_nxt: u32,
+    /// `struct tcp_sock.srtt_us` (u32): smoothed RTT << 3, µs.
+    pub tcp_srtt_us: u32,
     /// Explicit padding.
     pub _pad: u32,
 }
@@ -354,6 +342,8 @@ pub struct Offsets {
 pub struct Config {
     /// Tracepoint field offsets of the running kernel.
     pub offsets: Offsets,
+    /// Struct field offsets of the running kernel.
+    pub structs: StructOffsets,
     /// 1: an exec of a program named [`Config::comm`] starts tracing that
     /// process (all instances on the host); 0: only the instance given by pid.
     pub follow_new_instances: u32,
@@ -392,6 +382,26 @@ impl UpstreamAddr {
         port_be: 0,
         data: [0; UNIX_PATH_LEN],
     };
+}
+
+/// [`SockMark::kind`]: the socket is an upstream connection the kernel
+/// follows (its state is in [`MAP_CONNS`]).
+pub const MARK_FOLLOWED: u32 = 1;
+/// [`SockMark::kind`]: a kept-alive upstream connection opened before
+/// tracing started, marked by user space: the kernel starts following it at
+/// its next event.
+pub const MARK_ADOPT: u32 = 2;
+
+/// What socket-local storage holds for an upstream socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockMark {
+    /// [`MARK_FOLLOWED`] or [`MARK_ADOPT`].
+    pub kind: u32,
+    /// The worker process that owns the connection.
+    pub tgid: u32,
+    /// The upstream (for [`MARK_ADOPT`]: the kernel has not seen the connect).
+    pub addr: UpstreamAddr,
 }
 
 /// `kind` of an [`UpstreamRecord`].
@@ -540,8 +550,10 @@ pub struct ClientGoneRecord {
     pub closed_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 96);
-const _: () = assert!(core::mem::size_of::<Config>() == 120);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 48);
+const _: () = assert!(core::mem::size_of::<StructOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<SockMark>() == 120);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
 const _: () = assert!(core::mem::size_of::<Exchange>() == 232);
 const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 240);
@@ -556,4 +568,5 @@ mod pod {
     unsafe impl aya::Pod for super::Exchange {}
     unsafe impl aya::Pod for super::ProcessRecord {}
     unsafe impl aya::Pod for super::ClientGoneRecord {}
+    unsafe impl aya::Pod for super::SockMark {}
 }

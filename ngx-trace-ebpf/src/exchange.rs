@@ -17,6 +17,7 @@ use crate::{
     config::offset,
     maps::{CONNS, FD_CONNS, UNIX_BIND, count_lost, fd_key},
     record::{apply, clear_giveup, emit},
+    sock_mark::{clear_unix_bind_hint, mark, unix_bind_hinted, upstream_state},
 };
 
 /// The connection of `sk` for a worker writing to it: a known one, or the
@@ -24,18 +25,26 @@ use crate::{
 /// (nginx writes the request right after `connect()` returns 0).
 #[inline(always)]
 fn writer_conn(sk: u64) -> Option<*mut Exchange> {
-    if let Some(state) = CONNS.get_ptr_mut(sk) {
+    if let Some(state) = upstream_state(sk) {
         return Some(state);
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let bind = UNIX_BIND.get_ptr(pid_tgid)?;
+    if !unix_bind_hinted(pid_tgid) {
+        return None;
+    }
+    let Some(bind) = UNIX_BIND.get_ptr(pid_tgid) else {
+        clear_unix_bind_hint();
+        return None;
+    };
     let (tgid, fd) = unsafe { ((*bind).tgid, (*bind).fd) };
     if CONNS.insert(sk, unsafe { *bind }, 0).is_err()
         || FD_CONNS.insert(fd_key(tgid, fd), sk, 0).is_err()
     {
         count_lost(LOST_MAP_FULL);
     }
+    mark(sk, tgid);
     let _ = UNIX_BIND.remove(pid_tgid);
+    clear_unix_bind_hint();
     CONNS.get_ptr_mut(sk)
 }
 
@@ -68,7 +77,7 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
-    let Some(state) = CONNS.get_ptr_mut(sk) else {
+    let Some(state) = upstream_state(sk) else {
         return 0;
     };
     let ret: i32 = ctx.arg(1);
@@ -82,7 +91,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "sk_data_ready")]
 pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
-    let Some(state) = CONNS.get_ptr_mut(sk) else {
+    let Some(state) = upstream_state(sk) else {
         return 0;
     };
     unsafe { (*state).data_arrived(bpf_ktime_get_ns()) };
@@ -99,10 +108,12 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let key = fd_key((pid_tgid >> 32) as u32, fd as u32);
     let Some(sk) = FD_CONNS.get_ptr(key) else {
         // A UNIX connection closed before its first write: never bind it.
-        if let Some(bind) = UNIX_BIND.get_ptr(pid_tgid)
+        if unix_bind_hinted(pid_tgid)
+            && let Some(bind) = UNIX_BIND.get_ptr(pid_tgid)
             && unsafe { (*bind).fd } == fd as u32
         {
             let _ = UNIX_BIND.remove(pid_tgid);
+            clear_unix_bind_hint();
         }
         return 0;
     };

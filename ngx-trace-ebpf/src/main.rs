@@ -8,6 +8,7 @@ mod exchange;
 mod maps;
 mod process;
 mod record;
+mod sock_mark;
 mod tcp_state;
 
 #[cfg(not(test))]

@@ -1,9 +1,10 @@
 //! Every map of the kernel side, and the kernel-only state they hold.
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use ngx_trace_common::{EVENTS_BYTES, Exchange, LOST_SLOTS, NGINX_PID_WORKER};
+use ngx_trace_common::{EVENTS_BYTES, Exchange, LOST_SLOTS, NGINX_PID_WORKER, SockMark};
 
 /// Records for user space: one per finished connect and per process change.
 #[map]
@@ -26,9 +27,19 @@ pub static SOCKET_CALLS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(102
 #[map]
 pub static SOCKET_TYPES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
-/// TCP ports something listens on, set by user space.
+/// Marks on the upstream sockets of traced workers (socket-local storage):
+/// a hook that fires for every socket on the host finds no mark on any
+/// other socket and leaves without a hash lookup. Freed with the socket.
+#[btf_map]
+pub static UPSTREAM_SOCKS: SkStorage<SockMark> = SkStorage::new();
+
+/// The thread (pid_tgid) on this CPU whose UNIX connect waits in
+/// [`UNIX_BIND`] for its first write, 0 when none: a write to an unmarked
+/// socket by any other thread needs no lookup. (A thread moved to another
+/// CPU between its `connect()` and its first write is missed: nginx writes
+/// right after connecting, microseconds later.)
 #[map]
-pub static LISTEN_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(4096, 0);
+pub static UNIX_BIND_HINT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// `connect()` calls in flight, by pid_tgid.
 #[map]

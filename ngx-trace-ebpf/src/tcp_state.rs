@@ -5,18 +5,17 @@
 //! These hooks fire for every TCP socket on the host; anything that is not
 //! an upstream socket of a worker leaves after one map lookup.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use ngx_trace_common::{AF_INET, AF_INET6, Exchange, LOST_MAP_FULL, UpstreamAddr};
+use ngx_trace_common::LOST_MAP_FULL;
 
 use crate::{
-    config::offset,
-    maps::{
-        CONNECTS, CONNS, FD_CONNS, LAST_CLOSED, LISTEN_PORTS, count_lost, fd_key, forget, is_worker,
-    },
+    config::{config, offset},
+    maps::{CONNECTS, CONNS, FD_CONNS, LAST_CLOSED, count_lost, fd_key, forget},
     record::{apply, client_gone, emit},
+    sock_mark::{mark, upstream_state},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -49,9 +48,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         {
             count_lost(LOST_MAP_FULL);
         }
+        mark(sk, exchange.tgid);
         return 0;
     }
-    let Some(state) = CONNS.get_ptr_mut(sk) else {
+    let Some(state) = upstream_state(sk) else {
         if oldstate == TCP_CLOSE_WAIT && (newstate == TCP_LAST_ACK || newstate == TCP_CLOSE) {
             // Closing a connection whose peer left first: a client that
             // went away, if this thread just gave up on an exchange.
@@ -138,29 +138,28 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 }
 
 /// Every segment from an upstream: its RTT, and when the request was
-/// acknowledged. The tracepoint shows `snd_una` before this segment's ACK is
-/// processed: a segment finding sent data unacknowledged is the latest
-/// candidate for the acknowledgement; the last such one before the answer is
-/// it. (A segment arriving during the write itself, as on loopback, is kept
-/// as a hint for `sock_send_length`.)
-#[tracepoint]
-pub fn tcp_probe(ctx: TracePointContext) -> u32 {
-    let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(probe_skaddr)) }) else {
+/// acknowledged. The hook runs before the segment's ACK is processed, so
+/// `snd_una` is still the old one: a segment finding sent data
+/// unacknowledged is the latest candidate for the acknowledgement; the last
+/// such one before the answer is it. (A segment arriving during the write
+/// itself, as on loopback, is kept as a hint for `sock_send_length`.)
+/// Arguments: `(sk, skb)`; the fields come from `struct tcp_sock` at
+/// offsets user space read from the kernel's BTF.
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn tcp_probe(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let Some(state) = upstream_state(sk) else {
         return 0;
     };
-    let Some(state) = CONNS.get_ptr_mut(sk) else {
+    let field = |offset: u32| unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const u32) };
+    let (Ok(snd_nxt), Ok(snd_una), Ok(srtt)) = (
+        field(config!(structs.tcp_snd_nxt)),
+        field(config!(structs.tcp_snd_una)),
+        field(config!(structs.tcp_srtt_us)),
+    ) else {
         return 0;
     };
-    let (Ok(snd_nxt), Ok(snd_una), Ok(srtt)) = (unsafe {
-        (
-            ctx.read_at::<u32>(offset!(probe_snd_nxt)),
-            ctx.read_at::<u32>(offset!(probe_snd_una)),
-            ctx.read_at::<u32>(offset!(probe_srtt)),
-        )
-    }) else {
-        return 0;
-    };
-    unsafe { (*state).segment_received(snd_una != snd_nxt, srtt, bpf_ktime_get_ns()) };
+    unsafe { (*state).segment_received(snd_una != snd_nxt, srtt >> 3, bpf_ktime_get_ns()) };
     0
 }
 
@@ -168,62 +167,15 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
 /// on (no error came), or a connection whose `close()` was not seen. Any
 /// other socket destroyed by the thread that just gave up on an exchange is
 /// a client connection its client had reset: closed, it is freed at once.
-#[tracepoint]
-pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(destroy_skaddr)) }) else {
-        return 0;
-    };
-    let Some(state) = CONNS.get_ptr_mut(sk) else {
+/// Argument: `(sk)`.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let Some(state) = upstream_state(sk) else {
         client_gone();
         return 0;
     };
     let next = unsafe { (*state).destroyed(bpf_ktime_get_ns()) };
     apply(sk, state, next);
     0
-}
-
-/// A worker reading from a TCP socket not known as upstream: one connected
-/// before tracing started (a kept-alive connection) is adopted, unless its
-/// local port is a listening one (a client connection nginx accepted). Its
-/// current exchange is not reported (its request was not seen); the next
-/// ones are.
-#[tracepoint]
-pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
-    let _ = try_adopt(&ctx);
-    0
-}
-
-fn try_adopt(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !is_worker(tgid) {
-        return Ok(());
-    }
-    let sk = unsafe { ctx.read_at::<u64>(offset!(space_skaddr)) }?;
-    if CONNS.get_ptr(sk).is_some() {
-        return Ok(());
-    }
-    let sport = unsafe { ctx.read_at::<u16>(offset!(space_sport)) }?;
-    if LISTEN_PORTS.get_ptr(sport).is_some() {
-        return Ok(());
-    }
-    let family = unsafe { ctx.read_at::<u16>(offset!(space_family)) }?;
-    let dport = unsafe { ctx.read_at::<u16>(offset!(space_dport)) }?;
-    let mut addr = UpstreamAddr::ZERO;
-    addr.family = family;
-    addr.port_be = dport.to_be();
-    if family == AF_INET {
-        let v4 = unsafe { ctx.read_at::<[u8; 4]>(offset!(space_daddr)) }?;
-        addr.data[..4].copy_from_slice(&v4);
-    } else if family == AF_INET6 {
-        let v6 = unsafe { ctx.read_at::<[u8; 16]>(offset!(space_daddr_v6)) }?;
-        addr.data[..16].copy_from_slice(&v6);
-    } else {
-        return Ok(());
-    }
-    let exchange = Exchange::adopted(tgid, unsafe { bpf_ktime_get_ns() }, addr);
-    if CONNS.insert(sk, exchange, 0).is_err() {
-        count_lost(LOST_MAP_FULL);
-    }
-    Ok(())
 }

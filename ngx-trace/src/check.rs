@@ -2,13 +2,14 @@
 use std::{collections::BTreeSet, path::Path};
 
 use anyhow::Result;
-use ngx_trace_common::{PROGRAMS, ProgramSpec};
+use ngx_trace_common::{Config, PROGRAMS, ProgramSpec};
 
 use crate::{kernel::Kernel, output::Output};
 
 /// `--check`: what was loaded and attached, and what this host offers.
 pub fn report(
     kernel: &Kernel,
+    config: &Config,
     tracefs: &Path,
     programs: &[&ProgramSpec],
     nginx: &BTreeSet<u32>,
@@ -19,6 +20,12 @@ pub fn report(
     out.push_str(&format!("tracefs: {}\n", tracefs.display()));
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     out.push_str(&format!("kernel BTF: {}\n", if btf { "yes" } else { "no" }));
+    let t = &config.structs;
+    out.push_str(&format!(
+        "struct offsets (BTF): tcp_sock.snd_una {}, snd_nxt {}, srtt_us {}\n",
+        t.tcp_snd_una, t.tcp_snd_nxt, t.tcp_srtt_us
+    ));
+    out.push_str("upstream filter: socket-local storage (BPF_MAP_TYPE_SK_STORAGE)\n");
     out.push_str(&format!(
         "ring buffer: yes ({} KiB)\n",
         ngx_trace_common::EVENTS_BYTES / 1024

@@ -26,6 +26,7 @@ fn map_type(kind: MapKind) -> u32 {
         MapKind::PerCpuArray => bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
         MapKind::Hash => bpf_map_type::BPF_MAP_TYPE_HASH,
         MapKind::LruHash => bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
+        MapKind::SkStorage => bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
     };
     t as u32
 }
@@ -37,6 +38,7 @@ fn map_type_name(number: u32) -> String {
         MapKind::PerCpuArray,
         MapKind::Hash,
         MapKind::LruHash,
+        MapKind::SkStorage,
     ]
     .into_iter()
     .find(|&kind| map_type(kind) == number)

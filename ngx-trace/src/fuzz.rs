@@ -165,7 +165,7 @@ fn every_seed_parses_as_is() {
     };
     let offsets = tracefs::offsets_from(read).expect("offsets of Linux 6.18");
     assert_eq!(offsets.connect_uservaddr, 24);
-    assert_eq!(offsets.probe_skaddr, 128);
+    assert_eq!(offsets.retransmit_skaddr, 16);
     for (name, text) in seeds("proc-status") {
         assert!(parse_status(&text).is_some(), "{name}");
     }

@@ -4,12 +4,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, SkStorage},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use ngx_trace_common::{
-    Config, Exchange, GLOBAL_CONFIG, LOST_SLOTS, MAP_CONNS, MAP_EVENTS, MAP_LISTEN_PORTS, MAP_LOST,
-    MAP_NGINX_PIDS, NGINX_PID_TRACED, NGINX_PID_WORKER, ProgramSpec,
+    Config, Exchange, GLOBAL_CONFIG, LOST_SLOTS, MAP_CONNS, MAP_EVENTS, MAP_LOST, MAP_NGINX_PIDS,
+    MAP_UPSTREAM_SOCKS, NGINX_PID_TRACED, NGINX_PID_WORKER, ProgramSpec, SockMark,
 };
 
 use crate::{
@@ -31,8 +31,8 @@ pub struct Kernel {
     pids: HashMap<MapData, u32, u32>,
     /// Upstream connections in flight.
     conns: HashMap<MapData, u64, Exchange>,
-    /// Ports something listens on.
-    listen_ports: HashMap<MapData, u16, u32>,
+    /// Marks on upstream sockets.
+    upstream_socks: SkStorage<MapData, SockMark>,
     /// How long loading and attaching took.
     pub attach_time: Duration,
     /// `category:name` of every attached tracepoint.
@@ -111,16 +111,16 @@ impl Kernel {
             .context("NGINX_PIDS is not a hash map")?;
         let conns = HashMap::try_from(ebpf.take_map(MAP_CONNS).context("no CONNS map")?)
             .context("CONNS is not a hash map")?;
-        let listen_ports = HashMap::try_from(
-            ebpf.take_map(MAP_LISTEN_PORTS)
-                .context("no LISTEN_PORTS map")?,
+        let upstream_socks = SkStorage::try_from(
+            ebpf.take_map(MAP_UPSTREAM_SOCKS)
+                .context("no UPSTREAM_SOCKS map")?,
         )
-        .context("LISTEN_PORTS is not a hash map")?;
+        .context("UPSTREAM_SOCKS is not socket storage")?;
         let kernel = Self {
             _ebpf: ebpf,
             lost,
             conns,
-            listen_ports,
+            upstream_socks,
             pids,
             attach_time: started.elapsed(),
             attached,
@@ -140,15 +140,16 @@ impl Kernel {
             .with_context(|| format!("failed to add pid {pid} to the traced set"))
     }
 
-    /// Tells the kernel which local ports are listening ones (connections
-    /// from them were accepted, not connected).
-    pub fn set_listen_ports(&mut self, ports: &std::collections::BTreeSet<u16>) -> Result<()> {
-        for &port in ports {
-            self.listen_ports
-                .insert(port, 1, 0)
-                .with_context(|| format!("failed to record listening port {port}"))?;
-        }
-        Ok(())
+    /// Marks `sock` (this process's copy of a worker's socket fd) for the
+    /// kernel: an upstream connection to follow from its next event.
+    pub fn mark_upstream(
+        &mut self,
+        sock: &impl std::os::fd::AsRawFd,
+        mark: SockMark,
+    ) -> Result<()> {
+        self.upstream_socks
+            .insert(sock, mark, 0)
+            .context("failed to mark the socket in UPSTREAM_SOCKS")
     }
 
     /// The upstream connections the kernel tracks now, by socket. Entries

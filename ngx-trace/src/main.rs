@@ -5,6 +5,8 @@
 //! (`records`) → join and judge (`session`: `verdict`, `timings`, `human`)
 //! → print (`event`, `output`) and count (`summary`, `histogram`).
 
+mod adopt;
+mod btf;
 mod check;
 mod cli;
 mod clock;
@@ -33,7 +35,7 @@ use std::{collections::BTreeSet, io, time::Duration};
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use clap::Parser as _;
-use ngx_trace_common::Config;
+use ngx_trace_common::{Config, StructOffsets};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -41,6 +43,7 @@ use tokio::{
 
 use crate::{
     cli::{Cli, TraceArgs},
+    exit::UserError,
     kernel::Kernel,
     output::{Output, notice},
     session::Session,
@@ -92,9 +95,34 @@ fn config(args: &TraceArgs, root: &std::path::Path) -> Result<Config> {
     comm[..args.comm.len()].copy_from_slice(args.comm.as_bytes());
     Ok(Config {
         offsets: tracefs::read_offsets(root)?,
+        structs: struct_offsets()?,
         follow_new_instances: u32::from(args.pid.is_none()),
         _pad: 0,
         comm,
+    })
+}
+
+/// Offsets of the kernel struct fields the programs read, from this
+/// kernel's BTF; a field this kernel lacks is named.
+fn struct_offsets() -> Result<StructOffsets> {
+    let kernel_error = |e: String| UserError::new(exit::KERNEL, e);
+    let btf = btf::Btf::from_sys_fs().map_err(kernel_error)?;
+    let field = |name: &str| -> Result<u32> {
+        let member = btf.member("tcp_sock", name).map_err(kernel_error)?;
+        if member.size != 4 {
+            return Err(kernel_error(format!(
+                "struct tcp_sock member `{name}` has {} bytes on this kernel, expected 4",
+                member.size
+            ))
+            .into());
+        }
+        Ok(member.offset)
+    };
+    Ok(StructOffsets {
+        tcp_snd_una: field("snd_una")?,
+        tcp_snd_nxt: field("snd_nxt")?,
+        tcp_srtt_us: field("srtt_us")?,
+        _pad: 0,
     })
 }
 
@@ -106,19 +134,31 @@ async fn trace(args: TraceArgs) -> Result<()> {
     }
     let tracefs = preflight::tracefs_root()?;
     let programs = tracefs::available_programs(&tracefs);
-    let (mut kernel, events) = Kernel::attach(&config(&args, &tracefs)?, &programs)?;
+    let config = config(&args, &tracefs)?;
+    let (mut kernel, events) = Kernel::attach(&config, &programs)?;
     // Programs are attached first, then processes listed: a process forked
     // in between is seen by both, never by neither.
     let initial: BTreeSet<u32> = match args.pid {
         Some(pid) => procs::instance_of(pid, &args.comm)?,
         None => procs::all_instances(&args.comm),
     };
-    kernel.set_listen_ports(&procs::listening_ports())?;
+    let mut workers = BTreeSet::new();
     for &pid in &initial {
-        kernel.trace_pid(pid, procs::is_worker(pid))?;
+        let worker = procs::is_worker(pid);
+        kernel.trace_pid(pid, worker)?;
+        if worker {
+            workers.insert(pid);
+        }
     }
     if args.check {
-        return check::report(&kernel, &tracefs, &programs, &initial);
+        return check::report(&kernel, &config, &tracefs, &programs, &initial);
+    }
+    let (adopted, failure) = adopt::kept_alive(&mut kernel, &workers);
+    if let Some(failure) = failure {
+        notice(&format!(
+            "could not adopt every kept-alive upstream connection opened before start \
+             ({adopted} adopted; {failure}): the others are reported from their next connection"
+        ));
     }
     if !args.json {
         notice(&format!(
@@ -190,10 +230,7 @@ async fn pump(
                     session.release_held(clock::monotonic_ns())?;
                 }
                 _ = workers_tick.tick() => {
-                    // A reload may listen on new ports.
-                    if session.refresh_workers()? {
-                        kernel.set_listen_ports(&procs::listening_ports())?;
-                    }
+                    session.refresh_workers()?;
                 }
                 _ = lost_tick.tick() => session.report_lost(kernel.lost()?)?,
                 _ = pending_tick.tick() => {

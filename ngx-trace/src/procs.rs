@@ -136,15 +136,6 @@ pub fn parse_listen_ports(text: &str) -> BTreeSet<u16> {
         .collect()
 }
 
-/// Every TCP port something listens on (IPv4 and IPv6).
-pub fn listening_ports() -> BTreeSet<u16> {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|path| fs::read_to_string(path).ok())
-        .flat_map(|text| parse_listen_ports(&text))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

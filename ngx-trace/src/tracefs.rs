@@ -99,11 +99,8 @@ pub fn offsets_from(
     let (error_report, error_report_f) = fields("sock", "inet_sk_error_report")?;
     let (reset, reset_f) = fields("tcp", "tcp_receive_reset")?;
     let (retransmit, retransmit_f) = fields("tcp", "tcp_retransmit_skb")?;
-    let (destroy, destroy_f) = fields("tcp", "tcp_destroy_sock")?;
     let (fork, fork_f) = fields("sched", "sched_process_fork")?;
     let (close, close_f) = fields("syscalls", "sys_enter_close")?;
-    let (probe, probe_f) = fields("tcp", "tcp_probe")?;
-    let (space, space_f) = fields("tcp", "tcp_rcv_space_adjust")?;
     Ok(Offsets {
         socket_type: offset_of(&socket_f, &socket, "type", 8)?,
         socket_ret: offset_of(&socket_exit_f, &socket_exit, "ret", 8)?,
@@ -115,20 +112,8 @@ pub fn offsets_from(
         receive_reset_skaddr: offset_of(&reset_f, &reset, "skaddr", 8)?,
         retransmit_skaddr: offset_of(&retransmit_f, &retransmit, "skaddr", 8)?,
         retransmit_state: offset_of(&retransmit_f, &retransmit, "state", 4)?,
-        destroy_skaddr: offset_of(&destroy_f, &destroy, "skaddr", 8)?,
         fork_child_pid: offset_of(&fork_f, &fork, "child_pid", 4)?,
         close_fd: offset_of(&close_f, &close, "fd", 8)?,
-        probe_skaddr: offset_of(&probe_f, &probe, "skaddr", 8)?,
-        probe_snd_nxt: offset_of(&probe_f, &probe, "snd_nxt", 4)?,
-        probe_snd_una: offset_of(&probe_f, &probe, "snd_una", 4)?,
-        probe_srtt: offset_of(&probe_f, &probe, "srtt", 4)?,
-        space_skaddr: offset_of(&space_f, &space, "skaddr", 8)?,
-        space_sport: offset_of(&space_f, &space, "sport", 2)?,
-        space_dport: offset_of(&space_f, &space, "dport", 2)?,
-        space_family: offset_of(&space_f, &space, "family", 2)?,
-        space_daddr: offset_of(&space_f, &space, "daddr", 4)?,
-        space_daddr_v6: offset_of(&space_f, &space, "daddr_v6", 16)?,
-        _pad: 0,
     })
 }
 

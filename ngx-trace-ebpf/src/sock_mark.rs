@@ -1,0 +1,99 @@
+//! The upstream filter of the hot hooks: socket-local storage marks the
+//! sockets that are upstream connections of traced workers. For every other
+//! socket on the host (clients, backends, other services) a hook costs one
+//! helper call that finds no storage on the socket, then leaves.
+use core::{ffi::c_void, ptr};
+
+use aya_ebpf::{
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    helpers::{bpf_ktime_get_ns, generated::bpf_sk_storage_get},
+};
+use ngx_trace_common::{
+    Exchange, LOST_MAP_FULL, MARK_ADOPT, MARK_FOLLOWED, SockMark, UpstreamAddr,
+};
+
+use crate::maps::{CONNS, UNIX_BIND_HINT, UPSTREAM_SOCKS, count_lost};
+
+#[inline(always)]
+fn storage() -> *mut c_void {
+    ptr::from_ref(&UPSTREAM_SOCKS).cast_mut().cast()
+}
+
+/// The mark on `sk`, a `struct sock *` the kernel handed a BTF tracepoint.
+#[inline(always)]
+fn mark_of(sk: u64) -> Option<*mut SockMark> {
+    // SAFETY: `sk` is the tracepoint's typed socket argument (the verifier
+    // checks it); no value is inserted without the CREATE flag.
+    let mark = unsafe { bpf_sk_storage_get(storage(), sk as *mut c_void, ptr::null_mut(), 0) };
+    (!mark.is_null()).then_some(mark.cast())
+}
+
+/// Marks `sk` as an upstream connection of worker `tgid`.
+#[inline(always)]
+pub fn mark(sk: u64, tgid: u32) {
+    let mut value = SockMark {
+        kind: MARK_FOLLOWED,
+        tgid,
+        addr: UpstreamAddr::ZERO,
+    };
+    // SAFETY: as in `mark_of`; the helper copies `value`.
+    let mark = unsafe {
+        bpf_sk_storage_get(
+            storage(),
+            sk as *mut c_void,
+            (&raw mut value).cast(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    };
+    if mark.is_null() {
+        count_lost(LOST_MAP_FULL);
+    }
+}
+
+/// The followed state of `sk` if it is an upstream connection: unmarked
+/// sockets leave here. A socket user space marked for adoption (a kept-alive
+/// connection opened before tracing) starts being followed now, its current
+/// exchange half over (never reported; the next ones are).
+#[inline(always)]
+pub fn upstream_state(sk: u64) -> Option<*mut Exchange> {
+    let mark = mark_of(sk)?;
+    if let Some(state) = CONNS.get_ptr_mut(sk) {
+        return Some(state);
+    }
+    if unsafe { (*mark).kind } != MARK_ADOPT {
+        // Followed once, forgotten since (its exchange ended): nothing to do.
+        return None;
+    }
+    let (tgid, addr) = unsafe { ((*mark).tgid, (*mark).addr) };
+    let exchange = Exchange::adopted(tgid, unsafe { bpf_ktime_get_ns() }, addr);
+    if CONNS.insert(sk, exchange, 0).is_err() {
+        count_lost(LOST_MAP_FULL);
+        return None;
+    }
+    unsafe { (*mark).kind = MARK_FOLLOWED };
+    CONNS.get_ptr_mut(sk)
+}
+
+/// This thread just connected a UNIX upstream (in [`UNIX_BIND`] until its
+/// first write): hint it on this CPU, so that writes to unmarked sockets
+/// look the bind up only on the CPU and thread that made it.
+#[inline(always)]
+pub fn hint_unix_bind(pid_tgid: u64) {
+    if let Some(hint) = UNIX_BIND_HINT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *hint = pid_tgid };
+    }
+}
+
+/// Whether the current thread (`pid_tgid`) may have a UNIX connect waiting
+/// for its first write: one per-CPU load for every other write on the host.
+#[inline(always)]
+pub fn unix_bind_hinted(pid_tgid: u64) -> bool {
+    UNIX_BIND_HINT.get(0).is_some_and(|&hint| hint == pid_tgid)
+}
+
+/// Clears this CPU's hint (the bind was made or dropped).
+#[inline(always)]
+pub fn clear_unix_bind_hint() {
+    hint_unix_bind(0);
+}
