@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: what ngx-trace costs nginx, measured against no
-//! tracer and against a bpftrace script, in ABBA order so drift cancels.
+//! tracer and against a bpftrace script, in ABBA order so drift cancels;
+//! BPF time per proxied request and per program run (BPF_ENABLE_STATS),
+//! also on sockets that are not upstreams; the targets, met or missed.
 //! Writes BENCHMARKS.md.
 use std::{
     fmt::Write as _,
@@ -32,10 +34,12 @@ impl Mode {
 }
 
 /// One wrk run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Load {
     rps: f64,
     p99_us: f64,
+    /// Requests completed in the run (wrk's "N requests in").
+    requests: u64,
 }
 
 /// What a traced run measured of the tracer itself.
@@ -51,7 +55,11 @@ struct TracerCost {
 struct Bench {
     bin: PathBuf,
     script: PathBuf,
+    /// Seconds per wrk run.
     seconds: u64,
+    /// ABBA pairs per mode and variant; also BPF-time runs per tracer and
+    /// variant.
+    pairs: usize,
     dir: TempDir,
 }
 
@@ -74,7 +82,11 @@ fn wrk(port: u16, seconds: u64) -> Result<Load> {
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .context("failed to run wrk (cargo xtask bench installs it)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Requests/s, p99 latency and request count from wrk's `--latency` output.
+fn parse_wrk(text: &str) -> Result<Load> {
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -85,10 +97,19 @@ fn wrk(port: u16, seconds: u64) -> Result<Load> {
         .find_map(|l| l.trim().strip_prefix("99%"))
         .and_then(|v| parse_duration_us(v.trim()))
         .with_context(|| format!("wrk printed no 99% latency: {text}"))?;
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .with_context(|| format!("wrk printed no request count: {text}"))?;
     if text.contains("Non-2xx") {
         bail!("wrk saw errors: {text}");
     }
-    Ok(Load { rps, p99_us })
+    Ok(Load {
+        rps,
+        p99_us,
+        requests,
+    })
 }
 
 /// CPU time of `pid`'s main thread, s, from the scheduler's own accounting
@@ -294,6 +315,119 @@ impl Bench {
         }
         Ok((load, cost))
     }
+
+    /// `self.pairs` ABBA quads (none, traced, traced, none) of `mode`
+    /// against no tracer on `front`.
+    fn abba(&self, variant: &str, front: &Nginx, mode: Mode) -> Result<Abba> {
+        let (mut thr, mut p99, mut base) = (Vec::new(), Vec::new(), Vec::new());
+        let mut costs = Vec::new();
+        for pair in 0..self.pairs {
+            eprintln!(
+                "xtask bench: {variant}, {} pair {}/{}",
+                mode.label(),
+                pair + 1,
+                self.pairs
+            );
+            let (a1, _) = self.run(Mode::None, front)?;
+            let (b1, c1) = self.run(mode, front)?;
+            let (b2, c2) = self.run(mode, front)?;
+            let (a2, _) = self.run(Mode::None, front)?;
+            let none_rps = (a1.rps + a2.rps) / 2.0;
+            thr.push((b1.rps + b2.rps) / 2.0 / none_rps);
+            p99.push((b1.p99_us + b2.p99_us) / (a1.p99_us + a2.p99_us));
+            base.push(none_rps);
+            costs.push(c1);
+            costs.push(c2);
+        }
+        Ok(Abba {
+            throughput: Spread::of(&thr),
+            p99: Spread::of(&p99),
+            untraced_rps: Spread::of(&base).median,
+            costs,
+        })
+    }
+
+    /// BPF time of `mode`'s tracer, started on `front`, while wrk drives
+    /// `port`, with the kernel's BPF statistics on. The programs counted are
+    /// those the tracer process holds (see [`prog_ids_held_by`]), so BPF
+    /// programs that anything else loads meanwhile do not count.
+    fn measure_bpf(&self, mode: Mode, front: &Nginx, port: u16) -> Result<BpfSample> {
+        // Declared before the tracer, so that on a failure the tracer is
+        // stopped first and the sysctl restored then, as below.
+        let mut stats_enabled = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
+        let mut tracer = self
+            .start(mode, front)?
+            .context("BPF time is measured with a tracer")?;
+        let before = bpf_stats(&prog_ids_held_by(tracer.pid())?)?;
+        if before.is_empty() {
+            bail!(
+                "{} (pid {}) holds no BPF program after its start",
+                mode.label(),
+                tracer.pid()
+            );
+        }
+        let load = wrk(port, self.seconds)?;
+        // The ids again: a program loaded after the first look counts from 0.
+        let after = bpf_stats(&prog_ids_held_by(tracer.pid())?)?;
+        tracer.stop();
+        stats_enabled.restore()?;
+        Ok(BpfSample {
+            requests: load.requests,
+            rps: load.rps,
+            progs: stats_delta(&before, &after),
+        })
+    }
+
+    /// ngx-trace (defaults) and the bpftrace script in turn on `front`, one
+    /// run each per round for `self.pairs` rounds, which one goes first
+    /// alternating (AB BA...) so that drift cancels.
+    fn bpf_comparison(&self, variant: &str, front: &Nginx) -> Result<BpfComparison> {
+        let mut comparison = BpfComparison::default();
+        for round in 0..self.pairs {
+            let order = if round % 2 == 0 {
+                [Mode::Default, Mode::Bpftrace]
+            } else {
+                [Mode::Bpftrace, Mode::Default]
+            };
+            for mode in order {
+                eprintln!(
+                    "xtask bench: BPF time, {variant}, {} run {}/{}",
+                    mode.label(),
+                    round + 1,
+                    self.pairs
+                );
+                let sample = self.measure_bpf(mode, front, front.port())?;
+                match mode {
+                    Mode::Bpftrace => comparison.bpftrace.push(sample),
+                    _ => comparison.ngx.push(sample),
+                }
+            }
+        }
+        Ok(comparison)
+    }
+
+    /// BPF time on sockets that are not upstreams: ngx-trace (defaults)
+    /// traces `front` only, which serves nothing, while wrk drives `back`
+    /// directly; every socket event its hooks see is wrk's or `back`'s.
+    fn not_upstream(&self, front: &Nginx, back: &Nginx) -> Result<BpfSample> {
+        eprintln!("xtask bench: BPF time on not-upstream sockets");
+        self.measure_bpf(Mode::Default, front, back.port())
+    }
+}
+
+/// The traced modes, in the order of every table.
+const TRACED_MODES: [Mode; 3] = [Mode::Default, Mode::AllJson, Mode::Bpftrace];
+
+/// `pairs` ABBA quads of one mode against no tracer.
+struct Abba {
+    /// Traced over untraced requests/s, per quad.
+    throughput: Spread,
+    /// Traced over untraced p99 latency, per quad.
+    p99: Spread,
+    /// Median untraced requests/s.
+    untraced_rps: f64,
+    /// The tracer's own cost, per traced run.
+    costs: Vec<TracerCost>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -307,48 +441,618 @@ fn spread(v: &[f64]) -> (f64, f64) {
     (min, max)
 }
 
-/// BPF run time and count per program, from bpftool with BPF statistics on.
-fn bpf_stats(ids: &[u64]) -> Result<Vec<(String, u64, u64)>> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()?;
-    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+/// A figure measured several times: its median and its range.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// Median and range of `values`; NaN when there are none (shown as
+    /// NaN, and failing every target).
+    fn of(values: &[f64]) -> Self {
+        if values.is_empty() {
+            return Self {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        let (min, max) = spread(values);
+        Self {
+            median: median(&mut values.to_vec()),
+            min,
+            max,
+        }
+    }
+
+    /// `median [min–max]`, with `decimals` digits after the point.
+    fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.d$} [{:.d$}–{:.d$}]",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
+    }
+}
+
+/// Run time and run count of one BPF program, since it was loaded or over
+/// a window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ProgStats {
+    id: u64,
+    name: String,
+    ns: u64,
+    runs: u64,
+}
+
+/// The programs among `ids` in `bpftool prog show --json` output.
+fn parse_prog_stats(json: &[u8], ids: &[u64]) -> Result<Vec<ProgStats>> {
+    let progs: Vec<serde_json::Value> =
+        serde_json::from_slice(json).context("bpftool printed no JSON list of programs")?;
     Ok(progs
         .iter()
-        .filter(|p| ids.contains(&p["id"].as_u64().unwrap_or(0)))
-        .map(|p| {
-            (
-                p["name"].as_str().unwrap_or("?").to_string(),
-                p["run_time_ns"].as_u64().unwrap_or(0),
-                p["run_cnt"].as_u64().unwrap_or(0),
-            )
+        .filter_map(|p| {
+            let id = p["id"].as_u64()?;
+            ids.contains(&id).then(|| ProgStats {
+                id,
+                name: p["name"].as_str().unwrap_or("?").to_string(),
+                ns: p["run_time_ns"].as_u64().unwrap_or(0),
+                runs: p["run_cnt"].as_u64().unwrap_or(0),
+            })
         })
         .collect())
 }
 
-fn program_ids() -> Result<Vec<u64>> {
+/// BPF run time and count of the programs `ids`, from bpftool (the kernel
+/// counts them while `kernel.bpf_stats_enabled` is 1).
+fn bpf_stats(ids: &[u64]) -> Result<Vec<ProgStats>> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
-        .output()?;
-    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
-    Ok(progs.iter().filter_map(|p| p["id"].as_u64()).collect())
+        .output()
+        .context("failed to run bpftool")?;
+    parse_prog_stats(&out.stdout, ids)
+}
+
+/// `after` minus `before`, per program id; a program missing from `before`
+/// (loaded in between) counts from zero.
+fn stats_delta(before: &[ProgStats], after: &[ProgStats]) -> Vec<ProgStats> {
+    after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| b.id == a.id);
+            ProgStats {
+                ns: a.ns.saturating_sub(b.map_or(0, |b| b.ns)),
+                runs: a.runs.saturating_sub(b.map_or(0, |b| b.runs)),
+                ..a.clone()
+            }
+        })
+        .collect()
+}
+
+/// The program id in the text of one `/proc/PID/fdinfo/FD`: BPF program
+/// fds and BPF link fds both show `prog_id:`, other fds do not.
+fn prog_id_in_fdinfo(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("prog_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Ids of the BPF programs process `pid` holds through a program or link
+/// fd: a tracer's own programs, whatever else loads programs meanwhile
+/// (diffing the system's program list before and after the start would
+/// count those too). Works for ngx-trace and bpftrace alike, and needs no
+/// bpftool built with pid support.
+fn prog_ids_held_by(pid: u32) -> Result<Vec<u64>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
+        // An fd closed since the listing has no fdinfo any more: skipped.
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        if let Some(id) = prog_id_in_fdinfo(&text)
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// What a tracer's BPF programs cost during one wrk run (or several,
+/// combined).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct BpfSample {
+    /// Requests wrk completed.
+    requests: u64,
+    /// wrk's requests/s.
+    rps: f64,
+    /// Per program, over the run.
+    progs: Vec<ProgStats>,
+}
+
+impl BpfSample {
+    fn total_ns(&self) -> u64 {
+        self.progs.iter().map(|p| p.ns).sum()
+    }
+
+    fn total_runs(&self) -> u64 {
+        self.progs.iter().map(|p| p.runs).sum()
+    }
+
+    /// BPF time per program run, ns, averaged over all programs.
+    fn ns_per_run(&self) -> f64 {
+        self.total_ns() as f64 / self.total_runs().max(1) as f64
+    }
+
+    /// BPF time per request wrk completed, ns.
+    fn ns_per_request(&self) -> f64 {
+        self.total_ns() as f64 / self.requests.max(1) as f64
+    }
+
+    /// Program runs per request wrk completed.
+    fn runs_per_request(&self) -> f64 {
+        self.total_runs() as f64 / self.requests.max(1) as f64
+    }
+
+    /// Several runs as one: requests and each program's time and runs
+    /// summed (programs matched by name: each run loads them anew, under
+    /// new ids), requests/s averaged.
+    fn combine(samples: &[BpfSample]) -> BpfSample {
+        let mut progs: Vec<ProgStats> = Vec::new();
+        for p in samples.iter().flat_map(|s| &s.progs) {
+            match progs.iter_mut().find(|q| q.name == p.name) {
+                Some(q) => {
+                    q.ns += p.ns;
+                    q.runs += p.runs;
+                }
+                None => progs.push(ProgStats { id: 0, ..p.clone() }),
+            }
+        }
+        BpfSample {
+            requests: samples.iter().map(|s| s.requests).sum(),
+            rps: samples.iter().map(|s| s.rps).sum::<f64>() / samples.len().max(1) as f64,
+            progs,
+        }
+    }
+}
+
+/// Median and range of `figure` over `samples`.
+fn spread_of(samples: &[BpfSample], figure: fn(&BpfSample) -> f64) -> Spread {
+    Spread::of(&samples.iter().map(figure).collect::<Vec<_>>())
+}
+
+/// ngx-trace (defaults) and the bpftrace script under the same load, one
+/// sample of each per round.
+#[derive(Default)]
+struct BpfComparison {
+    ngx: Vec<BpfSample>,
+    bpftrace: Vec<BpfSample>,
+}
+
+impl BpfComparison {
+    /// bpftrace's BPF time per proxied request over ngx-trace's, per round:
+    /// how many times less BPF time ngx-trace spends.
+    fn bpftrace_over_ngx(&self) -> Spread {
+        let ratios: Vec<f64> = self
+            .ngx
+            .iter()
+            .zip(&self.bpftrace)
+            .map(|(n, b)| b.ns_per_request() / n.ns_per_request())
+            .collect();
+        Spread::of(&ratios)
+    }
+}
+
+/// `samples`' BPF time per request with its spread, then ns per run and
+/// runs per request (medians): one summary cell.
+fn bpf_cell(samples: &[BpfSample]) -> String {
+    format!(
+        "{} ns ({:.0} ns per run, {:.1} runs per request)",
+        spread_of(samples, BpfSample::ns_per_request).show(0),
+        spread_of(samples, BpfSample::ns_per_run).median,
+        spread_of(samples, BpfSample::runs_per_request).median
+    )
+}
+
+/// Per-program table of `sample`: runs, runs per request, ns per run
+/// (programs that did not run left out).
+fn program_table(sample: &BpfSample) -> String {
+    let rows: Vec<String> = sample
+        .progs
+        .iter()
+        .filter(|p| p.runs > 0)
+        .map(|p| {
+            format!(
+                "| {} | {} | {:.2} | {:.0} |",
+                p.name,
+                p.runs,
+                p.runs as f64 / sample.requests.max(1) as f64,
+                p.ns as f64 / p.runs as f64
+            )
+        })
+        .collect();
+    format!(
+        "| program | runs | runs per request | ns per run |\n| --- | --- | --- | --- |\n{}\n",
+        rows.join("\n")
+    )
+}
+
+/// The BPF-time section of one variant.
+fn write_bpf_comparison(
+    report: &mut String,
+    variant: &str,
+    seconds: u64,
+    comparison: &BpfComparison,
+) -> Result<()> {
+    let rounds = comparison.ngx.len();
+    writeln!(
+        report,
+        "### {variant}\n\n\
+         {rounds} runs of {seconds} s each of ngx-trace (defaults) and of the bpftrace script, in turn.\n\
+         Cells: median [min–max over the runs].\n\n\
+         | tracer | BPF time per proxied request (ns) | program runs per proxied request | ns per program run | req/s |\n\
+         | --- | --- | --- | --- | --- |"
+    )?;
+    for (label, samples) in [
+        (Mode::Default.label(), &comparison.ngx),
+        (Mode::Bpftrace.label(), &comparison.bpftrace),
+    ] {
+        writeln!(
+            report,
+            "| {label} | {} | {} | {} | {:.0} |",
+            spread_of(samples, BpfSample::ns_per_request).show(0),
+            spread_of(samples, BpfSample::runs_per_request).show(1),
+            spread_of(samples, BpfSample::ns_per_run).show(0),
+            spread_of(samples, |s| s.rps).median
+        )?;
+    }
+    let all = BpfSample::combine(&comparison.ngx);
+    writeln!(
+        report,
+        "\nBPF time per proxied request, bpftrace script over ngx-trace (per round): **{}** times.\n\n\
+         ngx-trace (defaults) per program, over its {rounds} runs ({} requests; {} runs, \
+         **{:.0} ns per run** on average, **{:.1} runs** and **{:.0} ns of BPF time per proxied request**):\n\n{}",
+        comparison.bpftrace_over_ngx().show(2),
+        all.requests,
+        all.total_runs(),
+        all.ns_per_run(),
+        all.runs_per_request(),
+        all.ns_per_request(),
+        program_table(&all)
+    )?;
+    Ok(())
+}
+
+/// The section on sockets that are not upstreams.
+fn write_not_upstream(report: &mut String, seconds: u64, sample: &BpfSample) -> Result<()> {
+    writeln!(
+        report,
+        "## BPF time on not-upstream sockets: wrk → back nginx directly, front traced and idle\n\n\
+         ngx-trace (defaults) traces the keepalive variant's front nginx only (`--pid` of its master), \
+         which serves nothing, while `wrk -t2 -c32` drives the back nginx directly on its own port for \
+         {seconds} s: every socket event its hooks see is on a socket that is not an upstream (wrk's and \
+         the back nginx's).\n\n\
+         {:.0} requests/s ({} requests); all programs: {} runs, {} ns of BPF time, \
+         **{:.1} ns per run** on average ({:.1} runs per request served).\n\n{}",
+        sample.rps,
+        sample.requests,
+        sample.total_runs(),
+        sample.total_ns(),
+        sample.ns_per_run(),
+        sample.runs_per_request(),
+        program_table(sample)
+    )?;
+    Ok(())
+}
+
+/// A tracer's own cost over the traced runs of one mode and variant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CostSummary {
+    /// Mean requests/s (exchanges/s) of the runs.
+    rps: f64,
+    /// CPU, % of one core.
+    cpu_pct: f64,
+    /// CPU per 10k exchanges/s, % of one core.
+    cpu_per_10k: f64,
+    /// Peak RSS, MB.
+    rss_mb: f64,
+    /// Lost events, all runs.
+    lost: u64,
+}
+
+fn cost_summary(costs: &[(Mode, &str, TracerCost)], mode: Mode, variant: &str) -> CostSummary {
+    let runs: Vec<&TracerCost> = costs
+        .iter()
+        .filter(|(m, v, _)| *m == mode && *v == variant)
+        .map(|(_, _, c)| c)
+        .collect();
+    let cpu_pct = runs.iter().map(|c| c.cpu_s).sum::<f64>()
+        / runs.iter().map(|c| c.wall_s).sum::<f64>()
+        * 100.0;
+    let rps = runs.iter().map(|c| c.rps).sum::<f64>() / runs.len() as f64;
+    CostSummary {
+        rps,
+        cpu_pct,
+        cpu_per_10k: cpu_pct / (rps / 10_000.0),
+        rss_mb: runs.iter().map(|c| c.rss_kb).max().unwrap_or(0) as f64 / 1024.0,
+        lost: runs.iter().map(|c| c.lost).sum(),
+    }
+}
+
+/// Everything measured for one variant.
+struct VariantResults<'a> {
+    name: &'a str,
+    /// BPF time per proxied request ngx-trace should stay under, ns.
+    bpf_ns_target: f64,
+    /// Throughput ratio to no tracer, per traced mode.
+    throughput: Vec<(Mode, Spread)>,
+    bpf: BpfComparison,
+}
+
+impl VariantResults<'_> {
+    fn throughput(&self, mode: Mode) -> Spread {
+        self.throughput
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map_or(Spread::of(&[]), |(_, s)| *s)
+    }
+}
+
+/// A table row: `label`, then one cell per variant.
+fn row(label: &str, cells: impl Iterator<Item = String>) -> String {
+    format!("| {label} | {} |", cells.collect::<Vec<_>>().join(" | "))
+}
+
+/// The summary table (the README's "Overhead" table, computed).
+fn write_summary(
+    report: &mut String,
+    results: &[VariantResults],
+    costs: &[(Mode, &str, TracerCost)],
+    not_upstream: &BpfSample,
+) -> Result<()> {
+    writeln!(
+        report,
+        "## Summary\n\nMedian [min–max] over the ABBA pairs (throughput) or the runs (BPF time).\n\n{}\n{}",
+        row("", results.iter().map(|r| r.name.to_string())),
+        row("---", results.iter().map(|_| "---".to_string()))
+    )?;
+    for mode in TRACED_MODES {
+        writeln!(
+            report,
+            "{}",
+            row(
+                &format!("throughput, {}", mode.label()),
+                results.iter().map(|r| r.throughput(mode).show(3))
+            )
+        )?;
+    }
+    let cost = |r: &VariantResults, f: fn(&CostSummary) -> String| {
+        format!(
+            "{} / {}",
+            f(&cost_summary(costs, Mode::Default, r.name)),
+            f(&cost_summary(costs, Mode::AllJson, r.name))
+        )
+    };
+    let rows = [
+        row(
+            "BPF time per proxied request, ngx-trace (defaults)",
+            results.iter().map(|r| bpf_cell(&r.bpf.ngx)),
+        ),
+        row(
+            "BPF time per proxied request, bpftrace script",
+            results.iter().map(|r| bpf_cell(&r.bpf.bpftrace)),
+        ),
+        row(
+            "BPF time per request, bpftrace script over ngx-trace",
+            results
+                .iter()
+                .map(|r| format!("{} times", r.bpf.bpftrace_over_ngx().show(2))),
+        ),
+        row(
+            "tracer CPU per 10k exchanges/s (defaults / `--all --json`)",
+            results
+                .iter()
+                .map(|r| cost(r, |c| format!("{:.2}%", c.cpu_per_10k))),
+        ),
+        row(
+            "tracer peak RSS (defaults / `--all --json`)",
+            results
+                .iter()
+                .map(|r| cost(r, |c| format!("{:.1} MB", c.rss_mb))),
+        ),
+        row(
+            "lost events at the top rate (defaults / `--all --json`)",
+            results.iter().map(|r| cost(r, |c| c.lost.to_string())),
+        ),
+    ];
+    writeln!(
+        report,
+        "{}\n\nNot-upstream sockets (wrk → back nginx directly, front traced and idle): \
+         {:.1} ns per program run on average, {:.1} runs per request, at {:.0} requests/s.\n",
+        rows.join("\n"),
+        not_upstream.ns_per_run(),
+        not_upstream.runs_per_request(),
+        not_upstream.rps
+    )?;
+    Ok(())
+}
+
+/// Pairs a throughput median must rest on to count.
+const MIN_PAIRS: usize = 7;
+/// Lowest throughput ratio to no tracer.
+const MIN_THROUGHPUT: f64 = 0.97;
+/// Highest average BPF time per program run on not-upstream sockets, ns.
+const MAX_NOT_UPSTREAM_NS_PER_RUN: f64 = 30.0;
+/// How many times less BPF time per request than the bpftrace script.
+const MIN_BPFTRACE_OVER_NGX: f64 = 3.0;
+
+/// The figures the targets are checked against, for one variant.
+#[derive(Clone, Copy, Debug)]
+struct VariantFigures<'a> {
+    name: &'a str,
+    /// BPF time per proxied request ngx-trace should stay under, ns.
+    bpf_ns_target: f64,
+    /// ngx-trace (defaults) throughput over no tracer's.
+    throughput: Spread,
+    /// ngx-trace (defaults) BPF time per proxied request, ns.
+    bpf_ns_per_request: Spread,
+    /// bpftrace's BPF time per request over ngx-trace's.
+    bpftrace_over_ngx: Spread,
+}
+
+/// The figures the targets are checked against.
+#[derive(Clone, Debug)]
+struct Figures<'a> {
+    /// ABBA pairs behind each throughput ratio.
+    pairs: usize,
+    variants: Vec<VariantFigures<'a>>,
+    /// Average BPF time per program run on not-upstream sockets, ns.
+    not_upstream_ns_per_run: f64,
+    /// Lost events over every ngx-trace run at saturation.
+    lost: u64,
+}
+
+impl<'a> Figures<'a> {
+    fn new(
+        pairs: usize,
+        results: &[VariantResults<'a>],
+        costs: &[(Mode, &str, TracerCost)],
+        not_upstream: &BpfSample,
+    ) -> Self {
+        Self {
+            pairs,
+            variants: results
+                .iter()
+                .map(|r| VariantFigures {
+                    name: r.name,
+                    bpf_ns_target: r.bpf_ns_target,
+                    throughput: r.throughput(Mode::Default),
+                    bpf_ns_per_request: spread_of(&r.bpf.ngx, BpfSample::ns_per_request),
+                    bpftrace_over_ngx: r.bpf.bpftrace_over_ngx(),
+                })
+                .collect(),
+            not_upstream_ns_per_run: not_upstream.ns_per_run(),
+            lost: costs
+                .iter()
+                .filter(|(m, _, _)| matches!(m, Mode::Default | Mode::AllJson))
+                .map(|(_, _, c)| c.lost)
+                .sum(),
+        }
+    }
+}
+
+/// One target, checked against the measured figures.
+#[derive(Clone, Debug, PartialEq)]
+struct Target {
+    goal: String,
+    measured: String,
+    met: bool,
+}
+
+/// The targets of issue 8, each met or missed (a NaN figure misses).
+fn targets(f: &Figures) -> Vec<Target> {
+    let mut list = Vec::new();
+    for v in &f.variants {
+        list.push(Target {
+            goal: format!(
+                "{}: ≤ {} µs of BPF time per proxied request",
+                v.name,
+                v.bpf_ns_target / 1000.0
+            ),
+            measured: format!("{} ns", v.bpf_ns_per_request.show(0)),
+            met: v.bpf_ns_per_request.median <= v.bpf_ns_target,
+        });
+    }
+    list.push(Target {
+        goal: format!(
+            "not-upstream sockets: ≤ {MAX_NOT_UPSTREAM_NS_PER_RUN} ns per program run on average"
+        ),
+        measured: format!("{:.1} ns", f.not_upstream_ns_per_run),
+        met: f.not_upstream_ns_per_run <= MAX_NOT_UPSTREAM_NS_PER_RUN,
+    });
+    for v in &f.variants {
+        list.push(Target {
+            goal: format!(
+                "{}: throughput ≥ {MIN_THROUGHPUT} of no tracer, ngx-trace defaults \
+                 (median of ≥ {MIN_PAIRS} ABBA pairs)",
+                v.name
+            ),
+            measured: format!("{} over {} pairs", v.throughput.show(3), f.pairs),
+            met: v.throughput.median >= MIN_THROUGHPUT && f.pairs >= MIN_PAIRS,
+        });
+    }
+    for v in &f.variants {
+        list.push(Target {
+            goal: format!(
+                "{}: ≥ {MIN_BPFTRACE_OVER_NGX}x less BPF time per proxied request than the bpftrace script",
+                v.name
+            ),
+            measured: format!("{} times", v.bpftrace_over_ngx.show(2)),
+            met: v.bpftrace_over_ngx.median >= MIN_BPFTRACE_OVER_NGX,
+        });
+    }
+    list.push(Target {
+        goal: "no lost events at the top rate (every ngx-trace run at saturation)".to_string(),
+        measured: f.lost.to_string(),
+        met: f.lost == 0,
+    });
+    list
+}
+
+/// The targets section: each target, its figure, met or missed.
+fn write_targets(report: &mut String, targets: &[Target]) -> Result<()> {
+    writeln!(
+        report,
+        "## Targets\n\nChecked against the figures above (medians, spread in brackets).\n\n\
+         | target | measured | |\n| --- | --- | --- |"
+    )?;
+    for t in targets {
+        writeln!(
+            report,
+            "| {} | {} | {} |",
+            t.goal,
+            t.measured,
+            if t.met { "met" } else { "**missed**" }
+        )?;
+    }
+    writeln!(
+        report,
+        "\nMet: {} of {}.",
+        targets.iter().filter(|t| t.met).count(),
+        targets.len()
+    )?;
+    Ok(())
 }
 
 /// Runs the whole benchmark and writes BENCHMARKS.md in `workspace`.
 pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<()> {
+    if pairs == 0 || seconds == 0 {
+        bail!("--pairs and --seconds must be at least 1");
+    }
     let bench = Bench {
         bin: bin.to_path_buf(),
         script: workspace.join("bench/ngx-trace.bt"),
         seconds,
+        pairs,
         dir: TempDir::new("bench"),
     };
     let back = Nginx::start(
         "",
         "location / { access_log {dir}/access.log; return 200 \"ok\\n\"; }",
     );
+    // Name, the BPF time per proxied request ngx-trace should stay under
+    // (ns), and the front nginx.
     let variants = [
         (
             "keepalive",
+            1000.0,
             Nginx::start(
                 &format!(
                     "upstream back {{ server 127.0.0.1:{}; keepalive 64; }}",
@@ -360,6 +1064,7 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
         ),
         (
             "new connection per request",
+            3000.0,
             Nginx::start(
                 "",
                 &format!(
@@ -387,7 +1092,9 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
         report,
         "# ngx-trace benchmarks\n\n\
          Measured {} on {} ({} cores, Linux {}), a shared and noisy machine.\n\
-         Reproduce: `cargo xtask bench` (as root; {pairs} ABBA pairs of {seconds} s wrk runs per mode and variant).\n\n\
+         Reproduce: `cargo xtask bench --pairs {pairs} --seconds {seconds}` (as root; {pairs} ABBA pairs of \
+         {seconds} s wrk runs per mode and variant, then {pairs} runs each of ngx-trace and the bpftrace \
+         script with BPF statistics on per variant, and one on not-upstream sockets).\n\n\
          Setup: a front nginx (2 workers, unprivileged) proxies to a back nginx (`return 200`), both on\n\
          loopback; `wrk -t2 -c32` drives the front. Each tracing mode is compared with no tracer in\n\
          ABBA order (none, traced, traced, none) repeated {pairs} times; a ratio is the traced mean over the\n\
@@ -398,97 +1105,52 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
         kernel.trim()
     )?;
     let mut costs: Vec<(Mode, &str, TracerCost)> = Vec::new();
-    for (variant, front) in &variants {
+    let mut throughputs = Vec::new();
+    for (variant, _, front) in &variants {
         writeln!(report, "## {variant}\n")?;
         writeln!(
             report,
             "| mode | throughput vs none | p99 latency vs none | untraced req/s |"
         )?;
         writeln!(report, "| --- | --- | --- | --- |")?;
-        for mode in [Mode::Default, Mode::AllJson, Mode::Bpftrace] {
-            let (mut thr, mut p99, mut base) = (Vec::new(), Vec::new(), Vec::new());
-            for pair in 0..pairs {
-                eprintln!(
-                    "xtask bench: {variant}, {} pair {}/{pairs}",
-                    mode.label(),
-                    pair + 1
-                );
-                let (a1, _) = bench.run(Mode::None, front)?;
-                let (b1, c1) = bench.run(mode, front)?;
-                let (b2, c2) = bench.run(mode, front)?;
-                let (a2, _) = bench.run(Mode::None, front)?;
-                let none_rps = (a1.rps + a2.rps) / 2.0;
-                thr.push((b1.rps + b2.rps) / 2.0 / none_rps);
-                p99.push((b1.p99_us + b2.p99_us) / (a1.p99_us + a2.p99_us));
-                base.push(none_rps);
-                costs.push((mode, variant, c1));
-                costs.push((mode, variant, c2));
-            }
-            let (tmin, tmax) = spread(&thr);
-            let (pmin, pmax) = spread(&p99);
+        let mut rows = Vec::new();
+        for mode in TRACED_MODES {
+            let abba = bench.abba(variant, front, mode)?;
             writeln!(
                 report,
-                "| {} | {:.3} [{tmin:.3}–{tmax:.3}] | {:.3} [{pmin:.3}–{pmax:.3}] | {:.0} |",
+                "| {} | {} | {} | {:.0} |",
                 mode.label(),
-                median(&mut thr),
-                median(&mut p99),
-                median(&mut base)
+                abba.throughput.show(3),
+                abba.p99.show(3),
+                abba.untraced_rps
             )?;
+            costs.extend(abba.costs.iter().map(|c| (mode, *variant, *c)));
+            rows.push((mode, abba.throughput));
         }
+        throughputs.push(rows);
         writeln!(report)?;
     }
 
     // BPF time per proxied request, with the kernel's BPF statistics on.
     writeln!(
         report,
-        "## BPF time per proxied request (BPF_ENABLE_STATS)\n"
+        "## BPF time per proxied request (BPF_ENABLE_STATS)\n\n\
+         A tracer's programs are those its process holds (BPF program and link fds, from\n\
+         /proc/PID/fdinfo); run time and run count from `bpftool prog show` over the wrk run.\n"
     )?;
-    for (variant, front) in &variants {
-        let before = program_ids()?;
-        // Declared before the tracer, so that on a failure the tracer is
-        // stopped first and the sysctl restored then, as below.
-        let mut stats_enabled = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
-        let tracer = bench.start(Mode::Default, front)?;
-        let ours: Vec<u64> = program_ids()?
-            .into_iter()
-            .filter(|id| !before.contains(id))
-            .collect();
-        let stats0 = bpf_stats(&ours)?;
-        let load = wrk(front.port(), seconds)?;
-        let stats1 = bpf_stats(&ours)?;
-        if let Some(mut tracer) = tracer {
-            tracer.stop();
-        }
-        stats_enabled.restore()?;
-        let requests = load.rps * seconds as f64;
-        let mut rows = Vec::new();
-        let (mut total_ns, mut total_runs) = (0u64, 0u64);
-        for (name, ns1, runs1) in &stats1 {
-            let (ns0, runs0) = stats0
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .map_or((0, 0), |(_, ns, r)| (*ns, *r));
-            let (ns, runs) = (ns1 - ns0, runs1 - runs0);
-            total_ns += ns;
-            total_runs += runs;
-            if runs > 0 {
-                rows.push(format!(
-                    "| {name} | {runs} | {:.0} |",
-                    ns as f64 / runs as f64
-                ));
-            }
-        }
-        writeln!(
-            report,
-            "### {variant}\n\n{:.0} requests in {seconds} s; all programs: {total_runs} runs, \
-             **{:.0} ns per run** on average, **{:.0} ns of BPF time per proxied request**.\n\n\
-             | program | runs | ns per run |\n| --- | --- | --- |\n{}\n",
-            requests,
-            total_ns as f64 / total_runs.max(1) as f64,
-            total_ns as f64 / requests.max(1.0),
-            rows.join("\n")
-        )?;
+    let mut results = Vec::new();
+    for ((variant, bpf_ns_target, front), throughput) in variants.iter().zip(throughputs) {
+        let bpf = bench.bpf_comparison(variant, front)?;
+        write_bpf_comparison(&mut report, variant, seconds, &bpf)?;
+        results.push(VariantResults {
+            name: variant,
+            bpf_ns_target: *bpf_ns_target,
+            throughput,
+            bpf,
+        });
     }
+    let not_upstream = bench.not_upstream(&variants[0].2, &back)?;
+    write_not_upstream(&mut report, seconds, &not_upstream)?;
 
     writeln!(report, "## The tracer itself\n")?;
     writeln!(
@@ -496,25 +1158,18 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
         "| mode | variant | exchanges/s | CPU (% of one core) | CPU per 10k exchanges/s | peak RSS | lost events |"
     )?;
     writeln!(report, "| --- | --- | --- | --- | --- | --- | --- |")?;
-    for mode in [Mode::Default, Mode::AllJson, Mode::Bpftrace] {
-        for (variant, _) in &variants {
-            let runs: Vec<&TracerCost> = costs
-                .iter()
-                .filter(|(m, v, _)| *m == mode && v == variant)
-                .map(|(_, _, c)| c)
-                .collect();
-            let cpu: f64 = runs.iter().map(|c| c.cpu_s).sum::<f64>()
-                / runs.iter().map(|c| c.wall_s).sum::<f64>()
-                * 100.0;
-            let rps: f64 = runs.iter().map(|c| c.rps).sum::<f64>() / runs.len() as f64;
-            let rss = runs.iter().map(|c| c.rss_kb).max().unwrap_or(0);
-            let lost: u64 = runs.iter().map(|c| c.lost).sum();
+    for mode in TRACED_MODES {
+        for (variant, _, _) in &variants {
+            let c = cost_summary(&costs, mode, variant);
             writeln!(
                 report,
-                "| {} | {variant} | {rps:.0} | {cpu:.1}% | {:.2}% | {:.1} MB | {lost} |",
+                "| {} | {variant} | {:.0} | {:.1}% | {:.2}% | {:.1} MB | {} |",
                 mode.label(),
-                cpu / (rps / 10_000.0),
-                rss as f64 / 1024.0
+                c.rps,
+                c.cpu_pct,
+                c.cpu_per_10k,
+                c.rss_mb,
+                c.lost
             )?;
         }
     }
@@ -533,18 +1188,17 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
             attach.push(ms);
         }
     }
-    let (amin, amax) = spread(&attach);
     writeln!(
         report,
-        "## Attach time\n\nLoad and attach of all programs (`ngx-trace --check`, 5 runs): median {:.0} ms [{amin:.0}–{amax:.0}].\n",
-        median(&mut attach)
+        "## Attach time\n\nLoad and attach of all programs (`ngx-trace --check`, 5 runs): median {} ms.\n",
+        Spread::of(&attach).show(0)
     )?;
 
     // Flood: freeze the reader so the ring buffer overfills; every exchange
     // the back nginx served must be either reported or counted as lost. New
     // connections per request, so that no exchange runs on a connection
     // opened before this tracer started (its first exchange would be unseen).
-    let (_, front) = &variants[1];
+    let (_, _, front) = &variants[1];
     let access = back.dir().join("access.log");
     let served_before = std::fs::read_to_string(&access)
         .unwrap_or_default()
@@ -594,8 +1248,372 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
             "!= served"
         }
     )?;
+
+    write_summary(&mut report, &results, &costs, &not_upstream)?;
+    write_targets(
+        &mut report,
+        &targets(&Figures::new(pairs, &results, &costs, &not_upstream)),
+    )?;
     std::fs::write(workspace.join("BENCHMARKS.md"), &report)?;
     eprintln!("xtask bench: wrote BENCHMARKS.md");
     print!("{report}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 3s test @ http://127.0.0.1:8080/
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   612.34us  300.12us   8.00ms   90.00%
+    Req/Sec    26.50k     1.20k   28.00k    70.00%
+  Latency Distribution
+     50%  560.00us
+     75%  700.00us
+     90%  900.00us
+     99%    1.50ms
+  158346 requests in 3.00s, 23.01MB read
+Requests/sec:  52764.12
+Transfer/sec:      7.67MB
+";
+
+    fn prog(id: u64, name: &str, ns: u64, runs: u64) -> ProgStats {
+        ProgStats {
+            id,
+            name: name.to_string(),
+            ns,
+            runs,
+        }
+    }
+
+    fn sample(requests: u64, progs: Vec<ProgStats>) -> BpfSample {
+        BpfSample {
+            requests,
+            rps: requests as f64 / 3.0,
+            progs,
+        }
+    }
+
+    #[test]
+    fn wrk_output_gives_rate_p99_and_request_count() {
+        let load = parse_wrk(WRK).unwrap();
+        assert_eq!(load.requests, 158_346);
+        assert!((load.rps - 52_764.12).abs() < 1e-6);
+        assert!((load.p99_us - 1500.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn wrk_errors_or_missing_figures_fail() {
+        let errors = WRK.replace(
+            "Requests/sec",
+            "  Non-2xx or 3xx responses: 3\nRequests/sec",
+        );
+        assert!(parse_wrk(&errors).is_err());
+        assert!(parse_wrk(&WRK.replace(" requests in ", " reqs in ")).is_err());
+        assert!(parse_wrk("").is_err());
+    }
+
+    #[test]
+    fn durations_in_any_wrk_unit() {
+        assert_eq!(parse_duration_us("850.00us"), Some(850.0));
+        assert_eq!(parse_duration_us("1.50ms"), Some(1500.0));
+        assert_eq!(parse_duration_us("2.00s"), Some(2e6));
+        assert_eq!(parse_duration_us("3m"), None);
+    }
+
+    #[test]
+    fn prog_id_from_program_and_link_fdinfo_only() {
+        let prog = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nprog_type:\t5\nprog_jited:\t1\n\
+                    prog_tag:\ta04f5eef06a7f555\nmemlock:\t4096\nprog_id:\t42\nrun_time_ns:\t0\n\
+                    run_cnt:\t0\nrecursion_misses:\t0\nverified_insns:\t20\n";
+        let link = "pos:\t0\nflags:\t02000000\nmnt_id:\t15\nlink_type:\traw_tracepoint\n\
+                    link_id:\t7\nprog_tag:\ta04f5eef06a7f555\nprog_id:\t43\ntp_name:\tsock_send_length\n";
+        let map = "pos:\t0\nflags:\t02000002\nmap_type:\t27\nkey_size:\t0\nmap_id:\t5\n";
+        let file = "pos:\t0\nflags:\t0100002\nmnt_id:\t25\nino:\t1234\n";
+        assert_eq!(prog_id_in_fdinfo(prog), Some(42));
+        assert_eq!(prog_id_in_fdinfo(link), Some(43));
+        assert_eq!(prog_id_in_fdinfo(map), None);
+        assert_eq!(prog_id_in_fdinfo(file), None);
+    }
+
+    #[test]
+    fn own_process_holds_no_bpf_program() {
+        assert_eq!(
+            prog_ids_held_by(std::process::id()).unwrap(),
+            Vec::<u64>::new()
+        );
+    }
+
+    #[test]
+    fn bpftool_json_filtered_by_id() {
+        let json = br#"[{"id":3,"type":"tracepoint","name":"other","run_time_ns":9,"run_cnt":1},
+            {"id":7,"type":"tracepoint","name":"sock_send_length","run_time_ns":2000,"run_cnt":10},
+            {"id":8,"type":"tracing","name":"tcp_probe"}]"#;
+        assert_eq!(
+            parse_prog_stats(json, &[7, 8]).unwrap(),
+            vec![
+                prog(7, "sock_send_length", 2000, 10),
+                prog(8, "tcp_probe", 0, 0)
+            ]
+        );
+        assert!(parse_prog_stats(b"Error: no JSON", &[7]).is_err());
+    }
+
+    #[test]
+    fn delta_per_id_and_late_programs_from_zero() {
+        let before = [prog(1, "a", 100, 10), prog(2, "a", 50, 5)];
+        let after = [
+            prog(1, "a", 400, 20),
+            prog(2, "a", 50, 5),
+            prog(3, "b", 70, 7),
+        ];
+        assert_eq!(
+            stats_delta(&before, &after),
+            vec![
+                prog(1, "a", 300, 10),
+                prog(2, "a", 0, 0),
+                prog(3, "b", 70, 7)
+            ]
+        );
+    }
+
+    #[test]
+    fn sample_figures() {
+        let s = sample(
+            1000,
+            vec![prog(1, "a", 30_000, 150), prog(2, "b", 10_000, 50)],
+        );
+        assert_eq!((s.total_ns(), s.total_runs()), (40_000, 200));
+        assert_eq!(s.ns_per_run(), 200.0);
+        assert_eq!(s.ns_per_request(), 40.0);
+        assert_eq!(s.runs_per_request(), 0.2);
+        // No division by zero.
+        assert_eq!(BpfSample::default().ns_per_run(), 0.0);
+        assert_eq!(BpfSample::default().runs_per_request(), 0.0);
+    }
+
+    #[test]
+    fn combine_sums_by_name_across_runs() {
+        let a = sample(100, vec![prog(1, "x", 10, 1), prog(2, "y", 20, 2)]);
+        let b = sample(300, vec![prog(9, "y", 30, 3), prog(8, "z", 40, 4)]);
+        let all = BpfSample::combine(&[a, b]);
+        assert_eq!(all.requests, 400);
+        assert_eq!(all.rps, 400.0 / 3.0 / 2.0);
+        assert_eq!(
+            all.progs,
+            vec![
+                prog(0, "x", 10, 1),
+                prog(0, "y", 50, 5),
+                prog(0, "z", 40, 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn program_table_leaves_out_idle_programs() {
+        let table = program_table(&sample(
+            10,
+            vec![prog(1, "busy", 2000, 20), prog(2, "idle", 0, 0)],
+        ));
+        assert!(table.contains("| busy | 20 | 2.00 | 100 |"), "{table}");
+        assert!(!table.contains("idle"), "{table}");
+    }
+
+    #[test]
+    fn spread_median_range_and_empty() {
+        let s = Spread::of(&[3.0, 1.0, 2.0, 5.0, 4.0]);
+        assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 5.0));
+        assert_eq!(s.show(1), "3.0 [1.0–5.0]");
+        assert!(Spread::of(&[]).median.is_nan());
+    }
+
+    #[test]
+    fn bpftrace_over_ngx_per_round() {
+        let ngx = |ns| sample(1000, vec![prog(1, "a", ns, 10)]);
+        let c = BpfComparison {
+            ngx: vec![ngx(1000), ngx(2000), ngx(4000)],
+            bpftrace: vec![ngx(3000), ngx(2000), ngx(20_000)],
+        };
+        let r = c.bpftrace_over_ngx();
+        assert_eq!((r.median, r.min, r.max), (3.0, 1.0, 5.0));
+    }
+
+    #[test]
+    fn tracer_cost_over_runs_of_one_mode_and_variant() {
+        let run = |cpu_s, rss_kb, lost, rps| TracerCost {
+            cpu_s,
+            wall_s: 5.0,
+            rss_kb,
+            lost,
+            rps,
+        };
+        let costs = [
+            (Mode::Default, "keepalive", run(0.1, 1024, 0, 40_000.0)),
+            (Mode::Default, "keepalive", run(0.3, 2048, 2, 60_000.0)),
+            (Mode::AllJson, "keepalive", run(5.0, 9999, 9, 1.0)),
+            (Mode::Default, "new", run(5.0, 9999, 9, 1.0)),
+        ];
+        let c = cost_summary(&costs, Mode::Default, "keepalive");
+        assert_eq!(c.rps, 50_000.0);
+        assert!((c.cpu_pct - 4.0).abs() < 1e-9);
+        assert!((c.cpu_per_10k - 0.8).abs() < 1e-9);
+        assert_eq!((c.rss_mb, c.lost), (2.0, 2));
+    }
+
+    fn point(v: f64) -> Spread {
+        Spread {
+            median: v,
+            min: v,
+            max: v,
+        }
+    }
+
+    fn figures(ns_keepalive: f64, throughput: f64, ratio: f64, pairs: usize) -> Figures<'static> {
+        let variant = |name, target, ns| VariantFigures {
+            name,
+            bpf_ns_target: target,
+            throughput: point(throughput),
+            bpf_ns_per_request: point(ns),
+            bpftrace_over_ngx: point(ratio),
+        };
+        Figures {
+            pairs,
+            variants: vec![
+                variant("keepalive", 1000.0, ns_keepalive),
+                variant("new connection per request", 3000.0, 2999.0),
+            ],
+            not_upstream_ns_per_run: 30.0,
+            lost: 0,
+        }
+    }
+
+    fn missed(f: &Figures) -> Vec<String> {
+        targets(f)
+            .into_iter()
+            .filter(|t| !t.met)
+            .map(|t| t.goal)
+            .collect()
+    }
+
+    #[test]
+    fn every_target_met_at_its_bound() {
+        let f = figures(1000.0, 0.97, 3.0, 7);
+        let list = targets(&f);
+        assert_eq!(list.len(), 8);
+        assert!(list.iter().all(|t| t.met), "{list:#?}");
+        assert_eq!(
+            list[0].goal,
+            "keepalive: ≤ 1 µs of BPF time per proxied request"
+        );
+        assert_eq!(list[0].measured, "1000 [1000–1000] ns");
+        assert_eq!(
+            list[1].goal,
+            "new connection per request: ≤ 3 µs of BPF time per proxied request"
+        );
+    }
+
+    #[test]
+    fn each_target_missed_past_its_bound() {
+        assert_eq!(
+            missed(&figures(1000.5, 0.97, 3.0, 7)),
+            ["keepalive: ≤ 1 µs of BPF time per proxied request"]
+        );
+        assert_eq!(missed(&figures(1000.0, 0.969, 3.0, 7)).len(), 2);
+        assert_eq!(missed(&figures(1000.0, 0.97, 2.99, 7)).len(), 2);
+        let mut f = figures(1000.0, 0.97, 3.0, 7);
+        f.not_upstream_ns_per_run = 30.1;
+        f.lost = 1;
+        assert_eq!(missed(&f).len(), 2);
+    }
+
+    #[test]
+    fn throughput_needs_seven_pairs() {
+        let m = missed(&figures(500.0, 0.99, 5.0, 5));
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m.iter().all(|g| g.contains("throughput")));
+    }
+
+    #[test]
+    fn unmeasured_figures_miss() {
+        let mut f = figures(f64::NAN, f64::NAN, f64::NAN, 7);
+        f.not_upstream_ns_per_run = f64::NAN;
+        assert_eq!(missed(&f).len(), 6);
+    }
+
+    #[test]
+    fn targets_section_counts_met() {
+        let mut report = String::new();
+        write_targets(&mut report, &targets(&figures(2000.0, 0.9, 1.0, 7))).unwrap();
+        assert!(report.contains("| --- | --- | --- |"), "{report}");
+        assert!(report.contains("**missed**"), "{report}");
+        assert!(report.ends_with("Met: 3 of 8.\n"), "{report}");
+    }
+
+    #[test]
+    fn lost_counts_in_json_and_text() {
+        let dir = TempDir::new("bench-lost");
+        let path = dir.path().join("out");
+        std::fs::write(
+            &path,
+            "{\"event\":\"lost\",\"count\":3}\n{\"event\":\"upstream\"}\nlost 4 events\nupstream 1\n",
+        )
+        .unwrap();
+        assert_eq!(lost_in(&path), 7);
+    }
+
+    #[test]
+    fn bpf_and_summary_sections_render() {
+        let run = |ns, runs| sample(3000, vec![prog(1, "tcp_probe", ns, runs)]);
+        let comparison = BpfComparison {
+            ngx: vec![run(3_000_000, 60_000), run(3_300_000, 60_000)],
+            bpftrace: vec![run(9_000_000, 90_000), run(9_900_000, 90_000)],
+        };
+        let mut report = String::new();
+        write_bpf_comparison(&mut report, "keepalive", 3, &comparison).unwrap();
+        assert!(
+            report.contains(
+                "| ngx-trace (defaults) | 1100 [1000–1100] | 20.0 [20.0–20.0] | 55 [50–55] | 1000 |"
+            ),
+            "{report}"
+        );
+        assert!(report.contains("**3.00 [3.00–3.00]** times"), "{report}");
+        assert!(
+            report.contains("| tcp_probe | 120000 | 20.00 | 52 |"),
+            "{report}"
+        );
+        let not_upstream = run(900_000, 30_000);
+        write_not_upstream(&mut report, 3, &not_upstream).unwrap();
+        assert!(report.contains("**30.0 ns per run**"), "{report}");
+        let results = [VariantResults {
+            name: "keepalive",
+            bpf_ns_target: 1000.0,
+            throughput: vec![(Mode::Default, point(0.9))],
+            bpf: comparison,
+        }];
+        let cost = TracerCost {
+            cpu_s: 0.1,
+            wall_s: 5.0,
+            rss_kb: 25_000,
+            lost: 0,
+            rps: 40_000.0,
+        };
+        let costs = [
+            (Mode::Default, "keepalive", cost),
+            (Mode::AllJson, "keepalive", cost),
+        ];
+        write_summary(&mut report, &results, &costs, &not_upstream).unwrap();
+        let f = Figures::new(7, &results, &costs, &not_upstream);
+        write_targets(&mut report, &targets(&f)).unwrap();
+        assert!(
+            report.contains("| BPF time per proxied request, ngx-trace (defaults) | 1100 [1000–1100] ns (55 ns per run, 20.0 runs per request) |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| throughput, bpftrace script | NaN [NaN–NaN] |"),
+            "{report}"
+        );
+        assert!(report.ends_with("Met: 3 of 5.\n"), "{report}");
+    }
 }
