@@ -279,14 +279,6 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
         btf: true,
     },
-    ProgramSpec {
-        program: "tcp_probe",
-        category: "tcp",
-        tracepoint: "tcp_probe",
-        purpose: "see the request acknowledged, and the smoothed RTT",
-        optional: false,
-        btf: true,
-    },
 ];
 
 /// Tracepoint field offsets, read from tracefs `format` files at start-up
@@ -332,8 +324,9 @@ pub struct StructOffsets {
     pub tcp_snd_nxt: u32,
     /// `struct tcp_sock.srtt_us` (u32): smoothed RTT << 3, µs.
     pub tcp_srtt_us: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `struct tcp_sock.delivered_mstamp` (u64): when new data was last
+    /// acknowledged, µs on the monotonic clock.
+    pub tcp_delivered_mstamp: u32,
 }
 
 /// Configuration set by user space before the programs load.
@@ -443,9 +436,6 @@ pub struct Exchange {
     pub resp_last_read_ns: u64,
     /// When the exchange ended.
     pub end_ns: u64,
-    /// Last segment from the upstream that found sent data unacknowledged
-    /// (TCP): on loopback the ACK of a write arrives before the write returns.
-    pub ack_hint_ns: u64,
     /// Worker process id.
     pub tgid: u32,
     /// How it ended: an [`End`] code (0 while in flight).
@@ -483,7 +473,6 @@ impl Exchange {
             resp_first_read_ns: 0,
             resp_last_read_ns: 0,
             end_ns: 0,
-            ack_hint_ns: 0,
             tgid,
             end: 0,
             errno: 0,
@@ -555,8 +544,8 @@ const _: () = assert!(core::mem::size_of::<StructOffsets>() == 16);
 const _: () = assert!(core::mem::size_of::<Config>() == 88);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 120);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
-const _: () = assert!(core::mem::size_of::<Exchange>() == 232);
-const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 240);
+const _: () = assert!(core::mem::size_of::<Exchange>() == 224);
+const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 232);
 const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<ClientGoneRecord>() == 24);
 

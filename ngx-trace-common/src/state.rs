@@ -183,11 +183,10 @@ impl Exchange {
 
     /// The worker wrote request bytes at `now`: the first ones of an
     /// exchange (after a response, a new exchange on the same connection),
-    /// or more of the same request.
+    /// or more of the same request. Its acknowledgement is read later from
+    /// the connection's TCP state ([`Exchange::tcp_state_seen`]).
     #[inline(always)]
     pub fn request_written(&mut self, now: u64) {
-        // Anything from the upstream after this instant answers this write.
-        let before = max(self.start_ns, max(self.req_last_ns, self.resp_last_read_ns));
         if self.is_in(Phase::Idle) {
             self.req_first_ns = now;
         } else if self.is_in(Phase::Receiving) {
@@ -206,9 +205,7 @@ impl Exchange {
             self.index += 1;
         }
         self.req_last_ns = now;
-        // An ACK that came while the write still ran (loopback) acknowledged
-        // it; otherwise a later segment will.
-        self.acked_ns = if self.ack_hint_ns > before { now } else { 0 };
+        self.acked_ns = 0;
         self.phase = Phase::Sending.code();
     }
 
@@ -314,18 +311,18 @@ impl Exchange {
         }
     }
 
-    /// A segment from the upstream arrived at `now`, finding sent data
-    /// unacknowledged (`unacked`: `snd_una != snd_nxt` before its ACK is
-    /// processed) or not, with the smoothed RTT `srtt_us`. The last segment
-    /// finding the request unacknowledged is the one that acknowledged it.
+    /// The connection's TCP state, read at an event of this exchange (the
+    /// first response byte arriving, or its end): whether everything
+    /// written is acknowledged (`all_acked`: `snd_una == snd_nxt`), when
+    /// new data was last acknowledged (`delivered_ns`: `delivered_mstamp`),
+    /// and the smoothed RTT. The request counts as acknowledged at that
+    /// acknowledgement, or at its last byte written if the ACK came while
+    /// the write still ran (loopback).
     #[inline(always)]
-    pub fn segment_received(&mut self, unacked: bool, srtt_us: u32, now: u64) {
+    pub fn tcp_state_seen(&mut self, all_acked: bool, delivered_ns: u64, srtt_us: u32) {
         self.srtt_us = srtt_us;
-        if unacked {
-            self.ack_hint_ns = now;
-            if self.is_in(Phase::Sending) {
-                self.acked_ns = now;
-            }
+        if all_acked && self.acked_ns == 0 && !self.is_in(Phase::Idle) && self.req_last_ns != 0 {
+            self.acked_ns = max(delivered_ns, self.req_last_ns);
         }
     }
 
@@ -442,7 +439,7 @@ mod tests {
         let mut e = connected();
         let t = e.start_ns + 200_000;
         e.request_written(t);
-        e.segment_received(true, 30, t + 40_000);
+        e.tcp_state_seen(true, t + 40_000, 30);
         e.response_read(200, t + MS);
         e.retransmits = 2;
         // The next request on the same connection.
@@ -469,33 +466,36 @@ mod tests {
 
     #[test]
     fn an_ack_during_the_write_acknowledges_it_at_once() {
-        // Loopback: the ACK arrives inside the write, before the write's hook.
+        // Loopback: the ACK is processed inside the write, before the
+        // write's hook runs: acknowledged at the last byte written.
         let mut e = connected();
         let t = e.start_ns + 200_000;
-        e.segment_received(true, 20, t - 1_000);
         e.request_written(t);
-        assert_eq!(e.acked_ns, t, "acknowledged during the write");
-        // On a reused connection, a segment from before the last response
-        // was read answers the previous exchange, not this write.
-        e.response_read(10, t + MS);
-        e.segment_received(true, 20, t + MS - 1_000);
-        let next = t + 2 * MS;
-        e.request_written(next);
-        assert_eq!(e.acked_ns, 0, "not acknowledged yet");
-        e.segment_received(true, 20, next + 30_000);
-        assert_eq!(e.acked_ns, next + 30_000);
+        e.tcp_state_seen(true, t - 1_000, 20);
+        assert_eq!(e.acked_ns, t);
+        assert_eq!(e.srtt_us, 20);
     }
 
     #[test]
-    fn the_last_segment_finding_the_request_unacked_acknowledged_it() {
+    fn a_later_ack_is_timed_and_a_reused_exchange_waits_for_its_own() {
         let mut e = connected();
         let t = e.start_ns + 200_000;
         e.request_written(t);
-        assert_eq!(e.acked_ns, 0);
-        e.segment_received(true, 25, t + 210 * MS);
-        e.segment_received(false, 27, t + 300 * MS);
+        e.tcp_state_seen(false, 0, 25);
+        assert_eq!(e.acked_ns, 0, "data still unacknowledged");
+        e.tcp_state_seen(true, t + 210 * MS, 27);
         assert_eq!(e.acked_ns, t + 210 * MS);
-        assert_eq!(e.srtt_us, 27);
+        e.tcp_state_seen(true, t + 300 * MS, 27);
+        assert_eq!(e.acked_ns, t + 210 * MS, "the first time it was seen acked");
+        e.response_read(10, t + 301 * MS);
+        let next = t + 400 * MS;
+        e.request_written(next);
+        assert_eq!(e.acked_ns, 0, "the next request is not acknowledged yet");
+        e.tcp_state_seen(true, next + 30_000, 27);
+        assert_eq!(e.acked_ns, next + 30_000);
+        let mut idle = connected();
+        idle.tcp_state_seen(true, 5, 27);
+        assert_eq!(idle.acked_ns, 0, "nothing asked, nothing acknowledged");
     }
 
     #[test]

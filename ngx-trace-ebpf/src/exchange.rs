@@ -18,6 +18,7 @@ use crate::{
     maps::{CONNS, FD_CONNS, UNIX_BIND, count_lost, fd_key},
     record::{apply, clear_giveup, emit},
     sock_mark::{clear_unix_bind_hint, mark, unix_bind_hinted, upstream_state},
+    tcp_sock,
 };
 
 /// The connection of `sk` for a worker writing to it: a known one, or the
@@ -94,7 +95,12 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
     let Some(state) = upstream_state(sk) else {
         return 0;
     };
+    let first = unsafe { (*state).resp_kernel_ns } == 0;
     unsafe { (*state).data_arrived(bpf_ktime_get_ns()) };
+    if first && unsafe { (*state).resp_kernel_ns } != 0 {
+        // The answer is here: was the request acknowledged, and when?
+        tcp_sock::refresh(state, sk);
+    }
     0
 }
 

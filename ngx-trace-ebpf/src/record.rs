@@ -9,7 +9,10 @@ use ngx_trace_common::{
     RECORD_CLIENT_GONE, RECORD_UPSTREAM, UpstreamRecord,
 };
 
-use crate::maps::{EVENTS, GIVEUP, GiveUp, count_lost, forget};
+use crate::{
+    maps::{EVENTS, GIVEUP, GiveUp, count_lost, forget},
+    tcp_sock,
+};
 
 /// Unread bytes from which an answered exchange wakes the reader anyway, so
 /// the ring never fills between the reader's periodic drains.
@@ -58,6 +61,8 @@ pub fn apply(sk: u64, state: *mut Exchange, next: Next) {
         Next::Keep => {}
         Next::Forget => forget(sk, state),
         Next::Finish(ending) => {
+            // The request's acknowledgement, as of its end.
+            tcp_sock::refresh(state, sk);
             emit(state, ending);
             forget(sk, state);
         }

@@ -1,21 +1,22 @@
 //! TCP upstream sockets: the handshake and its outcome (done, refused,
 //! unreachable, abandoned by nginx), resets and errors once established,
-//! retransmissions, and what incoming segments say (acknowledgement, RTT).
+//! retransmissions.
 //!
 //! These hooks fire for every TCP socket on the host; anything that is not
 //! an upstream socket of a worker leaves after one map lookup.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use ngx_trace_common::LOST_MAP_FULL;
 
 use crate::{
-    config::{config, offset},
+    config::offset,
     maps::{CONNECTS, CONNS, FD_CONNS, LAST_CLOSED, count_lost, fd_key, forget},
     record::{apply, client_gone, emit},
     sock_mark::{mark, upstream_state},
+    tcp_sock,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -102,6 +103,7 @@ fn try_error_report(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let error = unsafe { ctx.read_at::<i32>(offset!(error_report_error)) }?.unsigned_abs();
     let ending = unsafe { (*state).socket_error(error, bpf_ktime_get_ns()) };
+    tcp_sock::refresh(state, sk);
     emit(state, ending);
     forget(sk, state);
     Ok(())
@@ -134,32 +136,6 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     } else {
         unsafe { (*state).retransmits += 1 };
     }
-    0
-}
-
-/// Every segment from an upstream: its RTT, and when the request was
-/// acknowledged. The hook runs before the segment's ACK is processed, so
-/// `snd_una` is still the old one: a segment finding sent data
-/// unacknowledged is the latest candidate for the acknowledgement; the last
-/// such one before the answer is it. (A segment arriving during the write
-/// itself, as on loopback, is kept as a hint for `sock_send_length`.)
-/// Arguments: `(sk, skb)`; the fields come from `struct tcp_sock` at
-/// offsets user space read from the kernel's BTF.
-#[btf_tracepoint(function = "tcp_probe")]
-pub fn tcp_probe(ctx: BtfTracePointContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
-    let Some(state) = upstream_state(sk) else {
-        return 0;
-    };
-    let field = |offset: u32| unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const u32) };
-    let (Ok(snd_nxt), Ok(snd_una), Ok(srtt)) = (
-        field(config!(structs.tcp_snd_nxt)),
-        field(config!(structs.tcp_snd_una)),
-        field(config!(structs.tcp_srtt_us)),
-    ) else {
-        return 0;
-    };
-    unsafe { (*state).segment_received(snd_una != snd_nxt, srtt >> 3, bpf_ktime_get_ns()) };
     0
 }
 

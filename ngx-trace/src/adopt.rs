@@ -5,91 +5,17 @@
 //! kernel then follows each from its next event, with no hook left running
 //! for every read on the host to find them.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     fs,
     os::fd::{FromRawFd as _, OwnedFd},
 };
 
-use ngx_trace_common::{AF_INET, AF_INET6, MARK_ADOPT, SockMark, UpstreamAddr};
+use ngx_trace_common::{AF_INET, AF_INET6, MARK_ADOPT, SockMark};
 
-use crate::kernel::Kernel;
-
-/// An established TCP connection as `/proc/net/tcp{,6}` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Established {
-    /// Local port.
-    pub local_port: u16,
-    /// The peer.
-    pub remote: UpstreamAddr,
-    /// The socket's inode (the `socket:[N]` a process's fd links to).
-    pub inode: u64,
-}
-
-const TCP_ESTABLISHED: &str = "01";
-
-/// An address column (`0100007F:1F90`) of `/proc/net/tcp` (`family`
-/// AF_INET) or `/proc/net/tcp6` (AF_INET6): the kernel prints each 32-bit
-/// word of the address as a number in host order.
-fn parse_addr(column: &str, family: u16) -> Option<UpstreamAddr> {
-    let (hex, port) = column.split_once(':')?;
-    let mut addr = UpstreamAddr::ZERO;
-    addr.family = family;
-    addr.port_be = u16::from_str_radix(port, 16).ok()?.to_be();
-    let words = match family {
-        AF_INET => 1,
-        AF_INET6 => 4,
-        _ => return None,
-    };
-    if hex.len() != words * 8 {
-        return None;
-    }
-    for w in 0..words {
-        let word = u32::from_str_radix(hex.get(w * 8..w * 8 + 8)?, 16).ok()?;
-        addr.data[w * 4..w * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-    }
-    Some(addr)
-}
-
-/// The established connections in the text of `/proc/net/tcp` (`family`
-/// AF_INET) or `/proc/net/tcp6` (AF_INET6); lines that do not parse are
-/// skipped.
-pub fn parse_established(text: &str, family: u16) -> Vec<Established> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.get(3) != Some(&TCP_ESTABLISHED) {
-                return None;
-            }
-            let local = parse_addr(cols.get(1)?, family)?;
-            Some(Established {
-                local_port: u16::from_be(local.port_be),
-                remote: parse_addr(cols.get(2)?, family)?,
-                inode: cols.get(9)?.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-/// The socket inodes `pid` holds, by fd.
-fn socket_fds(pid: u32) -> BTreeMap<u64, i32> {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return BTreeMap::new();
-    };
-    dir.filter_map(|e| {
-        let e = e.ok()?;
-        let fd: i32 = e.file_name().to_str()?.parse().ok()?;
-        let link = fs::read_link(e.path()).ok()?;
-        let inode = link
-            .to_str()?
-            .strip_prefix("socket:[")?
-            .strip_suffix(']')?
-            .parse()
-            .ok()?;
-        Some((inode, fd))
-    })
-    .collect()
-}
+use crate::{
+    kernel::Kernel,
+    proc_net::{parse_established, socket_fds},
+};
 
 /// A copy, in this process, of fd `fd` of process `pid` (Linux 5.6+; needs
 /// the right to ptrace it, which root has).
@@ -160,65 +86,4 @@ pub fn kept_alive(kernel: &mut Kernel, workers: &BTreeSet<u32>) -> (usize, Optio
         }
     }
     (marked, failure)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::records::upstream_name;
-
-    /// `/proc/net/tcp` of a host running nginx (port 8080) with a kept-alive
-    /// upstream connection to 127.0.0.1:3999 and a client connection.
-    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:D2B4 0100007F:0F9F 01 00000000:00000000 00:00000000 00000000 65534        0 40001 1 0000000000000000 20 4 30 10 -1
-   2: 0100007F:1F90 0100007F:E1A2 01 00000000:00000000 00:00000000 00000000 65534        0 40002 1 0000000000000000 20 4 30 10 -1
-   3: 0100007F:C000 0100007F:0F9F 06 00000000:00000000 03:00000D43 00000000     0        0 0 3 0000000000000000
-";
-
-    #[test]
-    fn established_connections_with_their_peers_and_inodes() {
-        let conns = parse_established(TCP, AF_INET);
-        assert_eq!(conns.len(), 2, "only ESTABLISHED: {conns:?}");
-        assert_eq!(conns[0].local_port, 53940);
-        assert_eq!(upstream_name(&conns[0].remote).1, "127.0.0.1:3999");
-        assert_eq!(conns[0].inode, 40001);
-        assert_eq!(conns[1].local_port, 8080, "a client connection");
-        assert!(crate::procs::parse_listen_ports(TCP).contains(&8080));
-    }
-
-    #[test]
-    fn ipv6_peers_read_word_by_word() {
-        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000001000000:D2B6 00000000000000000000000001000000:1F90 01 00000000:00000000 00:00000000 00000000 65534        0 50001 1 0000000000000000 20 4 0 10 -1
-";
-        let conns = parse_established(tcp6, AF_INET6);
-        assert_eq!(conns.len(), 1);
-        assert_eq!(upstream_name(&conns[0].remote).1, "[::1]:8080");
-    }
-
-    #[test]
-    fn mangled_lines_are_skipped() {
-        let text = "header\n 0: 0100007F:1F90 0100007F:0F9F 01 x x x x x inode\n\
-                    1: zz 0100007F:0F9F 01 x x x x x 12\n 2: 0100007F 0100007F:0F9F 01\n";
-        assert!(parse_established(text, AF_INET).is_empty());
-    }
-
-    #[test]
-    fn this_process_sees_its_own_established_loopback_connection() {
-        // A real connection, read back from the real /proc.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let _server = listener.accept().unwrap();
-        let local = client.local_addr().unwrap().port();
-        let text = fs::read_to_string("/proc/self/net/tcp").unwrap();
-        let fds = socket_fds(std::process::id());
-        let mine = parse_established(&text, AF_INET)
-            .into_iter()
-            .find(|c| c.local_port == local)
-            .expect("our connection in /proc/self/net/tcp");
-        assert_eq!(upstream_name(&mine.remote).1, format!("127.0.0.1:{port}"));
-        assert!(fds.contains_key(&mine.inode), "its inode is one of our fds");
-    }
 }

@@ -22,8 +22,8 @@ pub fn report(
     out.push_str(&format!("kernel BTF: {}\n", if btf { "yes" } else { "no" }));
     let t = &config.structs;
     out.push_str(&format!(
-        "struct offsets (BTF): tcp_sock.snd_una {}, snd_nxt {}, srtt_us {}\n",
-        t.tcp_snd_una, t.tcp_snd_nxt, t.tcp_srtt_us
+        "struct offsets (BTF): tcp_sock.snd_una {}, snd_nxt {}, srtt_us {}, delivered_mstamp {}\n",
+        t.tcp_snd_una, t.tcp_snd_nxt, t.tcp_srtt_us, t.tcp_delivered_mstamp
     ));
     out.push_str("upstream filter: socket-local storage (BPF_MAP_TYPE_SK_STORAGE)\n");
     out.push_str(&format!(

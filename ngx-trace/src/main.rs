@@ -22,6 +22,7 @@ mod kernel;
 mod load_error;
 mod output;
 mod preflight;
+mod proc_net;
 mod procs;
 mod records;
 mod session;
@@ -107,11 +108,11 @@ fn config(args: &TraceArgs, root: &std::path::Path) -> Result<Config> {
 fn struct_offsets() -> Result<StructOffsets> {
     let kernel_error = |e: String| UserError::new(exit::KERNEL, e);
     let btf = btf::Btf::from_sys_fs().map_err(kernel_error)?;
-    let field = |name: &str| -> Result<u32> {
+    let field = |name: &str, size: u32| -> Result<u32> {
         let member = btf.member("tcp_sock", name).map_err(kernel_error)?;
-        if member.size != 4 {
+        if member.size != size {
             return Err(kernel_error(format!(
-                "struct tcp_sock member `{name}` has {} bytes on this kernel, expected 4",
+                "struct tcp_sock member `{name}` has {} bytes on this kernel, expected {size}",
                 member.size
             ))
             .into());
@@ -119,10 +120,10 @@ fn struct_offsets() -> Result<StructOffsets> {
         Ok(member.offset)
     };
     Ok(StructOffsets {
-        tcp_snd_una: field("snd_una")?,
-        tcp_snd_nxt: field("snd_nxt")?,
-        tcp_srtt_us: field("srtt_us")?,
-        _pad: 0,
+        tcp_snd_una: field("snd_una", 4)?,
+        tcp_snd_nxt: field("snd_nxt", 4)?,
+        tcp_srtt_us: field("srtt_us", 4)?,
+        tcp_delivered_mstamp: field("delivered_mstamp", 8)?,
     })
 }
 

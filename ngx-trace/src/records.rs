@@ -54,6 +54,9 @@ pub struct Facts {
     pub srtt_us: Option<u32>,
     /// Exchanges finished on this connection before this one.
     pub index: u32,
+    /// User space saw the request acknowledged while it waits (nothing
+    /// left unacknowledged on the connection), the time of the ACK unknown.
+    pub acked_live: bool,
 }
 
 impl Facts {
@@ -160,6 +163,7 @@ pub fn facts(ex: &Exchange) -> Result<Facts, String> {
         retransmits: ex.retransmits,
         srtt_us: (ex.srtt_us != 0).then_some(ex.srtt_us),
         index: ex.index,
+        acked_live: false,
     })
 }
 

@@ -13,7 +13,7 @@ use crate::{
     event::{LostEvent, PendingEvent, UpstreamEvent, WorkersEvent},
     histogram::Histograms,
     output::{Output, notice},
-    procs,
+    proc_net, procs,
     records::{Facts, Finished, ProcessChange, Record, Transport, facts, upstream_name},
     summary::Summary,
     timings::Timings,
@@ -189,6 +189,17 @@ impl Session {
     /// up now: the verdict so far.
     fn pending_event(&mut self, f: &Facts, now_ns: u64, cut_by_stop: bool) -> PendingEvent {
         let (transport, upstream) = self.name(&f.addr);
+        let mut f = *f;
+        if transport == Transport::Tcp
+            && f.connected
+            && f.acked_ns == 0
+            && let Some(fd) = f.fd
+        {
+            // No hook runs on a pure ACK: ask the kernel's socket table
+            // whether anything written is still unacknowledged.
+            f.acked_live = proc_net::unacked(f.worker_pid, fd) == Some(0);
+        }
+        let f = &f;
         let (end, since) = if f.connected {
             (End::NginxClosed, f.req_last_ns)
         } else {
@@ -210,7 +221,7 @@ impl Session {
             upstream: upstream.to_string(),
             transport: transport.as_str(),
             waiting_ms: now_ns.saturating_sub(since) / 1_000_000,
-            request_acked: tcp.then_some(e.timings.request_acked.is_some()),
+            request_acked: tcp.then_some(e.timings.request_acked.is_some() || f.acked_live),
             retransmits: tcp.then_some(f.retransmits),
             verdict: e.verdict.as_str(),
             evidence: e.evidence,

@@ -197,10 +197,7 @@ fn explain_client_left(x: &Finished, transport: Transport, t: Timings) -> Explan
         let waited = span_us(f.req_last_ns, x.end_ns).unwrap_or(0);
         let mut facts = Vec::new();
         if transport == Transport::Tcp {
-            facts.push(match t.request_acked {
-                Some(ack) => format!("request acked after {}", human_us(ack)),
-                None => "request not acked".to_string(),
-            });
+            facts.push(ack_fact(f, &t));
         }
         facts.push(format!(
             "client left after {} without a response; nginx closed the upstream connection (499)",
@@ -278,6 +275,15 @@ fn explain_connect(x: &Finished, transport: Transport, upstream: &str, t: Timing
     }
 }
 
+/// What the evidence says of the request's acknowledgement (TCP).
+fn ack_fact(f: &crate::records::Facts, t: &Timings) -> String {
+    match t.request_acked {
+        Some(ack) => format!("request acked after {}", human_us(ack)),
+        None if f.acked_live => "request acked".to_string(),
+        None => "request not acked".to_string(),
+    }
+}
+
 /// Whether retransmissions, an unacknowledged request or the RTT account for
 /// a wait of `waited_us`; the reason, for the evidence.
 fn network_reason(
@@ -296,7 +302,7 @@ fn network_reason(
         return Some(plural(f.syn_retransmits, "SYN retransmit"));
     }
     match t.request_acked {
-        None if waited_us >= ACK_LATE_US => {
+        None if waited_us >= ACK_LATE_US && !f.acked_live => {
             return Some(format!(
                 "request not acknowledged for {}",
                 human_us(waited_us)
@@ -321,10 +327,7 @@ fn explain_exchange(x: &Finished, transport: Transport, slow_us: u64, t: Timings
         .unwrap_or(0);
     let mut facts = Vec::new();
     if transport == Transport::Tcp {
-        facts.push(match t.request_acked {
-            Some(ack) => format!("request acked after {}", human_us(ack)),
-            None => "request not acked".to_string(),
-        });
+        facts.push(ack_fact(ex, &t));
         facts.push(plural(ex.retransmits, "retransmit"));
     }
     match t.first_byte {
@@ -768,5 +771,24 @@ mod tests {
             let ex = explain(&x, Transport::Tcp, "127.0.0.1:3999", SLOW);
             assert_ne!(ex.outcome, Outcome::ClientClosed, "{end:?}");
         }
+    }
+
+    #[test]
+    fn a_request_seen_acknowledged_live_is_not_the_network() {
+        // A pending exchange: no ACK seen by the kernel's hooks (none runs
+        // on a pure ACK), but nothing is left unacknowledged on the socket.
+        let e = exchange(End::NginxClosed, None, None, 5_000 * MS);
+        let mut x = finished(&e).unwrap();
+        x.facts.acked_live = true;
+        let ex = explain(&x, Transport::Tcp, "127.0.0.1:3999", SLOW);
+        assert_eq!(ex.verdict, Verdict::BackendSlow);
+        assert_eq!(
+            ex.evidence,
+            "request acked, 0 retransmits, no response for 5.00 s"
+        );
+        assert_eq!(ex.timings.request_acked, None, "its time is not known");
+        x.facts.acked_live = false;
+        let ex = explain(&x, Transport::Tcp, "127.0.0.1:3999", SLOW);
+        assert_eq!(ex.verdict, Verdict::Network);
     }
 }

@@ -1,0 +1,196 @@
+//! What `/proc` says of a process's TCP connections: its socket fds and,
+//! from its network namespace's `/proc/<pid>/net/tcp{,6}`, each established
+//! connection's peer and unacknowledged bytes.
+use std::{collections::BTreeMap, fs};
+
+use ngx_trace_common::{AF_INET, AF_INET6, UpstreamAddr};
+
+/// An established TCP connection as `/proc/net/tcp{,6}` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Established {
+    /// Local port.
+    pub local_port: u16,
+    /// The peer.
+    pub remote: UpstreamAddr,
+    /// The socket's inode (the `socket:[N]` a process's fd links to).
+    pub inode: u64,
+    /// Bytes written and not yet acknowledged by the peer.
+    pub unacked: u64,
+}
+
+const TCP_ESTABLISHED: &str = "01";
+
+/// An address column (`0100007F:1F90`) of `/proc/net/tcp` (`family`
+/// AF_INET) or `/proc/net/tcp6` (AF_INET6): the kernel prints each 32-bit
+/// word of the address as a number in host order.
+fn parse_addr(column: &str, family: u16) -> Option<UpstreamAddr> {
+    let (hex, port) = column.split_once(':')?;
+    let mut addr = UpstreamAddr::ZERO;
+    addr.family = family;
+    addr.port_be = u16::from_str_radix(port, 16).ok()?.to_be();
+    let words = match family {
+        AF_INET => 1,
+        AF_INET6 => 4,
+        _ => return None,
+    };
+    if hex.len() != words * 8 {
+        return None;
+    }
+    for w in 0..words {
+        let word = u32::from_str_radix(hex.get(w * 8..w * 8 + 8)?, 16).ok()?;
+        addr.data[w * 4..w * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Some(addr)
+}
+
+/// The established connections in the text of `/proc/net/tcp` (`family`
+/// AF_INET) or `/proc/net/tcp6` (AF_INET6); lines that do not parse are
+/// skipped.
+pub fn parse_established(text: &str, family: u16) -> Vec<Established> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(3) != Some(&TCP_ESTABLISHED) {
+                return None;
+            }
+            let local = parse_addr(cols.get(1)?, family)?;
+            let (tx_queue, _) = cols.get(4)?.split_once(':')?;
+            Some(Established {
+                local_port: u16::from_be(local.port_be),
+                remote: parse_addr(cols.get(2)?, family)?,
+                inode: cols.get(9)?.parse().ok()?,
+                unacked: u64::from_str_radix(tx_queue, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The socket inodes `pid` holds, by fd.
+pub fn socket_fds(pid: u32) -> BTreeMap<u64, i32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return BTreeMap::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+        let link = fs::read_link(e.path()).ok()?;
+        let inode = link
+            .to_str()?
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()?;
+        Some((inode, fd))
+    })
+    .collect()
+}
+
+/// The established TCP connections `pid` can see (its network namespace).
+pub fn established(pid: u32) -> Vec<Established> {
+    [("tcp", AF_INET), ("tcp6", AF_INET6)]
+        .into_iter()
+        .filter_map(|(file, family)| {
+            let text = fs::read_to_string(format!("/proc/{pid}/net/{file}")).ok()?;
+            Some(parse_established(&text, family))
+        })
+        .flatten()
+        .collect()
+}
+
+/// Bytes that fd `fd` of process `pid`, a TCP connection, has written and
+/// its peer not yet acknowledged; `None` when it cannot be told (the fd is
+/// gone or not an established TCP connection).
+pub fn unacked(pid: u32, fd: u32) -> Option<u64> {
+    let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let inode: u64 = link
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    established(pid)
+        .into_iter()
+        .find(|c| c.inode == inode)
+        .map(|c| c.unacked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::upstream_name;
+
+    /// `/proc/net/tcp` of a host running nginx (port 8080) with a kept-alive
+    /// upstream connection to 127.0.0.1:3999 and a client connection.
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:D2B4 0100007F:0F9F 01 00000000:00000000 00:00000000 00000000 65534        0 40001 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:1F90 0100007F:E1A2 01 00000000:00000000 00:00000000 00000000 65534        0 40002 1 0000000000000000 20 4 30 10 -1
+   3: 0100007F:C000 0100007F:0F9F 06 00000000:00000000 03:00000D43 00000000     0        0 0 3 0000000000000000
+";
+
+    #[test]
+    fn established_connections_with_their_peers_and_inodes() {
+        let conns = parse_established(TCP, AF_INET);
+        assert_eq!(conns.len(), 2, "only ESTABLISHED: {conns:?}");
+        assert_eq!(conns[0].local_port, 53940);
+        assert_eq!(upstream_name(&conns[0].remote).1, "127.0.0.1:3999");
+        assert_eq!(conns[0].inode, 40001);
+        assert_eq!(conns[1].local_port, 8080, "a client connection");
+        assert!(crate::procs::parse_listen_ports(TCP).contains(&8080));
+    }
+
+    #[test]
+    fn ipv6_peers_read_word_by_word() {
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:D2B6 00000000000000000000000001000000:1F90 01 00000000:00000000 00:00000000 00000000 65534        0 50001 1 0000000000000000 20 4 0 10 -1
+";
+        let conns = parse_established(tcp6, AF_INET6);
+        assert_eq!(conns.len(), 1);
+        assert_eq!(upstream_name(&conns[0].remote).1, "[::1]:8080");
+    }
+
+    #[test]
+    fn mangled_lines_are_skipped() {
+        let text = "header\n 0: 0100007F:1F90 0100007F:0F9F 01 x x x x x inode\n\
+                    1: zz 0100007F:0F9F 01 x x x x x 12\n 2: 0100007F 0100007F:0F9F 01\n";
+        assert!(parse_established(text, AF_INET).is_empty());
+    }
+
+    #[test]
+    fn this_process_sees_its_own_established_loopback_connection() {
+        // A real connection, read back from the real /proc.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _server = listener.accept().unwrap();
+        let local = client.local_addr().unwrap().port();
+        let text = fs::read_to_string("/proc/self/net/tcp").unwrap();
+        let fds = socket_fds(std::process::id());
+        let mine = parse_established(&text, AF_INET)
+            .into_iter()
+            .find(|c| c.local_port == local)
+            .expect("our connection in /proc/self/net/tcp");
+        assert_eq!(upstream_name(&mine.remote).1, format!("127.0.0.1:{port}"));
+        assert!(fds.contains_key(&mine.inode), "its inode is one of our fds");
+    }
+
+    #[test]
+    fn unacknowledged_bytes_of_a_real_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _server = listener.accept().unwrap();
+        use std::os::fd::AsRawFd as _;
+        // Loopback acknowledges at once: nothing is left unacknowledged.
+        std::io::Write::write_all(&mut &client, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let fd = client.as_raw_fd() as u32;
+        assert_eq!(unacked(std::process::id(), fd), Some(0));
+        assert_eq!(
+            unacked(std::process::id(), 0),
+            None,
+            "stdin is no TCP socket"
+        );
+    }
+}
