@@ -327,6 +327,11 @@ pub struct StructOffsets {
     /// `struct tcp_sock.delivered_mstamp` (u64): when new data was last
     /// acknowledged, µs on the monotonic clock.
     pub tcp_delivered_mstamp: u32,
+    /// `struct sock.sk_bpf_storage` (pointer): NULL on a socket that holds
+    /// no socket-local storage at all, read before any helper call.
+    pub sk_bpf_storage: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// Configuration set by user space before the programs load.
@@ -540,8 +545,8 @@ pub struct ClientGoneRecord {
 }
 
 const _: () = assert!(core::mem::size_of::<Offsets>() == 48);
-const _: () = assert!(core::mem::size_of::<StructOffsets>() == 16);
-const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<StructOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 96);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 120);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
 const _: () = assert!(core::mem::size_of::<Exchange>() == 224);

@@ -53,14 +53,15 @@ fn writer_conn(sk: u64) -> Option<*mut Exchange> {
 /// which ends the previous exchange). Arguments: `(sk, ret, flags)`.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    // Any write, even one that fails (the 504 page to a client that reset,
+    // a retried request), means a give-up just before was nginx's timeout,
+    // not its client leaving.
+    clear_giveup();
     let sk: u64 = ctx.arg(0);
     let ret: i32 = ctx.arg(1);
     if ret <= 0 {
         return 0;
     }
-    // Any write (the 504 page, a retried request) means a give-up just
-    // before was nginx's timeout, not its client leaving.
-    clear_giveup();
     let Some(state) = writer_conn(sk) else {
         return 0;
     };

@@ -12,7 +12,10 @@ use ngx_trace_common::{
     Exchange, LOST_MAP_FULL, MARK_ADOPT, MARK_FOLLOWED, SockMark, UpstreamAddr,
 };
 
-use crate::maps::{CONNS, UNIX_BIND_HINT, UPSTREAM_SOCKS, count_lost};
+use crate::{
+    config::config,
+    maps::{CONNS, UNIX_BIND_HINT, UPSTREAM_SOCKS, count_lost},
+};
 
 #[inline(always)]
 fn storage() -> *mut c_void {
@@ -22,6 +25,15 @@ fn storage() -> *mut c_void {
 /// The mark on `sk`, a `struct sock *` the kernel handed a BTF tracepoint.
 #[inline(always)]
 fn mark_of(sk: u64) -> Option<*mut SockMark> {
+    // Most sockets hold no socket-local storage at all: one load of
+    // `sk->sk_bpf_storage` (a typed, verifier-checked read of the BTF
+    // pointer) tells, without a helper call.
+    let storage_at = sk + config!(structs.sk_bpf_storage) as u64;
+    // SAFETY: `sk` is a `struct sock *` argument of a BTF tracepoint and the
+    // offset is that of its `sk_bpf_storage` member on this kernel.
+    if unsafe { ptr::read_volatile(storage_at as *const u64) } == 0 {
+        return None;
+    }
     // SAFETY: `sk` is the tracepoint's typed socket argument (the verifier
     // checks it); no value is inserted without the CREATE flag.
     let mark = unsafe { bpf_sk_storage_get(storage(), sk as *mut c_void, ptr::null_mut(), 0) };

@@ -124,6 +124,11 @@ fn struct_offsets() -> Result<StructOffsets> {
         tcp_snd_nxt: field("snd_nxt", 4)?,
         tcp_srtt_us: field("srtt_us", 4)?,
         tcp_delivered_mstamp: field("delivered_mstamp", 8)?,
+        sk_bpf_storage: btf
+            .member("sock", "sk_bpf_storage")
+            .map_err(kernel_error)?
+            .offset,
+        _pad: 0,
     })
 }
 

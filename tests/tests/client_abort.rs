@@ -244,3 +244,82 @@ fn clients_leaving_php_fpm_on_a_unix_socket_are_client_aborted() {
         .collect();
     check(&nginx, &timeouts, &aborted, &events, &upstream, "unix");
 }
+
+#[test]
+fn under_load_every_499_and_every_504_is_told_apart_exactly() {
+    require_root();
+    let healthy = HttpBackend::start();
+    let slow = HttpBackend::with(Behavior::Answer(Duration::from_secs(5)));
+    let (ok_port, slow_port) = (healthy.port(), slow.port());
+    let nginx = Nginx::start(
+        "",
+        &format!(
+            "access_log {{dir}}/access.log;\n\
+             location /ok {{ proxy_pass http://127.0.0.1:{ok_port}; }}\n\
+             location /timeout {{ proxy_read_timeout 1s; proxy_pass http://127.0.0.1:{slow_port}; }}\n\
+             location /patient {{ proxy_read_timeout 10s; proxy_pass http://127.0.0.1:{slow_port}; }}"
+        ),
+    );
+    let tracer = Tracer::attach_to(&nginx, &["--interval", "0"]);
+    let port = nginx.port();
+    // Healthy traffic keeps both workers busy while clients leave and
+    // timeouts fire on the same workers.
+    let busy: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(3);
+                let mut served = 0;
+                while std::time::Instant::now() < deadline {
+                    assert_eq!(get(port, "/ok"), 200);
+                    served += 1;
+                }
+                served
+            })
+        })
+        .collect();
+    let waiting: Vec<_> = (0..6)
+        .map(|_| std::thread::spawn(move || get(port, "/timeout")))
+        .collect();
+    let leaving: Vec<_> = (0..12)
+        .map(|i| {
+            let after = Duration::from_millis(200 + 50 * i);
+            std::thread::spawn(move || get_then_leave(port, "/patient", after))
+        })
+        .collect();
+    let served: u32 = busy.into_iter().map(|b| b.join().unwrap()).sum();
+    for w in waiting {
+        assert_eq!(w.join().unwrap(), 504);
+    }
+    for l in leaving {
+        l.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let events = tracer.stop();
+    let count = |outcome: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == "upstream" && e["outcome"] == outcome)
+            .count()
+    };
+    assert!(served > 100, "the load ran: {served} requests");
+    assert_eq!(
+        count("no_response"),
+        nginx.error_log_lines("upstream timed out").len(),
+        "one no_response per timeout nginx logged"
+    );
+    assert_eq!(count("no_response"), 6);
+    assert_eq!(
+        count("client_closed"),
+        access_log_count(&nginx, 499),
+        "one client_closed per 499 nginx logged"
+    );
+    assert_eq!(count("client_closed"), 12);
+    let summary = events.iter().find(|e| e["event"] == "summary").unwrap();
+    let ok: u64 = summary["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["outcomes"]["ok"].as_u64())
+        .sum();
+    assert_eq!(ok, u64::from(served), "{summary}");
+}

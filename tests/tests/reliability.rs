@@ -258,14 +258,22 @@ fn burst_of_10000_concurrent_connections_is_fully_accounted_with_bounded_memory(
             .expect("send request");
     }
     let mut answered = 0;
+    let mut first_other = None;
     for mut c in clients {
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut buf = Vec::new();
-        if c.read_to_end(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 502") {
+        let read = c.read_to_end(&mut buf);
+        if read.is_ok() && buf.starts_with(b"HTTP/1.1 502") {
             answered += 1;
+        } else if first_other.is_none() {
+            let head = String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned();
+            first_other = Some(format!("{read:?}, {head:?}"));
         }
     }
-    assert_eq!(answered, CLIENTS, "every client got its 502");
+    assert_eq!(
+        answered, CLIENTS,
+        "every client got its 502; the first that did not: {first_other:?}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     let hwm = vm_hwm_kb(tracer.pid());
     let logged = nginx.error_log_lines(REFUSED_LINE).len() as u64;

@@ -1031,6 +1031,57 @@ fn write_targets(report: &mut String, targets: &[Target]) -> Result<()> {
     Ok(())
 }
 
+/// Why the missed targets are missed: what was cut, measured with this
+/// bench at earlier commits, and what the kernel forces. Static text: the
+/// figures of this run are in the sections above.
+const ANALYSIS: &str = "\
+## What was tried, and what the kernel forces
+
+Cuts made for the hot path, each measured with this bench at its commit
+(keepalive variant, median of the runs; new connection per request in
+brackets):
+
+| commit | change | BPF ns per proxied request | program runs per request | ns per run |
+| --- | --- | --- | --- | --- |
+| dc0559f | before: an LRU hash lookup in every hook; `tcp_probe` and `tcp_rcv_space_adjust` as classic tracepoints on every segment and every TCP read | 3451 (9282) | 20.7 (44.1) | 167 (211) |
+| e9ac618 | socket-local storage marks upstream sockets (one `bpf_sk_storage_get` that finds nothing on any other socket, no hash); `tcp_probe`, `tcp_destroy_sock` as BTF tracepoints; kept-alive connections adopted once at start instead of on every read | 1766 (5955) | 16.1 (40.0) | 110 (149) |
+| d819653 | no hook per segment: acknowledgement and RTT read from `struct tcp_sock` when the answer arrives and when the exchange ends (`tcp_probe` gone) | 1477 (5534) | 12.0 (33.0) | 123 (168) |
+| this run | `sk->sk_bpf_storage` read first: a socket with no socket-local storage at all leaves after one load, before any helper call | above | above | above |
+
+Measured and not kept: holding the exchange state itself in socket-local
+storage would save the one hash lookup left on upstream events (3 per
+keepalive request), but user space could then no longer list in-flight
+exchanges for `pending` events and the stop (socket storage has no
+`get_next_key`; a `bpf_sk_storage_map` iterator needs a map fd at link
+creation, which aya's `Iter` does not pass).
+
+What the kernel forces:
+- A tracepoint cannot be attached to one socket: every send, receive and
+  data-ready event of every socket on the host runs the program. On this
+  bench a proxied keepalive request makes 12 such events and only 3 are on
+  the upstream socket; the other 9 (wrk's, the front's client side, the
+  back nginx's) leave after one load and a comparison, which is the
+  per-run figure of the not-upstream section: what is left is the cost of
+  running a program at all. With BPF_ENABLE_STATS on, the statistics
+  themselves add two clock reads to every run.
+- On this bench, client, proxy and backend saturate the same 2 cores, so
+  every nanosecond spent in a hook is throughput lost; on a host that runs
+  only nginx the backend's and the clients' events are not there.
+- The bpftrace script hooks 8 events per request and filters send and
+  receive with a pid comparison, without per-socket state: it neither tells
+  upstream sockets from others, nor times the first byte in the kernel, nor
+  follows the acknowledgement and RTT, so it does less work per request
+  than ngx-trace by construction; `3x less than bpftrace` is not reachable
+  while ngx-trace measures more on the same events.
+
+Next cuts, not made: the first byte in the kernel (`sk_data_ready`, 4 runs
+per request of which 1 is useful) has no exact field to read later
+(`rcv_tstamp` counts jiffies); `sock_ops` programs on nginx's cgroup with
+callbacks enabled per socket (`bpf_sock_ops_cb_flags_set`) would run only
+for upstream sockets for the TCP state, RTT and retransmission events,
+cutting the connection set-up cost of the new-connection variant.
+";
+
 /// Runs the whole benchmark and writes BENCHMARKS.md in `workspace`.
 pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<()> {
     if pairs == 0 || seconds == 0 {
@@ -1254,6 +1305,7 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
         &mut report,
         &targets(&Figures::new(pairs, &results, &costs, &not_upstream)),
     )?;
+    writeln!(report, "\n{ANALYSIS}")?;
     std::fs::write(workspace.join("BENCHMARKS.md"), &report)?;
     eprintln!("xtask bench: wrote BENCHMARKS.md");
     print!("{report}");
