@@ -10,7 +10,8 @@ mod state;
 
 pub use state::{End, Ending, Next, Phase};
 
-/// Ring buffer carrying [`UpstreamRecord`] and [`ProcessRecord`] to user space.
+/// Ring buffer carrying [`UpstreamRecord`], [`ProcessRecord`] and
+/// [`ClientGoneRecord`] to user space.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Size of [`MAP_EVENTS`]: about 4,000 exchanges, a second of a busy proxy
 /// between two drains even when printing every exchange as JSON.
@@ -24,7 +25,8 @@ pub const MAP_CONNS: &str = "CONNS";
 /// every other socket, without a hash lookup. User space marks kept-alive
 /// connections opened before tracing ([`MARK_ADOPT`]) by socket fd.
 pub const MAP_UPSTREAM_SOCKS: &str = "UPSTREAM_SOCKS";
-/// Thread ids of the traced nginx processes (key: pid, value: [`NGINX_PID_TRACED`]).
+/// Thread ids of the traced nginx processes (key: pid, value:
+/// [`NGINX_PID_TRACED`] or [`NGINX_PID_WORKER`]).
 pub const MAP_NGINX_PIDS: &str = "NGINX_PIDS";
 /// Name of the global holding the [`Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
@@ -320,8 +322,9 @@ pub struct Offsets {
 pub struct StructOffsets {
     /// `struct tcp_sock.snd_una` (u32): first byte not acknowledged.
     pub tcp_snd_una: u32,
-    /// `struct tcp_sock.snd_nxt` (u32): next byte to send.
-    pub tcp_snd_nxt: u32,
+    /// `struct tcp_sock.write_seq` (u32): one past the last byte written
+    /// by the application (sent or still queued).
+    pub tcp_write_seq: u32,
     /// `struct tcp_sock.srtt_us` (u32): smoothed RTT << 3, µs.
     pub tcp_srtt_us: u32,
     /// `struct tcp_sock.delivered_mstamp` (u64): when new data was last
@@ -398,6 +401,10 @@ pub struct SockMark {
     pub kind: u32,
     /// The worker process that owns the connection.
     pub tgid: u32,
+    /// The worker's fd for it.
+    pub fd: u32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// The upstream (for [`MARK_ADOPT`]: the kernel has not seen the connect).
     pub addr: UpstreamAddr,
 }
@@ -527,10 +534,12 @@ pub struct ProcessRecord {
 }
 
 /// A worker closed a client connection its client had already left
-/// (FIN or RST received), right after giving up on an upstream exchange:
-/// the exchange ended because the client went away (nginx logs 499), not
-/// because nginx's timer fired. No socket send or connect by the worker
-/// came between the two, which rules out nginx answering 504 or retrying.
+/// (FIN or RST received), inside a `close()` right after giving up on
+/// upstream exchanges: they ended because the client went away (nginx logs
+/// 499), not because nginx's timer fired. No socket write or connect by the
+/// worker came between the give-ups and the close, which rules out nginx
+/// answering 504 or retrying. Several give-ups in a row (every stream of an
+/// HTTP/2 connection) give a range.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ClientGoneRecord {
@@ -538,8 +547,10 @@ pub struct ClientGoneRecord {
     pub kind: u32,
     /// The worker process.
     pub tgid: u32,
-    /// `Exchange::end_ns` of the exchange given up on: the join key.
-    pub giveup_ns: u64,
+    /// `Exchange::end_ns` of the first exchange given up on.
+    pub first_giveup_ns: u64,
+    /// `Exchange::end_ns` of the last one.
+    pub last_giveup_ns: u64,
     /// When the client connection was closed.
     pub closed_ns: u64,
 }
@@ -547,12 +558,12 @@ pub struct ClientGoneRecord {
 const _: () = assert!(core::mem::size_of::<Offsets>() == 48);
 const _: () = assert!(core::mem::size_of::<StructOffsets>() == 24);
 const _: () = assert!(core::mem::size_of::<Config>() == 96);
-const _: () = assert!(core::mem::size_of::<SockMark>() == 120);
+const _: () = assert!(core::mem::size_of::<SockMark>() == 128);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
 const _: () = assert!(core::mem::size_of::<Exchange>() == 224);
 const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 232);
 const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 16);
-const _: () = assert!(core::mem::size_of::<ClientGoneRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<ClientGoneRecord>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {

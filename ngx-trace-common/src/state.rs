@@ -6,7 +6,7 @@
 //!
 //! Every method is `#[inline(always)]`, free of panics and loops, so the BPF
 //! verifier accepts it inside any program.
-use crate::{Exchange, FD_UNKNOWN, FLAG_CONNECTED, FLAG_RESET_SEEN, FLAG_REUSED, UpstreamAddr};
+use crate::{Exchange, FLAG_CONNECTED, FLAG_RESET_SEEN, FLAG_REUSED, UpstreamAddr};
 
 /// How an exchange ended: `Exchange::end` on the wire (0 while in flight).
 #[repr(u32)]
@@ -133,8 +133,8 @@ impl Exchange {
     /// at `now`: connected, its current exchange half over (its request
     /// unseen, so never reported, see [`Exchange::reportable`]).
     #[inline(always)]
-    pub const fn adopted(tgid: u32, now: u64, addr: UpstreamAddr) -> Self {
-        let mut e = Self::new(tgid, FD_UNKNOWN, now, addr);
+    pub const fn adopted(tgid: u32, fd: u32, now: u64, addr: UpstreamAddr) -> Self {
+        let mut e = Self::new(tgid, fd, now, addr);
         e.flags = FLAG_CONNECTED;
         e.phase = Phase::Receiving.code();
         e
@@ -297,10 +297,16 @@ impl Exchange {
     }
 
     /// The kernel reported `errno` on the socket at `now`: a failed connect
-    /// (refused, unreachable, timed out) or a reset once established.
+    /// (refused, unreachable, timed out) or a reset once established. On an
+    /// answered exchange (a kept-alive connection waiting in nginx's pool, or
+    /// a response still being read) nothing is decided here: nginx's next
+    /// read on the connection tells which.
     #[inline(always)]
-    pub fn socket_error(&self, errno: u32, now: u64) -> Ending {
-        Ending {
+    pub fn socket_error(&self, errno: u32, now: u64) -> Next {
+        if self.is_in(Phase::Receiving) {
+            return Next::Keep;
+        }
+        Next::Finish(Ending {
             end: if self.is_connected() {
                 End::PeerReset
             } else {
@@ -308,12 +314,28 @@ impl Exchange {
             },
             errno,
             end_ns: now,
+        })
+    }
+
+    /// nginx peeked at an idle kept-alive connection (`MSG_PEEK`: its pool's
+    /// check when the connection becomes readable) and read `ret`: the end of
+    /// the stream or an error closes the pooled connection, and the answered
+    /// exchange ends at its last byte read. Nothing else changes.
+    #[inline(always)]
+    pub fn pool_checked(&self, ret: i32) -> Next {
+        if !self.is_in(Phase::Receiving)
+            || ret > 0
+            || ret == -(EAGAIN as i32)
+            || ret == -(EINTR as i32)
+        {
+            return Next::Keep;
         }
+        self.closed(true, self.resp_last_read_ns)
     }
 
     /// The connection's TCP state, read at an event of this exchange (the
     /// first response byte arriving, or its end): whether everything
-    /// written is acknowledged (`all_acked`: `snd_una == snd_nxt`), when
+    /// written is acknowledged (`all_acked`: `snd_una == write_seq`), when
     /// new data was last acknowledged (`delivered_ns`: `delivered_mstamp`),
     /// and the smoothed RTT. The request counts as acknowledged at that
     /// acknowledgement, or at its last byte written if the ACK came while
@@ -346,12 +368,6 @@ impl Exchange {
     #[inline(always)]
     pub fn waiting_for_response(&self) -> bool {
         self.is_connected() && self.is_in(Phase::Sending) && self.resp_kernel_ns == 0
-    }
-
-    /// Whether the connect is still under way (TCP handshake not done).
-    #[inline(always)]
-    pub fn connecting(&self) -> bool {
-        !self.is_connected() && self.end == 0
     }
 }
 
@@ -549,7 +565,7 @@ mod tests {
     #[test]
     fn a_socket_destroyed_while_connecting_was_abandoned() {
         let connecting = Exchange::new(1, 3, 100, addr());
-        assert!(connecting.connecting());
+        assert!(!connecting.is_connected());
         assert_eq!(
             connecting.destroyed(2_100),
             Next::Finish(Ending {
@@ -558,18 +574,24 @@ mod tests {
                 end_ns: 2_100
             })
         );
+        let end = |next: Next| match next {
+            Next::Finish(ending) => ending.end,
+            other => panic!("{other:?}"),
+        };
         assert_eq!(
-            connecting.socket_error(111, 50).end,
+            end(connecting.socket_error(111, 50)),
             End::ConnectSocketError
         );
-        assert_eq!(connected().socket_error(104, 50).end, End::PeerReset);
+        let mut waiting = connected();
+        waiting.request_written(waiting.start_ns + 1_000);
+        assert_eq!(end(waiting.socket_error(104, 50)), End::PeerReset);
         assert_eq!(connected().destroyed(9), Next::Forget);
     }
 
     #[test]
     fn an_adopted_connection_reports_only_exchanges_it_saw_start() {
-        let mut e = Exchange::adopted(7, 1_000, addr());
-        assert_eq!(e.fd, FD_UNKNOWN);
+        let mut e = Exchange::adopted(7, 12, 1_000, addr());
+        assert_eq!(e.fd, 12);
         assert!(e.is_in(Phase::Receiving));
         // Its current exchange ends at the next request: not reportable.
         let previous = e.ending_before_write().unwrap();
@@ -584,5 +606,28 @@ mod tests {
         assert_eq!(ending.end, End::ResponseDone);
         assert!(e.reportable());
         assert_ne!(e.flags & FLAG_REUSED, 0);
+    }
+
+    #[test]
+    fn an_idle_kept_alive_connection_reset_or_closed_is_an_answered_exchange() {
+        let mut e = connected();
+        let t = e.start_ns + 1_000;
+        e.request_written(t);
+        e.response_read(100, t + MS);
+        // The backend resets the idle pooled connection: nginx logs nothing.
+        assert_eq!(e.socket_error(104, t + 5 * MS), Next::Keep);
+        let done = Next::Finish(Ending {
+            end: End::ResponseDone,
+            errno: 0,
+            end_ns: t + MS,
+        });
+        assert_eq!(e.pool_checked(-104), done);
+        assert_eq!(e.pool_checked(0), done);
+        assert_eq!(e.pool_checked(-11), Next::Keep, "nothing to read yet");
+        assert_eq!(
+            e.pool_checked(1),
+            Next::Keep,
+            "unexpected data: nginx decides"
+        );
     }
 }

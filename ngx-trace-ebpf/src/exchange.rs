@@ -6,18 +6,21 @@
 //! An exchange starts with the first request byte a worker writes, and ends
 //! when the next request starts on the same connection (keepalive), or when
 //! either side closes or resets the connection.
+/// `recv()` flag: look at the data without taking it.
+const MSG_PEEK: i32 = 2;
+
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use ngx_trace_common::{Exchange, LOST_MAP_FULL};
+use ngx_trace_common::Exchange;
 
 use crate::{
     config::offset,
-    maps::{CONNS, FD_CONNS, UNIX_BIND, count_lost, fd_key},
-    record::{apply, clear_giveup, emit},
-    sock_mark::{clear_unix_bind_hint, mark, unix_bind_hinted, upstream_state},
+    maps::{CONNS, FD_CONNS, UNIX_BIND, fd_key},
+    record::{apply, clear_giveup, emit, note_close},
+    sock_mark::{clear_unix_bind_hint, follow, unix_bind_hinted, upstream_state},
     tcp_sock,
 };
 
@@ -37,13 +40,7 @@ fn writer_conn(sk: u64) -> Option<*mut Exchange> {
         clear_unix_bind_hint();
         return None;
     };
-    let (tgid, fd) = unsafe { ((*bind).tgid, (*bind).fd) };
-    if CONNS.insert(sk, unsafe { *bind }, 0).is_err()
-        || FD_CONNS.insert(fd_key(tgid, fd), sk, 0).is_err()
-    {
-        count_lost(LOST_MAP_FULL);
-    }
-    mark(sk, tgid);
+    follow(sk, unsafe { &*bind });
     let _ = UNIX_BIND.remove(pid_tgid);
     clear_unix_bind_hint();
     CONNS.get_ptr_mut(sk)
@@ -83,7 +80,13 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
         return 0;
     };
     let ret: i32 = ctx.arg(1);
-    let next = unsafe { (*state).response_read(ret, bpf_ktime_get_ns()) };
+    let flags: i32 = ctx.arg(2);
+    let next = if flags & MSG_PEEK != 0 {
+        // nginx's keepalive pool checking an idle connection.
+        unsafe { (*state).pool_checked(ret) }
+    } else {
+        unsafe { (*state).response_read(ret, bpf_ktime_get_ns()) }
+    };
     apply(sk, state, next);
     0
 }
@@ -114,6 +117,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = fd_key((pid_tgid >> 32) as u32, fd as u32);
     let Some(sk) = FD_CONNS.get_ptr(key) else {
+        // Perhaps its client's connection, right after giving up.
+        note_close();
         // A UNIX connection closed before its first write: never bind it.
         if unix_bind_hinted(pid_tgid)
             && let Some(bind) = UNIX_BIND.get_ptr(pid_tgid)

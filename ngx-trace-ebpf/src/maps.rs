@@ -69,16 +69,18 @@ pub static LAST_CLOSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static GIVEUP: PerCpuArray<GiveUp> = PerCpuArray::with_max_entries(1, 0);
 
-/// An exchange nginx gave up on, watched for its client leaving.
+/// Exchanges nginx gave up on, watched for their client leaving.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct GiveUp {
     /// The thread that gave up (0: nothing watched).
     pub pid_tgid: u64,
-    /// The exchange's end, the key user space joins on.
-    pub end_ns: u64,
-    /// The worker process.
-    pub tgid: u32,
+    /// End of the first exchange given up on since the thread last wrote.
+    pub first_end_ns: u64,
+    /// End of the last one (the same for a single give-up).
+    pub last_end_ns: u64,
+    /// 1 once the thread called `close()` on a non-upstream descriptor.
+    pub closing: u32,
     /// Explicit padding.
     pub _pad: u32,
 }

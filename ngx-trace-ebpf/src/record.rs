@@ -11,6 +11,7 @@ use ngx_trace_common::{
 
 use crate::{
     maps::{EVENTS, GIVEUP, GiveUp, count_lost, forget},
+    sock_mark::is_marked,
     tcp_sock,
 };
 
@@ -69,9 +70,15 @@ pub fn apply(sk: u64, state: *mut Exchange, next: Next) {
     }
 }
 
+/// How long after a give-up the client close may come: nginx's 499 path
+/// closes the client's connection in the same call, microseconds later.
+const CLIENT_CLOSE_WITHIN_NS: u64 = 50_000_000;
+
 /// nginx gave up on an exchange of worker `tgid` in this thread: remember
 /// it on this CPU, so that a client close by the same thread right after
-/// (its 499 path) can be tied to it.
+/// (its 499 path) can be tied to it. Give-ups in a row with nothing written
+/// between them (every stream of an HTTP/2 connection its client dropped)
+/// widen the watched range.
 #[inline(always)]
 fn watch_giveup(tgid: u32, end_ns: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -79,16 +86,30 @@ fn watch_giveup(tgid: u32, end_ns: u64) {
     if (pid_tgid >> 32) as u32 != tgid {
         return;
     }
-    if let Some(slot) = GIVEUP.get_ptr_mut(0) {
-        unsafe {
+    let Some(slot) = GIVEUP.get_ptr_mut(0) else {
+        return;
+    };
+    unsafe {
+        if (*slot).pid_tgid == pid_tgid {
+            (*slot).last_end_ns = end_ns;
+        } else {
             *slot = GiveUp {
                 pid_tgid,
-                end_ns,
-                tgid,
+                first_end_ns: end_ns,
+                last_end_ns: end_ns,
+                closing: 0,
                 _pad: 0,
-            }
-        };
+            };
+        }
     }
+}
+
+/// The watch of this CPU when it is on the current thread.
+#[inline(always)]
+fn watched_by_me() -> Option<*mut GiveUp> {
+    let slot = GIVEUP.get_ptr_mut(0)?;
+    let watched = unsafe { (*slot).pid_tgid };
+    (watched != 0 && watched == bpf_get_current_pid_tgid()).then_some(slot)
 }
 
 /// The worker thread did something nginx does only when it goes on after
@@ -97,32 +118,44 @@ fn watch_giveup(tgid: u32, end_ns: u64) {
 /// client leaving. Costs a per-CPU load when nothing is watched.
 #[inline(always)]
 pub fn clear_giveup() {
-    let Some(slot) = GIVEUP.get_ptr_mut(0) else {
-        return;
-    };
-    let watched = unsafe { (*slot).pid_tgid };
-    if watched != 0 && watched == bpf_get_current_pid_tgid() {
+    if let Some(slot) = watched_by_me() {
         unsafe { (*slot).pid_tgid = 0 };
     }
 }
 
-/// The current thread closes a client connection whose client already left
-/// (FIN or RST received): if it just gave up on an exchange, with no write
-/// or connect since, nginx is finalising that request with 499.
+/// The watched thread calls `close()` on a descriptor that is not an
+/// upstream connection: only a socket freed inside this call can be its
+/// client's (not one freed in softirq that interrupted the thread).
 #[inline(always)]
-pub fn client_gone() {
-    let Some(slot) = GIVEUP.get_ptr_mut(0) else {
+pub fn note_close() {
+    if let Some(slot) = watched_by_me() {
+        unsafe { (*slot).closing = 1 };
+    }
+}
+
+/// The current thread, inside `close()`, closes a TCP connection whose peer
+/// already left (FIN or RST received), one never marked as an upstream: if
+/// it just gave up on an exchange, with no write or connect since, nginx is
+/// finalising that request with 499 and closing its client's connection.
+#[inline(always)]
+pub fn client_gone(sk: u64) {
+    let Some(slot) = watched_by_me() else {
         return;
     };
-    let watched = unsafe { (*slot).pid_tgid };
-    if watched == 0 || watched != bpf_get_current_pid_tgid() {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (closing, first, last) =
+        unsafe { ((*slot).closing, (*slot).first_end_ns, (*slot).last_end_ns) };
+    // nginx's own upstream socket (marked, its exchange just forgotten) is
+    // closed in the same call: never the client.
+    if closing == 0 || now > last + CLIENT_CLOSE_WITHIN_NS || is_marked(sk) {
         return;
     }
     let record = ClientGoneRecord {
         kind: RECORD_CLIENT_GONE,
-        tgid: unsafe { (*slot).tgid },
-        giveup_ns: unsafe { (*slot).end_ns },
-        closed_ns: unsafe { bpf_ktime_get_ns() },
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        first_giveup_ns: first,
+        last_giveup_ns: last,
+        closed_ns: now,
     };
     unsafe { (*slot).pid_tgid = 0 };
     if EVENTS.output::<ClientGoneRecord>(&record, 0).is_err() {

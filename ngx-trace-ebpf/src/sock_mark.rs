@@ -1,11 +1,12 @@
 //! The upstream filter of the hot hooks: socket-local storage marks the
 //! sockets that are upstream connections of traced workers. For every other
 //! socket on the host (clients, backends, other services) a hook costs one
-//! helper call that finds no storage on the socket, then leaves.
+//! load (`sk->sk_bpf_storage` is NULL on a socket without any socket-local
+//! storage), then leaves.
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    bindings::{BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
     helpers::{bpf_ktime_get_ns, generated::bpf_sk_storage_get},
 };
 use ngx_trace_common::{
@@ -14,7 +15,7 @@ use ngx_trace_common::{
 
 use crate::{
     config::config,
-    maps::{CONNS, UNIX_BIND_HINT, UPSTREAM_SOCKS, count_lost},
+    maps::{CONNS, FD_CONNS, UNIX_BIND_HINT, UPSTREAM_SOCKS, count_lost, fd_key},
 };
 
 #[inline(always)]
@@ -40,12 +41,22 @@ fn mark_of(sk: u64) -> Option<*mut SockMark> {
     (!mark.is_null()).then_some(mark.cast())
 }
 
-/// Marks `sk` as an upstream connection of worker `tgid`.
+/// Whether `sk` carries a mark (followed now or once).
 #[inline(always)]
-pub fn mark(sk: u64, tgid: u32) {
+pub fn is_marked(sk: u64) -> bool {
+    mark_of(sk).is_some()
+}
+
+/// Starts following `sk`, a worker's new upstream connection: marks it,
+/// then records its state and its fd. Nothing is recorded when the mark
+/// cannot be made (the hooks would never see the socket): counted as lost.
+#[inline(always)]
+pub fn follow(sk: u64, exchange: &Exchange) {
     let mut value = SockMark {
         kind: MARK_FOLLOWED,
-        tgid,
+        tgid: exchange.tgid,
+        fd: exchange.fd,
+        _pad: 0,
         addr: UpstreamAddr::ZERO,
     };
     // SAFETY: as in `mark_of`; the helper copies `value`.
@@ -57,7 +68,12 @@ pub fn mark(sk: u64, tgid: u32) {
             BPF_SK_STORAGE_GET_F_CREATE as u64,
         )
     };
-    if mark.is_null() {
+    if mark.is_null()
+        || CONNS.insert(sk, exchange, 0).is_err()
+        || FD_CONNS
+            .insert(fd_key(exchange.tgid, exchange.fd), sk, 0)
+            .is_err()
+    {
         count_lost(LOST_MAP_FULL);
     }
 }
@@ -76,11 +92,13 @@ pub fn upstream_state(sk: u64) -> Option<*mut Exchange> {
         // Followed once, forgotten since (its exchange ended): nothing to do.
         return None;
     }
-    let (tgid, addr) = unsafe { ((*mark).tgid, (*mark).addr) };
-    let exchange = Exchange::adopted(tgid, unsafe { bpf_ktime_get_ns() }, addr);
-    if CONNS.insert(sk, exchange, 0).is_err() {
+    let (tgid, fd, addr) = unsafe { ((*mark).tgid, (*mark).fd, (*mark).addr) };
+    let exchange = Exchange::adopted(tgid, fd, unsafe { bpf_ktime_get_ns() }, addr);
+    // Another CPU may be adopting it at the same instant: the first wins.
+    if CONNS.insert(sk, exchange, BPF_NOEXIST as u64).is_ok()
+        && FD_CONNS.insert(fd_key(tgid, fd), sk, 0).is_err()
+    {
         count_lost(LOST_MAP_FULL);
-        return None;
     }
     unsafe { (*mark).kind = MARK_FOLLOWED };
     CONNS.get_ptr_mut(sk)

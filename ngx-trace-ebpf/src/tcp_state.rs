@@ -2,21 +2,20 @@
 //! unreachable, abandoned by nginx), resets and errors once established,
 //! retransmissions.
 //!
-//! These hooks fire for every TCP socket on the host; anything that is not
-//! an upstream socket of a worker leaves after one map lookup.
+//! These hooks fire for every TCP socket on the host: the BTF ones leave
+//! after the socket-mark check (`sock_mark`) for anything that is not an
+//! upstream socket of a worker, the classic ones after one map lookup.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use ngx_trace_common::LOST_MAP_FULL;
 
 use crate::{
     config::offset,
-    maps::{CONNECTS, CONNS, FD_CONNS, LAST_CLOSED, count_lost, fd_key, forget},
-    record::{apply, client_gone, emit},
-    sock_mark::{mark, upstream_state},
-    tcp_sock,
+    maps::{CONNECTS, CONNS, LAST_CLOSED},
+    record::{apply, client_gone},
+    sock_mark::{follow, upstream_state},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -41,22 +40,14 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
             return 0;
         };
         unsafe { (*call).sk = sk };
-        let exchange = unsafe { &(*call).exchange };
-        if CONNS.insert(sk, exchange, 0).is_err()
-            || FD_CONNS
-                .insert(fd_key(exchange.tgid, exchange.fd), sk, 0)
-                .is_err()
-        {
-            count_lost(LOST_MAP_FULL);
-        }
-        mark(sk, exchange.tgid);
+        follow(sk, unsafe { &(*call).exchange });
         return 0;
     }
     let Some(state) = upstream_state(sk) else {
         if oldstate == TCP_CLOSE_WAIT && (newstate == TCP_LAST_ACK || newstate == TCP_CLOSE) {
             // Closing a connection whose peer left first: a client that
             // went away, if this thread just gave up on an exchange.
-            client_gone();
+            client_gone(sk);
         }
         return 0;
     };
@@ -102,10 +93,8 @@ fn try_error_report(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let error = unsafe { ctx.read_at::<i32>(offset!(error_report_error)) }?.unsigned_abs();
-    let ending = unsafe { (*state).socket_error(error, bpf_ktime_get_ns()) };
-    tcp_sock::refresh(state, sk);
-    emit(state, ending);
-    forget(sk, state);
+    let next = unsafe { (*state).socket_error(error, bpf_ktime_get_ns()) };
+    apply(sk, state, next);
     Ok(())
 }
 
@@ -148,7 +137,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
     let Some(state) = upstream_state(sk) else {
-        client_gone();
+        client_gone(sk);
         return 0;
     };
     let next = unsafe { (*state).destroyed(bpf_ktime_get_ns()) };

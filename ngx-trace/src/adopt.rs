@@ -69,6 +69,8 @@ pub fn kept_alive(kernel: &mut Kernel, workers: &BTreeSet<u32>) -> (usize, Optio
             let mark = SockMark {
                 kind: MARK_ADOPT,
                 tgid: pid,
+                fd: fd as u32,
+                _pad: 0,
                 addr: conn.remote,
             };
             match steal_fd(pid, fd)

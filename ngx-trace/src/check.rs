@@ -22,8 +22,9 @@ pub fn report(
     out.push_str(&format!("kernel BTF: {}\n", if btf { "yes" } else { "no" }));
     let t = &config.structs;
     out.push_str(&format!(
-        "struct offsets (BTF): tcp_sock.snd_una {}, snd_nxt {}, srtt_us {}, delivered_mstamp {}\n",
-        t.tcp_snd_una, t.tcp_snd_nxt, t.tcp_srtt_us, t.tcp_delivered_mstamp
+        "struct offsets (BTF): tcp_sock.snd_una {}, write_seq {}, srtt_us {}, \
+         delivered_mstamp {}; sock.sk_bpf_storage {}\n",
+        t.tcp_snd_una, t.tcp_write_seq, t.tcp_srtt_us, t.tcp_delivered_mstamp, t.sk_bpf_storage
     ));
     out.push_str("upstream filter: socket-local storage (BPF_MAP_TYPE_SK_STORAGE)\n");
     out.push_str(&format!(

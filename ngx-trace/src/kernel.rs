@@ -21,6 +21,9 @@ use crate::{
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ngx-trace"));
 
+/// `bpf_map_update_elem` flag: fail rather than replace an existing value.
+const BPF_NOEXIST: u64 = 1;
+
 /// Loaded and attached programs, with the maps user space reads.
 pub struct Kernel {
     /// Owns programs and links: dropping it detaches everything.
@@ -147,8 +150,10 @@ impl Kernel {
         sock: &impl std::os::fd::AsRawFd,
         mark: SockMark,
     ) -> Result<()> {
+        // BPF_NOEXIST: a connection the kernel began to follow since the
+        // programs were attached keeps its mark.
         self.upstream_socks
-            .insert(sock, mark, 0)
+            .insert(sock, mark, BPF_NOEXIST)
             .context("failed to mark the socket in UPSTREAM_SOCKS")
     }
 

@@ -112,22 +112,29 @@ fn struct_offsets() -> Result<StructOffsets> {
         let member = btf.member("tcp_sock", name).map_err(kernel_error)?;
         if member.size != size {
             return Err(kernel_error(format!(
-                "struct tcp_sock member `{name}` has {} bytes on this kernel, expected {size}",
+                "struct tcp_sock member `{name}` has {} bytes on this kernel, expected {size}: \
+                 an unsupported kernel layout, please report it with `uname -r`",
                 member.size
             ))
             .into());
         }
         Ok(member.offset)
     };
+    let sk_bpf_storage = btf.member("sock", "sk_bpf_storage").map_err(kernel_error)?;
+    if sk_bpf_storage.size != 8 {
+        return Err(kernel_error(format!(
+            "struct sock member `sk_bpf_storage` has {} bytes on this kernel, expected a \
+             pointer: an unsupported kernel layout, please report it with `uname -r`",
+            sk_bpf_storage.size
+        ))
+        .into());
+    }
     Ok(StructOffsets {
         tcp_snd_una: field("snd_una", 4)?,
-        tcp_snd_nxt: field("snd_nxt", 4)?,
+        tcp_write_seq: field("write_seq", 4)?,
         tcp_srtt_us: field("srtt_us", 4)?,
         tcp_delivered_mstamp: field("delivered_mstamp", 8)?,
-        sk_bpf_storage: btf
-            .member("sock", "sk_bpf_storage")
-            .map_err(kernel_error)?
-            .offset,
+        sk_bpf_storage: sk_bpf_storage.offset,
         _pad: 0,
     })
 }

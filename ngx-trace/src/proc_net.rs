@@ -75,13 +75,7 @@ pub fn socket_fds(pid: u32) -> BTreeMap<u64, i32> {
         let e = e.ok()?;
         let fd: i32 = e.file_name().to_str()?.parse().ok()?;
         let link = fs::read_link(e.path()).ok()?;
-        let inode = link
-            .to_str()?
-            .strip_prefix("socket:[")?
-            .strip_suffix(']')?
-            .parse()
-            .ok()?;
-        Some((inode, fd))
+        Some((parse_socket_link(link.to_str()?)?, fd))
     })
     .collect()
 }
@@ -98,21 +92,45 @@ pub fn established(pid: u32) -> Vec<Established> {
         .collect()
 }
 
-/// Bytes that fd `fd` of process `pid`, a TCP connection, has written and
-/// its peer not yet acknowledged; `None` when it cannot be told (the fd is
-/// gone or not an established TCP connection).
-pub fn unacked(pid: u32, fd: u32) -> Option<u64> {
+/// The inode of the socket fd `fd` of process `pid` links to.
+fn socket_inode(pid: u32, fd: u32) -> Option<u64> {
     let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-    let inode: u64 = link
-        .to_str()?
-        .strip_prefix("socket:[")?
+    parse_socket_link(link.to_str()?)
+}
+
+/// `socket:[12345]` → 12345.
+fn parse_socket_link(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
         .strip_suffix(']')?
         .parse()
-        .ok()?;
-    established(pid)
-        .into_iter()
-        .find(|c| c.inode == inode)
-        .map(|c| c.unacked)
+        .ok()
+}
+
+/// The socket tables of the processes asked about, each read once: one
+/// pass of `pending` reports asks about many exchanges of few workers.
+#[derive(Default)]
+pub struct Tables {
+    /// Unacknowledged bytes by socket inode, per process.
+    by_pid: BTreeMap<u32, BTreeMap<u64, u64>>,
+}
+
+impl Tables {
+    /// Bytes that fd `fd` of process `pid`, a TCP connection, has written
+    /// and its peer not yet acknowledged; `None` when it cannot be told (the
+    /// fd is gone or not an established TCP connection).
+    pub fn unacked(&mut self, pid: u32, fd: u32) -> Option<u64> {
+        let inode = socket_inode(pid, fd)?;
+        self.by_pid
+            .entry(pid)
+            .or_insert_with(|| {
+                established(pid)
+                    .into_iter()
+                    .map(|c| (c.inode, c.unacked))
+                    .collect()
+            })
+            .get(&inode)
+            .copied()
+    }
 }
 
 #[cfg(test)]
@@ -186,9 +204,10 @@ mod tests {
         std::io::Write::write_all(&mut &client, b"GET / HTTP/1.0\r\n\r\n").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         let fd = client.as_raw_fd() as u32;
-        assert_eq!(unacked(std::process::id(), fd), Some(0));
+        let mut tables = Tables::default();
+        assert_eq!(tables.unacked(std::process::id(), fd), Some(0));
         assert_eq!(
-            unacked(std::process::id(), 0),
+            tables.unacked(std::process::id(), 0),
             None,
             "stdin is no TCP socket"
         );

@@ -106,20 +106,23 @@ pub enum ProcessChange {
 #[derive(Debug, Clone, Copy)]
 #[expect(
     clippy::large_enum_variant,
-    reason = "records are decoded and consumed one at a time, never stored"
+    reason = "records are decoded and consumed one at a time (give-ups held are `Finished`)"
 )]
 pub enum Record {
     /// A finished connect attempt or exchange.
     Upstream(Finished),
     /// A change to the traced processes.
     Process(ProcessChange),
-    /// A worker gave up on the exchange that ended at `giveup_ns` because
-    /// its client left (it then closed the client connection at `closed_ns`).
+    /// A worker gave up on the exchanges that ended from `first_giveup_ns`
+    /// to `last_giveup_ns` because its client left (it then closed the
+    /// client's connection at `closed_ns`).
     ClientGone {
         /// The worker.
         worker_pid: u32,
-        /// `end_ns` of the exchange given up on.
-        giveup_ns: u64,
+        /// `end_ns` of the first exchange given up on.
+        first_giveup_ns: u64,
+        /// `end_ns` of the last one.
+        last_giveup_ns: u64,
         /// When the client connection was closed.
         closed_ns: u64,
     },
@@ -201,7 +204,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, String> {
             let c: ClientGoneRecord = read(bytes, "a client-gone")?;
             Ok(Record::ClientGone {
                 worker_pid: c.tgid,
-                giveup_ns: c.giveup_ns,
+                first_giveup_ns: c.first_giveup_ns,
+                last_giveup_ns: c.last_giveup_ns,
                 closed_ns: c.closed_ns,
             })
         }
@@ -364,14 +368,16 @@ mod tests {
         let gone = ClientGoneRecord {
             kind: RECORD_CLIENT_GONE,
             tgid: 4243,
-            giveup_ns: 5_000,
+            first_giveup_ns: 5_000,
+            last_giveup_ns: 5_040,
             closed_ns: 5_080,
         };
         assert!(matches!(
             decode(bytes_of(&gone)),
             Ok(Record::ClientGone {
                 worker_pid: 4243,
-                giveup_ns: 5_000,
+                first_giveup_ns: 5_000,
+                last_giveup_ns: 5_040,
                 closed_ns: 5_080
             })
         ));

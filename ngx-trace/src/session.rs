@@ -83,9 +83,10 @@ impl Session {
             Ok(Record::Upstream(x)) => self.exchange(&x),
             Ok(Record::ClientGone {
                 worker_pid,
-                giveup_ns,
+                first_giveup_ns,
+                last_giveup_ns,
                 closed_ns,
-            }) => self.client_gone(worker_pid, giveup_ns, closed_ns),
+            }) => self.client_gone(worker_pid, first_giveup_ns..=last_giveup_ns, closed_ns),
             Ok(Record::Process(change)) => {
                 match change {
                     ProcessChange::Fork { pid } | ProcessChange::Exec { pid }
@@ -108,23 +109,26 @@ impl Session {
     }
 
     /// The kernel saw worker `worker_pid` close its client's connection,
-    /// the client gone, right after giving up on the exchange that ended at
-    /// `giveup_ns`: that exchange ended because the client left. (A close
-    /// long after is not part of nginx's 499 path: ignored.)
-    fn client_gone(&mut self, worker_pid: u32, giveup_ns: u64, closed_ns: u64) -> io::Result<()> {
-        if closed_ns.saturating_sub(giveup_ns) > CLIENT_GONE_WAIT_NS {
+    /// the client gone, right after giving up on the exchanges that ended in
+    /// `giveups` (one, or every stream of an HTTP/2 connection): they ended
+    /// because the client left. (A close long after is not part of nginx's
+    /// 499 path: ignored.)
+    fn client_gone(
+        &mut self,
+        worker_pid: u32,
+        giveups: std::ops::RangeInclusive<u64>,
+        closed_ns: u64,
+    ) -> io::Result<()> {
+        if closed_ns.saturating_sub(*giveups.end()) > CLIENT_GONE_WAIT_NS {
             return Ok(());
         }
-        let Some(at) = self
-            .held
-            .iter()
-            .position(|x| x.facts.worker_pid == worker_pid && x.end_ns == giveup_ns)
-        else {
-            // Already judged (the thread was descheduled for long), or its
-            // record was lost: nothing to correct.
-            return Ok(());
-        };
-        if let Some(mut x) = self.held.remove(at) {
+        // Records of exchanges already judged (the worker was descheduled
+        // for long) or lost are not found: nothing to correct.
+        let (left, kept): (VecDeque<Finished>, VecDeque<Finished>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|x| x.facts.worker_pid == worker_pid && giveups.contains(&x.end_ns));
+        self.held = kept;
+        for mut x in left {
             x.client_left = true;
             self.exchange(&x)?;
         }
@@ -187,7 +191,13 @@ impl Session {
     /// The `pending` event of an exchange still under way at `now_ns`:
     /// waiting for its answer, or still connecting. Judged as if nginx gave
     /// up now: the verdict so far.
-    fn pending_event(&mut self, f: &Facts, now_ns: u64, cut_by_stop: bool) -> PendingEvent {
+    fn pending_event(
+        &mut self,
+        f: &Facts,
+        now_ns: u64,
+        cut_by_stop: bool,
+        tables: &mut proc_net::Tables,
+    ) -> PendingEvent {
         let (transport, upstream) = self.name(&f.addr);
         let mut f = *f;
         if transport == Transport::Tcp
@@ -197,7 +207,7 @@ impl Session {
         {
             // No hook runs on a pure ACK: ask the kernel's socket table
             // whether anything written is still unacknowledged.
-            f.acked_live = proc_net::unacked(f.worker_pid, fd) == Some(0);
+            f.acked_live = tables.unacked(f.worker_pid, fd) == Some(0);
         }
         let f = &f;
         let (end, since) = if f.connected {
@@ -221,7 +231,8 @@ impl Session {
             upstream: upstream.to_string(),
             transport: transport.as_str(),
             waiting_ms: now_ns.saturating_sub(since) / 1_000_000,
-            request_acked: tcp.then_some(e.timings.request_acked.is_some() || f.acked_live),
+            // A waiting exchange's ACK time is not known yet: only whether.
+            request_acked: tcp.then_some(f.acked_live || e.timings.request_acked.is_some()),
             retransmits: tcp.then_some(f.retransmits),
             verdict: e.verdict.as_str(),
             evidence: e.evidence,
@@ -237,6 +248,7 @@ impl Session {
         now_ns: u64,
     ) -> io::Result<()> {
         let mut still_waiting = HashSet::new();
+        let mut tables = proc_net::Tables::default();
         for (sk, ex) in conns {
             let Ok(f) = facts(&ex) else { continue };
             if !f.waiting_for_response() {
@@ -251,7 +263,7 @@ impl Session {
             if self.pending_shown.contains(&key) {
                 continue;
             }
-            let event = self.pending_event(&f, now_ns, false);
+            let event = self.pending_event(&f, now_ns, false, &mut tables);
             self.out.event(&event, || event.to_text())?;
         }
         // Forget exchanges that ended, keeping the set bounded.
@@ -331,6 +343,7 @@ impl Session {
         now_ns: u64,
     ) -> io::Result<()> {
         self.release_held(u64::MAX)?;
+        let mut tables = proc_net::Tables::default();
         for (_, ex) in conns {
             let Ok(f) = facts(&ex) else {
                 self.bad_records += 1;
@@ -346,7 +359,7 @@ impl Session {
                 };
                 self.exchange(&done)?;
             } else if f.waiting_for_response() || (!f.connected && f.phase == Phase::Idle) {
-                let event = self.pending_event(&f, now_ns, true);
+                let event = self.pending_event(&f, now_ns, true, &mut tables);
                 self.summary.add_cut_by_stop(&event.upstream);
                 self.out.event(&event, || event.to_text())?;
             }
@@ -354,5 +367,136 @@ impl Session {
         self.report_histograms()?;
         let summary = self.summary.to_event();
         self.out.event(&summary, || self.summary.to_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ngx_trace_common::{
+        AF_INET, ClientGoneRecord, FLAG_CONNECTED, RECORD_CLIENT_GONE, RECORD_UPSTREAM,
+        UpstreamRecord,
+    };
+
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn bytes_of<T>(record: &T) -> Vec<u8> {
+        // SAFETY: a plain repr(C) struct viewed as bytes.
+        unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    /// The record of worker `tgid` giving up at `end_ns` on a request it
+    /// wrote 300 ms earlier.
+    fn gave_up(tgid: u32, end_ns: u64) -> Vec<u8> {
+        let mut addr = UpstreamAddr::ZERO;
+        addr.family = AF_INET;
+        addr.port_be = 8080u16.to_be();
+        addr.data[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut ex = Exchange::new(tgid, 9, end_ns - 301 * MS, addr);
+        ex.flags = FLAG_CONNECTED;
+        ex.connect_ns = 100_000;
+        ex.req_first_ns = end_ns - 300 * MS;
+        ex.req_last_ns = end_ns - 300 * MS;
+        ex.phase = Phase::Sending.code();
+        ex.end = End::NginxClosed.code();
+        ex.end_ns = end_ns;
+        bytes_of(&UpstreamRecord {
+            kind: RECORD_UPSTREAM,
+            _pad: 0,
+            exchange: ex,
+        })
+    }
+
+    fn client_gone(tgid: u32, first: u64, last: u64, closed: u64) -> Vec<u8> {
+        bytes_of(&ClientGoneRecord {
+            kind: RECORD_CLIENT_GONE,
+            tgid,
+            first_giveup_ns: first,
+            last_giveup_ns: last,
+            closed_ns: closed,
+        })
+    }
+
+    fn session() -> Session {
+        Session::new(Output::new(true), false, 1_000_000, BTreeSet::new())
+    }
+
+    fn outcomes(s: &Session) -> BTreeMap<&'static str, u64> {
+        s.summary
+            .to_event()
+            .upstreams
+            .into_iter()
+            .flat_map(|u| u.outcomes)
+            .collect()
+    }
+
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_give_up_followed_by_its_client_leaving_is_client_closed() {
+        let mut s = session();
+        s.record(&gave_up(42, 10_000 * MS)).unwrap();
+        assert!(outcomes(&s).is_empty(), "held until judged");
+        s.record(&client_gone(
+            42,
+            10_000 * MS,
+            10_000 * MS,
+            10_000 * MS + 40_000,
+        ))
+        .unwrap();
+        assert_eq!(outcomes(&s), BTreeMap::from([("client_closed", 1)]));
+        assert!(s.held.is_empty());
+    }
+
+    #[test]
+    fn a_give_up_nobody_claims_is_nginx_timing_out_once_the_wait_is_over() {
+        let mut s = session();
+        s.record(&gave_up(42, 10_000 * MS)).unwrap();
+        s.release_held(10_000 * MS + CLIENT_GONE_WAIT_NS - 1)
+            .unwrap();
+        assert!(outcomes(&s).is_empty(), "still within the wait");
+        s.release_held(10_000 * MS + CLIENT_GONE_WAIT_NS).unwrap();
+        assert_eq!(outcomes(&s), BTreeMap::from([("no_response", 1)]));
+    }
+
+    #[test]
+    fn another_worker_or_a_late_close_claims_nothing() {
+        let mut s = session();
+        s.record(&gave_up(42, 10_000 * MS)).unwrap();
+        s.record(&client_gone(43, 10_000 * MS, 10_000 * MS, 10_000 * MS + 1))
+            .unwrap();
+        s.record(&client_gone(
+            42,
+            10_000 * MS,
+            10_000 * MS,
+            10_000 * MS + CLIENT_GONE_WAIT_NS + 1,
+        ))
+        .unwrap();
+        s.release_held(u64::MAX).unwrap();
+        assert_eq!(outcomes(&s), BTreeMap::from([("no_response", 1)]));
+    }
+
+    #[test]
+    fn one_client_close_claims_every_give_up_of_its_range() {
+        // An HTTP/2 connection dropped: every stream given up on, one close.
+        let mut s = session();
+        for end in [10_000 * MS, 10_000 * MS + 10_000, 10_000 * MS + 20_000] {
+            s.record(&gave_up(42, end)).unwrap();
+        }
+        s.record(&gave_up(42, 10_500 * MS)).unwrap();
+        s.record(&client_gone(
+            42,
+            10_000 * MS,
+            10_000 * MS + 20_000,
+            10_000 * MS + 30_000,
+        ))
+        .unwrap();
+        s.release_held(u64::MAX).unwrap();
+        assert_eq!(
+            outcomes(&s),
+            BTreeMap::from([("client_closed", 3), ("no_response", 1)])
+        );
     }
 }

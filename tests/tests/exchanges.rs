@@ -380,13 +380,9 @@ fn keepalive_connections_opened_before_tracing_are_adopted() {
         .into_iter()
         .filter(|e| e["event"] == "upstream")
         .collect();
-    // Each worker's first exchange on an old connection was half over when
-    // seen (its request went unseen) and is not reported; every other one is.
-    assert!(
-        (18..=20).contains(&events.len()),
-        "{} of 20 exchanges: {events:#?}",
-        events.len()
-    );
+    // The old connections were marked at start, between two exchanges:
+    // every exchange after is reported, the first on each included.
+    assert_eq!(events.len(), 20, "{events:#?}");
     for e in &events {
         assert_eq!(e["outcome"], "ok", "{e}");
         assert_eq!(
@@ -403,6 +399,10 @@ fn keepalive_connections_opened_before_tracing_are_adopted() {
     }
     let reused = events.iter().filter(|e| e["reused"] == true).count();
     assert!(reused >= 18, "old connections adopted: {events:#?}");
+    assert!(
+        events.iter().all(|e| e["tcp"]["srtt_us"].is_u64()),
+        "the RTT of adopted connections is read too: {events:#?}"
+    );
 }
 
 #[test]

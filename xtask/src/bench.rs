@@ -1046,13 +1046,19 @@ brackets):
 | dc0559f | before: an LRU hash lookup in every hook; `tcp_probe` and `tcp_rcv_space_adjust` as classic tracepoints on every segment and every TCP read | 3451 (9282) | 20.7 (44.1) | 167 (211) |
 | e9ac618 | socket-local storage marks upstream sockets (one `bpf_sk_storage_get` that finds nothing on any other socket, no hash); `tcp_probe`, `tcp_destroy_sock` as BTF tracepoints; kept-alive connections adopted once at start instead of on every read | 1766 (5955) | 16.1 (40.0) | 110 (149) |
 | d819653 | no hook per segment: acknowledgement and RTT read from `struct tcp_sock` when the answer arrives and when the exchange ends (`tcp_probe` gone) | 1477 (5534) | 12.0 (33.0) | 123 (168) |
-| this run | `sk->sk_bpf_storage` read first: a socket with no socket-local storage at all leaves after one load, before any helper call | above | above | above |
+| c3a1b6b | `sk->sk_bpf_storage` read first: a socket with no socket-local storage at all leaves after one load, before any helper call | 1643 (5781) | 12.0 (33.0) | 136 (175) |
 
-Measured and not kept: holding the exchange state itself in socket-local
-storage would save the one hash lookup left on upstream events (3 per
-keepalive request), but user space could then no longer list in-flight
-exchanges for `pending` events and the stop (socket storage has no
-`get_next_key`; a `bpf_sk_storage_map` iterator needs a map fd at link
+The last cut made no measurable difference: not-upstream runs cost 52, 55
+and 61 ns in the runs of e9ac618, d819653 and c3a1b6b, which is this
+machine's noise from run to run. What is left per run on a socket that is
+not an upstream is the cost of running a BTF tracepoint program at all
+(with BPF_ENABLE_STATS, two clock reads are part of it).
+
+Considered and not built: holding the exchange state itself in
+socket-local storage would save the one hash lookup left on upstream events
+(3 per keepalive request), but user space could then no longer list
+in-flight exchanges for `pending` events and the stop (socket storage has
+no `get_next_key`; a `bpf_sk_storage_map` iterator needs a map fd at link
 creation, which aya's `Iter` does not pass).
 
 What the kernel forces:
@@ -1060,9 +1066,8 @@ What the kernel forces:
   data-ready event of every socket on the host runs the program. On this
   bench a proxied keepalive request makes 12 such events and only 3 are on
   the upstream socket; the other 9 (wrk's, the front's client side, the
-  back nginx's) leave after one load and a comparison, which is the
-  per-run figure of the not-upstream section: what is left is the cost of
-  running a program at all. With BPF_ENABLE_STATS on, the statistics
+  back nginx's) leave after one load and a comparison: the per-run figure
+  of the not-upstream section. With BPF_ENABLE_STATS on, the statistics
   themselves add two clock reads to every run.
 - On this bench, client, proxy and backend saturate the same 2 cores, so
   every nanosecond spent in a hook is throughput lost; on a host that runs
