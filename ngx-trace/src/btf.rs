@@ -509,7 +509,10 @@ mod tests {
         // The upstream filter's first load: a pointer inside struct sock.
         let storage = btf.member("sock", "sk_bpf_storage").unwrap();
         assert_eq!(storage.size, 8);
-        assert!(storage.offset > 0 && storage.offset.is_multiple_of(8), "{storage:?}");
+        assert!(
+            storage.offset > 0 && storage.offset.is_multiple_of(8),
+            "{storage:?}"
+        );
 
         let err = btf.member("tcp_sock", "foo").unwrap_err();
         assert_eq!(err, "struct tcp_sock has no member `foo` on this kernel");
