@@ -62,7 +62,10 @@ fn classify_load_error(
         }
         _ => UserError::new(
             exit::KERNEL,
-            format!("the kernel refused program {program}: {err}"),
+            format!(
+                "the kernel refused program {program}: {err} (this kernel lacks a feature it \
+                 needs: run `ngx-trace --check` and see the README's requirements)"
+            ),
         ),
     }
 }

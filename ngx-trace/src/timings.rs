@@ -38,7 +38,13 @@ pub fn timings(x: &Finished) -> Timings {
             (f.connect_ns != 0).then_some(f.connect_ns / 1000)
         },
         request_acked: span_us(f.req_last_ns, f.acked_ns),
-        first_byte: span_us(f.req_last_ns, f.resp_kernel_ns),
+        // An answer that came before the request was all written (a 413
+        // during an upload) came at once.
+        first_byte: if f.resp_kernel_ns != 0 && f.resp_kernel_ns < f.req_last_ns {
+            Some(0)
+        } else {
+            span_us(f.req_last_ns, f.resp_kernel_ns)
+        },
         nginx_read_delay: span_us(f.resp_kernel_ns, f.resp_first_read_ns),
         total: span_us(f.start_ns, x.end_ns),
     }

@@ -791,4 +791,21 @@ mod tests {
         let ex = explain(&x, Transport::Tcp, "127.0.0.1:3999", SLOW);
         assert_eq!(ex.verdict, Verdict::Network);
     }
+
+    #[test]
+    fn an_answer_before_the_whole_request_was_written_came_at_once() {
+        // nginx still uploading a body when the backend answers 413.
+        let mut e = exchange(End::ResponseDone, Some(40_000), None, 3 * MS);
+        e.resp_kernel_ns = e.req_last_ns - 2 * MS;
+        e.resp_first_read_ns = e.req_last_ns + 10_000;
+        e.resp_last_read_ns = e.req_last_ns + 20_000;
+        let x = tcp(&e);
+        assert_eq!(x.timings.first_byte, Some(0));
+        assert_eq!((x.outcome, x.verdict), (Outcome::Ok, Verdict::Healthy));
+        assert!(
+            x.evidence.contains("first byte after 0.0 ms"),
+            "{}",
+            x.evidence
+        );
+    }
 }
