@@ -6,9 +6,6 @@
 //! An exchange starts with the first request byte a worker writes, and ends
 //! when the next request starts on the same connection (keepalive), or when
 //! either side closes or resets the connection.
-/// `recv()` flag: look at the data without taking it.
-const MSG_PEEK: i32 = 2;
-
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, tracepoint},
@@ -23,6 +20,9 @@ use crate::{
     sock_mark::{clear_unix_bind_hint, follow, unix_bind_hinted, upstream_state},
     tcp_sock,
 };
+
+/// `recv()` flag: look at the data without taking it.
+const MSG_PEEK: i32 = 2;
 
 /// The connection of `sk` for a worker writing to it: a known one, or the
 /// UNIX connection this thread connected last and has not written to yet
