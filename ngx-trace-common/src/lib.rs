@@ -333,8 +333,9 @@ pub struct StructOffsets {
     /// `struct sock.sk_bpf_storage` (pointer): NULL on a socket that holds
     /// no socket-local storage at all, read before any helper call.
     pub sk_bpf_storage: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `struct sock_common.skc_family` (u16, `struct sock` starts with it):
+    /// only a UNIX socket's first write can bind a waiting UNIX connect.
+    pub sk_family: u32,
 }
 
 /// Configuration set by user space before the programs load.

@@ -19,7 +19,6 @@ use crate::{
         forget, is_worker,
     },
     record::{clear_giveup, emit},
-    sock_mark::hint_unix_bind,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -145,8 +144,6 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
             unsafe { (*exchange).handshake_done(now) };
             if UNIX_BIND.insert(pid_tgid, unsafe { *exchange }, 0).is_err() {
                 count_lost(LOST_MAP_FULL);
-            } else {
-                hint_unix_bind(pid_tgid);
             }
         } else if ret < 0 {
             emit(exchange, failed);

@@ -17,7 +17,7 @@ use crate::{
     config::offset,
     maps::{CONNS, FD_CONNS, UNIX_BIND, fd_key},
     record::{apply, clear_giveup, emit, note_close},
-    sock_mark::{clear_unix_bind_hint, follow, unix_bind_hinted, upstream_state},
+    sock_mark::{follow, is_unix, upstream_state},
     tcp_sock,
 };
 
@@ -32,17 +32,14 @@ fn writer_conn(sk: u64) -> Option<*mut Exchange> {
     if let Some(state) = upstream_state(sk) {
         return Some(state);
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !unix_bind_hinted(pid_tgid) {
+    // Writes to TCP sockets (nearly all of them) leave here.
+    if !is_unix(sk) {
         return None;
     }
-    let Some(bind) = UNIX_BIND.get_ptr(pid_tgid) else {
-        clear_unix_bind_hint();
-        return None;
-    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let bind = UNIX_BIND.get_ptr(pid_tgid)?;
     follow(sk, unsafe { &*bind });
     let _ = UNIX_BIND.remove(pid_tgid);
-    clear_unix_bind_hint();
     CONNS.get_ptr_mut(sk)
 }
 
@@ -120,12 +117,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         // Perhaps its client's connection, right after giving up.
         note_close();
         // A UNIX connection closed before its first write: never bind it.
-        if unix_bind_hinted(pid_tgid)
-            && let Some(bind) = UNIX_BIND.get_ptr(pid_tgid)
+        if let Some(bind) = UNIX_BIND.get_ptr(pid_tgid)
             && unsafe { (*bind).fd } == fd as u32
         {
             let _ = UNIX_BIND.remove(pid_tgid);
-            clear_unix_bind_hint();
         }
         return 0;
     };

@@ -33,14 +33,6 @@ pub static SOCKET_TYPES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(163
 #[btf_map]
 pub static UPSTREAM_SOCKS: SkStorage<SockMark> = SkStorage::new();
 
-/// The thread (pid_tgid) on this CPU whose UNIX connect waits in
-/// [`UNIX_BIND`] for its first write, 0 when none: a write to an unmarked
-/// socket by any other thread needs no lookup. (A thread moved to another
-/// CPU between its `connect()` and its first write is missed: nginx writes
-/// right after connecting, microseconds later.)
-#[map]
-pub static UNIX_BIND_HINT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
 /// `connect()` calls in flight, by pid_tgid.
 #[map]
 pub static CONNECTS: LruHashMap<u64, ConnectCall> = LruHashMap::with_max_entries(1024, 0);

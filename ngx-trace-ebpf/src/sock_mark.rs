@@ -10,12 +10,12 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_sk_storage_get},
 };
 use ngx_trace_common::{
-    Exchange, LOST_MAP_FULL, MARK_ADOPT, MARK_FOLLOWED, SockMark, UpstreamAddr,
+    AF_UNIX, Exchange, LOST_MAP_FULL, MARK_ADOPT, MARK_FOLLOWED, SockMark, UpstreamAddr,
 };
 
 use crate::{
     config::config,
-    maps::{CONNS, FD_CONNS, UNIX_BIND_HINT, UPSTREAM_SOCKS, count_lost, fd_key},
+    maps::{CONNS, FD_CONNS, UPSTREAM_SOCKS, count_lost, fd_key},
 };
 
 #[inline(always)]
@@ -104,26 +104,12 @@ pub fn upstream_state(sk: u64) -> Option<*mut Exchange> {
     CONNS.get_ptr_mut(sk)
 }
 
-/// This thread just connected a UNIX upstream (in [`UNIX_BIND`] until its
-/// first write): hint it on this CPU, so that writes to unmarked sockets
-/// look the bind up only on the CPU and thread that made it.
+/// Whether `sk` (a BTF tracepoint's socket argument) is a UNIX socket: one
+/// typed load of `skc_family`.
 #[inline(always)]
-pub fn hint_unix_bind(pid_tgid: u64) {
-    if let Some(hint) = UNIX_BIND_HINT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array.
-        unsafe { *hint = pid_tgid };
-    }
-}
-
-/// Whether the current thread (`pid_tgid`) may have a UNIX connect waiting
-/// for its first write: one per-CPU load for every other write on the host.
-#[inline(always)]
-pub fn unix_bind_hinted(pid_tgid: u64) -> bool {
-    UNIX_BIND_HINT.get(0).is_some_and(|&hint| hint == pid_tgid)
-}
-
-/// Clears this CPU's hint (the bind was made or dropped).
-#[inline(always)]
-pub fn clear_unix_bind_hint() {
-    hint_unix_bind(0);
+pub fn is_unix(sk: u64) -> bool {
+    let family_at = sk + config!(structs.sk_family) as u64;
+    // SAFETY: `sk` is a `struct sock *` argument of a BTF tracepoint and the
+    // offset is that of `__sk_common.skc_family` on this kernel.
+    unsafe { ptr::read_volatile(family_at as *const u16) == AF_UNIX }
 }

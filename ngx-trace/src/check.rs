@@ -23,8 +23,13 @@ pub fn report(
     let t = &config.structs;
     out.push_str(&format!(
         "struct offsets (BTF): tcp_sock.snd_una {}, write_seq {}, srtt_us {}, \
-         delivered_mstamp {}; sock.sk_bpf_storage {}\n",
-        t.tcp_snd_una, t.tcp_write_seq, t.tcp_srtt_us, t.tcp_delivered_mstamp, t.sk_bpf_storage
+         delivered_mstamp {}; sock.sk_bpf_storage {}; sock_common.skc_family {}\n",
+        t.tcp_snd_una,
+        t.tcp_write_seq,
+        t.tcp_srtt_us,
+        t.tcp_delivered_mstamp,
+        t.sk_bpf_storage,
+        t.sk_family
     ));
     out.push_str("upstream filter: socket-local storage (BPF_MAP_TYPE_SK_STORAGE)\n");
     out.push_str(&format!(

@@ -129,13 +129,24 @@ fn struct_offsets() -> Result<StructOffsets> {
         ))
         .into());
     }
+    let sk_family = btf
+        .member("sock_common", "skc_family")
+        .map_err(kernel_error)?;
+    if sk_family.size != 2 {
+        return Err(kernel_error(format!(
+            "struct sock_common member `skc_family` has {} bytes on this kernel, expected 2: \
+             an unsupported kernel layout, please report it with `uname -r`",
+            sk_family.size
+        ))
+        .into());
+    }
     Ok(StructOffsets {
         tcp_snd_una: field("snd_una", 4)?,
         tcp_write_seq: field("write_seq", 4)?,
         tcp_srtt_us: field("srtt_us", 4)?,
         tcp_delivered_mstamp: field("delivered_mstamp", 8)?,
         sk_bpf_storage: sk_bpf_storage.offset,
-        _pad: 0,
+        sk_family: sk_family.offset,
     })
 }
 
