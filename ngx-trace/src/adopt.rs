@@ -6,15 +6,14 @@
 //! for every read on the host to find them.
 use std::{
     collections::BTreeSet,
-    fs,
     os::fd::{FromRawFd as _, OwnedFd},
 };
 
-use ngx_trace_common::{AF_INET, AF_INET6, MARK_ADOPT, SockMark};
+use ngx_trace_common::{MARK_ADOPT, SockMark};
 
 use crate::{
     kernel::Kernel,
-    proc_net::{parse_established, socket_fds},
+    proc_net::{socket_fds, socket_table},
 };
 
 /// A copy, in this process, of fd `fd` of process `pid` (Linux 5.6+; needs
@@ -49,21 +48,12 @@ pub fn kept_alive(kernel: &mut Kernel, workers: &BTreeSet<u32>) -> (usize, Optio
         if fds.is_empty() {
             continue;
         }
-        // The worker's own network namespace, which may not be ours.
-        let mut conns = Vec::new();
-        let mut listening = BTreeSet::new();
-        for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
-            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
-                continue;
-            };
-            listening.extend(crate::procs::parse_listen_ports(&text));
-            conns.extend(parse_established(&text, family));
-        }
-        for conn in conns {
+        let table = socket_table(pid);
+        for conn in table.established {
             let Some(&fd) = fds.get(&conn.inode) else {
                 continue;
             };
-            if listening.contains(&conn.local_port) {
+            if table.listening.contains(&conn.local_port) {
                 continue; // a client connection nginx accepted
             }
             let mark = SockMark {

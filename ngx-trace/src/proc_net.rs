@@ -1,9 +1,14 @@
 //! What `/proc` says of a process's TCP connections: its socket fds and,
 //! from its network namespace's `/proc/<pid>/net/tcp{,6}`, each established
 //! connection's peer and unacknowledged bytes.
-use std::{collections::BTreeMap, fs};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+};
 
 use ngx_trace_common::{AF_INET, AF_INET6, UpstreamAddr};
+
+use crate::procs::parse_listen_ports;
 
 /// An established TCP connection as `/proc/net/tcp{,6}` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,16 +85,27 @@ pub fn socket_fds(pid: u32) -> BTreeMap<u64, i32> {
     .collect()
 }
 
-/// The established TCP connections `pid` can see (its network namespace).
-pub fn established(pid: u32) -> Vec<Established> {
-    [("tcp", AF_INET), ("tcp6", AF_INET6)]
-        .into_iter()
-        .filter_map(|(file, family)| {
-            let text = fs::read_to_string(format!("/proc/{pid}/net/{file}")).ok()?;
-            Some(parse_established(&text, family))
-        })
-        .flatten()
-        .collect()
+/// The TCP socket table `pid` sees (its own network namespace, which may
+/// not be ours): the ports in LISTEN state and the established connections.
+#[derive(Debug, Default)]
+pub struct SocketTable {
+    /// Local ports something listens on.
+    pub listening: BTreeSet<u16>,
+    /// Established connections.
+    pub established: Vec<Established>,
+}
+
+/// Reads `/proc/<pid>/net/tcp` and `tcp6` once each.
+pub fn socket_table(pid: u32) -> SocketTable {
+    let mut table = SocketTable::default();
+    for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        table.listening.extend(parse_listen_ports(&text));
+        table.established.extend(parse_established(&text, family));
+    }
+    table
 }
 
 /// The inode of the socket fd `fd` of process `pid` links to.
@@ -123,7 +139,8 @@ impl Tables {
         self.by_pid
             .entry(pid)
             .or_insert_with(|| {
-                established(pid)
+                socket_table(pid)
+                    .established
                     .into_iter()
                     .map(|c| (c.inode, c.unacked))
                     .collect()
