@@ -178,22 +178,6 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         btf: false,
     },
     ProgramSpec {
-        program: "sys_enter_socket",
-        category: "syscalls",
-        tracepoint: "sys_enter_socket",
-        purpose: "tell stream sockets from datagram ones (resolver, syslog)",
-        optional: false,
-        btf: false,
-    },
-    ProgramSpec {
-        program: "sys_exit_socket",
-        category: "syscalls",
-        tracepoint: "sys_exit_socket",
-        purpose: "tell stream sockets from datagram ones (resolver, syslog)",
-        optional: false,
-        btf: false,
-    },
-    ProgramSpec {
         program: "sys_enter_connect",
         category: "syscalls",
         tracepoint: "sys_enter_connect",
@@ -288,10 +272,6 @@ pub const PROGRAMS: &[ProgramSpec] = &[
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offsets {
-    /// `sys_enter_socket.type`
-    pub socket_type: u32,
-    /// `sys_exit_socket.ret`
-    pub socket_ret: u32,
     /// `sys_enter_connect.fd`
     pub connect_fd: u32,
     /// `sys_enter_connect.uservaddr`
@@ -336,6 +316,19 @@ pub struct StructOffsets {
     /// `struct sock_common.skc_family` (u16, `struct sock` starts with it):
     /// only a UNIX socket's first write can bind a waiting UNIX connect.
     pub sk_family: u32,
+    /// `struct task_struct.files` (pointer): the current thread's fd table,
+    /// the way from a `connect()` fd to its socket's type.
+    pub task_files: u32,
+    /// `struct files_struct.fdt` (pointer).
+    pub files_fdt: u32,
+    /// `struct fdtable.max_fds` (u32): fds at or above it are not open.
+    pub fdtable_max_fds: u32,
+    /// `struct fdtable.fd` (pointer to the array of `struct file *`).
+    pub fdtable_fd: u32,
+    /// `struct file.private_data` (pointer): a socket file's `struct socket`.
+    pub file_private_data: u32,
+    /// `struct socket.type` (u16): `SOCK_STREAM`, `SOCK_DGRAM`...
+    pub socket_type: u32,
 }
 
 /// Configuration set by user space before the programs load.
@@ -556,9 +549,9 @@ pub struct ClientGoneRecord {
     pub closed_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 48);
-const _: () = assert!(core::mem::size_of::<StructOffsets>() == 24);
-const _: () = assert!(core::mem::size_of::<Config>() == 96);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 40);
+const _: () = assert!(core::mem::size_of::<StructOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 112);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 128);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
 const _: () = assert!(core::mem::size_of::<Exchange>() == 224);

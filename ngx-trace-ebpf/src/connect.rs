@@ -1,9 +1,9 @@
-//! `socket()` and `connect()` of traced processes: which stream sockets they
-//! open, where they connect, and the errors `connect()` returns itself.
+//! `connect()` of traced processes: where their stream sockets connect, and
+//! the errors `connect()` returns itself.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_probe_read_user_str_bytes,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -13,49 +13,43 @@ use ngx_trace_common::{
 };
 
 use crate::{
-    config::offset,
-    maps::{
-        CONNECTS, CONNS, ConnectCall, SOCKET_CALLS, SOCKET_TYPES, UNIX_BIND, count_lost, fd_key,
-        forget, is_worker,
-    },
+    config::{config, offset},
+    maps::{CONNECTS, CONNS, ConnectCall, UNIX_BIND, count_lost, forget, is_worker},
     record::{clear_giveup, emit},
 };
 
-const SOCK_STREAM: u32 = 1;
-/// `socket()`'s type argument also carries SOCK_NONBLOCK and SOCK_CLOEXEC.
-const SOCK_TYPE_MASK: u32 = 0xf;
+const SOCK_STREAM: u16 = 1;
 const EINPROGRESS: i64 = 115;
 
-/// Remembers the type a traced process asks `socket()` for.
-#[tracepoint]
-pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_worker((pid_tgid >> 32) as u32) {
-        return 0;
+/// The type of the socket behind `fd` in the current process, walking its
+/// fd table (`current->files->fdt->fd[fd]->private_data->type`); `None`
+/// when a read fails. Only for the rare paths (a failed `connect()`, a UNIX
+/// connect), so that no hook on every `socket()` call is needed: a TCP
+/// socket that reaches SYN_SENT is a stream socket anyway.
+fn socket_type(fd: u32) -> Option<u16> {
+    let read = |at: u64| unsafe { bpf_probe_read_kernel(at as *const u64) }.ok();
+    let task = unsafe { bpf_get_current_task() };
+    let files = read(task + config!(structs.task_files) as u64)?;
+    let fdt = read(files + config!(structs.files_fdt) as u64)?;
+    let max_fds = unsafe {
+        bpf_probe_read_kernel((fdt + config!(structs.fdtable_max_fds) as u64) as *const u32)
     }
-    let Ok(ty) = (unsafe { ctx.read_at::<u64>(offset!(socket_type)) }) else {
-        return 0;
-    };
-    let _ = SOCKET_CALLS.insert(pid_tgid, (ty as u32) & SOCK_TYPE_MASK, 0);
-    0
+    .ok()?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fds = read(fdt + config!(structs.fdtable_fd) as u64)?;
+    let file = read(fds + fd as u64 * 8)?;
+    let socket = read(file + config!(structs.file_private_data) as u64)?;
+    unsafe { bpf_probe_read_kernel((socket + config!(structs.socket_type) as u64) as *const u16) }
+        .ok()
 }
 
-/// Binds the type to the fd `socket()` returned.
-#[tracepoint]
-pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(ty) = SOCKET_CALLS.get_ptr(pid_tgid) else {
-        return 0;
-    };
-    let ty = unsafe { *ty };
-    let _ = SOCKET_CALLS.remove(pid_tgid);
-    let Ok(fd) = (unsafe { ctx.read_at::<i64>(offset!(socket_ret)) }) else {
-        return 0;
-    };
-    if fd >= 0 {
-        let _ = SOCKET_TYPES.insert(fd_key((pid_tgid >> 32) as u32, fd as u32), ty, 0);
-    }
-    0
+/// Whether `fd` is not a stream socket (the resolver's or syslog's datagram
+/// sockets): never an upstream. A type that cannot be read counts as a
+/// stream, so a failure is reported rather than lost.
+fn is_datagram(fd: u32) -> bool {
+    socket_type(fd).is_some_and(|ty| ty != SOCK_STREAM)
 }
 
 /// Records where a worker connects a stream socket.
@@ -75,13 +69,6 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 
 fn try_enter_connect(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Result<(), i64> {
     let fd = unsafe { ctx.read_at::<u64>(offset!(connect_fd)) }? as u32;
-    // Datagram sockets (resolver, syslog) are never upstreams. An fd created
-    // before tracing started has no entry and is taken as a stream.
-    if let Some(ty) = SOCKET_TYPES.get_ptr(fd_key(tgid, fd))
-        && unsafe { *ty } != SOCK_STREAM
-    {
-        return Ok(());
-    }
     let uaddr = unsafe { ctx.read_at::<u64>(offset!(connect_uservaddr)) }? as *const u8;
     let family = unsafe { bpf_probe_read_user(uaddr as *const u16) }?;
     if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
@@ -132,24 +119,30 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     };
     let ret = unsafe { ctx.read_at::<i64>(offset!(connect_ret)) }.unwrap_or(0);
     let now = unsafe { bpf_ktime_get_ns() };
-    let (sk, family) = unsafe { ((*call).sk, (*call).exchange.addr.family) };
+    let (sk, family, fd) = unsafe {
+        (
+            (*call).sk,
+            (*call).exchange.addr.family,
+            (*call).exchange.fd,
+        )
+    };
     let exchange = unsafe { &raw mut (*call).exchange };
     let failed = Ending {
         end: End::ConnectSyscallError,
         errno: (-ret) as u32,
         end_ns: now,
     };
-    if family == AF_UNIX {
-        if ret == 0 {
+    let fails = ret < 0 && ret != -EINPROGRESS;
+    // Only a failure or a connected UNIX socket can lead anywhere; unless
+    // the socket entered SYN_SENT (TCP), make sure it is not the resolver's
+    // or syslog's datagram socket.
+    if (fails || (family == AF_UNIX && ret == 0)) && (sk != 0 || !is_datagram(fd)) {
+        if family == AF_UNIX && ret == 0 {
             unsafe { (*exchange).handshake_done(now) };
             if UNIX_BIND.insert(pid_tgid, unsafe { *exchange }, 0).is_err() {
                 count_lost(LOST_MAP_FULL);
             }
-        } else if ret < 0 {
-            emit(exchange, failed);
-        }
-    } else if ret < 0 && ret != -EINPROGRESS {
-        if sk == 0 {
+        } else if sk == 0 {
             emit(exchange, failed);
         } else if let Some(state) = CONNS.get_ptr_mut(sk) {
             // Not reported yet by the socket hooks: the syscall's error is it.

@@ -19,14 +19,6 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0)
 #[map]
 pub static NGINX_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
 
-/// Socket type asked for by a `socket()` call in flight, by pid_tgid.
-#[map]
-pub static SOCKET_CALLS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(1024, 0);
-
-/// Socket type of each socket fd an nginx process created, by `fd_key`.
-#[map]
-pub static SOCKET_TYPES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
-
 /// Marks on the upstream sockets of traced workers (socket-local storage):
 /// a hook that fires for every socket on the host finds no mark on any
 /// other socket and leaves without a hash lookup. Freed with the socket.
@@ -87,7 +79,7 @@ pub struct ConnectCall {
     pub exchange: Exchange,
 }
 
-/// Key of [`SOCKET_TYPES`]: process and fd.
+/// Key of [`FD_CONNS`]: process and fd.
 #[inline(always)]
 pub fn fd_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64

@@ -23,13 +23,21 @@ pub fn report(
     let t = &config.structs;
     out.push_str(&format!(
         "struct offsets (BTF): tcp_sock.snd_una {}, write_seq {}, srtt_us {}, \
-         delivered_mstamp {}; sock.sk_bpf_storage {}; sock_common.skc_family {}\n",
+         delivered_mstamp {}; sock.sk_bpf_storage {}; sock_common.skc_family {}; \
+         task_struct.files {}; files_struct.fdt {}; fdtable.max_fds {}, fd {}; \
+         file.private_data {}; socket.type {}\n",
         t.tcp_snd_una,
         t.tcp_write_seq,
         t.tcp_srtt_us,
         t.tcp_delivered_mstamp,
         t.sk_bpf_storage,
-        t.sk_family
+        t.sk_family,
+        t.task_files,
+        t.files_fdt,
+        t.fdtable_max_fds,
+        t.fdtable_fd,
+        t.file_private_data,
+        t.socket_type
     ));
     out.push_str("upstream filter: socket-local storage (BPF_MAP_TYPE_SK_STORAGE)\n");
     out.push_str(&format!(

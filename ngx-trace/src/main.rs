@@ -104,15 +104,16 @@ fn config(args: &TraceArgs, root: &std::path::Path) -> Result<Config> {
 }
 
 /// Offsets of the kernel struct fields the programs read, from this
-/// kernel's BTF; a field this kernel lacks is named.
+/// kernel's BTF; a field this kernel lacks, or one of another size than the
+/// programs read, is named.
 fn struct_offsets() -> Result<StructOffsets> {
     let kernel_error = |e: String| UserError::new(exit::KERNEL, e);
     let btf = btf::Btf::from_sys_fs().map_err(kernel_error)?;
-    let field = |name: &str, size: u32| -> Result<u32> {
-        let member = btf.member("tcp_sock", name).map_err(kernel_error)?;
+    let field = |strukt: &str, name: &str, size: u32| -> Result<u32> {
+        let member = btf.member(strukt, name).map_err(kernel_error)?;
         if member.size != size {
             return Err(kernel_error(format!(
-                "struct tcp_sock member `{name}` has {} bytes on this kernel, expected {size}: \
+                "struct {strukt} member `{name}` has {} bytes on this kernel, expected {size}: \
                  an unsupported kernel layout, please report it with `uname -r`",
                 member.size
             ))
@@ -120,33 +121,19 @@ fn struct_offsets() -> Result<StructOffsets> {
         }
         Ok(member.offset)
     };
-    let sk_bpf_storage = btf.member("sock", "sk_bpf_storage").map_err(kernel_error)?;
-    if sk_bpf_storage.size != 8 {
-        return Err(kernel_error(format!(
-            "struct sock member `sk_bpf_storage` has {} bytes on this kernel, expected a \
-             pointer: an unsupported kernel layout, please report it with `uname -r`",
-            sk_bpf_storage.size
-        ))
-        .into());
-    }
-    let sk_family = btf
-        .member("sock_common", "skc_family")
-        .map_err(kernel_error)?;
-    if sk_family.size != 2 {
-        return Err(kernel_error(format!(
-            "struct sock_common member `skc_family` has {} bytes on this kernel, expected 2: \
-             an unsupported kernel layout, please report it with `uname -r`",
-            sk_family.size
-        ))
-        .into());
-    }
     Ok(StructOffsets {
-        tcp_snd_una: field("snd_una", 4)?,
-        tcp_write_seq: field("write_seq", 4)?,
-        tcp_srtt_us: field("srtt_us", 4)?,
-        tcp_delivered_mstamp: field("delivered_mstamp", 8)?,
-        sk_bpf_storage: sk_bpf_storage.offset,
-        sk_family: sk_family.offset,
+        tcp_snd_una: field("tcp_sock", "snd_una", 4)?,
+        tcp_write_seq: field("tcp_sock", "write_seq", 4)?,
+        tcp_srtt_us: field("tcp_sock", "srtt_us", 4)?,
+        tcp_delivered_mstamp: field("tcp_sock", "delivered_mstamp", 8)?,
+        sk_bpf_storage: field("sock", "sk_bpf_storage", 8)?,
+        sk_family: field("sock_common", "skc_family", 2)?,
+        task_files: field("task_struct", "files", 8)?,
+        files_fdt: field("files_struct", "fdt", 8)?,
+        fdtable_max_fds: field("fdtable", "max_fds", 4)?,
+        fdtable_fd: field("fdtable", "fd", 8)?,
+        file_private_data: field("file", "private_data", 8)?,
+        socket_type: field("socket", "type", 2)?,
     })
 }
 

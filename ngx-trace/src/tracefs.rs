@@ -92,8 +92,6 @@ pub fn offsets_from(
         let fields = parse_format(&text).map_err(|e| format!("{category}:{name}: {e}"))?;
         Ok((format!("{category}:{name}"), fields))
     };
-    let (socket, socket_f) = fields("syscalls", "sys_enter_socket")?;
-    let (socket_exit, socket_exit_f) = fields("syscalls", "sys_exit_socket")?;
     let (connect, connect_f) = fields("syscalls", "sys_enter_connect")?;
     let (connect_exit, connect_exit_f) = fields("syscalls", "sys_exit_connect")?;
     let (error_report, error_report_f) = fields("sock", "inet_sk_error_report")?;
@@ -102,8 +100,6 @@ pub fn offsets_from(
     let (fork, fork_f) = fields("sched", "sched_process_fork")?;
     let (close, close_f) = fields("syscalls", "sys_enter_close")?;
     Ok(Offsets {
-        socket_type: offset_of(&socket_f, &socket, "type", 8)?,
-        socket_ret: offset_of(&socket_exit_f, &socket_exit, "ret", 8)?,
         connect_fd: offset_of(&connect_f, &connect, "fd", 8)?,
         connect_uservaddr: offset_of(&connect_f, &connect, "uservaddr", 8)?,
         connect_ret: offset_of(&connect_exit_f, &connect_exit, "ret", 8)?,

@@ -326,3 +326,62 @@ fn without_pid_it_waits_for_nginx_and_traces_it_when_it_starts() {
     }
     tracer.stop();
 }
+
+/// nginx's datagram sockets (syslog on a UNIX socket, connected per worker,
+/// and a syslog socket that does not exist, whose `connect()` fails) are
+/// never taken for upstreams: only the proxied exchanges are reported.
+#[test]
+fn syslog_datagram_sockets_are_not_upstreams_even_when_their_connect_fails() {
+    use std::os::unix::{fs::PermissionsExt as _, net::UnixDatagram};
+    require_root();
+    let backend = HttpBackend::start();
+    let syslog_dir = ngx_trace_tests::TempDir::new("syslog");
+    let syslog_path = syslog_dir.path().join("log.sock");
+    let syslog = UnixDatagram::bind(&syslog_path).expect("bind the syslog socket");
+    std::fs::set_permissions(&syslog_path, std::fs::Permissions::from_mode(0o666))
+        .expect("chmod the syslog socket");
+    syslog.set_nonblocking(true).unwrap();
+    let missing = syslog_dir.path().join("missing.sock");
+    let port = backend.port();
+    let nginx = Nginx::start(
+        "",
+        &format!(
+            "location / {{ access_log syslog:server=unix:{} combined; \
+                          proxy_pass http://127.0.0.1:{port}; }}\n\
+             location /missing {{ access_log syslog:server=unix:{} combined; \
+                          proxy_pass http://127.0.0.1:{port}; }}",
+            syslog_path.display(),
+            missing.display()
+        ),
+    );
+    let workers = nginx.workers();
+    let mut tracer = Tracer::attach_to(&nginx, &["--all"]);
+    send(&nginx, "/", 200);
+    send(&nginx, "/missing", 200);
+    let upstream = format!("127.0.0.1:{port}");
+    tracer.upstream_events(2 * REQUESTS, Duration::from_secs(10), |_| true);
+    let events: Vec<_> = tracer
+        .stop()
+        .into_iter()
+        .filter(|e| e["event"] == "upstream")
+        .collect();
+    // One upstream event per proxied exchange, answered; nothing else.
+    assert_eq!(events.len(), 2 * REQUESTS, "{events:#?}");
+    for e in &events {
+        assert_eq!(e["upstream"], upstream.as_str(), "{e}");
+        assert_eq!(e["outcome"], "ok", "{e}");
+        let pid = e["worker_pid"].as_u64().expect("worker_pid") as u32;
+        assert!(workers.contains(&pid), "{e}");
+    }
+    // The datagram paths were really taken: log lines arrived on the one
+    // socket, and nginx logged its failed connect to the other.
+    let mut buf = [0u8; 4096];
+    let received = std::iter::from_fn(|| syslog.recv(&mut buf).ok()).count();
+    assert_eq!(received, REQUESTS, "access log lines over syslog");
+    assert!(
+        !nginx
+            .error_log_lines("connect() failed (2: No such file or directory)")
+            .is_empty(),
+        "nginx's connect to the missing syslog socket failed"
+    );
+}
