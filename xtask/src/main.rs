@@ -5,6 +5,7 @@
 //! - `cargo xtask demo`: a throwaway nginx with broken upstreams, traced.
 
 mod bench;
+mod bench_floor;
 mod demo;
 mod setup;
 
