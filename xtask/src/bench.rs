@@ -1284,20 +1284,35 @@ brackets):
 | e9ac618 | socket-local storage marks upstream sockets (one `bpf_sk_storage_get` that finds nothing on any other socket, no hash); `tcp_probe`, `tcp_destroy_sock` as BTF tracepoints; kept-alive connections adopted once at start instead of on every read | 1766 (5955) | 16.1 (40.0) | 110 (149) |
 | d819653 | no hook per segment: acknowledgement and RTT read from `struct tcp_sock` when the answer arrives and when the exchange ends (`tcp_probe` gone) | 1477 (5534) | 12.0 (33.0) | 123 (168) |
 | c3a1b6b | `sk->sk_bpf_storage` read first: a socket with no socket-local storage at all leaves after one load, before any helper call | 1643 (5781) | 12.0 (33.0) | 136 (175) |
+| 701b6d1 | no hook on `socket()`: the type of a socket (datagram sockets of the resolver and syslog are never upstreams) is read through the fd table only when a `connect()` fails or a UNIX one succeeds; 2 syscall-tracepoint runs less per new connection | this run: see above | | |
 
-The last cut made no measurable difference: not-upstream runs cost 52, 55
-and 61 ns in the runs of e9ac618, d819653 and c3a1b6b, which is this
-machine's noise from run to run. What is left per run on a socket that is
-not an upstream is the cost of running a BTF tracepoint program at all
-(with BPF_ENABLE_STATS, two clock reads are part of it): the building-blocks
-section measures it in the same run.
+The `sk->sk_bpf_storage` cut made no measurable difference: not-upstream
+runs cost 52, 55 and 61 ns in the runs of e9ac618, d819653 and c3a1b6b,
+which is this machine's noise from run to run. What is left per run on a
+socket that is not an upstream is the cost of running a program at all:
+the building-blocks section measures, in the same run, an empty program
+on the same hooks (with BPF_ENABLE_STATS, two clock reads are part of
+every run) and the filter's one load on its own.
 
-Considered and not built: holding the exchange state itself in
-socket-local storage would save the one hash lookup left on upstream events
-(3 per keepalive request), but user space could then no longer list
-in-flight exchanges for `pending` events and the stop (socket storage has
-no `get_next_key`; a `bpf_sk_storage_map` iterator needs a map fd at link
-creation, which aya's `Iter` does not pass).
+The two designs of the upstream filter, measured (building blocks, same
+hooks, same load):
+- a flag the kernel keeps on the socket, read before anything else: the
+  `sk->sk_bpf_storage` load, a few ns over an empty program; that is what
+  every socket that is not an upstream costs now;
+- the exchange state itself in socket-local storage instead of the
+  `CONNS` hash: it would save one hash lookup on each upstream event (the
+  hash-lookup block: tens of ns over an empty program; 3 upstream events
+  per keepalive request, about 8 per new connection), so at most a few
+  percent of the BPF time per request. Not chosen: programs on classic
+  tracepoints and syscalls (`close()`, error reports, retransmissions) hold
+  a socket address or an fd, not a typed socket, and cannot reach
+  socket-local storage; Linux 5.10 has no socket-local storage for tracing
+  programs and kprobes never do, so the fallbacks for older kernels need the
+  hash anyway; and user space lists in-flight exchanges (`pending` events,
+  the stop) by walking the hash, which socket storage cannot do (no
+  `get_next_key`; a `bpf_sk_storage_map` iterator needs a map fd at link
+  creation, which aya's `Iter` does not pass). The mark stays a filter; the
+  state stays in one hash for every kernel.
 
 What the kernel forces:
 - A tracepoint cannot be attached to one socket: every send, receive and
@@ -1305,8 +1320,9 @@ What the kernel forces:
   bench a proxied keepalive request makes 12 such events and only 3 are on
   the upstream socket; the other 9 (wrk's, the front's client side, the
   back nginx's) leave after one load and a comparison: the per-run figure
-  of the not-upstream section. With BPF_ENABLE_STATS on, the statistics
-  themselves add two clock reads to every run.
+  of the not-upstream section. An empty program on the same hooks already
+  measures more than 30 ns per run here (building blocks), so that target
+  is below what running a program costs with the statistics on.
 - On this bench, client, proxy and backend saturate the same 2 cores, so
   every nanosecond spent in a hook is throughput lost; on a host that runs
   only nginx the backend's and the clients' events are not there.
