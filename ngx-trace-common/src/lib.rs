@@ -114,156 +114,240 @@ pub const NGINX_PID_TRACED: u32 = 1;
 /// the ones glibc makes for the master (nscd, at start and reload).
 pub const NGINX_PID_WORKER: u32 = 2;
 
-/// One kernel program: its name in the object, and the tracepoint it attaches to.
+/// How a program hooks into the kernel, best first: each capability takes
+/// the first mechanism the running kernel offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// A BTF tracepoint (`tp_btf`): arguments straight from the kernel,
+    /// without the classic tracepoint's record being built (cheapest).
+    BtfTracepoint,
+    /// A classic tracepoint: fields at offsets read from tracefs.
+    Tracepoint,
+    /// fentry on a kernel function (BTF trampoline): its typed arguments.
+    FEntry,
+    /// fexit on a kernel function: its typed arguments and return value.
+    FExit,
+}
+
+impl Hook {
+    /// The name `--check` shows.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::BtfTracepoint => "tp_btf",
+            Hook::Tracepoint => "tracepoint",
+            Hook::FEntry => "fentry",
+            Hook::FExit => "fexit",
+        }
+    }
+}
+
+/// One kernel program: its name in the object, the capability it gives,
+/// and where it attaches.
 #[derive(Clone, Copy, Debug)]
 pub struct ProgramSpec {
     /// Function name of the program in the eBPF object.
     pub program: &'static str,
-    /// Tracepoint category (directory under `events/`).
+    /// What the kernel side sees through it. Programs with the same
+    /// capability are alternatives, best first (table order): the first
+    /// the running kernel accepts is attached, the others are not.
+    pub capability: &'static str,
+    /// The mechanism.
+    pub hook: Hook,
+    /// Tracepoint category (directory under `events/`); empty for kernel
+    /// functions.
     pub category: &'static str,
-    /// Tracepoint name.
-    pub tracepoint: &'static str,
-    /// What the program is for, shown when the tracepoint is missing.
+    /// Tracepoint or kernel function name.
+    pub target: &'static str,
+    /// What the program is for, shown when the capability is missing.
     pub purpose: &'static str,
     /// Skipped when the kernel lacks the tracepoint (another program covers it).
     pub optional: bool,
-    /// A BTF tracepoint (`tp_btf`): its arguments come straight from the
-    /// kernel, without the classic tracepoint's record being built (cheaper,
-    /// for the hooks that fire for every socket on the host).
-    pub btf: bool,
 }
 
-/// Every program ngx-trace loads, in attach order: process tracking first so
-/// no nginx process is missed while the others attach.
+/// Every program ngx-trace can load, in attach order (process tracking
+/// first so no nginx process is missed while the others attach), each
+/// capability's alternatives together, best first.
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         program: "sched_process_fork",
+        capability: "process forks",
+        hook: Hook::Tracepoint,
         category: "sched",
-        tracepoint: "sched_process_fork",
+        target: "sched_process_fork",
         purpose: "follow workers forked by the nginx master",
         optional: false,
-        btf: false,
     },
     ProgramSpec {
         program: "sched_process_exec",
+        capability: "program starts",
+        hook: Hook::Tracepoint,
         category: "sched",
-        tracepoint: "sched_process_exec",
+        target: "sched_process_exec",
         purpose: "notice nginx instances that start while tracing",
         optional: false,
-        btf: false,
     },
     ProgramSpec {
         program: "sched_process_exit",
+        capability: "process exits",
+        hook: Hook::Tracepoint,
         category: "sched",
-        tracepoint: "sched_process_exit",
+        target: "sched_process_exit",
         purpose: "forget nginx processes that exit",
         optional: false,
-        btf: false,
     },
     ProgramSpec {
         program: "sys_enter_epoll_create1",
+        capability: "event loops",
+        hook: Hook::Tracepoint,
         category: "syscalls",
-        tracepoint: "sys_enter_epoll_create1",
+        target: "sys_enter_epoll_create1",
         purpose: "tell workers (event loop) from master and signal processes",
         optional: false,
-        btf: false,
     },
     ProgramSpec {
         program: "sys_enter_epoll_create",
+        capability: "event loops, legacy",
+        hook: Hook::Tracepoint,
         category: "syscalls",
-        tracepoint: "sys_enter_epoll_create",
+        target: "sys_enter_epoll_create",
         purpose: "tell workers (event loop) from master and signal processes",
         // Architectures without the legacy syscall (arm64) only have epoll_create1.
         optional: true,
-        btf: false,
     },
     ProgramSpec {
         program: "sys_enter_connect",
+        capability: "connect() calls",
+        hook: Hook::Tracepoint,
         category: "syscalls",
-        tracepoint: "sys_enter_connect",
+        target: "sys_enter_connect",
         purpose: "see which upstream a worker connects to",
         optional: false,
-        btf: false,
     },
     ProgramSpec {
         program: "sys_exit_connect",
+        capability: "connect() results",
+        hook: Hook::Tracepoint,
         category: "syscalls",
-        tracepoint: "sys_exit_connect",
+        target: "sys_exit_connect",
         purpose: "catch connect() errors (UNIX sockets, local TCP errors)",
         optional: false,
-        btf: false,
     },
     ProgramSpec {
         program: "inet_sock_set_state",
+        capability: "TCP state changes",
+        hook: Hook::BtfTracepoint,
         category: "sock",
-        tracepoint: "inet_sock_set_state",
+        target: "inet_sock_set_state",
         purpose: "follow TCP upstream handshakes",
         optional: false,
-        btf: true,
     },
     ProgramSpec {
         program: "inet_sk_error_report",
+        capability: "socket errors",
+        hook: Hook::Tracepoint,
         category: "sock",
-        tracepoint: "inet_sk_error_report",
+        target: "inet_sk_error_report",
         purpose: "catch asynchronous TCP connect errors (refused, unreachable)",
         optional: false,
-        btf: false,
+    },
+    ProgramSpec {
+        program: "sock_def_error_report_entry",
+        capability: "socket errors",
+        hook: Hook::FEntry,
+        category: "",
+        target: "sock_def_error_report",
+        purpose: "catch asynchronous TCP connect errors (refused, unreachable)",
+        optional: false,
     },
     ProgramSpec {
         program: "tcp_receive_reset",
+        capability: "resets received",
+        hook: Hook::Tracepoint,
         category: "tcp",
-        tracepoint: "tcp_receive_reset",
+        target: "tcp_receive_reset",
         purpose: "see resets sent by the upstream",
         optional: false,
-        btf: false,
     },
     ProgramSpec {
         program: "tcp_retransmit_skb",
+        capability: "retransmissions",
+        hook: Hook::Tracepoint,
         category: "tcp",
-        tracepoint: "tcp_retransmit_skb",
+        target: "tcp_retransmit_skb",
         purpose: "count SYN and data retransmissions",
         optional: false,
-        btf: false,
     },
     ProgramSpec {
         program: "tcp_destroy_sock",
+        capability: "TCP sockets freed",
+        hook: Hook::BtfTracepoint,
         category: "tcp",
-        tracepoint: "tcp_destroy_sock",
+        target: "tcp_destroy_sock",
         purpose: "notice nginx giving up on a connect (proxy_connect_timeout)",
         optional: false,
-        btf: true,
     },
     ProgramSpec {
         program: "sys_enter_close",
+        capability: "close() calls",
+        hook: Hook::Tracepoint,
         category: "syscalls",
-        tracepoint: "sys_enter_close",
+        target: "sys_enter_close",
         purpose: "notice nginx closing an upstream connection (its read timeout)",
         optional: false,
-        btf: false,
     },
     ProgramSpec {
         program: "sock_send_length",
+        capability: "request written",
+        hook: Hook::BtfTracepoint,
         category: "sock",
-        tracepoint: "sock_send_length",
+        target: "sock_send_length",
         purpose: "time the request a worker writes",
         optional: false,
-        btf: true,
+    },
+    ProgramSpec {
+        program: "sock_sendmsg_exit",
+        capability: "request written",
+        hook: Hook::FExit,
+        category: "",
+        target: "sock_sendmsg",
+        purpose: "time the request a worker writes",
+        optional: false,
     },
     ProgramSpec {
         program: "sock_recv_length",
+        capability: "response read",
+        hook: Hook::BtfTracepoint,
         category: "sock",
-        tracepoint: "sock_recv_length",
+        target: "sock_recv_length",
         purpose: "time the response a worker reads",
         optional: false,
-        btf: true,
+    },
+    ProgramSpec {
+        program: "sock_recvmsg_exit",
+        capability: "response read",
+        hook: Hook::FExit,
+        category: "",
+        target: "sock_recvmsg",
+        purpose: "time the response a worker reads",
+        optional: false,
     },
     ProgramSpec {
         program: "sk_data_ready",
+        capability: "response arriving",
+        hook: Hook::BtfTracepoint,
         category: "sock",
-        tracepoint: "sk_data_ready",
+        target: "sk_data_ready",
         purpose: "see the first response byte arrive in the kernel",
         optional: false,
-        btf: true,
+    },
+    ProgramSpec {
+        program: "sock_def_readable_entry",
+        capability: "response arriving",
+        hook: Hook::FEntry,
+        category: "",
+        target: "sock_def_readable",
+        purpose: "see the first response byte arrive in the kernel",
+        optional: false,
     },
 ];
 
@@ -329,6 +413,12 @@ pub struct StructOffsets {
     pub file_private_data: u32,
     /// `struct socket.type` (u16): `SOCK_STREAM`, `SOCK_DGRAM`...
     pub socket_type: u32,
+    /// `struct socket.sk` (pointer): the socket of the `struct socket` that
+    /// `sock_sendmsg`/`sock_recvmsg` get, where their tracepoints are missing.
+    pub socket_sk: u32,
+    /// `struct sock.sk_err` (int): the error an error report is about, where
+    /// `inet_sk_error_report` is missing.
+    pub sk_err: u32,
 }
 
 /// Configuration set by user space before the programs load.
@@ -550,8 +640,8 @@ pub struct ClientGoneRecord {
 }
 
 const _: () = assert!(core::mem::size_of::<Offsets>() == 40);
-const _: () = assert!(core::mem::size_of::<StructOffsets>() == 48);
-const _: () = assert!(core::mem::size_of::<Config>() == 112);
+const _: () = assert!(core::mem::size_of::<StructOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 120);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 128);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
 const _: () = assert!(core::mem::size_of::<Exchange>() == 224);

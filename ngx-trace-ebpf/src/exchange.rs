@@ -8,8 +8,8 @@
 //! either side closes or resets the connection.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, fexit, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext},
 };
 use ngx_trace_common::Exchange;
 
@@ -17,7 +17,7 @@ use crate::{
     config::offset,
     maps::{CONNS, FD_CONNS, UNIX_BIND, fd_key},
     record::{apply, clear_giveup, emit, note_close},
-    sock_mark::{follow, is_unix, upstream_state},
+    sock_mark::{follow, is_unix, sk_of, upstream_state},
     tcp_sock,
 };
 
@@ -47,24 +47,37 @@ fn writer_conn(sk: u64) -> Option<*mut Exchange> {
 /// which ends the previous exchange). Arguments: `(sk, ret, flags)`.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    request_written(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+/// The same, on kernels without `sock_send_length` (before 6.3):
+/// `sock_sendmsg(sock, msg)` returned `ret`; the socket's `sk` is read at
+/// its BTF offset.
+#[fexit(function = "sock_sendmsg")]
+pub fn sock_sendmsg_exit(ctx: FExitContext) -> u32 {
+    request_written(sk_of(ctx.arg(0)), ctx.arg(2));
+    0
+}
+
+/// `sk` sent `ret` bytes (or failed).
+#[inline(always)]
+fn request_written(sk: u64, ret: i32) {
     // Any write, even one that fails (the 504 page to a client that reset,
     // a retried request), means a give-up just before was nginx's timeout,
     // not its client leaving.
     clear_giveup();
-    let sk: u64 = ctx.arg(0);
-    let ret: i32 = ctx.arg(1);
     if ret <= 0 {
-        return 0;
+        return;
     }
     let Some(state) = writer_conn(sk) else {
-        return 0;
+        return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(previous) = unsafe { (*state).ending_before_write() } {
         emit(state, previous);
     }
     unsafe { (*state).request_written(now) };
-    0
 }
 
 /// A worker read from an upstream connection: response bytes, the end of
@@ -72,12 +85,24 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
 /// `(sk, ret, flags)`.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
+    response_read(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    0
+}
+
+/// The same, on kernels without `sock_recv_length` (before 6.3):
+/// `sock_recvmsg(sock, msg, flags)` returned `ret`.
+#[fexit(function = "sock_recvmsg")]
+pub fn sock_recvmsg_exit(ctx: FExitContext) -> u32 {
+    response_read(sk_of(ctx.arg(0)), ctx.arg(3), ctx.arg(2));
+    0
+}
+
+/// `sk` read `ret` bytes (0: end of stream; negative: error) with `flags`.
+#[inline(always)]
+fn response_read(sk: u64, ret: i32, flags: i32) {
     let Some(state) = upstream_state(sk) else {
-        return 0;
+        return;
     };
-    let ret: i32 = ctx.arg(1);
-    let flags: i32 = ctx.arg(2);
     let next = if flags & MSG_PEEK != 0 {
         // nginx's keepalive pool checking an idle connection.
         unsafe { (*state).pool_checked(ret) }
@@ -85,16 +110,29 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
         unsafe { (*state).response_read(ret, bpf_ktime_get_ns()) }
     };
     apply(sk, state, next);
-    0
 }
 
 /// Data arrived in the kernel for an upstream connection: the first
 /// response byte, before nginx reads it. Argument: `(sk)`.
 #[btf_tracepoint(function = "sk_data_ready")]
 pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
+    data_arrived(ctx.arg(0));
+    0
+}
+
+/// The same, on kernels without `sk_data_ready` (before 6.6): the default
+/// wake-up of TCP and UNIX stream sockets, `sock_def_readable(sk)`.
+#[fentry(function = "sock_def_readable")]
+pub fn sock_def_readable_entry(ctx: FEntryContext) -> u32 {
+    data_arrived(ctx.arg(0));
+    0
+}
+
+/// Data arrived for `sk`.
+#[inline(always)]
+fn data_arrived(sk: u64) {
     let Some(state) = upstream_state(sk) else {
-        return 0;
+        return;
     };
     let first = unsafe { (*state).resp_kernel_ns } == 0;
     unsafe { (*state).data_arrived(bpf_ktime_get_ns()) };
@@ -102,7 +140,6 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
         // The answer is here: was the request acknowledged, and when?
         tcp_sock::refresh(state, sk);
     }
-    0
 }
 
 /// A worker closes an upstream connection.

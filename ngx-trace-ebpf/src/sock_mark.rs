@@ -104,6 +104,17 @@ pub fn upstream_state(sk: u64) -> Option<*mut Exchange> {
     CONNS.get_ptr_mut(sk)
 }
 
+/// The `struct sock *` of `sock`, a `struct socket *` argument of a traced
+/// function: a typed load the verifier follows, so the result is a typed
+/// socket pointer too.
+#[inline(always)]
+pub fn sk_of(sock: u64) -> u64 {
+    let sk_at = sock + config!(structs.socket_sk) as u64;
+    // SAFETY: `sock` is a `struct socket *` argument of a traced function
+    // and the offset is that of its `sk` member on this kernel.
+    unsafe { ptr::read_volatile(sk_at as *const u64) }
+}
+
 /// Whether `sk` (a BTF tracepoint's socket argument) is a UNIX socket: one
 /// typed load of `skc_family`.
 #[inline(always)]

@@ -7,12 +7,12 @@
 //! upstream socket of a worker, the classic ones after one map lookup.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, TracePointContext},
 };
 
 use crate::{
-    config::offset,
+    config::{config, offset},
     maps::{CONNECTS, CONNS, LAST_CLOSED},
     record::{apply, client_gone},
     sock_mark::{follow, upstream_state},
@@ -96,6 +96,28 @@ fn try_error_report(ctx: &TracePointContext) -> Result<(), i64> {
     let next = unsafe { (*state).socket_error(error, bpf_ktime_get_ns()) };
     apply(sk, state, next);
     Ok(())
+}
+
+/// The same, on kernels without `inet_sk_error_report` (before 5.12): the
+/// default error report of TCP sockets, `sock_def_error_report(sk)`, with
+/// the error in `sk->sk_err` (read at its BTF offset). No hint needed: the
+/// socket is the argument.
+#[fentry(function = "sock_def_error_report")]
+pub fn sock_def_error_report_entry(ctx: FEntryContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let Some(state) = upstream_state(sk) else {
+        return 0;
+    };
+    let err_at = sk + config!(structs.sk_err) as u64;
+    // SAFETY: `sk` is the traced function's typed socket argument and the
+    // offset is that of its `sk_err` member on this kernel.
+    let error = unsafe { core::ptr::read_volatile(err_at as *const i32) }.unsigned_abs();
+    if error == 0 {
+        return 0;
+    }
+    let next = unsafe { (*state).socket_error(error, bpf_ktime_get_ns()) };
+    apply(sk, state, next);
+    0
 }
 
 /// A reset for an upstream socket.

@@ -2,16 +2,15 @@
 use std::{collections::BTreeSet, path::Path};
 
 use anyhow::Result;
-use ngx_trace_common::{Config, PROGRAMS, ProgramSpec};
+use ngx_trace_common::Config;
 
-use crate::{kernel::Kernel, output::Output};
+use crate::{hooks, kernel::Kernel, output::Output};
 
 /// `--check`: what was loaded and attached, and what this host offers.
 pub fn report(
     kernel: &Kernel,
     config: &Config,
     tracefs: &Path,
-    programs: &[&ProgramSpec],
     nginx: &BTreeSet<u32>,
 ) -> Result<()> {
     let mut out = String::new();
@@ -25,7 +24,7 @@ pub fn report(
         "struct offsets (BTF): tcp_sock.snd_una {}, write_seq {}, srtt_us {}, \
          delivered_mstamp {}; sock.sk_bpf_storage {}; sock_common.skc_family {}; \
          task_struct.files {}; files_struct.fdt {}; fdtable.max_fds {}, fd {}; \
-         file.private_data {}; socket.type {}\n",
+         file.private_data {}; socket.type {}, sk {}; sock.sk_err {}\n",
         t.tcp_snd_una,
         t.tcp_write_seq,
         t.tcp_srtt_us,
@@ -37,7 +36,9 @@ pub fn report(
         t.fdtable_max_fds,
         t.fdtable_fd,
         t.file_private_data,
-        t.socket_type
+        t.socket_type,
+        t.socket_sk,
+        t.sk_err
     ));
     out.push_str("upstream filter: socket-local storage (BPF_MAP_TYPE_SK_STORAGE)\n");
     out.push_str(&format!(
@@ -46,20 +47,33 @@ pub fn report(
     ));
     out.push_str(&format!(
         "programs: {} loaded and attached in {} ms\n",
-        kernel.attached.len(),
+        kernel.attached(),
         kernel.attach_time.as_millis()
     ));
-    for spec in PROGRAMS {
-        let state = if programs.iter().any(|p| p.program == spec.program) {
-            "attached"
-        } else {
-            "skipped (tracepoint absent; optional)"
-        };
-        let kind = if spec.btf { "tp_btf" } else { "tracepoint" };
-        out.push_str(&format!(
-            "  {state:<8} {kind:<10} {}:{} ({})\n",
-            spec.category, spec.tracepoint, spec.purpose
-        ));
+    // Per capability: the mechanism chosen, and why the better ones were
+    // not (a missing tracepoint, a refusal at load).
+    for chosen in &kernel.chosen {
+        match chosen.spec {
+            Some(spec) => out.push_str(&format!(
+                "  {:<20} {:<10} {} ({})\n",
+                chosen.capability,
+                spec.hook.name(),
+                hooks::target_name(spec),
+                spec.purpose
+            )),
+            None => out.push_str(&format!(
+                "  {:<20} {:<10} (optional; this kernel lacks it)\n",
+                chosen.capability, "skipped"
+            )),
+        }
+        for (better, why) in &chosen.passed_over {
+            out.push_str(&format!(
+                "  {:<20}   not {} {}: {why}\n",
+                "",
+                better.hook.name(),
+                hooks::target_name(better)
+            ));
+        }
     }
     let lost: u64 = kernel.lost()?.iter().sum();
     out.push_str(&format!("lost-event counters: readable ({lost} so far)\n"));

@@ -9,9 +9,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use aya_obj::{EbpfSectionKind, Object, ProgramSection, generated::bpf_map_type};
-use ngx_trace_common::{Config, GLOBAL_CONFIG, MapKind, PROGRAMS, USER_MAPS};
+use ngx_trace_common::{Config, GLOBAL_CONFIG, Hook, MapKind, PROGRAMS, USER_MAPS};
 
-use crate::kernel::EBPF_OBJECT;
+use crate::{hooks, kernel::EBPF_OBJECT};
 
 /// The embedded object, parsed the way the loader parses it.
 fn object() -> Object {
@@ -63,34 +63,41 @@ fn every_program_user_space_attaches_exists_with_its_kind() {
     let obj = object();
     let mut problems = Vec::new();
     for spec in PROGRAMS {
-        let tracepoint = format!("{}:{}", spec.category, spec.tracepoint);
+        let target = hooks::target_name(spec);
         let Some(program) = obj.programs.get(spec.program) else {
             let have: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
             problems.push(format!(
-                "program {} (for tracepoint {tracepoint}) is missing; the object has: {}",
+                "program {} (for {target}) is missing; the object has: {}",
                 spec.program,
                 have.into_iter().collect::<Vec<_>>().join(", ")
             ));
             continue;
         };
-        // kernel.rs loads `btf` programs as BtfTracePoint, the others as
-        // TracePoint: aya refuses a program of the other kind.
-        let (wanted, fits) = if spec.btf {
-            (
+        // kernel.rs loads each program as its `hook` says: aya refuses a
+        // program of another kind.
+        let (wanted, fits) = match spec.hook {
+            Hook::BtfTracepoint => (
                 "a BTF tracepoint (#[btf_tracepoint], section tp_btf/...)",
                 matches!(program.section, ProgramSection::BtfTracePoint),
-            )
-        } else {
-            (
+            ),
+            Hook::Tracepoint => (
                 "a classic tracepoint (#[tracepoint], section tracepoint/...)",
                 matches!(program.section, ProgramSection::TracePoint),
-            )
+            ),
+            Hook::FEntry => (
+                "an fentry program (#[fentry], section fentry/...)",
+                matches!(program.section, ProgramSection::FEntry { .. }),
+            ),
+            Hook::FExit => (
+                "an fexit program (#[fexit], section fexit/...)",
+                matches!(program.section, ProgramSection::FExit { .. }),
+            ),
         };
         if !fits {
             problems.push(format!(
-                "program {} (for tracepoint {tracepoint}) is {:?} in the object, \
-                 but PROGRAMS says btf: {}, so user space loads it as {wanted}",
-                spec.program, program.section, spec.btf
+                "program {} (for {target}) is {:?} in the object, \
+                 but PROGRAMS says {:?}, so user space loads it as {wanted}",
+                spec.program, program.section, spec.hook
             ));
         }
     }

@@ -1,19 +1,23 @@
 //! Loading the eBPF object, attaching its programs, and the maps user space uses.
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, SkStorage},
-    programs::{BtfTracePoint, ProgramError, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, ProgramError, TracePoint},
 };
 use ngx_trace_common::{
-    Config, Exchange, GLOBAL_CONFIG, LOST_SLOTS, MAP_CONNS, MAP_EVENTS, MAP_LOST, MAP_NGINX_PIDS,
-    MAP_UPSTREAM_SOCKS, NGINX_PID_TRACED, NGINX_PID_WORKER, ProgramSpec, SockMark,
+    Config, Exchange, GLOBAL_CONFIG, Hook, LOST_SLOTS, MAP_CONNS, MAP_EVENTS, MAP_LOST,
+    MAP_NGINX_PIDS, MAP_UPSTREAM_SOCKS, NGINX_PID_TRACED, NGINX_PID_WORKER, ProgramSpec, SockMark,
 };
 
 use crate::{
     exit::{self, UserError},
+    hooks::{self, Capability, Chosen},
     load_error::{load_error, save_verifier_log},
 };
 
@@ -38,13 +42,15 @@ pub struct Kernel {
     upstream_socks: SkStorage<MapData, SockMark>,
     /// How long loading and attaching took.
     pub attach_time: Duration,
-    /// `category:name` of every attached tracepoint.
-    pub attached: Vec<String>,
+    /// The mechanism chosen for every capability.
+    pub chosen: Vec<Chosen>,
 }
 
 impl Kernel {
-    /// Loads the object with `config` and attaches `programs`; returns the ring buffer of records apart, to be polled.
-    pub fn attach(config: &Config, programs: &[&ProgramSpec]) -> Result<(Self, RingBuf<MapData>)> {
+    /// Loads the object with `config` and attaches, for every capability,
+    /// the best program this kernel accepts (`tracefs`: where tracepoints
+    /// are listed); returns the ring buffer of records apart, to be polled.
+    pub fn attach(config: &Config, tracefs: &Path) -> Result<(Self, RingBuf<MapData>)> {
         let started = Instant::now();
         // Not needed on kernels with memcg accounting (5.11+); harmless when refused.
         let unlimited = libc::rlimit {
@@ -72,39 +78,9 @@ impl Kernel {
                 ),
             )
         })?;
-        let mut attached = Vec::new();
-        for spec in programs {
-            let refused = |e: &ProgramError| load_error(spec.program, e, save_verifier_log);
-            let not_attached = |e: &dyn std::fmt::Display| {
-                UserError::new(
-                    exit::KERNEL,
-                    format!(
-                        "failed to attach to tracepoint {}:{} (to {}): {e}",
-                        spec.category, spec.tracepoint, spec.purpose
-                    ),
-                )
-            };
-            let program = ebpf
-                .program_mut(spec.program)
-                .with_context(|| format!("the eBPF object has no program {}", spec.program))?;
-            if spec.btf {
-                let program: &mut BtfTracePoint = program
-                    .try_into()
-                    .with_context(|| format!("program {} is not a BTF tracepoint", spec.program))?;
-                program
-                    .load(spec.tracepoint, &btf)
-                    .map_err(|e| refused(&e))?;
-                program.attach().map_err(|e| not_attached(&e))?;
-            } else {
-                let program: &mut TracePoint = program
-                    .try_into()
-                    .with_context(|| format!("program {} is not a tracepoint", spec.program))?;
-                program.load().map_err(|e| refused(&e))?;
-                program
-                    .attach(spec.category, spec.tracepoint)
-                    .map_err(|e| not_attached(&e))?;
-            }
-            attached.push(format!("{}:{}", spec.category, spec.tracepoint));
+        let mut chosen = Vec::new();
+        for capability in hooks::capabilities() {
+            chosen.push(attach_capability(&mut ebpf, &btf, tracefs, &capability)?);
         }
         let events = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("no EVENTS map")?)
             .context("EVENTS is not a ring buffer")?;
@@ -126,9 +102,14 @@ impl Kernel {
             upstream_socks,
             pids,
             attach_time: started.elapsed(),
-            attached,
+            chosen,
         };
         Ok((kernel, events))
+    }
+
+    /// How many programs are attached.
+    pub fn attached(&self) -> usize {
+        self.chosen.iter().filter(|c| c.spec.is_some()).count()
     }
 
     /// Starts tracing `pid`; a `worker` already runs its event loop.
@@ -175,4 +156,113 @@ impl Kernel {
         }
         Ok(totals)
     }
+}
+
+/// Attaches the first candidate of `capability` this kernel accepts; the
+/// better ones it refused are kept with the reason. When none is left, the
+/// last candidate's error says why, with the others' reasons.
+fn attach_capability(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    tracefs: &Path,
+    capability: &Capability,
+) -> Result<Chosen> {
+    let mut passed_over = Vec::new();
+    let last = capability.candidates.len() - 1;
+    for (i, &spec) in capability.candidates.iter().enumerate() {
+        if let Some(why) = hooks::missing(tracefs, spec) {
+            passed_over.push((spec, why));
+            continue;
+        }
+        match attach_one(ebpf, btf, spec) {
+            Ok(()) => {
+                return Ok(Chosen {
+                    capability: capability.name,
+                    spec: Some(spec),
+                    passed_over,
+                });
+            }
+            Err(e) if i < last => passed_over.push((spec, format!("{e:#}"))),
+            Err(e) if passed_over.is_empty() => return Err(e),
+            Err(e) => {
+                let others: Vec<String> = passed_over
+                    .iter()
+                    .map(|(s, why)| format!("{}: {why}", hooks::target_name(s)))
+                    .collect();
+                return Err(e.context(format!(
+                    "no way to see {} on this kernel (better ones: {})",
+                    capability.name,
+                    others.join("; ")
+                )));
+            }
+        }
+    }
+    if !capability.optional() {
+        let why: Vec<String> = passed_over
+            .iter()
+            .map(|(s, why)| format!("{}: {why}", hooks::target_name(s)))
+            .collect();
+        return Err(UserError::new(
+            exit::KERNEL,
+            format!(
+                "this kernel offers no way to see {} (to {}): {}",
+                capability.name,
+                capability.candidates[0].purpose,
+                why.join("; ")
+            ),
+        )
+        .into());
+    }
+    // An optional capability this kernel lacks: the kernel side runs
+    // without it.
+    Ok(Chosen {
+        capability: capability.name,
+        spec: None,
+        passed_over,
+    })
+}
+
+/// Loads and attaches one program.
+fn attach_one(ebpf: &mut Ebpf, btf: &Btf, spec: &ProgramSpec) -> Result<()> {
+    let refused = |e: &ProgramError| load_error(spec.program, e, save_verifier_log);
+    let not_attached = |e: &dyn std::fmt::Display| {
+        UserError::new(
+            exit::KERNEL,
+            format!(
+                "failed to attach to {} {} (to {}): {e}",
+                spec.hook.name(),
+                hooks::target_name(spec),
+                spec.purpose
+            ),
+        )
+    };
+    let program = ebpf
+        .program_mut(spec.program)
+        .with_context(|| format!("the eBPF object has no program {}", spec.program))?;
+    let wrong_kind = || format!("program {} is not a {}", spec.program, spec.hook.name());
+    match spec.hook {
+        Hook::BtfTracepoint => {
+            let program: &mut BtfTracePoint = program.try_into().with_context(wrong_kind)?;
+            program.load(spec.target, btf).map_err(|e| refused(&e))?;
+            program.attach().map_err(|e| not_attached(&e))?;
+        }
+        Hook::Tracepoint => {
+            let program: &mut TracePoint = program.try_into().with_context(wrong_kind)?;
+            program.load().map_err(|e| refused(&e))?;
+            program
+                .attach(spec.category, spec.target)
+                .map_err(|e| not_attached(&e))?;
+        }
+        Hook::FEntry => {
+            let program: &mut FEntry = program.try_into().with_context(wrong_kind)?;
+            program.load(spec.target, btf).map_err(|e| refused(&e))?;
+            program.attach().map_err(|e| not_attached(&e))?;
+        }
+        Hook::FExit => {
+            let program: &mut FExit = program.try_into().with_context(wrong_kind)?;
+            program.load(spec.target, btf).map_err(|e| refused(&e))?;
+            program.attach().map_err(|e| not_attached(&e))?;
+        }
+    }
+    Ok(())
 }

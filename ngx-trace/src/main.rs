@@ -17,6 +17,7 @@ mod exit;
 #[cfg(test)]
 mod fuzz;
 mod histogram;
+mod hooks;
 mod human;
 mod kernel;
 mod load_error;
@@ -134,6 +135,8 @@ fn struct_offsets() -> Result<StructOffsets> {
         fdtable_fd: field("fdtable", "fd", 8)?,
         file_private_data: field("file", "private_data", 8)?,
         socket_type: field("socket", "type", 2)?,
+        socket_sk: field("socket", "sk", 8)?,
+        sk_err: field("sock", "sk_err", 4)?,
     })
 }
 
@@ -144,9 +147,9 @@ async fn trace(args: TraceArgs) -> Result<()> {
         procs::instance_of(pid, &args.comm)?;
     }
     let tracefs = preflight::tracefs_root()?;
-    let programs = tracefs::available_programs(&tracefs);
+    hooks::check_available(&tracefs)?;
     let config = config(&args, &tracefs)?;
-    let (mut kernel, events) = Kernel::attach(&config, &programs)?;
+    let (mut kernel, events) = Kernel::attach(&config, &tracefs)?;
     // Programs are attached first, then processes listed: a process forked
     // in between is seen by both, never by neither.
     let initial: BTreeSet<u32> = match args.pid {
@@ -162,7 +165,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         }
     }
     if args.check {
-        return check::report(&kernel, &config, &tracefs, &programs, &initial);
+        return check::report(&kernel, &config, &tracefs, &initial);
     }
     let (adopted, failure) = adopt::kept_alive(&mut kernel, &workers);
     if let Some(failure) = failure {
@@ -173,8 +176,8 @@ async fn trace(args: TraceArgs) -> Result<()> {
     }
     if !args.json {
         notice(&format!(
-            "attached {} tracepoints in {} ms",
-            kernel.attached.len(),
+            "attached {} programs in {} ms",
+            kernel.attached(),
             kernel.attach_time.as_millis()
         ));
     }

@@ -1,9 +1,9 @@
-//! Tracepoint `format` files: which tracepoints exist, and where their
-//! fields are on this kernel.
+//! Tracepoint `format` files: where the fields of the classic tracepoints
+//! are on this kernel.
 use std::path::Path;
 
 use anyhow::Result;
-use ngx_trace_common::{Offsets, PROGRAMS, ProgramSpec};
+use ngx_trace_common::Offsets;
 
 use crate::exit::{self, UserError};
 
@@ -64,47 +64,44 @@ fn offset_of(fields: &[Field], tracepoint: &str, name: &str, size: u32) -> Resul
     Ok(field.offset)
 }
 
-fn exists(root: &Path, p: &ProgramSpec) -> bool {
-    root.join("events")
-        .join(p.category)
-        .join(p.tracepoint)
-        .join("format")
-        .exists()
-}
-
-/// The programs of [`PROGRAMS`] this kernel can run: all but the optional
-/// ones whose tracepoint it lacks.
-pub fn available_programs(root: &Path) -> Vec<&'static ProgramSpec> {
-    PROGRAMS
-        .iter()
-        .filter(|p| !p.optional || exists(root, p))
-        .collect()
-}
-
 /// Reads every field offset the classic-tracepoint programs use (BTF
 /// tracepoints get their arguments typed, without offsets). `read` returns the
-/// format text of `category/name`.
+/// format text of `category/name`, `None` when this kernel lacks it.
 pub fn offsets_from(
-    read: impl Fn(&str, &str) -> Result<String, String>,
+    read: impl Fn(&str, &str) -> Result<Option<String>, String>,
 ) -> Result<Offsets, String> {
-    let fields = |category: &str, name: &str| -> Result<(String, Vec<Field>), String> {
-        let text = read(category, name)?;
+    let fields = |category: &str, name: &str| -> Result<Option<(String, Vec<Field>)>, String> {
+        let Some(text) = read(category, name)? else {
+            return Ok(None);
+        };
         let fields = parse_format(&text).map_err(|e| format!("{category}:{name}: {e}"))?;
-        Ok((format!("{category}:{name}"), fields))
+        Ok(Some((format!("{category}:{name}"), fields)))
     };
-    let (connect, connect_f) = fields("syscalls", "sys_enter_connect")?;
-    let (connect_exit, connect_exit_f) = fields("syscalls", "sys_exit_connect")?;
-    let (error_report, error_report_f) = fields("sock", "inet_sk_error_report")?;
-    let (reset, reset_f) = fields("tcp", "tcp_receive_reset")?;
-    let (retransmit, retransmit_f) = fields("tcp", "tcp_retransmit_skb")?;
-    let (fork, fork_f) = fields("sched", "sched_process_fork")?;
-    let (close, close_f) = fields("syscalls", "sys_enter_close")?;
+    let need = |category: &str, name: &str| {
+        fields(category, name)?
+            .ok_or_else(|| format!("no tracepoint {category}:{name} on this kernel"))
+    };
+    let (connect, connect_f) = need("syscalls", "sys_enter_connect")?;
+    let (connect_exit, connect_exit_f) = need("syscalls", "sys_exit_connect")?;
+    let (reset, reset_f) = need("tcp", "tcp_receive_reset")?;
+    let (retransmit, retransmit_f) = need("tcp", "tcp_retransmit_skb")?;
+    let (fork, fork_f) = need("sched", "sched_process_fork")?;
+    let (close, close_f) = need("syscalls", "sys_enter_close")?;
+    // Missing before Linux 5.12: its fentry fallback reads the socket's
+    // error itself, and the program reading these offsets is not loaded.
+    let (error_report_error, error_report_dport) = match fields("sock", "inet_sk_error_report")? {
+        Some((name, f)) => (
+            offset_of(&f, &name, "error", 4)?,
+            offset_of(&f, &name, "dport", 2)?,
+        ),
+        None => (0, 0),
+    };
     Ok(Offsets {
         connect_fd: offset_of(&connect_f, &connect, "fd", 8)?,
         connect_uservaddr: offset_of(&connect_f, &connect, "uservaddr", 8)?,
         connect_ret: offset_of(&connect_exit_f, &connect_exit, "ret", 8)?,
-        error_report_error: offset_of(&error_report_f, &error_report, "error", 4)?,
-        error_report_dport: offset_of(&error_report_f, &error_report, "dport", 2)?,
+        error_report_error,
+        error_report_dport,
         receive_reset_skaddr: offset_of(&reset_f, &reset, "skaddr", 8)?,
         retransmit_skaddr: offset_of(&retransmit_f, &retransmit, "skaddr", 8)?,
         retransmit_state: offset_of(&retransmit_f, &retransmit, "state", 4)?,
@@ -113,31 +110,16 @@ pub fn offsets_from(
     })
 }
 
-/// Checks every tracepoint exists and reads the offsets from tracefs at `root`.
+/// Reads the offsets from tracefs at `root` (hooks::check_available has
+/// made sure the tracepoints needed exist).
 pub fn read_offsets(root: &Path) -> Result<Offsets> {
-    let missing: Vec<_> = PROGRAMS
-        .iter()
-        .filter(|p| !p.optional && !exists(root, p))
-        .collect();
-    if !missing.is_empty() {
-        let list: Vec<String> = missing
-            .iter()
-            .map(|p| format!("{}:{} (to {})", p.category, p.tracepoint, p.purpose))
-            .collect();
-        return Err(UserError::new(
-            exit::KERNEL,
-            format!(
-                "this kernel lacks the tracepoint(s) {}: ngx-trace needs a Linux 6.x kernel \
-                 that has them, built with CONFIG_FTRACE_SYSCALLS",
-                list.join(", ")
-            ),
-        )
-        .into());
-    }
     offsets_from(|category, name| {
         let path = root.join("events").join(category).join(name).join("format");
-        std::fs::read_to_string(&path)
-            .map_err(|e| format!("failed to read {}: {e}", path.display()))
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("failed to read {}: {e}", path.display())),
+        }
     })
     .map_err(|e| UserError::new(exit::KERNEL, format!("unexpected tracepoint layout: {e}")).into())
 }

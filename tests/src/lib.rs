@@ -28,6 +28,16 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// How many programs ngx-trace attaches: one per capability, whichever
+/// mechanism the kernel offers for it.
+pub fn capabilities() -> usize {
+    ngx_trace_common::PROGRAMS
+        .iter()
+        .map(|p| p.capability)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
 /// A fresh directory under /tmp, world-traversable (nginx workers run as
 /// nobody and must reach sockets inside it), removed on drop.
 pub struct TempDir {

@@ -152,7 +152,7 @@ fn sigkill_of_the_tracer_leaves_no_program_attached() {
         .collect();
     assert_eq!(
         ours.len(),
-        ngx_trace_common::PROGRAMS.len(),
+        ngx_trace_tests::capabilities(),
         "programs ngx-trace loaded: {ours:?}"
     );
     // SAFETY: plain kill(2) on our child.
