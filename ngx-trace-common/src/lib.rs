@@ -148,8 +148,10 @@ pub struct ProgramSpec {
     /// Function name of the program in the eBPF object.
     pub program: &'static str,
     /// What the kernel side sees through it. Programs with the same
-    /// capability are alternatives, best first (table order): the first
-    /// the running kernel accepts is attached, the others are not.
+    /// capability and hook form one alternative (several kernel functions
+    /// may be needed, e.g. one per protocol); a capability's alternatives
+    /// come best first (table order), and the first the running kernel
+    /// accepts is attached, the others are not.
     pub capability: &'static str,
     /// The mechanism.
     pub hook: Hook,
@@ -160,7 +162,8 @@ pub struct ProgramSpec {
     pub target: &'static str,
     /// What the program is for, shown when the capability is missing.
     pub purpose: &'static str,
-    /// Skipped when the kernel lacks the tracepoint (another program covers it).
+    /// Skipped when the kernel lacks it (the tracepoint or function: IPv6
+    /// built as a module, an architecture without a legacy syscall).
     pub optional: bool,
 }
 
@@ -305,11 +308,29 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
     },
     ProgramSpec {
-        program: "sock_sendmsg_exit",
+        program: "inet_sendmsg_exit",
         capability: "request written",
         hook: Hook::FExit,
         category: "",
-        target: "sock_sendmsg",
+        target: "inet_sendmsg",
+        purpose: "time the request a worker writes",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "inet6_sendmsg_exit",
+        capability: "request written",
+        hook: Hook::FExit,
+        category: "",
+        target: "inet6_sendmsg",
+        purpose: "time the request a worker writes",
+        optional: true,
+    },
+    ProgramSpec {
+        program: "unix_stream_sendmsg_exit",
+        capability: "request written",
+        hook: Hook::FExit,
+        category: "",
+        target: "unix_stream_sendmsg",
         purpose: "time the request a worker writes",
         optional: false,
     },
@@ -323,11 +344,29 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
     },
     ProgramSpec {
-        program: "sock_recvmsg_exit",
+        program: "inet_recvmsg_exit",
         capability: "response read",
         hook: Hook::FExit,
         category: "",
-        target: "sock_recvmsg",
+        target: "inet_recvmsg",
+        purpose: "time the response a worker reads",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "inet6_recvmsg_exit",
+        capability: "response read",
+        hook: Hook::FExit,
+        category: "",
+        target: "inet6_recvmsg",
+        purpose: "time the response a worker reads",
+        optional: true,
+    },
+    ProgramSpec {
+        program: "unix_stream_recvmsg_exit",
+        capability: "response read",
+        hook: Hook::FExit,
+        category: "",
+        target: "unix_stream_recvmsg",
         purpose: "time the response a worker reads",
         optional: false,
     },
@@ -414,7 +453,7 @@ pub struct StructOffsets {
     /// `struct socket.type` (u16): `SOCK_STREAM`, `SOCK_DGRAM`...
     pub socket_type: u32,
     /// `struct socket.sk` (pointer): the socket of the `struct socket` that
-    /// `sock_sendmsg`/`sock_recvmsg` get, where their tracepoints are missing.
+    /// the protocols' `sendmsg`/`recvmsg` get, where the tracepoints are missing.
     pub socket_sk: u32,
     /// `struct sock.sk_err` (int): the error an error report is about, where
     /// `inet_sk_error_report` is missing.
@@ -432,10 +471,26 @@ pub struct Config {
     /// 1: an exec of a program named [`Config::comm`] starts tracing that
     /// process (all instances on the host); 0: only the instance given by pid.
     pub follow_new_instances: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// 1: tracing programs may use socket-local storage (Linux 5.11+), the
+    /// cheap upstream filter; 0: the filter is the `CONNS` hash itself.
+    /// Read-only at load, so the verifier drops the branch not taken (the
+    /// storage helper is unknown to tracing programs before 5.11).
+    pub sk_storage: u32,
     /// Process name (task comm, NUL padded) of nginx.
     pub comm: [u8; 16],
+}
+
+/// Whether tracing programs may use socket-local storage on the kernel
+/// `release` (`uname -r`): from Linux 5.11. An unreadable release is taken
+/// as a recent kernel (the programs' load then says what is missing).
+pub fn sk_storage_for_tracing(release: &str) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (5, 11),
+        _ => true,
+    }
 }
 
 /// Address family values as the kernel uses them.
@@ -658,4 +713,22 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessRecord {}
     unsafe impl aya::Pod for super::ClientGoneRecord {}
     unsafe impl aya::Pod for super::SockMark {}
+}
+
+#[cfg(test)]
+mod kernel_release_tests {
+    use super::*;
+
+    #[test]
+    fn socket_storage_for_tracing_starts_with_linux_5_11() {
+        // Releases as Debian's kernels and this host report them.
+        assert!(!sk_storage_for_tracing("5.10.0-35-cloud-amd64"));
+        assert!(sk_storage_for_tracing("5.11.0"));
+        assert!(sk_storage_for_tracing("5.15.0-124-generic"));
+        assert!(sk_storage_for_tracing("6.1.0-41-cloud-amd64"));
+        assert!(sk_storage_for_tracing("6.18.44-fc-v769"));
+        assert!(sk_storage_for_tracing("7.3.0-1-cloud-amd64"));
+        assert!(!sk_storage_for_tracing("4.19.0-27-amd64"));
+        assert!(sk_storage_for_tracing(""));
+    }
 }

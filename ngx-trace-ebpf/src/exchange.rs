@@ -51,12 +51,28 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// The same, on kernels without `sock_send_length` (before 6.3):
-/// `sock_sendmsg(sock, msg)` returned `ret`; the socket's `sk` is read at
-/// its BTF offset.
-#[fexit(function = "sock_sendmsg")]
-pub fn sock_sendmsg_exit(ctx: FExitContext) -> u32 {
-    request_written(sk_of(ctx.arg(0)), ctx.arg(2));
+/// The same, on kernels without `sock_send_length` (before 6.3): the
+/// protocol's `sendmsg(sock, msg, size)` returned `ret` (IPv4, IPv6 and UNIX
+/// stream sockets; reached through `sock->ops`, so never inlined into the
+/// syscalls, unlike `sock_sendmsg`). The socket's `sk` is read at its BTF
+/// offset.
+#[fexit(function = "inet_sendmsg")]
+pub fn inet_sendmsg_exit(ctx: FExitContext) -> u32 {
+    request_written(sk_of(ctx.arg(0)), ctx.arg(3));
+    0
+}
+
+/// See [`inet_sendmsg_exit`].
+#[fexit(function = "inet6_sendmsg")]
+pub fn inet6_sendmsg_exit(ctx: FExitContext) -> u32 {
+    request_written(sk_of(ctx.arg(0)), ctx.arg(3));
+    0
+}
+
+/// See [`inet_sendmsg_exit`].
+#[fexit(function = "unix_stream_sendmsg")]
+pub fn unix_stream_sendmsg_exit(ctx: FExitContext) -> u32 {
+    request_written(sk_of(ctx.arg(0)), ctx.arg(3));
     0
 }
 
@@ -89,11 +105,26 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// The same, on kernels without `sock_recv_length` (before 6.3):
-/// `sock_recvmsg(sock, msg, flags)` returned `ret`.
-#[fexit(function = "sock_recvmsg")]
-pub fn sock_recvmsg_exit(ctx: FExitContext) -> u32 {
-    response_read(sk_of(ctx.arg(0)), ctx.arg(3), ctx.arg(2));
+/// The same, on kernels without `sock_recv_length` (before 6.3): the
+/// protocol's `recvmsg(sock, msg, size, flags)` returned `ret` (as for
+/// sending, through `sock->ops`).
+#[fexit(function = "inet_recvmsg")]
+pub fn inet_recvmsg_exit(ctx: FExitContext) -> u32 {
+    response_read(sk_of(ctx.arg(0)), ctx.arg(4), ctx.arg(3));
+    0
+}
+
+/// See [`inet_recvmsg_exit`].
+#[fexit(function = "inet6_recvmsg")]
+pub fn inet6_recvmsg_exit(ctx: FExitContext) -> u32 {
+    response_read(sk_of(ctx.arg(0)), ctx.arg(4), ctx.arg(3));
+    0
+}
+
+/// See [`inet_recvmsg_exit`].
+#[fexit(function = "unix_stream_recvmsg")]
+pub fn unix_stream_recvmsg_exit(ctx: FExitContext) -> u32 {
+    response_read(sk_of(ctx.arg(0)), ctx.arg(4), ctx.arg(3));
     0
 }
 

@@ -2,7 +2,7 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use ngx_trace_common::{EVENTS_BYTES, Exchange, LOST_SLOTS, NGINX_PID_WORKER, SockMark};
 
@@ -48,10 +48,17 @@ pub static UNIX_BIND: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(1
 #[map]
 pub static LAST_CLOSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// The exchange the thread on this CPU last gave up on (see
-/// `record::client_gone`); `pid_tgid` 0 when none is watched.
+/// Slots of [`GIVEUP`]: a thread's slot is its id modulo this (a power of
+/// two), whichever CPU it runs on.
+pub const GIVEUP_SLOTS: u32 = 4096;
+
+/// The exchanges threads last gave up on (see `record::client_gone`), one
+/// slot per thread id modulo [`GIVEUP_SLOTS`] (an array: the lookup is
+/// inlined, no hash on the sends that check it); `pid_tgid` 0 when none
+/// is watched. By thread, not by CPU: a worker may move to another CPU
+/// between giving up and closing its client's connection.
 #[map]
-pub static GIVEUP: PerCpuArray<GiveUp> = PerCpuArray::with_max_entries(1, 0);
+pub static GIVEUP: Array<GiveUp> = Array::with_max_entries(GIVEUP_SLOTS, 0);
 
 /// Exchanges nginx gave up on, watched for their client leaving.
 #[repr(C)]

@@ -10,7 +10,7 @@ use ngx_trace_common::{
 };
 
 use crate::{
-    maps::{EVENTS, GIVEUP, GiveUp, count_lost, forget},
+    maps::{EVENTS, GIVEUP, GIVEUP_SLOTS, GiveUp, count_lost, forget},
     sock_mark::is_marked,
     tcp_sock,
 };
@@ -75,7 +75,7 @@ pub fn apply(sk: u64, state: *mut Exchange, next: Next) {
 const CLIENT_CLOSE_WITHIN_NS: u64 = 50_000_000;
 
 /// nginx gave up on an exchange of worker `tgid` in this thread: remember
-/// it on this CPU, so that a client close by the same thread right after
+/// it for the thread, so that a client close by the same thread right after
 /// (its 499 path) can be tied to it. Give-ups in a row with nothing written
 /// between them (every stream of an HTTP/2 connection its client dropped)
 /// widen the watched range.
@@ -86,7 +86,7 @@ fn watch_giveup(tgid: u32, end_ns: u64) {
     if (pid_tgid >> 32) as u32 != tgid {
         return;
     }
-    let Some(slot) = GIVEUP.get_ptr_mut(0) else {
+    let Some(slot) = giveup_slot(pid_tgid) else {
         return;
     };
     unsafe {
@@ -104,18 +104,25 @@ fn watch_giveup(tgid: u32, end_ns: u64) {
     }
 }
 
-/// The watch of this CPU when it is on the current thread.
+/// The give-up slot of thread `pid_tgid`.
+#[inline(always)]
+fn giveup_slot(pid_tgid: u64) -> Option<*mut GiveUp> {
+    GIVEUP.get_ptr_mut(pid_tgid as u32 & (GIVEUP_SLOTS - 1))
+}
+
+/// The current thread's watch, if it watches something.
 #[inline(always)]
 fn watched_by_me() -> Option<*mut GiveUp> {
-    let slot = GIVEUP.get_ptr_mut(0)?;
-    let watched = unsafe { (*slot).pid_tgid };
-    (watched != 0 && watched == bpf_get_current_pid_tgid()).then_some(slot)
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let slot = giveup_slot(pid_tgid)?;
+    (unsafe { (*slot).pid_tgid } == pid_tgid).then_some(slot)
 }
 
 /// The worker thread did something nginx does only when it goes on after
 /// a timeout (a socket write: the 504 page, a retry on a kept-alive
 /// connection; a connect: the next upstream): the give-up was not its
-/// client leaving. Costs a per-CPU load when nothing is watched.
+/// client leaving. Costs an inlined array lookup and a load when the
+/// thread watches nothing.
 #[inline(always)]
 pub fn clear_giveup() {
     if let Some(slot) = watched_by_me() {

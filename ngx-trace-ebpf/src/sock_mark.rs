@@ -2,7 +2,8 @@
 //! sockets that are upstream connections of traced workers. For every other
 //! socket on the host (clients, backends, other services) a hook costs one
 //! load (`sk->sk_bpf_storage` is NULL on a socket without any socket-local
-//! storage), then leaves.
+//! storage), then leaves. On Linux 5.10, whose tracing programs cannot use
+//! socket-local storage, the `CONNS` hash lookup is the filter.
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
@@ -26,6 +27,9 @@ fn storage() -> *mut c_void {
 /// The mark on `sk`, a `struct sock *` the kernel handed a BTF tracepoint.
 #[inline(always)]
 fn mark_of(sk: u64) -> Option<*mut SockMark> {
+    if config!(sk_storage) == 0 {
+        return None;
+    }
     // Most sockets hold no socket-local storage at all: one load of
     // `sk->sk_bpf_storage` (a typed, verifier-checked read of the BTF
     // pointer) tells, without a helper call.
@@ -44,6 +48,10 @@ fn mark_of(sk: u64) -> Option<*mut SockMark> {
 /// Whether `sk` carries a mark (followed now or once).
 #[inline(always)]
 pub fn is_marked(sk: u64) -> bool {
+    if config!(sk_storage) == 0 {
+        // Without marks: followed now.
+        return CONNS.get_ptr(sk).is_some();
+    }
     mark_of(sk).is_some()
 }
 
@@ -59,6 +67,16 @@ pub fn follow(sk: u64, exchange: &Exchange) {
         _pad: 0,
         addr: UpstreamAddr::ZERO,
     };
+    if config!(sk_storage) == 0 {
+        if CONNS.insert(sk, exchange, 0).is_err()
+            || FD_CONNS
+                .insert(fd_key(exchange.tgid, exchange.fd), sk, 0)
+                .is_err()
+        {
+            count_lost(LOST_MAP_FULL);
+        }
+        return;
+    }
     // SAFETY: as in `mark_of`; the helper copies `value`.
     let mark = unsafe {
         bpf_sk_storage_get(
@@ -84,6 +102,11 @@ pub fn follow(sk: u64, exchange: &Exchange) {
 /// exchange half over (never reported; the next ones are).
 #[inline(always)]
 pub fn upstream_state(sk: u64) -> Option<*mut Exchange> {
+    if config!(sk_storage) == 0 {
+        // Linux 5.10: no socket-local storage for tracing programs; the hash
+        // lookup is the filter (and nothing is adopted).
+        return CONNS.get_ptr_mut(sk);
+    }
     let mark = mark_of(sk)?;
     if let Some(state) = CONNS.get_ptr_mut(sk) {
         return Some(state);

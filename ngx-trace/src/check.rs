@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, path::Path};
 use anyhow::Result;
 use ngx_trace_common::Config;
 
-use crate::{hooks, kernel::Kernel, output::Output};
+use crate::{kernel::Kernel, output::Output};
 
 /// `--check`: what was loaded and attached, and what this host offers.
 pub fn report(
@@ -40,7 +40,12 @@ pub fn report(
         t.socket_sk,
         t.sk_err
     ));
-    out.push_str("upstream filter: socket-local storage (BPF_MAP_TYPE_SK_STORAGE)\n");
+    out.push_str(if config.sk_storage == 1 {
+        "upstream filter: socket-local storage (BPF_MAP_TYPE_SK_STORAGE)\n"
+    } else {
+        "upstream filter: the CONNS hash (tracing programs get socket-local storage from \
+         Linux 5.11; kept-alive connections opened before start are not adopted)\n"
+    });
     out.push_str(&format!(
         "ring buffer: yes ({} KiB)\n",
         ngx_trace_common::EVENTS_BYTES / 1024
@@ -53,26 +58,18 @@ pub fn report(
     // Per capability: the mechanism chosen, and why the better ones were
     // not (a missing tracepoint, a refusal at load).
     for chosen in &kernel.chosen {
-        match chosen.spec {
-            Some(spec) => out.push_str(&format!(
-                "  {:<20} {:<10} {} ({})\n",
-                chosen.capability,
-                spec.hook.name(),
-                hooks::target_name(spec),
-                spec.purpose
+        match &chosen.alternative {
+            Some(alternative) => out.push_str(&format!(
+                "  {:<20} {alternative} ({})\n",
+                chosen.capability, chosen.purpose
             )),
             None => out.push_str(&format!(
-                "  {:<20} {:<10} (optional; this kernel lacks it)\n",
-                chosen.capability, "skipped"
+                "  {:<20} skipped (optional; this kernel lacks it)\n",
+                chosen.capability
             )),
         }
         for (better, why) in &chosen.passed_over {
-            out.push_str(&format!(
-                "  {:<20}   not {} {}: {why}\n",
-                "",
-                better.hook.name(),
-                hooks::target_name(better)
-            ));
+            out.push_str(&format!("  {:<20}   not {better}: {why}\n", ""));
         }
     }
     let lost: u64 = kernel.lost()?.iter().sum();

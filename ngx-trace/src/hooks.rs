@@ -16,31 +16,75 @@ pub fn target_name(spec: &ProgramSpec) -> String {
     }
 }
 
+/// One way to give a capability: one or more programs of the same hook kind
+/// (several kernel functions may be needed, one per protocol).
+#[derive(Debug)]
+pub struct Alternative {
+    /// The mechanism.
+    pub hook: Hook,
+    /// Its programs; optional ones are skipped where the kernel lacks them.
+    pub programs: Vec<&'static ProgramSpec>,
+}
+
+impl Alternative {
+    /// Its targets, as `--check` names them.
+    pub fn name(&self) -> String {
+        let targets: Vec<String> = self.programs.iter().map(|s| target_name(s)).collect();
+        format!("{} {}", self.hook.name(), targets.join(", "))
+    }
+
+    /// Why it cannot be used here, known before loading anything: a
+    /// needed tracepoint tracefs (at `root`) lacks.
+    pub fn missing(&self, root: &Path) -> Option<String> {
+        self.programs
+            .iter()
+            .filter(|s| !s.optional)
+            .find_map(|s| missing(root, s))
+    }
+}
+
 /// The alternatives of one capability, best first.
 #[derive(Debug)]
 pub struct Capability {
     /// What the kernel side sees through it.
     pub name: &'static str,
-    /// Its programs, best first.
-    pub candidates: Vec<&'static ProgramSpec>,
+    /// What it is for.
+    pub purpose: &'static str,
+    /// Its alternatives, best first.
+    pub alternatives: Vec<Alternative>,
 }
 
 impl Capability {
     /// Whether the kernel side runs without it (only optional programs).
     pub fn optional(&self) -> bool {
-        self.candidates.iter().all(|c| c.optional)
+        self.alternatives
+            .iter()
+            .all(|a| a.programs.iter().all(|s| s.optional))
     }
 }
 
-/// The capabilities of `programs`, in the order of their first program.
+/// The capabilities of `programs`, in the order of their first program;
+/// programs of one capability with the same hook form one alternative.
 pub fn capabilities_of(programs: &'static [ProgramSpec]) -> Vec<Capability> {
     let mut list: Vec<Capability> = Vec::new();
     for spec in programs {
-        match list.iter_mut().find(|c| c.name == spec.capability) {
-            Some(c) => c.candidates.push(spec),
-            None => list.push(Capability {
-                name: spec.capability,
-                candidates: vec![spec],
+        let index = match list.iter().position(|c| c.name == spec.capability) {
+            Some(i) => i,
+            None => {
+                list.push(Capability {
+                    name: spec.capability,
+                    purpose: spec.purpose,
+                    alternatives: Vec::new(),
+                });
+                list.len() - 1
+            }
+        };
+        let alternatives = &mut list[index].alternatives;
+        match alternatives.iter_mut().find(|a| a.hook == spec.hook) {
+            Some(a) => a.programs.push(spec),
+            None => alternatives.push(Alternative {
+                hook: spec.hook,
+                programs: vec![spec],
             }),
         }
     }
@@ -70,20 +114,15 @@ pub fn missing(root: &Path, spec: &ProgramSpec) -> Option<String> {
     }
 }
 
-/// Fails, before anything is loaded, when a capability has no candidate
-/// left on this kernel (every one a missing tracepoint).
+/// Fails, before anything is loaded, when a capability has no alternative
+/// left on this kernel (every one needs a missing tracepoint).
 pub fn check_available(root: &Path) -> anyhow::Result<()> {
     let lacking: Vec<String> = capabilities()
         .iter()
-        .filter(|c| !c.optional() && c.candidates.iter().all(|s| missing(root, s).is_some()))
+        .filter(|c| !c.optional() && c.alternatives.iter().all(|a| a.missing(root).is_some()))
         .map(|c| {
-            let tried: Vec<String> = c.candidates.iter().map(|s| target_name(s)).collect();
-            format!(
-                "{} (to {}: {})",
-                c.name,
-                c.candidates[0].purpose,
-                tried.join(" or ")
-            )
+            let tried: Vec<String> = c.alternatives.iter().map(Alternative::name).collect();
+            format!("{} (to {}: {})", c.name, c.purpose, tried.join(" or "))
         })
         .collect();
     if lacking.is_empty() {
@@ -92,7 +131,7 @@ pub fn check_available(root: &Path) -> anyhow::Result<()> {
     Err(UserError::new(
         exit::KERNEL,
         format!(
-            "this kernel offers no way to see {}: ngx-trace needs Linux 5.11 or later \
+            "this kernel offers no way to see {}: ngx-trace needs Linux 5.10 or later \
              with BTF, built with CONFIG_FTRACE_SYSCALLS",
             lacking.join("; ")
         ),
@@ -105,11 +144,15 @@ pub fn check_available(root: &Path) -> anyhow::Result<()> {
 pub struct Chosen {
     /// The capability.
     pub capability: &'static str,
-    /// The program attached; `None` for an optional capability this kernel
-    /// lacks.
-    pub spec: Option<&'static ProgramSpec>,
-    /// The better candidates, each with why it was not used.
-    pub passed_over: Vec<(&'static ProgramSpec, String)>,
+    /// What it is for.
+    pub purpose: &'static str,
+    /// The alternative attached (`--check` names it); `None` for an
+    /// optional capability this kernel lacks.
+    pub alternative: Option<String>,
+    /// The programs attached.
+    pub programs: Vec<&'static ProgramSpec>,
+    /// The better alternatives, each with why it was not used.
+    pub passed_over: Vec<(String, String)>,
 }
 
 #[cfg(test)]
@@ -124,38 +167,52 @@ mod tests {
             // Best first: a tracepoint, when there is one, comes before any
             // kernel-function fallback.
             let ranks: Vec<u8> = c
-                .candidates
+                .alternatives
                 .iter()
-                .map(|s| match s.hook {
+                .map(|a| match a.hook {
                     Hook::BtfTracepoint => 0,
                     Hook::Tracepoint => 1,
                     Hook::FEntry | Hook::FExit => 2,
                 })
                 .collect();
             assert!(ranks.is_sorted(), "{}: {ranks:?}", c.name);
-            let purposes: std::collections::BTreeSet<&str> =
-                c.candidates.iter().map(|s| s.purpose).collect();
+            let purposes: std::collections::BTreeSet<&str> = c
+                .alternatives
+                .iter()
+                .flat_map(|a| a.programs.iter().map(|s| s.purpose))
+                .collect();
             assert_eq!(purposes.len(), 1, "{}: {purposes:?}", c.name);
+            // An alternative made only of optional programs would attach
+            // nothing and still count as chosen.
+            for a in &c.alternatives {
+                assert!(
+                    a.programs.iter().any(|s| !s.optional) || c.optional(),
+                    "{}: {}",
+                    c.name,
+                    a.name()
+                );
+            }
         }
     }
 
     #[test]
     fn the_per_socket_capabilities_have_a_fallback_for_kernels_before_6_3() {
         let caps = capabilities();
-        for name in [
-            "request written",
-            "response read",
-            "response arriving",
-            "socket errors",
+        for (name, functions) in [
+            (
+                "request written",
+                "fexit inet_sendmsg(), inet6_sendmsg(), unix_stream_sendmsg()",
+            ),
+            (
+                "response read",
+                "fexit inet_recvmsg(), inet6_recvmsg(), unix_stream_recvmsg()",
+            ),
+            ("response arriving", "fentry sock_def_readable()"),
+            ("socket errors", "fentry sock_def_error_report()"),
         ] {
             let c = caps.iter().find(|c| c.name == name).expect(name);
-            assert!(
-                c.candidates
-                    .iter()
-                    .any(|s| matches!(s.hook, Hook::FEntry | Hook::FExit)),
-                "{name}: {:?}",
-                c.candidates
-            );
+            assert_eq!(c.alternatives.len(), 2, "{name}");
+            assert_eq!(c.alternatives[1].name(), functions);
         }
     }
 
@@ -168,7 +225,7 @@ mod tests {
             .unwrap();
         let fexit = PROGRAMS
             .iter()
-            .find(|s| s.program == "sock_sendmsg_exit")
+            .find(|s| s.program == "inet_sendmsg_exit")
             .unwrap();
         assert_eq!(
             missing(&dir, spec).as_deref(),

@@ -17,7 +17,7 @@ use ngx_trace_common::{
 
 use crate::{
     exit::{self, UserError},
-    hooks::{self, Capability, Chosen},
+    hooks::{self, Alternative, Capability, Chosen},
     load_error::{load_error, save_verifier_log},
 };
 
@@ -109,7 +109,7 @@ impl Kernel {
 
     /// How many programs are attached.
     pub fn attached(&self) -> usize {
-        self.chosen.iter().filter(|c| c.spec.is_some()).count()
+        self.chosen.iter().map(|c| c.programs.len()).sum()
     }
 
     /// Starts tracing `pid`; a `worker` already runs its event loop.
@@ -158,36 +158,38 @@ impl Kernel {
     }
 }
 
-/// Attaches the first candidate of `capability` this kernel accepts; the
-/// better ones it refused are kept with the reason. When none is left, the
-/// last candidate's error says why, with the others' reasons.
+/// Attaches the first alternative of `capability` this kernel accepts;
+/// the better ones it refused are kept with the reason. When none is left,
+/// the last one's error says why, with the others' reasons.
 fn attach_capability(
     ebpf: &mut Ebpf,
     btf: &Btf,
     tracefs: &Path,
     capability: &Capability,
 ) -> Result<Chosen> {
-    let mut passed_over = Vec::new();
-    let last = capability.candidates.len() - 1;
-    for (i, &spec) in capability.candidates.iter().enumerate() {
-        if let Some(why) = hooks::missing(tracefs, spec) {
-            passed_over.push((spec, why));
+    let mut passed_over: Vec<(String, String)> = Vec::new();
+    let last = capability.alternatives.len() - 1;
+    for (i, alternative) in capability.alternatives.iter().enumerate() {
+        if let Some(why) = alternative.missing(tracefs) {
+            passed_over.push((alternative.name(), why));
             continue;
         }
-        match attach_one(ebpf, btf, spec) {
-            Ok(()) => {
+        match attach_alternative(ebpf, btf, tracefs, alternative) {
+            Ok(programs) => {
                 return Ok(Chosen {
                     capability: capability.name,
-                    spec: Some(spec),
+                    purpose: capability.purpose,
+                    alternative: (!programs.is_empty()).then(|| alternative.name()),
+                    programs,
                     passed_over,
                 });
             }
-            Err(e) if i < last => passed_over.push((spec, format!("{e:#}"))),
+            Err(e) if i < last => passed_over.push((alternative.name(), format!("{e:#}"))),
             Err(e) if passed_over.is_empty() => return Err(e),
             Err(e) => {
                 let others: Vec<String> = passed_over
                     .iter()
-                    .map(|(s, why)| format!("{}: {why}", hooks::target_name(s)))
+                    .map(|(name, why)| format!("{name}: {why}"))
                     .collect();
                 return Err(e.context(format!(
                     "no way to see {} on this kernel (better ones: {})",
@@ -200,14 +202,14 @@ fn attach_capability(
     if !capability.optional() {
         let why: Vec<String> = passed_over
             .iter()
-            .map(|(s, why)| format!("{}: {why}", hooks::target_name(s)))
+            .map(|(name, why)| format!("{name}: {why}"))
             .collect();
         return Err(UserError::new(
             exit::KERNEL,
             format!(
                 "this kernel offers no way to see {} (to {}): {}",
                 capability.name,
-                capability.candidates[0].purpose,
+                capability.purpose,
                 why.join("; ")
             ),
         )
@@ -217,9 +219,53 @@ fn attach_capability(
     // without it.
     Ok(Chosen {
         capability: capability.name,
-        spec: None,
+        purpose: capability.purpose,
+        alternative: None,
+        programs: Vec::new(),
         passed_over,
     })
+}
+
+/// Attaches every program of `alternative` (an optional one this kernel
+/// lacks is skipped); on a failure, unloads those it attached.
+fn attach_alternative(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    tracefs: &Path,
+    alternative: &Alternative,
+) -> Result<Vec<&'static ProgramSpec>> {
+    let mut attached = Vec::new();
+    for &spec in &alternative.programs {
+        if spec.optional && hooks::missing(tracefs, spec).is_some() {
+            continue;
+        }
+        match attach_one(ebpf, btf, spec) {
+            Ok(()) => attached.push(spec),
+            // A kernel function this kernel lacks (IPv6 as a module).
+            Err(_) if spec.optional => {}
+            Err(e) => {
+                for done in &attached {
+                    unload(ebpf, done);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(attached)
+}
+
+/// Detaches and unloads one program (best effort: it goes with the object
+/// at exit anyway).
+fn unload(ebpf: &mut Ebpf, spec: &ProgramSpec) {
+    let Some(program) = ebpf.program_mut(spec.program) else {
+        return;
+    };
+    let _ = match spec.hook {
+        Hook::BtfTracepoint => <&mut BtfTracePoint>::try_from(program).map(|p| p.unload()),
+        Hook::Tracepoint => <&mut TracePoint>::try_from(program).map(|p| p.unload()),
+        Hook::FEntry => <&mut FEntry>::try_from(program).map(|p| p.unload()),
+        Hook::FExit => <&mut FExit>::try_from(program).map(|p| p.unload()),
+    };
 }
 
 /// Loads and attaches one program.

@@ -91,6 +91,13 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
         .any(|e| e.kind() == io::ErrorKind::BrokenPipe)
 }
 
+/// This kernel's release (`uname -r`), empty when unreadable.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// The kernel configuration for these arguments and this kernel.
 fn config(args: &TraceArgs, root: &std::path::Path) -> Result<Config> {
     let mut comm = [0u8; 16];
@@ -99,7 +106,7 @@ fn config(args: &TraceArgs, root: &std::path::Path) -> Result<Config> {
         offsets: tracefs::read_offsets(root)?,
         structs: struct_offsets()?,
         follow_new_instances: u32::from(args.pid.is_none()),
-        _pad: 0,
+        sk_storage: u32::from(ngx_trace_common::sk_storage_for_tracing(&kernel_release())),
         comm,
     })
 }
@@ -167,7 +174,12 @@ async fn trace(args: TraceArgs) -> Result<()> {
     if args.check {
         return check::report(&kernel, &config, &tracefs, &initial);
     }
-    let (adopted, failure) = adopt::kept_alive(&mut kernel, &workers);
+    let (adopted, failure) = if config.sk_storage == 1 {
+        adopt::kept_alive(&mut kernel, &workers)
+    } else {
+        let why = "this kernel's tracing programs cannot use socket-local storage (Linux 5.11+)";
+        (0, Some(why.to_string()))
+    };
     if let Some(failure) = failure {
         notice(&format!(
             "could not adopt every kept-alive upstream connection opened before start \

@@ -28,14 +28,20 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// How many programs ngx-trace attaches: one per capability, whichever
-/// mechanism the kernel offers for it.
-pub fn capabilities() -> usize {
+/// Whether this kernel lets tracing programs use socket-local storage
+/// (Linux 5.11+), which adopting connections opened before start needs.
+pub fn kernel_has_sk_storage_for_tracing() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    ngx_trace_common::sk_storage_for_tracing(release.trim())
+}
+
+/// The capabilities of the kernel side (what `--check` lists, one line
+/// each, with the mechanism the kernel offers for it).
+pub fn capability_names() -> std::collections::BTreeSet<&'static str> {
     ngx_trace_common::PROGRAMS
         .iter()
         .map(|p| p.capability)
-        .collect::<std::collections::BTreeSet<_>>()
-        .len()
+        .collect()
 }
 
 /// A fresh directory under /tmp, world-traversable (nginx workers run as

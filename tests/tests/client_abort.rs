@@ -99,7 +99,10 @@ fn check(
         let line = e["nginx_error"].as_str().unwrap();
         assert!(line.starts_with("upstream timed out (110"), "{e}");
         let total = e["timings_us"]["total"].as_u64().unwrap();
-        assert!((1_000_000..1_600_000).contains(&total), "1 s timeout: {e}");
+        // nginx arms its timer from its cached clock, read before it wrote
+        // the request: the wait the kernel sees may be a few ms short of 1 s
+        // (more in a slow VM).
+        assert!((950_000..1_600_000).contains(&total), "1 s timeout: {e}");
     }
     assert_eq!(
         nginx.error_log_lines("upstream timed out").len(),

@@ -64,7 +64,8 @@ fn backend_slower_than_read_timeout_is_no_response_backend_slow_after_a_pending_
     );
     let total = us(e, "total");
     assert!(
-        (1_000_000..1_500_000).contains(&total),
+        // nginx's timer starts from its cached clock, read before the write.
+        (950_000..1_500_000).contains(&total),
         "nginx gave up after 1 s: {e}"
     );
     // The pending event came first, while nginx was still waiting.
@@ -375,6 +376,21 @@ fn keepalive_connections_opened_before_tracing_are_adopted() {
         assert_eq!(nginx.get("/"), 200);
     }
     std::thread::sleep(Duration::from_millis(300));
+    if !ngx_trace_tests::kernel_has_sk_storage_for_tracing() {
+        // Needs socket-local storage in tracing programs (Linux 5.11+).
+        // Without it ngx-trace says it cannot adopt, and the old
+        // connections are not reported (new ones are).
+        let notice = tracer.stderr();
+        let events = tracer.stop();
+        assert!(
+            notice.contains("could not adopt") && notice.contains("Linux 5.11+"),
+            "{notice}"
+        );
+        for e in events.iter().filter(|e| e["event"] == "upstream") {
+            assert_eq!(e["reused"], false, "only new connections are followed: {e}");
+        }
+        return;
+    }
     let events: Vec<Value> = tracer
         .stop()
         .into_iter()

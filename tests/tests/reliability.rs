@@ -144,15 +144,15 @@ fn sigkill_of_the_tracer_leaves_no_program_attached() {
         .into_iter()
         .filter(|(id, name)| {
             !before.contains(id)
-                && ["sched_", "sys_", "sock_", "sk_", "tcp_", "inet_"]
+                && ["sched_", "sys_", "sock_", "sk_", "tcp_", "inet", "unix_"]
                     .iter()
                     .any(|p| name.starts_with(p))
         })
         .map(|(id, _)| id)
         .collect();
-    assert_eq!(
-        ours.len(),
-        ngx_trace_tests::capabilities(),
+    // At least one program per capability (a fallback may need several).
+    assert!(
+        ours.len() >= ngx_trace_tests::capability_names().len(),
         "programs ngx-trace loaded: {ours:?}"
     );
     // SAFETY: plain kill(2) on our child.
