@@ -2,12 +2,16 @@
 //!
 //! - `cargo xtask run -- <ngx-trace args>`: set up, build, run as root.
 //! - `cargo xtask test`: set up (with the test packages), then every test.
+//! - `cargo xtask test --kernel 6.1`: only the integration tests, on Debian's
+//!   6.1 kernel booted under qemu (`--kernels all`: on every kernel).
 //! - `cargo xtask demo`: a throwaway nginx with broken upstreams, traced.
 
 mod bench;
 mod bench_floor;
 mod demo;
+mod kernels;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -34,7 +38,18 @@ enum Cmd {
     },
     /// Install what is missing (also nginx, php-fpm, iptables...), then run
     /// formatting and lint checks, unit tests and kernel integration tests.
-    Test,
+    Test {
+        /// Instead, run only the integration tests on these kernels: Debian's
+        /// booted under qemu (`newest`: trixie-backports' newest), the host's
+        /// (`host`), or `all` of them; comma-separated or repeated.
+        #[arg(long = "kernel", visible_alias = "kernels", value_delimiter = ',',
+              value_parser = ["5.10", "6.1", "6.12", "6.18", "newest", "host", "all"])]
+        kernels: Vec<String>,
+        /// With --kernel: seconds one kernel's run may take before its VM is
+        /// stopped (and the kernel counted as failed).
+        #[arg(long, default_value_t = 1800)]
+        vm_timeout: u64,
+    },
     /// Start a throwaway nginx with broken upstreams on loopback and trace it.
     Demo {
         /// How long to run, in seconds.
@@ -77,10 +92,17 @@ fn run(command: Cmd) -> Result<()> {
             let status = cmd.status().context("failed to start ngx-trace")?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Cmd::Test => {
+        Cmd::Test {
+            kernels,
+            vm_timeout,
+        } => {
             setup::toolchain()?;
             setup::packages(setup::TEST_PACKAGES)?;
-            test()
+            if kernels.is_empty() {
+                test()
+            } else {
+                vm::run(&kernels, std::time::Duration::from_secs(vm_timeout))
+            }
         }
         Cmd::Bench { pairs, seconds } => {
             setup::toolchain()?;

@@ -1,6 +1,10 @@
 //! Installing what building and testing need, idempotently: each step
 //! checks first and does nothing when its part is already there.
-use std::process::{Command, Stdio};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -9,6 +13,105 @@ pub const BENCH_PACKAGES: &[&str] = &["nginx", "wrk", "bpftrace", "bpftool"];
 
 /// Debian packages the tests use.
 pub const TEST_PACKAGES: &[&str] = &["nginx", "php-fpm", "iptables", "bpftool"];
+
+/// Debian packages that booting Debian's kernels under qemu needs: virtme-ng
+/// builds its initramfs with busybox and cpio, runs depmod (kmod), reads a
+/// kernel image's release with `file`, and lives in a virtualenv.
+pub const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "file",
+    "python3-venv",
+];
+
+/// The virtme-ng release the VM runs were verified with (its options and
+/// the way it starts virtiofsd).
+const VIRTME_NG: &str = "1.42";
+
+/// virtme-ng starts the Rust virtiofsd, which Debian 12 does not ship;
+/// qemu 7.2's C daemon does the same job with other options. This stands
+/// in for it, first on virtme-ng's PATH.
+const VIRTIOFSD_WRAPPER: &str = r#"#!/bin/sh
+# Written by `cargo xtask`: virtme-ng's virtiofsd options for qemu's C daemon.
+sock= dir= cache=auto
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --version) exec /usr/lib/qemu/virtiofsd --version ;;
+        --help) echo "usage: virtiofsd --socket-path PATH --shared-dir DIR [--cache MODE]"; exit 0 ;;
+        --socket-path) sock=$2; shift ;;
+        --socket-path=*) sock=${1#*=} ;;
+        --shared-dir) dir=$2; shift ;;
+        --shared-dir=*) dir=${1#*=} ;;
+        --cache) cache=$2; shift ;;
+        --cache=*) cache=${1#*=} ;;
+        --sandbox) shift ;;
+    esac
+    shift
+done
+if [ -z "$sock" ] || [ -z "$dir" ]; then
+    echo "virtiofsd: --socket-path and --shared-dir are needed" >&2
+    exit 2
+fi
+/usr/lib/qemu/virtiofsd --socket-path="$sock" -o source="$dir" -o cache="$cache" \
+    -o sandbox=chroot -o xattr &
+pid=$!
+# virtme-ng starts qemu once <socket>.pid exists: write it once the daemon listens.
+i=0
+while [ ! -S "$sock" ] && [ $i -lt 100 ] && kill -0 $pid 2>/dev/null; do
+    sleep 0.05
+    i=$((i + 1))
+done
+echo $pid > "$sock.pid"
+wait $pid
+"#;
+
+/// virtme-ng in a virtualenv under `cache`, and the `virtiofsd` stand-in;
+/// returns `vng` and the folder to put first on its PATH.
+pub fn virtme_ng(cache: &Path) -> Result<(PathBuf, PathBuf)> {
+    let venv = cache.join("venv");
+    let vng = venv.join("bin/vng");
+    if !venv.join("bin/python3").exists() {
+        eprintln!("xtask: creating a virtualenv in {}", venv.display());
+        status(
+            // Debian's python (python3-venv), whatever else is first on PATH.
+            Command::new("/usr/bin/python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv),
+            "`python3 -m venv`",
+        )?;
+    }
+    let vng_version = Command::new(&vng)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if vng_version != format!("virtme-ng {VIRTME_NG}") {
+        eprintln!(
+            "xtask: installing virtme-ng {VIRTME_NG} into {}",
+            venv.display()
+        );
+        status(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .arg(format!("virtme-ng=={VIRTME_NG}")),
+            "`pip install virtme-ng`",
+        )?;
+    }
+    let bin = cache.join("bin");
+    let wrapper = bin.join("virtiofsd");
+    if std::fs::read_to_string(&wrapper).ok().as_deref() != Some(VIRTIOFSD_WRAPPER) {
+        std::fs::create_dir_all(&bin)
+            .with_context(|| format!("failed to create {}", bin.display()))?;
+        std::fs::write(&wrapper, VIRTIOFSD_WRAPPER)
+            .with_context(|| format!("failed to write {}", wrapper.display()))?;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("failed to chmod {}", wrapper.display()))?;
+    }
+    Ok((vng, bin))
+}
 
 fn output(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
