@@ -51,7 +51,7 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// The same, on kernels without `sock_send_length` (before 6.3): the
+/// The same, on kernels without `sock_send_length` (6.1 and older): the
 /// protocol's `sendmsg(sock, msg, size)` returned `ret` (IPv4, IPv6 and UNIX
 /// stream sockets; reached through `sock->ops`, so never inlined into the
 /// syscalls, unlike `sock_sendmsg`). The socket's `sk` is read at its BTF
@@ -105,7 +105,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// The same, on kernels without `sock_recv_length` (before 6.3): the
+/// The same, on kernels without `sock_recv_length` (6.1 and older): the
 /// protocol's `recvmsg(sock, msg, size, flags)` returned `ret` (as for
 /// sending, through `sock->ops`).
 #[fexit(function = "inet_recvmsg")]
@@ -151,7 +151,7 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// The same, on kernels without `sk_data_ready` (before 6.6): the default
+/// The same, on kernels without `sk_data_ready` (6.1 and older): the default
 /// wake-up of TCP and UNIX stream sockets, `sock_def_readable(sk)`.
 #[fentry(function = "sock_def_readable")]
 pub fn sock_def_readable_entry(ctx: FEntryContext) -> u32 {

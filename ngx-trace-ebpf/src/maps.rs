@@ -49,8 +49,10 @@ pub static UNIX_BIND: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(1
 pub static LAST_CLOSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Slots of [`GIVEUP`]: a thread's slot is its id modulo this (a power of
-/// two), whichever CPU it runs on.
-pub const GIVEUP_SLOTS: u32 = 4096;
+/// two), whichever CPU it runs on. Two workers whose ids are equal modulo
+/// it, giving up within the same 50 ms, share a slot (the later one wins);
+/// 65536 slots (2 MiB) make that rare with dozens of workers.
+pub const GIVEUP_SLOTS: u32 = 65536;
 
 /// The exchanges threads last gave up on (see `record::client_gone`), one
 /// slot per thread id modulo [`GIVEUP_SLOTS`] (an array: the lookup is

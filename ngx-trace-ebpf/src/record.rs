@@ -114,6 +114,10 @@ fn giveup_slot(pid_tgid: u64) -> Option<*mut GiveUp> {
 #[inline(always)]
 fn watched_by_me() -> Option<*mut GiveUp> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // 0 is the idle task (softirq on an idle CPU) and an empty slot alike.
+    if pid_tgid == 0 {
+        return None;
+    }
     let slot = giveup_slot(pid_tgid)?;
     (unsafe { (*slot).pid_tgid } == pid_tgid).then_some(slot)
 }

@@ -71,6 +71,9 @@ pub fn report(
         for (better, why) in &chosen.passed_over {
             out.push_str(&format!("  {:<20}   not {better}: {why}\n", ""));
         }
+        for (target, why) in &chosen.skipped {
+            out.push_str(&format!("  {:<20}   without {target}: {why}\n", ""));
+        }
     }
     let lost: u64 = kernel.lost()?.iter().sum();
     out.push_str(&format!("lost-event counters: readable ({lost} so far)\n"));

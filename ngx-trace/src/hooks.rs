@@ -153,6 +153,9 @@ pub struct Chosen {
     pub programs: Vec<&'static ProgramSpec>,
     /// The better alternatives, each with why it was not used.
     pub passed_over: Vec<(String, String)>,
+    /// Optional programs of the chosen alternative this kernel lacks or
+    /// refused, each with the reason (what they would have seen is missed).
+    pub skipped: Vec<(String, String)>,
 }
 
 #[cfg(test)]

@@ -175,13 +175,16 @@ fn attach_capability(
             continue;
         }
         match attach_alternative(ebpf, btf, tracefs, alternative) {
-            Ok(programs) => {
+            Ok((programs, skipped)) => {
+                let targets: Vec<String> = programs.iter().map(|s| hooks::target_name(s)).collect();
                 return Ok(Chosen {
                     capability: capability.name,
                     purpose: capability.purpose,
-                    alternative: (!programs.is_empty()).then(|| alternative.name()),
+                    alternative: (!programs.is_empty())
+                        .then(|| format!("{} {}", alternative.hook.name(), targets.join(", "))),
                     programs,
                     passed_over,
+                    skipped,
                 });
             }
             Err(e) if i < last => passed_over.push((alternative.name(), format!("{e:#}"))),
@@ -223,26 +226,35 @@ fn attach_capability(
         alternative: None,
         programs: Vec::new(),
         passed_over,
+        skipped: Vec::new(),
     })
 }
 
-/// Attaches every program of `alternative` (an optional one this kernel
-/// lacks is skipped); on a failure, unloads those it attached.
+/// An optional program not attached: its target, and why.
+type Skipped = (String, String);
+
+/// Attaches every program of `alternative`; an optional one this kernel
+/// lacks or refuses is skipped, with the reason. On a failure of another,
+/// unloads those it attached.
 fn attach_alternative(
     ebpf: &mut Ebpf,
     btf: &Btf,
     tracefs: &Path,
     alternative: &Alternative,
-) -> Result<Vec<&'static ProgramSpec>> {
+) -> Result<(Vec<&'static ProgramSpec>, Vec<Skipped>)> {
     let mut attached = Vec::new();
+    let mut skipped = Vec::new();
     for &spec in &alternative.programs {
-        if spec.optional && hooks::missing(tracefs, spec).is_some() {
+        if spec.optional
+            && let Some(why) = hooks::missing(tracefs, spec)
+        {
+            skipped.push((hooks::target_name(spec), why));
             continue;
         }
         match attach_one(ebpf, btf, spec) {
             Ok(()) => attached.push(spec),
             // A kernel function this kernel lacks (IPv6 as a module).
-            Err(_) if spec.optional => {}
+            Err(e) if spec.optional => skipped.push((hooks::target_name(spec), format!("{e:#}"))),
             Err(e) => {
                 for done in &attached {
                     unload(ebpf, done);
@@ -251,7 +263,7 @@ fn attach_alternative(
             }
         }
     }
-    Ok(attached)
+    Ok((attached, skipped))
 }
 
 /// Detaches and unloads one program (best effort: it goes with the object

@@ -174,6 +174,14 @@ async fn trace(args: TraceArgs) -> Result<()> {
     if args.check {
         return check::report(&kernel, &config, &tracefs, &initial);
     }
+    for chosen in &kernel.chosen {
+        for (target, why) in &chosen.skipped {
+            notice(&format!(
+                "{} is not seen through {target} ({why}): the sockets only it covers are missed",
+                chosen.capability
+            ));
+        }
+    }
     let (adopted, failure) = if config.sk_storage == 1 {
         adopt::kept_alive(&mut kernel, &workers)
     } else {
