@@ -127,17 +127,53 @@ pub enum Hook {
     FEntry,
     /// fexit on a kernel function: its typed arguments and return value.
     FExit,
+    /// kprobe on a kernel function's entry: its arguments from the
+    /// registers, untyped (fields read with the probe helper), for kernels
+    /// that refuse BPF trampolines (arm64 before 6.0, some hardened builds).
+    KProbe,
+    /// kretprobe: a kernel function's return value (its arguments, saved by
+    /// the matching [`Hook::KProbe`], come from a per-thread map).
+    KRetProbe,
 }
 
 impl Hook {
-    /// The name `--check` shows.
+    /// Every mechanism, best first.
+    pub const ALL: [Hook; 6] = [
+        Hook::BtfTracepoint,
+        Hook::Tracepoint,
+        Hook::FEntry,
+        Hook::FExit,
+        Hook::KProbe,
+        Hook::KRetProbe,
+    ];
+
+    /// The name `--check` shows (and `--avoid-hooks` takes).
     pub const fn name(self) -> &'static str {
         match self {
             Hook::BtfTracepoint => "tp_btf",
             Hook::Tracepoint => "tracepoint",
             Hook::FEntry => "fentry",
             Hook::FExit => "fexit",
+            Hook::KProbe => "kprobe",
+            Hook::KRetProbe => "kretprobe",
         }
+    }
+
+    /// Preference, lower first. Entry and return hooks of one kind rank
+    /// the same: a capability's programs of one rank form one alternative
+    /// (a kretprobe needs its kprobe).
+    pub const fn rank(self) -> u8 {
+        match self {
+            Hook::BtfTracepoint => 0,
+            Hook::Tracepoint => 1,
+            Hook::FEntry | Hook::FExit => 2,
+            Hook::KProbe | Hook::KRetProbe => 3,
+        }
+    }
+
+    /// Whether it hooks a kernel function (judged at load, not by tracefs).
+    pub const fn is_function(self) -> bool {
+        self.rank() >= 2
     }
 }
 
@@ -148,7 +184,7 @@ pub struct ProgramSpec {
     /// Function name of the program in the eBPF object.
     pub program: &'static str,
     /// What the kernel side sees through it. Programs with the same
-    /// capability and hook form one alternative (several kernel functions
+    /// capability and hook rank ([`Hook::rank`]) form one alternative (several kernel functions
     /// may be needed, e.g. one per protocol); a capability's alternatives
     /// come best first (table order), and the first the running kernel
     /// accepts is attached, the others are not.
@@ -245,6 +281,15 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
     },
     ProgramSpec {
+        program: "inet_sk_error_report_btf",
+        capability: "socket errors",
+        hook: Hook::BtfTracepoint,
+        category: "sock",
+        target: "inet_sk_error_report",
+        purpose: "catch asynchronous TCP connect errors (refused, unreachable)",
+        optional: false,
+    },
+    ProgramSpec {
         program: "inet_sk_error_report",
         capability: "socket errors",
         hook: Hook::Tracepoint,
@@ -263,12 +308,39 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
     },
     ProgramSpec {
+        program: "sock_def_error_report_kprobe",
+        capability: "socket errors",
+        hook: Hook::KProbe,
+        category: "",
+        target: "sock_def_error_report",
+        purpose: "catch asynchronous TCP connect errors (refused, unreachable)",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "tcp_receive_reset_btf",
+        capability: "resets received",
+        hook: Hook::BtfTracepoint,
+        category: "tcp",
+        target: "tcp_receive_reset",
+        purpose: "see resets sent by the upstream",
+        optional: false,
+    },
+    ProgramSpec {
         program: "tcp_receive_reset",
         capability: "resets received",
         hook: Hook::Tracepoint,
         category: "tcp",
         target: "tcp_receive_reset",
         purpose: "see resets sent by the upstream",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "tcp_retransmit_skb_btf",
+        capability: "retransmissions",
+        hook: Hook::BtfTracepoint,
+        category: "tcp",
+        target: "tcp_retransmit_skb",
+        purpose: "count SYN and data retransmissions",
         optional: false,
     },
     ProgramSpec {
@@ -335,6 +407,60 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
     },
     ProgramSpec {
+        program: "inet_sendmsg_kprobe",
+        capability: "request written",
+        hook: Hook::KProbe,
+        category: "",
+        target: "inet_sendmsg",
+        purpose: "time the request a worker writes",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "inet6_sendmsg_kprobe",
+        capability: "request written",
+        hook: Hook::KProbe,
+        category: "",
+        target: "inet6_sendmsg",
+        purpose: "time the request a worker writes",
+        optional: true,
+    },
+    ProgramSpec {
+        program: "unix_stream_sendmsg_kprobe",
+        capability: "request written",
+        hook: Hook::KProbe,
+        category: "",
+        target: "unix_stream_sendmsg",
+        purpose: "time the request a worker writes",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "inet_sendmsg_kretprobe",
+        capability: "request written",
+        hook: Hook::KRetProbe,
+        category: "",
+        target: "inet_sendmsg",
+        purpose: "time the request a worker writes",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "inet6_sendmsg_kretprobe",
+        capability: "request written",
+        hook: Hook::KRetProbe,
+        category: "",
+        target: "inet6_sendmsg",
+        purpose: "time the request a worker writes",
+        optional: true,
+    },
+    ProgramSpec {
+        program: "unix_stream_sendmsg_kretprobe",
+        capability: "request written",
+        hook: Hook::KRetProbe,
+        category: "",
+        target: "unix_stream_sendmsg",
+        purpose: "time the request a worker writes",
+        optional: false,
+    },
+    ProgramSpec {
         program: "sock_recv_length",
         capability: "response read",
         hook: Hook::BtfTracepoint,
@@ -371,6 +497,60 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
     },
     ProgramSpec {
+        program: "inet_recvmsg_kprobe",
+        capability: "response read",
+        hook: Hook::KProbe,
+        category: "",
+        target: "inet_recvmsg",
+        purpose: "time the response a worker reads",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "inet6_recvmsg_kprobe",
+        capability: "response read",
+        hook: Hook::KProbe,
+        category: "",
+        target: "inet6_recvmsg",
+        purpose: "time the response a worker reads",
+        optional: true,
+    },
+    ProgramSpec {
+        program: "unix_stream_recvmsg_kprobe",
+        capability: "response read",
+        hook: Hook::KProbe,
+        category: "",
+        target: "unix_stream_recvmsg",
+        purpose: "time the response a worker reads",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "inet_recvmsg_kretprobe",
+        capability: "response read",
+        hook: Hook::KRetProbe,
+        category: "",
+        target: "inet_recvmsg",
+        purpose: "time the response a worker reads",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "inet6_recvmsg_kretprobe",
+        capability: "response read",
+        hook: Hook::KRetProbe,
+        category: "",
+        target: "inet6_recvmsg",
+        purpose: "time the response a worker reads",
+        optional: true,
+    },
+    ProgramSpec {
+        program: "unix_stream_recvmsg_kretprobe",
+        capability: "response read",
+        hook: Hook::KRetProbe,
+        category: "",
+        target: "unix_stream_recvmsg",
+        purpose: "time the response a worker reads",
+        optional: false,
+    },
+    ProgramSpec {
         program: "sk_data_ready",
         capability: "response arriving",
         hook: Hook::BtfTracepoint,
@@ -383,6 +563,15 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         program: "sock_def_readable_entry",
         capability: "response arriving",
         hook: Hook::FEntry,
+        category: "",
+        target: "sock_def_readable",
+        purpose: "see the first response byte arrive in the kernel",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "sock_def_readable_kprobe",
+        capability: "response arriving",
+        hook: Hook::KProbe,
         category: "",
         target: "sock_def_readable",
         purpose: "see the first response byte arrive in the kernel",
@@ -455,9 +644,10 @@ pub struct StructOffsets {
     /// `struct socket.sk` (pointer): the socket of the `struct socket` that
     /// the protocols' `sendmsg`/`recvmsg` get, where the tracepoints are missing.
     pub socket_sk: u32,
-    /// `struct sock.sk_err` (int): the error an error report is about, where
-    /// `inet_sk_error_report` is missing.
+    /// `struct sock.sk_err` (int): the error an error report is about.
     pub sk_err: u32,
+    /// `struct sock_common.skc_state` (u8): the socket's `TCP_*` state.
+    pub sk_state: u32,
 }
 
 /// Configuration set by user space before the programs load.
@@ -695,8 +885,8 @@ pub struct ClientGoneRecord {
 }
 
 const _: () = assert!(core::mem::size_of::<Offsets>() == 40);
-const _: () = assert!(core::mem::size_of::<StructOffsets>() == 56);
-const _: () = assert!(core::mem::size_of::<Config>() == 120);
+const _: () = assert!(core::mem::size_of::<StructOffsets>() == 60);
+const _: () = assert!(core::mem::size_of::<Config>() == 124);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 128);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
 const _: () = assert!(core::mem::size_of::<Exchange>() == 224);

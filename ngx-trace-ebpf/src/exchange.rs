@@ -8,16 +8,19 @@
 //! either side closes or resets the connection.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, fentry, fexit, tracepoint},
-    programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 use ngx_trace_common::Exchange;
 
 use crate::{
     config::offset,
-    maps::{CONNS, FD_CONNS, UNIX_BIND, fd_key},
+    maps::{CALL_RECV, CALL_SEND, CONNS, FD_CONNS, SOCK_CALLS, SockCall, UNIX_BIND, fd_key},
     record::{apply, clear_giveup, emit, note_close},
-    sock_mark::{follow, is_unix, sk_of, upstream_state},
+    sock_mark::{follow, is_unix, is_unix_probed, sk_of, sk_of_probed, upstream_state},
     tcp_sock,
 };
 
@@ -27,13 +30,18 @@ const MSG_PEEK: i32 = 2;
 /// The connection of `sk` for a worker writing to it: a known one, or the
 /// UNIX connection this thread connected last and has not written to yet
 /// (nginx writes the request right after `connect()` returns 0).
+/// `PROBED`: `sk` is a kprobe's argument, its fields read with the helper.
 #[inline(always)]
-fn writer_conn(sk: u64) -> Option<*mut Exchange> {
+fn writer_conn<const PROBED: bool>(sk: u64) -> Option<*mut Exchange> {
     if let Some(state) = upstream_state(sk) {
         return Some(state);
     }
     // Writes to TCP sockets (nearly all of them) leave here.
-    if !is_unix(sk) {
+    if !(if PROBED {
+        is_unix_probed(sk)
+    } else {
+        is_unix(sk)
+    }) {
         return None;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -76,6 +84,144 @@ pub fn unix_stream_sendmsg_exit(ctx: FExitContext) -> u32 {
     0
 }
 
+/// Kernel-function probes for kernels that refuse BPF trampolines: a
+/// kprobe on `$function` keeps the socket of a call on an upstream socket
+/// in `SOCK_CALLS` (any other socket leaves after one hash lookup), its
+/// kretprobe takes it back with the return value (`$returned`).
+macro_rules! socket_call_probes {
+    ($function:literal, $entry:ident, $exit:ident, $called:ident, $returned:ident) => {
+        #[doc = concat!("kprobe on `", $function, "(sock, msg, size, ...)`: see `socket_call_probes`.")]
+        #[kprobe]
+        pub fn $entry(ctx: ProbeContext) -> u32 {
+            // The fourth argument is recvmsg's flags (sendmsg has three).
+            if let Some(sock) = ctx.arg::<u64>(0) {
+                $called(sock, ctx.arg::<i32>(3).unwrap_or(0));
+            }
+            0
+        }
+
+        #[doc = concat!("kretprobe on `", $function, "`: see `socket_call_probes`.")]
+        #[kretprobe]
+        pub fn $exit(ctx: RetProbeContext) -> u32 {
+            $returned(ctx.ret::<i32>());
+            0
+        }
+    };
+}
+
+socket_call_probes!(
+    "inet_sendmsg",
+    inet_sendmsg_kprobe,
+    inet_sendmsg_kretprobe,
+    send_called,
+    send_returned
+);
+socket_call_probes!(
+    "inet6_sendmsg",
+    inet6_sendmsg_kprobe,
+    inet6_sendmsg_kretprobe,
+    send_called,
+    send_returned
+);
+socket_call_probes!(
+    "unix_stream_sendmsg",
+    unix_stream_sendmsg_kprobe,
+    unix_stream_sendmsg_kretprobe,
+    send_called,
+    send_returned
+);
+socket_call_probes!(
+    "inet_recvmsg",
+    inet_recvmsg_kprobe,
+    inet_recvmsg_kretprobe,
+    recv_called,
+    recv_returned
+);
+socket_call_probes!(
+    "inet6_recvmsg",
+    inet6_recvmsg_kprobe,
+    inet6_recvmsg_kretprobe,
+    recv_called,
+    recv_returned
+);
+socket_call_probes!(
+    "unix_stream_recvmsg",
+    unix_stream_recvmsg_kprobe,
+    unix_stream_recvmsg_kretprobe,
+    recv_called,
+    recv_returned
+);
+
+/// A `sendmsg` starts on `sock`: kept when it is an upstream socket, or a
+/// UNIX socket this thread may be about to bind to its connect.
+#[inline(always)]
+fn send_called(sock: u64, _flags: i32) {
+    // As in `request_written`: every write counts, whatever its socket.
+    clear_giveup();
+    let sk = sk_of_probed(sock);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if CONNS.get_ptr(sk).is_none() && !(UNIX_BIND.get_ptr(pid_tgid).is_some() && is_unix_probed(sk))
+    {
+        return;
+    }
+    let call = SockCall {
+        sk,
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        flags: 0,
+        kind: CALL_SEND,
+    };
+    let _ = SOCK_CALLS.insert(pid_tgid, call, 0);
+}
+
+/// A `sendmsg` returns `ret`.
+#[inline(always)]
+fn send_returned(ret: i32) {
+    if let Some(call) = take_call(CALL_SEND) {
+        written::<true>(call.sk, ret);
+    }
+}
+
+/// A `recvmsg` starts on `sock`: kept when it is an upstream socket.
+#[inline(always)]
+fn recv_called(sock: u64, flags: i32) {
+    let sk = sk_of_probed(sock);
+    if CONNS.get_ptr(sk).is_none() {
+        return;
+    }
+    let call = SockCall {
+        sk,
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        flags,
+        kind: CALL_RECV,
+    };
+    let _ = SOCK_CALLS.insert(bpf_get_current_pid_tgid(), call, 0);
+}
+
+/// A `recvmsg` returns `ret`.
+#[inline(always)]
+fn recv_returned(ret: i32) {
+    if let Some(call) = take_call(CALL_RECV) {
+        response_read(call.sk, ret, call.flags);
+    }
+}
+
+/// Longest a worker's call on an upstream socket takes: nginx's sockets do
+/// not block, its calls return within microseconds.
+const CALL_MAX_NS: u64 = 100_000_000;
+
+/// The call of `kind` this thread's kprobe kept, removed. One whose return
+/// went unseen (the kernel skipped the kretprobe) is dropped by this
+/// thread's next return when of the other kind or older than any of
+/// nginx's calls, rather than taken for that call's.
+#[inline(always)]
+fn take_call(kind: u32) -> Option<SockCall> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let call = unsafe { *SOCK_CALLS.get_ptr(pid_tgid)? };
+    let _ = SOCK_CALLS.remove(pid_tgid);
+    let fresh = unsafe { bpf_ktime_get_ns() } < call.start_ns + CALL_MAX_NS;
+    (call.kind == kind && fresh).then_some(call)
+}
+
 /// `sk` sent `ret` bytes (or failed).
 #[inline(always)]
 fn request_written(sk: u64, ret: i32) {
@@ -83,10 +229,17 @@ fn request_written(sk: u64, ret: i32) {
     // a retried request), means a give-up just before was nginx's timeout,
     // not its client leaving.
     clear_giveup();
+    written::<false>(sk, ret);
+}
+
+/// `sk` sent `ret` bytes: the request, or the next one on a kept-alive
+/// connection. `PROBED`: as for [`writer_conn`].
+#[inline(always)]
+fn written<const PROBED: bool>(sk: u64, ret: i32) {
     if ret <= 0 {
         return;
     }
-    let Some(state) = writer_conn(sk) else {
+    let Some(state) = writer_conn::<PROBED>(sk) else {
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -138,6 +291,12 @@ fn response_read(sk: u64, ret: i32, flags: i32) {
         // nginx's keepalive pool checking an idle connection.
         unsafe { (*state).pool_checked(ret) }
     } else {
+        if ret > 0 && unsafe { (*state).resp_kernel_ns } == 0 {
+            // The first byte's arrival was not seen (on loopback it can
+            // come before the write's own hook runs): read the TCP state
+            // now, as its arrival would have.
+            tcp_sock::refresh(state, sk);
+        }
         unsafe { (*state).response_read(ret, bpf_ktime_get_ns()) }
     };
     apply(sk, state, next);
@@ -156,6 +315,15 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> u32 {
 #[fentry(function = "sock_def_readable")]
 pub fn sock_def_readable_entry(ctx: FEntryContext) -> u32 {
     data_arrived(ctx.arg(0));
+    0
+}
+
+/// The same with a kprobe, on kernels that refuse BPF trampolines.
+#[kprobe]
+pub fn sock_def_readable_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        data_arrived(sk);
+    }
     0
 }
 

@@ -43,6 +43,31 @@ pub static FD_CONNS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 
 #[map]
 pub static UNIX_BIND: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(1024, 0);
 
+/// Socket calls of workers in flight on upstream sockets, by pid_tgid,
+/// where kprobes stand in for the tracepoints: the kretprobe sees only the
+/// return value, so the kprobe keeps the socket (and flags) here.
+#[map]
+pub static SOCK_CALLS: LruHashMap<u64, SockCall> = LruHashMap::with_max_entries(1024, 0);
+
+/// Arguments of a `sendmsg`/`recvmsg` call in flight (see [`SOCK_CALLS`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockCall {
+    /// The `struct sock`.
+    pub sk: u64,
+    /// When the call started (`bpf_ktime_get_ns`).
+    pub start_ns: u64,
+    /// `recvmsg` flags (0 for `sendmsg`).
+    pub flags: i32,
+    /// [`CALL_SEND`] or [`CALL_RECV`].
+    pub kind: u32,
+}
+
+/// [`SockCall::kind`] of a `sendmsg`.
+pub const CALL_SEND: u32 = 1;
+/// [`SockCall::kind`] of a `recvmsg`.
+pub const CALL_RECV: u32 = 2;
+
 /// The upstream socket this CPU last saw closing: the error report that
 /// follows it on the same CPU carries no socket address, only ports.
 #[map]

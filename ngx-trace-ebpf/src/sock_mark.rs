@@ -8,7 +8,7 @@ use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
-    helpers::{bpf_ktime_get_ns, generated::bpf_sk_storage_get},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_sk_storage_get},
 };
 use ngx_trace_common::{
     AF_UNIX, Exchange, LOST_MAP_FULL, MARK_ADOPT, MARK_FOLLOWED, SockMark, UpstreamAddr,
@@ -146,4 +146,46 @@ pub fn is_unix(sk: u64) -> bool {
     // SAFETY: `sk` is a `struct sock *` argument of a BTF tracepoint and the
     // offset is that of `__sk_common.skc_family` on this kernel.
     unsafe { ptr::read_volatile(family_at as *const u16) == AF_UNIX }
+}
+
+/// `sk->sk_state` (`TCP_*`) of a BTF tracepoint's socket argument.
+#[inline(always)]
+pub fn sk_state(sk: u64) -> u8 {
+    let state_at = sk + config!(structs.sk_state) as u64;
+    // SAFETY: `sk` is a `struct sock *` argument of a BTF tracepoint and the
+    // offset is that of `__sk_common.skc_state` on this kernel.
+    unsafe { ptr::read_volatile(state_at as *const u8) }
+}
+
+/// Reads the field at `addr` of a kernel struct a kprobe was handed: its
+/// arguments are plain numbers to the verifier, so no direct load.
+#[inline(always)]
+fn probe_read<T>(addr: u64) -> Option<T> {
+    // SAFETY: the probe helper fails cleanly on a bad address.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+/// [`sk_of`] in a kprobe (0 when unreadable).
+#[inline(always)]
+pub fn sk_of_probed(sock: u64) -> u64 {
+    probe_read(sock + config!(structs.socket_sk) as u64).unwrap_or(0)
+}
+
+/// [`is_unix`] in a kprobe.
+#[inline(always)]
+pub fn is_unix_probed(sk: u64) -> bool {
+    probe_read::<u16>(sk + config!(structs.sk_family) as u64) == Some(AF_UNIX)
+}
+
+/// `sk->sk_err`, the error an error report is about; `PROBED` in a kprobe
+/// (else `sk` is a typed argument, read directly).
+#[inline(always)]
+pub fn sk_err<const PROBED: bool>(sk: u64) -> u32 {
+    let err_at = sk + config!(structs.sk_err) as u64;
+    if PROBED {
+        return probe_read::<i32>(err_at).unwrap_or(0).unsigned_abs();
+    }
+    // SAFETY: `sk` is the traced function's typed socket argument and the
+    // offset is that of its `sk_err` member on this kernel.
+    unsafe { ptr::read_volatile(err_at as *const i32) }.unsigned_abs()
 }

@@ -7,15 +7,15 @@
 //! upstream socket of a worker, the classic ones after one map lookup.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, fentry, tracepoint},
-    programs::{BtfTracePointContext, FEntryContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 
 use crate::{
-    config::{config, offset},
+    config::offset,
     maps::{CONNECTS, CONNS, LAST_CLOSED},
     record::{apply, client_gone},
-    sock_mark::{follow, upstream_state},
+    sock_mark::{follow, sk_err, sk_state, upstream_state},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -68,7 +68,23 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
 
 /// The error that closed an upstream socket: while connecting 111 (reset in
 /// reply to the SYN), 113/101 (ICMP), 110 (the kernel gave up); once
-/// established 104 (reset) or 110 (retransmissions timed out).
+/// established 104 (reset) or 110 (retransmissions timed out). Argument:
+/// `(sk)`, the error in `sk->sk_err`.
+///
+/// A BTF tracepoint rather than the classic one (below, kept as a
+/// fallback): the kernel skips a classic tracepoint's program whenever any
+/// kprobe or classic tracepoint program, or a map access from user space
+/// preempted on that CPU, holds the CPU's BPF guard (seen on kernels with
+/// lazy preemption: refusals lost under load); a BTF tracepoint only when
+/// the same program is already running there.
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn inet_sk_error_report_btf(ctx: BtfTracePointContext) -> u32 {
+    error_reported::<false>(ctx.arg(0));
+    0
+}
+
+/// The same through the classic tracepoint, whose record names ports, not
+/// the socket (see `LAST_CLOSED`).
 #[tracepoint]
 pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
     let _ = try_error_report(&ctx);
@@ -104,23 +120,44 @@ fn try_error_report(ctx: &TracePointContext) -> Result<(), i64> {
 /// socket is the argument.
 #[fentry(function = "sock_def_error_report")]
 pub fn sock_def_error_report_entry(ctx: FEntryContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
-    let Some(state) = upstream_state(sk) else {
-        return 0;
-    };
-    let err_at = sk + config!(structs.sk_err) as u64;
-    // SAFETY: `sk` is the traced function's typed socket argument and the
-    // offset is that of its `sk_err` member on this kernel.
-    let error = unsafe { core::ptr::read_volatile(err_at as *const i32) }.unsigned_abs();
-    if error == 0 {
-        return 0;
-    }
-    let next = unsafe { (*state).socket_error(error, bpf_ktime_get_ns()) };
-    apply(sk, state, next);
+    error_reported::<false>(ctx.arg(0));
     0
 }
 
-/// A reset for an upstream socket.
+/// The same with a kprobe, on kernels that refuse BPF trampolines.
+#[kprobe]
+pub fn sock_def_error_report_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        error_reported::<true>(sk);
+    }
+    0
+}
+
+/// An error was reported on `sk`; `PROBED`: `sk` is a kprobe's argument.
+#[inline(always)]
+fn error_reported<const PROBED: bool>(sk: u64) {
+    let Some(state) = upstream_state(sk) else {
+        return;
+    };
+    let error = sk_err::<PROBED>(sk);
+    if error == 0 {
+        return;
+    }
+    let next = unsafe { (*state).socket_error(error, bpf_ktime_get_ns()) };
+    apply(sk, state, next);
+}
+
+/// A reset for an upstream socket. Argument: `(sk)`. (BTF for the reason
+/// given at `inet_sk_error_report_btf`.)
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> u32 {
+    if let Some(state) = upstream_state(ctx.arg(0)) {
+        unsafe { (*state).reset_seen() };
+    }
+    0
+}
+
+/// The same through the classic tracepoint (a fallback).
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(receive_reset_skaddr)) }) else {
@@ -133,7 +170,23 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 }
 
 /// Counts retransmissions of upstream sockets: SYNs while connecting, data
-/// during an exchange.
+/// during an exchange. Arguments: `(sk, skb, ...)`. (BTF for the reason
+/// given at `inet_sk_error_report_btf`.)
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_btf(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let Some(state) = upstream_state(sk) else {
+        return 0;
+    };
+    if i32::from(sk_state(sk)) == TCP_SYN_SENT {
+        unsafe { (*state).syn_retransmits += 1 };
+    } else {
+        unsafe { (*state).retransmits += 1 };
+    }
+    0
+}
+
+/// The same through the classic tracepoint (a fallback).
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(retransmit_skaddr)) }) else {

@@ -1,30 +1,24 @@
 //! `ngx-trace --check`: load and attach everything, say what is in use, exit.
 use std::{collections::BTreeSet, path::Path};
 
-use anyhow::Result;
-use ngx_trace_common::Config;
-
 use crate::{kernel::Kernel, output::Output};
+use anyhow::Result;
 
 /// `--check`: what was loaded and attached, and what this host offers.
-pub fn report(
-    kernel: &Kernel,
-    config: &Config,
-    tracefs: &Path,
-    nginx: &BTreeSet<u32>,
-) -> Result<()> {
+pub fn report(kernel: &Kernel, tracefs: &Path, nginx: &BTreeSet<u32>) -> Result<()> {
     let mut out = String::new();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     out.push_str(&format!("kernel: Linux {}\n", release.trim()));
     out.push_str(&format!("tracefs: {}\n", tracefs.display()));
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     out.push_str(&format!("kernel BTF: {}\n", if btf { "yes" } else { "no" }));
-    let t = &config.structs;
+    let t = &kernel.config.structs;
     out.push_str(&format!(
         "struct offsets (BTF): tcp_sock.snd_una {}, write_seq {}, srtt_us {}, \
          delivered_mstamp {}; sock.sk_bpf_storage {}; sock_common.skc_family {}; \
          task_struct.files {}; files_struct.fdt {}; fdtable.max_fds {}, fd {}; \
-         file.private_data {}; socket.type {}, sk {}; sock.sk_err {}\n",
+         file.private_data {}; socket.type {}, sk {}; sock.sk_err {}; \
+         sock_common.skc_state {}\n",
         t.tcp_snd_una,
         t.tcp_write_seq,
         t.tcp_srtt_us,
@@ -38,14 +32,16 @@ pub fn report(
         t.file_private_data,
         t.socket_type,
         t.socket_sk,
-        t.sk_err
+        t.sk_err,
+        t.sk_state
     ));
-    out.push_str(if config.sk_storage == 1 {
-        "upstream filter: socket-local storage (BPF_MAP_TYPE_SK_STORAGE)\n"
-    } else {
-        "upstream filter: the CONNS hash (tracing programs get socket-local storage from \
-         Linux 5.11; kept-alive connections opened before start are not adopted)\n"
-    });
+    match kernel.without_marks {
+        None => out.push_str("upstream filter: socket-local storage (BPF_MAP_TYPE_SK_STORAGE)\n"),
+        Some(why) => out.push_str(&format!(
+            "upstream filter: the CONNS hash ({why}; kept-alive connections opened \
+             before start are not adopted)\n"
+        )),
+    }
     out.push_str(&format!(
         "ring buffer: yes ({} KiB)\n",
         ngx_trace_common::EVENTS_BYTES / 1024

@@ -64,6 +64,20 @@ pub struct TraceArgs {
     #[arg(long)]
     pub check: bool,
 
+    /// Hook kinds not to use, comma separated (tp_btf, tracepoint, fentry,
+    /// fexit, kprobe, kretprobe): each capability falls back to the next
+    /// mechanism, as on a kernel that lacks these (`--check` shows the
+    /// choice). For a kernel whose trampolines misbehave, and for testing
+    /// the fallbacks.
+    #[arg(
+        long,
+        value_name = "KINDS",
+        env = "NGX_TRACE_AVOID_HOOKS",
+        value_delimiter = ',',
+        value_parser = crate::hooks::parse_hook
+    )]
+    pub avoid_hooks: Vec<ngx_trace_common::Hook>,
+
     /// Process name of nginx (its task comm), for renamed builds.
     #[arg(long, value_name = "NAME", default_value = "nginx", value_parser = parse_comm)]
     pub comm: String,
@@ -123,10 +137,22 @@ fn parse_comm(s: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use ngx_trace_common::Hook;
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<TraceArgs, clap::Error> {
         Cli::try_parse_from(args).map(Cli::trace_args)
+    }
+
+    #[test]
+    fn avoid_hooks_takes_a_comma_separated_list() {
+        let args = parse(&["ngx-trace", "--avoid-hooks", "fentry,fexit"]).unwrap();
+        assert_eq!(args.avoid_hooks, [Hook::FEntry, Hook::FExit]);
+        let err = parse(&["ngx-trace", "--avoid-hooks", "fentry,trampoline"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown hook kind `trampoline`"), "{err}");
     }
 
     #[test]

@@ -92,6 +92,14 @@ fn every_program_user_space_attaches_exists_with_its_kind() {
                 "an fexit program (#[fexit], section fexit/...)",
                 matches!(program.section, ProgramSection::FExit { .. }),
             ),
+            Hook::KProbe => (
+                "a kprobe (#[kprobe], section kprobe/...)",
+                matches!(program.section, ProgramSection::KProbe),
+            ),
+            Hook::KRetProbe => (
+                "a kretprobe (#[kretprobe], section kretprobe/...)",
+                matches!(program.section, ProgramSection::KRetProbe),
+            ),
         };
         if !fits {
             problems.push(format!(

@@ -196,27 +196,45 @@ pub struct LostEvent {
     pub map_full: u64,
     /// Running total: records user space could not decode.
     pub undecodable: u64,
+    /// Running total: times the kernel skipped one of ngx-trace's programs
+    /// (its recursion guard for that CPU was held). Not in `count`: each may
+    /// be an event missed, most are hooks on sockets of other processes.
+    pub hooks_skipped: u64,
 }
 
 impl LostEvent {
     /// The event for `count` records lost since the last report, with the
     /// running totals per cause since start.
-    pub fn new(count: u64, ring_buffer_full: u64, map_full: u64, undecodable: u64) -> Self {
+    pub fn new(
+        count: u64,
+        ring_buffer_full: u64,
+        map_full: u64,
+        undecodable: u64,
+        hooks_skipped: u64,
+    ) -> Self {
         Self {
             event: "lost",
             count,
             ring_buffer_full,
             map_full,
             undecodable,
+            hooks_skipped,
         }
     }
 
     /// One text line.
     pub fn to_text(&self) -> String {
-        format!(
+        let mut text = format!(
             "lost {} events (so far: ring buffer full {}, map full {}, undecodable {})",
             self.count, self.ring_buffer_full, self.map_full, self.undecodable
-        )
+        );
+        if self.hooks_skipped > 0 {
+            text.push_str(&format!(
+                "; the kernel skipped ngx-trace's hooks {} times so far (events may be missing)",
+                self.hooks_skipped
+            ));
+        }
+        text
     }
 }
 
@@ -425,7 +443,7 @@ mod tests {
 
     #[test]
     fn json_schema_and_text_of_lost() {
-        let e = LostEvent::new(3, 5, 1, 0);
+        let e = LostEvent::new(3, 5, 1, 0, 2);
         assert_eq!(
             serde_json::to_value(&e).unwrap(),
             json!({
@@ -434,11 +452,13 @@ mod tests {
                 "ring_buffer_full": 5,
                 "map_full": 1,
                 "undecodable": 0,
+                "hooks_skipped": 2,
             })
         );
         assert_eq!(
             e.to_text(),
-            "lost 3 events (so far: ring buffer full 5, map full 1, undecodable 0)"
+            "lost 3 events (so far: ring buffer full 5, map full 1, undecodable 0); \
+             the kernel skipped ngx-trace's hooks 2 times so far (events may be missing)"
         );
     }
 
@@ -555,7 +575,7 @@ mod tests {
                     serde_json::to_value(&h.to_events()[0])
                 }
                 "workers" => serde_json::to_value(WorkersEvent::new(vec![18651])),
-                "lost" => serde_json::to_value(LostEvent::new(3, 3, 0, 0)),
+                "lost" => serde_json::to_value(LostEvent::new(3, 3, 0, 0, 0)),
                 "summary" => {
                     let mut s = Summary::default();
                     s.add("127.0.0.1:3999", Outcome::Refused);

@@ -1,6 +1,6 @@
 //! Which mechanism gives each capability on this kernel: the best one it
-//! offers (BTF tracepoint, classic tracepoint, fentry/fexit), and why the
-//! better ones were passed over. One object serves every kernel; user space
+//! offers (BTF tracepoint, classic tracepoint, fentry/fexit, kprobes), and
+//! why the better ones were passed over. One object serves every kernel; user space
 //! picks which of its programs to load.
 use std::path::Path;
 
@@ -12,25 +12,49 @@ use crate::exit::{self, UserError};
 pub fn target_name(spec: &ProgramSpec) -> String {
     match spec.hook {
         Hook::BtfTracepoint | Hook::Tracepoint => format!("{}:{}", spec.category, spec.target),
-        Hook::FEntry | Hook::FExit => format!("{}()", spec.target),
+        Hook::FEntry | Hook::FExit | Hook::KProbe | Hook::KRetProbe => {
+            format!("{}()", spec.target)
+        }
     }
 }
 
-/// One way to give a capability: one or more programs of the same hook kind
-/// (several kernel functions may be needed, one per protocol).
+/// `hook target, target` for `programs` (`kprobe/kretprobe f()` when each
+/// function has both).
+pub fn describe(programs: &[&ProgramSpec]) -> String {
+    let mut hooks: Vec<&str> = Vec::new();
+    let mut targets: Vec<String> = Vec::new();
+    for spec in programs {
+        if !hooks.contains(&spec.hook.name()) {
+            hooks.push(spec.hook.name());
+        }
+        let target = target_name(spec);
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+    }
+    format!("{} {}", hooks.join("/"), targets.join(", "))
+}
+
+/// One way to give a capability: one or more programs of the same hook
+/// rank (several kernel functions may be needed, one per protocol; a
+/// kretprobe comes with its kprobe).
 #[derive(Debug)]
 pub struct Alternative {
-    /// The mechanism.
+    /// The mechanism (of its first program).
     pub hook: Hook,
     /// Its programs; optional ones are skipped where the kernel lacks them.
     pub programs: Vec<&'static ProgramSpec>,
 }
 
 impl Alternative {
-    /// Its targets, as `--check` names them.
+    /// Its mechanism and targets, as `--check` names them.
     pub fn name(&self) -> String {
-        let targets: Vec<String> = self.programs.iter().map(|s| target_name(s)).collect();
-        format!("{} {}", self.hook.name(), targets.join(", "))
+        describe(&self.programs)
+    }
+
+    /// Whether the user asked not to use it (`--avoid-hooks`).
+    pub fn avoided(&self, avoid: &[Hook]) -> bool {
+        self.programs.iter().any(|s| avoid.contains(&s.hook))
     }
 
     /// Why it cannot be used here, known before loading anything: a
@@ -64,7 +88,7 @@ impl Capability {
 }
 
 /// The capabilities of `programs`, in the order of their first program;
-/// programs of one capability with the same hook form one alternative.
+/// programs of one capability with the same hook rank form one alternative.
 pub fn capabilities_of(programs: &'static [ProgramSpec]) -> Vec<Capability> {
     let mut list: Vec<Capability> = Vec::new();
     for spec in programs {
@@ -80,7 +104,10 @@ pub fn capabilities_of(programs: &'static [ProgramSpec]) -> Vec<Capability> {
             }
         };
         let alternatives = &mut list[index].alternatives;
-        match alternatives.iter_mut().find(|a| a.hook == spec.hook) {
+        match alternatives
+            .iter_mut()
+            .find(|a| a.hook.rank() == spec.hook.rank())
+        {
             Some(a) => a.programs.push(spec),
             None => alternatives.push(Alternative {
                 hook: spec.hook,
@@ -110,16 +137,33 @@ pub fn missing(root: &Path, spec: &ProgramSpec) -> Option<String> {
             (!format.exists())
                 .then(|| format!("no tracepoint {} on this kernel", target_name(spec)))
         }
-        Hook::FEntry | Hook::FExit => None,
+        Hook::FEntry | Hook::FExit | Hook::KProbe | Hook::KRetProbe => None,
     }
 }
 
+/// Parses one kind of `--avoid-hooks` (`fentry`).
+pub fn parse_hook(name: &str) -> Result<Hook, String> {
+    let name = name.trim();
+    Hook::ALL
+        .into_iter()
+        .find(|h| h.name() == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = Hook::ALL.iter().map(|h| h.name()).collect();
+            format!("unknown hook kind `{name}`; known: {}", known.join(", "))
+        })
+}
+
 /// Fails, before anything is loaded, when a capability has no alternative
-/// left on this kernel (every one needs a missing tracepoint).
-pub fn check_available(root: &Path) -> anyhow::Result<()> {
+/// left on this kernel (every one needs a missing tracepoint or is avoided).
+pub fn check_available(root: &Path, avoid: &[Hook]) -> anyhow::Result<()> {
     let lacking: Vec<String> = capabilities()
         .iter()
-        .filter(|c| !c.optional() && c.alternatives.iter().all(|a| a.missing(root).is_some()))
+        .filter(|c| {
+            !c.optional()
+                && c.alternatives
+                    .iter()
+                    .all(|a| a.avoided(avoid) || a.missing(root).is_some())
+        })
         .map(|c| {
             let tried: Vec<String> = c.alternatives.iter().map(Alternative::name).collect();
             format!("{} (to {}: {})", c.name, c.purpose, tried.join(" or "))
@@ -132,8 +176,13 @@ pub fn check_available(root: &Path) -> anyhow::Result<()> {
         exit::KERNEL,
         format!(
             "this kernel offers no way to see {}: ngx-trace needs Linux 5.10 or later \
-             with BTF, built with CONFIG_FTRACE_SYSCALLS",
-            lacking.join("; ")
+             with BTF, built with CONFIG_FTRACE_SYSCALLS{}",
+            lacking.join("; "),
+            if avoid.is_empty() {
+                ""
+            } else {
+                " (and --avoid-hooks rules out the rest)"
+            }
         ),
     )
     .into())
@@ -169,16 +218,21 @@ mod tests {
         for c in &caps {
             // Best first: a tracepoint, when there is one, comes before any
             // kernel-function fallback.
-            let ranks: Vec<u8> = c
-                .alternatives
-                .iter()
-                .map(|a| match a.hook {
-                    Hook::BtfTracepoint => 0,
-                    Hook::Tracepoint => 1,
-                    Hook::FEntry | Hook::FExit => 2,
-                })
-                .collect();
+            let ranks: Vec<u8> = c.alternatives.iter().map(|a| a.hook.rank()).collect();
             assert!(ranks.is_sorted(), "{}: {ranks:?}", c.name);
+            // A kretprobe without its kprobe would never find the call.
+            for a in &c.alternatives {
+                for ret in a.programs.iter().filter(|s| s.hook == Hook::KRetProbe) {
+                    assert!(
+                        a.programs
+                            .iter()
+                            .any(|s| s.hook == Hook::KProbe && s.target == ret.target),
+                        "{}: {} has no kprobe",
+                        c.name,
+                        ret.program
+                    );
+                }
+            }
             let purposes: std::collections::BTreeSet<&str> = c
                 .alternatives
                 .iter()
@@ -199,24 +253,57 @@ mod tests {
     }
 
     #[test]
-    fn the_per_socket_capabilities_have_a_fallback_for_kernels_before_6_3() {
+    fn the_per_socket_capabilities_have_fallbacks_for_older_kernels_and_no_trampolines() {
         let caps = capabilities();
-        for (name, functions) in [
+        for (name, functions, probes) in [
             (
                 "request written",
                 "fexit inet_sendmsg(), inet6_sendmsg(), unix_stream_sendmsg()",
+                "kprobe/kretprobe inet_sendmsg(), inet6_sendmsg(), unix_stream_sendmsg()",
             ),
             (
                 "response read",
                 "fexit inet_recvmsg(), inet6_recvmsg(), unix_stream_recvmsg()",
+                "kprobe/kretprobe inet_recvmsg(), inet6_recvmsg(), unix_stream_recvmsg()",
             ),
-            ("response arriving", "fentry sock_def_readable()"),
-            ("socket errors", "fentry sock_def_error_report()"),
+            (
+                "response arriving",
+                "fentry sock_def_readable()",
+                "kprobe sock_def_readable()",
+            ),
+            (
+                "socket errors",
+                "fentry sock_def_error_report()",
+                "kprobe sock_def_error_report()",
+            ),
         ] {
             let c = caps.iter().find(|c| c.name == name).expect(name);
-            assert_eq!(c.alternatives.len(), 2, "{name}");
-            assert_eq!(c.alternatives[1].name(), functions);
+            let n = c.alternatives.len();
+            assert!(n >= 3, "{name}");
+            assert_eq!(c.alternatives[n - 2].name(), functions);
+            assert_eq!(c.alternatives[n - 1].name(), probes);
         }
+    }
+
+    #[test]
+    fn avoid_hooks_names_the_kinds_and_rejects_others() {
+        assert_eq!(parse_hook(" fexit"), Ok(Hook::FExit));
+        assert_eq!(parse_hook("kretprobe"), Ok(Hook::KRetProbe));
+        let err = parse_hook("kprobes").unwrap_err();
+        assert!(err.contains("unknown hook kind `kprobes`"), "{err}");
+        assert!(
+            err.contains("tp_btf, tracepoint, fentry, fexit, kprobe, kretprobe"),
+            "{err}"
+        );
+        // Avoiding fentry passes over the fentry alternative only.
+        let caps = capabilities();
+        let c = caps.iter().find(|c| c.name == "response arriving").unwrap();
+        let avoided: Vec<bool> = c
+            .alternatives
+            .iter()
+            .map(|a| a.avoided(&[Hook::FEntry]))
+            .collect();
+        assert_eq!(avoided, [false, true, false]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Loading the eBPF object, attaching its programs, and the maps user space uses.
 use std::{
+    os::fd::AsFd as _,
     path::Path,
     time::{Duration, Instant},
 };
@@ -8,7 +9,7 @@ use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, SkStorage},
-    programs::{BtfTracePoint, FEntry, FExit, ProgramError, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, TracePoint},
 };
 use ngx_trace_common::{
     Config, Exchange, GLOBAL_CONFIG, Hook, LOST_SLOTS, MAP_CONNS, MAP_EVENTS, MAP_LOST,
@@ -18,6 +19,7 @@ use ngx_trace_common::{
 use crate::{
     exit::{self, UserError},
     hooks::{self, Alternative, Capability, Chosen},
+    kretprobe::{self, RetProbe},
     load_error::{load_error, save_verifier_log},
 };
 
@@ -30,6 +32,9 @@ const BPF_NOEXIST: u64 = 1;
 
 /// Loaded and attached programs, with the maps user space reads.
 pub struct Kernel {
+    /// kretprobes attached through tracefs (declared first: dropped, so
+    /// detached, before their programs).
+    _retprobes: Vec<RetProbe>,
     /// Owns programs and links: dropping it detaches everything.
     _ebpf: Ebpf,
     /// Drop counters.
@@ -44,13 +49,32 @@ pub struct Kernel {
     pub attach_time: Duration,
     /// The mechanism chosen for every capability.
     pub chosen: Vec<Chosen>,
+    /// The configuration the programs run with (`sk_storage` may differ
+    /// from the one asked for: see [`Kernel::without_marks`]).
+    pub config: Config,
+    /// Why upstream sockets are not marked with socket-local storage (the
+    /// `CONNS` hash is the filter, nothing opened before start is
+    /// adopted); `None` when they are.
+    pub without_marks: Option<&'static str>,
 }
+
+/// Why marks are off on kernels before 5.11.
+const NO_STORAGE_BEFORE_5_11: &str =
+    "this kernel's tracing programs cannot use socket-local storage (Linux 5.11+)";
+/// Why marks are off where kprobes stand in for tracepoints.
+const NO_STORAGE_IN_KPROBES: &str =
+    "kprobes, in use on this kernel, cannot use socket-local storage";
 
 impl Kernel {
     /// Loads the object with `config` and attaches, for every capability,
     /// the best program this kernel accepts (`tracefs`: where tracepoints
-    /// are listed); returns the ring buffer of records apart, to be polled.
-    pub fn attach(config: &Config, tracefs: &Path) -> Result<(Self, RingBuf<MapData>)> {
+    /// are listed), never one of the `avoid` kinds; returns the ring buffer
+    /// of records apart, to be polled.
+    pub fn attach(
+        config: &Config,
+        tracefs: &Path,
+        avoid: &[Hook],
+    ) -> Result<(Self, RingBuf<MapData>)> {
         let started = Instant::now();
         // Not needed on kernels with memcg accounting (5.11+); harmless when refused.
         let unlimited = libc::rlimit {
@@ -59,16 +83,6 @@ impl Kernel {
         };
         // SAFETY: valid pointer to an rlimit.
         let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
-
-        let mut ebpf = EbpfLoader::new()
-            .override_global(GLOBAL_CONFIG, config, true)
-            .load(EBPF_OBJECT)
-            .map_err(|e| {
-                UserError::new(
-                    exit::KERNEL,
-                    format!("failed to load the eBPF object: {e} (is this kernel built with CONFIG_BPF_SYSCALL and BTF?)"),
-                )
-            })?;
         let btf = Btf::from_sys_fs().map_err(|e| {
             UserError::new(
                 exit::KERNEL,
@@ -78,10 +92,43 @@ impl Kernel {
                 ),
             )
         })?;
-        let mut chosen = Vec::new();
-        for capability in hooks::capabilities() {
-            chosen.push(attach_capability(&mut ebpf, &btf, tracefs, &capability)?);
-        }
+        let mut config = *config;
+        let mut without_marks = (config.sk_storage == 0).then_some(NO_STORAGE_BEFORE_5_11);
+        let (mut ebpf, chosen, retprobes) = loop {
+            let mut ebpf = EbpfLoader::new()
+                .override_global(GLOBAL_CONFIG, &config, true)
+                .load(EBPF_OBJECT)
+                .map_err(|e| {
+                    UserError::new(
+                        exit::KERNEL,
+                        format!("failed to load the eBPF object: {e} (is this kernel built with CONFIG_BPF_SYSCALL and BTF?)"),
+                    )
+                })?;
+            let marks = config.sk_storage == 1;
+            let mut chosen = Vec::new();
+            let mut attacher = Attacher {
+                ebpf: &mut ebpf,
+                btf: &btf,
+                tracefs,
+                retprobes: Vec::new(),
+            };
+            for capability in hooks::capabilities() {
+                match attacher.capability(&capability, avoid, marks)? {
+                    Some(c) => chosen.push(c),
+                    None => break,
+                }
+            }
+            let retprobes = attacher.retprobes;
+            if chosen.len() == hooks::capabilities().len() {
+                break (ebpf, chosen, retprobes);
+            }
+            // A capability needs kprobes, which cannot reach socket-local
+            // storage: start again (dropping `ebpf` detaches everything)
+            // with the hash as the filter everywhere, so the verifier drops
+            // the storage code from every program.
+            config.sk_storage = 0;
+            without_marks = Some(NO_STORAGE_IN_KPROBES);
+        };
         let events = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("no EVENTS map")?)
             .context("EVENTS is not a ring buffer")?;
         let lost = PerCpuArray::try_from(ebpf.take_map(MAP_LOST).context("no LOST map")?)
@@ -96,6 +143,7 @@ impl Kernel {
         )
         .context("UPSTREAM_SOCKS is not socket storage")?;
         let kernel = Self {
+            _retprobes: retprobes,
             _ebpf: ebpf,
             lost,
             conns,
@@ -103,6 +151,8 @@ impl Kernel {
             pids,
             attach_time: started.elapsed(),
             chosen,
+            config,
+            without_marks,
         };
         Ok((kernel, events))
     }
@@ -144,6 +194,22 @@ impl Kernel {
         self.conns.iter().filter_map(Result::ok)
     }
 
+    /// Times so far the kernel skipped one of the attached programs instead
+    /// of running it: its per-CPU guard against BPF recursion was held, by
+    /// another BPF program or by a map read from user space preempted on
+    /// that CPU (kprobes and classic tracepoints share one guard per CPU).
+    /// Each may be a missed event. The kernel counts them from Linux 5.12
+    /// (BTF tracepoints, trampolines) and 6.7 (kprobes, tracepoints); 0
+    /// before.
+    pub fn hooks_skipped(&self) -> u64 {
+        self.chosen
+            .iter()
+            .flat_map(|c| &c.programs)
+            .filter_map(|spec| self._ebpf.program(spec.program)?.fd().ok())
+            .map(|fd| recursion_misses(fd.as_fd()).unwrap_or(0))
+            .sum()
+    }
+
     /// Records dropped so far, summed over CPUs, per `LOST_*` slot.
     pub fn lost(&self) -> Result<[u64; LOST_SLOTS as usize]> {
         let mut totals = [0u64; LOST_SLOTS as usize];
@@ -158,169 +224,244 @@ impl Kernel {
     }
 }
 
-/// Attaches the first alternative of `capability` this kernel accepts;
-/// the better ones it refused are kept with the reason. When none is left,
-/// the last one's error says why, with the others' reasons.
-fn attach_capability(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    tracefs: &Path,
-    capability: &Capability,
-) -> Result<Chosen> {
-    let mut passed_over: Vec<(String, String)> = Vec::new();
-    let last = capability.alternatives.len() - 1;
-    for (i, alternative) in capability.alternatives.iter().enumerate() {
-        if let Some(why) = alternative.missing(tracefs) {
-            passed_over.push((alternative.name(), why));
-            continue;
-        }
-        match attach_alternative(ebpf, btf, tracefs, alternative) {
-            Ok((programs, skipped)) => {
-                let targets: Vec<String> = programs.iter().map(|s| hooks::target_name(s)).collect();
-                return Ok(Chosen {
-                    capability: capability.name,
-                    purpose: capability.purpose,
-                    alternative: (!programs.is_empty())
-                        .then(|| format!("{} {}", alternative.hook.name(), targets.join(", "))),
-                    programs,
-                    passed_over,
-                    skipped,
-                });
-            }
-            Err(e) if i < last => passed_over.push((alternative.name(), format!("{e:#}"))),
-            Err(e) if passed_over.is_empty() => return Err(e),
-            Err(e) => {
-                let others: Vec<String> = passed_over
-                    .iter()
-                    .map(|(name, why)| format!("{name}: {why}"))
-                    .collect();
-                return Err(e.context(format!(
-                    "no way to see {} on this kernel (better ones: {})",
-                    capability.name,
-                    others.join("; ")
-                )));
-            }
-        }
+/// `recursion_misses` of the program `fd` (`BPF_OBJ_GET_INFO_BY_FD`).
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    /// The `info` member of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
     }
-    if !capability.optional() {
-        let why: Vec<String> = passed_over
-            .iter()
-            .map(|(name, why)| format!("{name}: {why}"))
-            .collect();
-        return Err(UserError::new(
-            exit::KERNEL,
-            format!(
-                "this kernel offers no way to see {} (to {}): {}",
-                capability.name,
-                capability.purpose,
-                why.join("; ")
-            ),
+    // SAFETY: all-zero is a valid bpf_prog_info.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of_val(&info) as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: a valid attr of its size; the kernel writes at most
+    // `info_len` bytes into `info` (fewer on older kernels: the rest stays 0).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &raw mut attr,
+            size_of::<InfoAttr>() as libc::c_long,
         )
-        .into());
+    };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    // An optional capability this kernel lacks: the kernel side runs
-    // without it.
-    Ok(Chosen {
-        capability: capability.name,
-        purpose: capability.purpose,
-        alternative: None,
-        programs: Vec::new(),
-        passed_over,
-        skipped: Vec::new(),
-    })
+    Ok(info.recursion_misses)
 }
 
 /// An optional program not attached: its target, and why.
 type Skipped = (String, String);
 
-/// Attaches every program of `alternative`; an optional one this kernel
-/// lacks or refuses is skipped, with the reason. On a failure of another,
-/// unloads those it attached.
-fn attach_alternative(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    tracefs: &Path,
-    alternative: &Alternative,
-) -> Result<(Vec<&'static ProgramSpec>, Vec<Skipped>)> {
-    let mut attached = Vec::new();
-    let mut skipped = Vec::new();
-    for &spec in &alternative.programs {
-        if spec.optional
-            && let Some(why) = hooks::missing(tracefs, spec)
-        {
-            skipped.push((hooks::target_name(spec), why));
-            continue;
-        }
-        match attach_one(ebpf, btf, spec) {
-            Ok(()) => attached.push(spec),
-            // A kernel function this kernel lacks (IPv6 as a module).
-            Err(e) if spec.optional => skipped.push((hooks::target_name(spec), format!("{e:#}"))),
-            Err(e) => {
-                for done in &attached {
-                    unload(ebpf, done);
+/// Attaches programs of the object, keeping what must live as long as they.
+struct Attacher<'a> {
+    ebpf: &'a mut Ebpf,
+    btf: &'a Btf,
+    tracefs: &'a Path,
+    /// kretprobes attached so far.
+    retprobes: Vec<RetProbe>,
+}
+
+impl Attacher<'_> {
+    /// Attaches the first alternative of `capability` this kernel accepts,
+    /// skipping the `avoid` kinds; the better ones it refused are kept with the
+    /// reason. When none is left, the last one's error says why, with the
+    /// others' reasons. `None` when the next one to try is a kprobe while the
+    /// programs use socket-local storage (`marks`): kprobe programs cannot, the
+    /// object must be loaded again without it.
+    fn capability(
+        &mut self,
+        capability: &Capability,
+        avoid: &[Hook],
+        marks: bool,
+    ) -> Result<Option<Chosen>> {
+        let mut passed_over: Vec<(String, String)> = Vec::new();
+        let last = capability.alternatives.len() - 1;
+        for (i, alternative) in capability.alternatives.iter().enumerate() {
+            if alternative.avoided(avoid) {
+                passed_over.push((alternative.name(), "avoided (--avoid-hooks)".into()));
+                continue;
+            }
+            if let Some(why) = alternative.missing(self.tracefs) {
+                passed_over.push((alternative.name(), why));
+                continue;
+            }
+            if marks && alternative.hook.rank() == Hook::KProbe.rank() {
+                return Ok(None);
+            }
+            match self.alternative(alternative) {
+                Ok((programs, skipped)) => {
+                    return Ok(Some(Chosen {
+                        capability: capability.name,
+                        purpose: capability.purpose,
+                        alternative: (!programs.is_empty()).then(|| hooks::describe(&programs)),
+                        programs,
+                        passed_over,
+                        skipped,
+                    }));
                 }
-                return Err(e);
+                Err(e) if i < last => passed_over.push((alternative.name(), format!("{e:#}"))),
+                Err(e) if passed_over.is_empty() => return Err(e),
+                Err(e) => {
+                    let others: Vec<String> = passed_over
+                        .iter()
+                        .map(|(name, why)| format!("{name}: {why}"))
+                        .collect();
+                    return Err(e.context(format!(
+                        "no way to see {} on this kernel (better ones: {})",
+                        capability.name,
+                        others.join("; ")
+                    )));
+                }
             }
         }
+        if !capability.optional() {
+            let why: Vec<String> = passed_over
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect();
+            return Err(UserError::new(
+                exit::KERNEL,
+                format!(
+                    "this kernel offers no way to see {} (to {}): {}",
+                    capability.name,
+                    capability.purpose,
+                    why.join("; ")
+                ),
+            )
+            .into());
+        }
+        // An optional capability this kernel lacks: the kernel side runs
+        // without it.
+        Ok(Some(Chosen {
+            capability: capability.name,
+            purpose: capability.purpose,
+            alternative: None,
+            programs: Vec::new(),
+            passed_over,
+            skipped: Vec::new(),
+        }))
     }
-    Ok((attached, skipped))
-}
 
-/// Detaches and unloads one program (best effort: it goes with the object
-/// at exit anyway).
-fn unload(ebpf: &mut Ebpf, spec: &ProgramSpec) {
-    let Some(program) = ebpf.program_mut(spec.program) else {
-        return;
-    };
-    let _ = match spec.hook {
-        Hook::BtfTracepoint => <&mut BtfTracePoint>::try_from(program).map(|p| p.unload()),
-        Hook::Tracepoint => <&mut TracePoint>::try_from(program).map(|p| p.unload()),
-        Hook::FEntry => <&mut FEntry>::try_from(program).map(|p| p.unload()),
-        Hook::FExit => <&mut FExit>::try_from(program).map(|p| p.unload()),
-    };
-}
-
-/// Loads and attaches one program.
-fn attach_one(ebpf: &mut Ebpf, btf: &Btf, spec: &ProgramSpec) -> Result<()> {
-    let refused = |e: &ProgramError| load_error(spec.program, e, save_verifier_log);
-    let not_attached = |e: &dyn std::fmt::Display| {
-        UserError::new(
-            exit::KERNEL,
-            format!(
-                "failed to attach to {} {} (to {}): {e}",
-                spec.hook.name(),
-                hooks::target_name(spec),
-                spec.purpose
-            ),
-        )
-    };
-    let program = ebpf
-        .program_mut(spec.program)
-        .with_context(|| format!("the eBPF object has no program {}", spec.program))?;
-    let wrong_kind = || format!("program {} is not a {}", spec.program, spec.hook.name());
-    match spec.hook {
-        Hook::BtfTracepoint => {
-            let program: &mut BtfTracePoint = program.try_into().with_context(wrong_kind)?;
-            program.load(spec.target, btf).map_err(|e| refused(&e))?;
-            program.attach().map_err(|e| not_attached(&e))?;
+    /// Attaches every program of `alternative`; an optional one this kernel
+    /// lacks or refuses is skipped, with the reason. On a failure of another,
+    /// unloads those it attached.
+    fn alternative(
+        &mut self,
+        alternative: &Alternative,
+    ) -> Result<(Vec<&'static ProgramSpec>, Vec<Skipped>)> {
+        let mut attached = Vec::new();
+        let mut skipped = Vec::new();
+        for &spec in &alternative.programs {
+            if spec.optional
+                && let Some(why) = hooks::missing(self.tracefs, spec)
+            {
+                skipped.push((hooks::target_name(spec), why));
+                continue;
+            }
+            match self.one(spec) {
+                Ok(()) => attached.push(spec),
+                // A kernel function this kernel lacks (IPv6 as a module).
+                Err(e) if spec.optional => {
+                    skipped.push((hooks::target_name(spec), format!("{e:#}")))
+                }
+                Err(e) => {
+                    for done in &attached {
+                        self.unload(done);
+                    }
+                    return Err(e);
+                }
+            }
         }
-        Hook::Tracepoint => {
-            let program: &mut TracePoint = program.try_into().with_context(wrong_kind)?;
-            program.load().map_err(|e| refused(&e))?;
-            program
-                .attach(spec.category, spec.target)
-                .map_err(|e| not_attached(&e))?;
-        }
-        Hook::FEntry => {
-            let program: &mut FEntry = program.try_into().with_context(wrong_kind)?;
-            program.load(spec.target, btf).map_err(|e| refused(&e))?;
-            program.attach().map_err(|e| not_attached(&e))?;
-        }
-        Hook::FExit => {
-            let program: &mut FExit = program.try_into().with_context(wrong_kind)?;
-            program.load(spec.target, btf).map_err(|e| refused(&e))?;
-            program.attach().map_err(|e| not_attached(&e))?;
-        }
+        Ok((attached, skipped))
     }
-    Ok(())
+
+    /// Detaches and unloads one program (best effort: it goes with the object
+    /// at exit anyway).
+    fn unload(&mut self, spec: &ProgramSpec) {
+        if spec.hook == Hook::KRetProbe {
+            let event = kretprobe::event_name(std::process::id(), spec.target);
+            self.retprobes.retain(|r| r.event() != event);
+        }
+        let Some(program) = self.ebpf.program_mut(spec.program) else {
+            return;
+        };
+        let _ = match spec.hook {
+            Hook::BtfTracepoint => <&mut BtfTracePoint>::try_from(program).map(|p| p.unload()),
+            Hook::Tracepoint => <&mut TracePoint>::try_from(program).map(|p| p.unload()),
+            Hook::FEntry => <&mut FEntry>::try_from(program).map(|p| p.unload()),
+            Hook::FExit => <&mut FExit>::try_from(program).map(|p| p.unload()),
+            Hook::KProbe | Hook::KRetProbe => <&mut KProbe>::try_from(program).map(|p| p.unload()),
+        };
+    }
+
+    /// Loads and attaches one program.
+    fn one(&mut self, spec: &ProgramSpec) -> Result<()> {
+        let btf = self.btf;
+        let refused = |e: &ProgramError| load_error(spec.program, e, save_verifier_log);
+        let not_attached = |e: &dyn std::fmt::Display| {
+            UserError::new(
+                exit::KERNEL,
+                format!(
+                    "failed to attach to {} {} (to {}): {e}",
+                    spec.hook.name(),
+                    hooks::target_name(spec),
+                    spec.purpose
+                ),
+            )
+        };
+        let program = self
+            .ebpf
+            .program_mut(spec.program)
+            .with_context(|| format!("the eBPF object has no program {}", spec.program))?;
+        let wrong_kind = || format!("program {} is not a {}", spec.program, spec.hook.name());
+        match spec.hook {
+            Hook::BtfTracepoint => {
+                let program: &mut BtfTracePoint = program.try_into().with_context(wrong_kind)?;
+                program.load(spec.target, btf).map_err(|e| refused(&e))?;
+                program.attach().map_err(|e| not_attached(&e))?;
+            }
+            Hook::Tracepoint => {
+                let program: &mut TracePoint = program.try_into().with_context(wrong_kind)?;
+                program.load().map_err(|e| refused(&e))?;
+                program
+                    .attach(spec.category, spec.target)
+                    .map_err(|e| not_attached(&e))?;
+            }
+            Hook::FEntry => {
+                let program: &mut FEntry = program.try_into().with_context(wrong_kind)?;
+                program.load(spec.target, btf).map_err(|e| refused(&e))?;
+                program.attach().map_err(|e| not_attached(&e))?;
+            }
+            Hook::FExit => {
+                let program: &mut FExit = program.try_into().with_context(wrong_kind)?;
+                program.load(spec.target, btf).map_err(|e| refused(&e))?;
+                program.attach().map_err(|e| not_attached(&e))?;
+            }
+            Hook::KProbe => {
+                let program: &mut KProbe = program.try_into().with_context(wrong_kind)?;
+                program.load().map_err(|e| refused(&e))?;
+                program
+                    .attach(spec.target, 0)
+                    .map_err(|e| not_attached(&e))?;
+            }
+            // Through tracefs, for its room for calls in flight (see kretprobe.rs).
+            Hook::KRetProbe => {
+                let program: &mut KProbe = program.try_into().with_context(wrong_kind)?;
+                program.load().map_err(|e| refused(&e))?;
+                let fd = program.fd().map_err(|e| refused(&e))?;
+                let probe = kretprobe::attach(fd.as_fd(), self.tracefs, spec.target)
+                    .map_err(|e| not_attached(&format!("{e:#}")))?;
+                self.retprobes.push(probe);
+            }
+        }
+        Ok(())
+    }
 }

@@ -20,6 +20,7 @@ mod histogram;
 mod hooks;
 mod human;
 mod kernel;
+mod kretprobe;
 mod load_error;
 mod output;
 mod preflight;
@@ -144,19 +145,27 @@ fn struct_offsets() -> Result<StructOffsets> {
         socket_type: field("socket", "type", 2)?,
         socket_sk: field("socket", "sk", 8)?,
         sk_err: field("sock", "sk_err", 4)?,
+        sk_state: field("sock_common", "skc_state", 1)?,
     })
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
+    // Taken from the start: a stop asked for while the programs load (some
+    // seconds on a slow host) ends the run cleanly once they are attached,
+    // with its summary, instead of killing it half attached.
+    let stops = Stops {
+        sigterm: signal(SignalKind::terminate()).context("failed to handle SIGTERM")?,
+        sigint: signal(SignalKind::interrupt()).context("failed to handle SIGINT")?,
+    };
     preflight::check_privileges()?;
     if let Some(pid) = args.pid {
         // Fail before loading anything when the pid is wrong.
         procs::instance_of(pid, &args.comm)?;
     }
     let tracefs = preflight::tracefs_root()?;
-    hooks::check_available(&tracefs)?;
+    hooks::check_available(&tracefs, &args.avoid_hooks)?;
     let config = config(&args, &tracefs)?;
-    let (mut kernel, events) = Kernel::attach(&config, &tracefs)?;
+    let (mut kernel, events) = Kernel::attach(&config, &tracefs, &args.avoid_hooks)?;
     // Programs are attached first, then processes listed: a process forked
     // in between is seen by both, never by neither.
     let initial: BTreeSet<u32> = match args.pid {
@@ -172,7 +181,7 @@ async fn trace(args: TraceArgs) -> Result<()> {
         }
     }
     if args.check {
-        return check::report(&kernel, &config, &tracefs, &initial);
+        return check::report(&kernel, &tracefs, &initial);
     }
     for chosen in &kernel.chosen {
         for (target, why) in &chosen.skipped {
@@ -182,11 +191,9 @@ async fn trace(args: TraceArgs) -> Result<()> {
             ));
         }
     }
-    let (adopted, failure) = if config.sk_storage == 1 {
-        adopt::kept_alive(&mut kernel, &workers)
-    } else {
-        let why = "this kernel's tracing programs cannot use socket-local storage (Linux 5.11+)";
-        (0, Some(why.to_string()))
+    let (adopted, failure) = match kernel.without_marks {
+        None => adopt::kept_alive(&mut kernel, &workers),
+        Some(why) => (0, Some(why.to_string())),
     };
     if let Some(failure) = failure {
         notice(&format!(
@@ -209,21 +216,30 @@ async fn trace(args: TraceArgs) -> Result<()> {
     );
     session.refresh_workers()?;
 
-    pump(&mut kernel, events, &mut session, &args).await?;
+    pump(&mut kernel, events, &mut session, &args, stops).await?;
     session.finish(kernel.conns(), clock::monotonic_ns())?;
     Ok(())
 }
 
 /// Reads records until the duration ends or a signal asks to stop, then
 /// drains what is left.
+/// The signals that stop tracing.
+struct Stops {
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+}
+
 async fn pump(
     kernel: &mut Kernel,
     events: RingBuf<MapData>,
     session: &mut Session,
     args: &TraceArgs,
+    stops: Stops,
 ) -> Result<()> {
-    let mut sigterm = signal(SignalKind::terminate()).context("failed to handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("failed to handle SIGINT")?;
+    let Stops {
+        mut sigterm,
+        mut sigint,
+    } = stops;
     let forever = Duration::from_secs(u64::MAX / 4);
     let deadline = tokio::time::sleep(args.duration.unwrap_or(forever));
     tokio::pin!(deadline);
@@ -266,7 +282,7 @@ async fn pump(
                 _ = workers_tick.tick() => {
                     session.refresh_workers()?;
                 }
-                _ = lost_tick.tick() => session.report_lost(kernel.lost()?)?,
+                _ = lost_tick.tick() => session.report_lost(kernel.lost()?, kernel.hooks_skipped())?,
                 _ = pending_tick.tick() => {
                     session.report_pending(kernel.conns(), clock::monotonic_ns())?;
                 }
@@ -284,6 +300,6 @@ async fn pump(
     while let Some(item) = rb.next() {
         session.record(&item)?;
     }
-    session.report_lost(kernel.lost()?)?;
+    session.report_lost(kernel.lost()?, kernel.hooks_skipped())?;
     Ok(())
 }

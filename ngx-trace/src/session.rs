@@ -47,6 +47,8 @@ pub struct Session {
     shown_workers: Option<BTreeSet<u32>>,
     /// Lost records already reported.
     lost_reported: u64,
+    /// Hooks skipped by the kernel, as last reported.
+    skipped_reported: u64,
     /// Records user space could not decode.
     bad_records: u64,
 }
@@ -68,6 +70,7 @@ impl Session {
             traced,
             shown_workers: None,
             lost_reported: 0,
+            skipped_reported: 0,
             bad_records: 0,
         }
     }
@@ -316,19 +319,23 @@ impl Session {
     }
 
     /// Reports records lost since the last call; `lost` is the kernel's
-    /// running total per cause (ring buffer full, map full).
-    pub fn report_lost(&mut self, lost: [u64; 2]) -> io::Result<()> {
+    /// running total per cause (ring buffer full, map full), `skipped` of
+    /// the times it skipped a program (events that may be missing, not
+    /// counted as lost: most are hooks on other processes' sockets).
+    pub fn report_lost(&mut self, lost: [u64; 2], skipped: u64) -> io::Result<()> {
         let total = lost.iter().sum::<u64>() + self.bad_records;
-        if total <= self.lost_reported {
+        if total <= self.lost_reported && skipped <= self.skipped_reported {
             return Ok(());
         }
         let event = LostEvent::new(
-            total - self.lost_reported,
+            total.saturating_sub(self.lost_reported),
             lost[0],
             lost[1],
             self.bad_records,
+            skipped,
         );
         self.lost_reported = total;
+        self.skipped_reported = skipped;
         self.out.event(&event, || event.to_text())
     }
 

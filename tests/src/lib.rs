@@ -28,11 +28,45 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// Whether this kernel lets tracing programs use socket-local storage
-/// (Linux 5.11+), which adopting connections opened before start needs.
-pub fn kernel_has_sk_storage_for_tracing() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    ngx_trace_common::sk_storage_for_tracing(release.trim())
+/// Why the tracer cannot mark upstream sockets here (and so adopt
+/// connections opened before it started), as its `--check` says in the
+/// `upstream filter:` line; `None` when it marks them. Not on Linux before
+/// 5.11, nor where kprobes stand in for tracepoints
+/// (`NGX_TRACE_AVOID_HOOKS`, passed on to the tracer, can force them).
+pub fn tracer_without_marks() -> Option<String> {
+    let out = std::process::Command::new(tracer::binary())
+        .arg("--check")
+        .output()
+        .expect("run ngx-trace --check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ngx-trace --check failed: {stdout}");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("upstream filter: "))
+        .unwrap_or_else(|| panic!("no `upstream filter:` line in --check: {stdout}"));
+    let why = line.strip_prefix("the CONNS hash (")?;
+    Some(why.split(';').next().unwrap_or(why).to_string())
+}
+
+/// Events the tracer said it lost or may have missed: the `count`s of its
+/// `lost` events, plus the hooks the kernel skipped (the last running
+/// total).
+pub fn lost_count(events: &[serde_json::Value]) -> u64 {
+    let lost = events.iter().filter(|e| e["event"] == "lost");
+    let dropped: u64 = lost.clone().filter_map(|e| e["count"].as_u64()).sum();
+    let skipped = lost
+        .filter_map(|e| e["hooks_skipped"].as_u64())
+        .max()
+        .unwrap_or(0);
+    dropped + skipped
+}
+
+/// Whether `reported` of `expected` events is what a user may accept:
+/// all of them, or fewer with at least the difference said lost (a lost
+/// count may also include skipped hooks that cost nothing: an upper bound).
+/// Never more than expected.
+pub fn accounted(reported: u64, lost: u64, expected: u64) -> bool {
+    reported <= expected && reported + lost >= expected
 }
 
 /// The capabilities of the kernel side (what `--check` lists, one line

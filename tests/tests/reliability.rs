@@ -2,7 +2,7 @@
 //! restarts, SIGKILL and SIGTERM of the tracer, connection bursts, and a
 //! ring buffer overfilled on purpose. Run as root through `cargo xtask test`.
 use std::{
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
     process::{Command, Stdio},
     sync::{
@@ -24,11 +24,7 @@ const REFUSED_LINE: &str = "connect() failed (111: Connection refused)";
 
 /// Sum of `lost` counts and number of refused upstream events.
 fn tally(events: &[Value]) -> (u64, u64) {
-    let lost = events
-        .iter()
-        .filter(|e| e["event"] == "lost")
-        .map(|e| e["count"].as_u64().unwrap())
-        .sum();
+    let lost = ngx_trace_tests::lost_count(events);
     let refused = events
         .iter()
         .filter(|e| e["event"] == "upstream" && e["outcome"] == "refused")
@@ -78,10 +74,16 @@ fn reload_storm_under_load_loses_no_failure() {
     );
     let events = tracer.stop();
     let (lost, refused) = tally(&events);
-    assert_eq!(lost, 0, "lost events during a reload storm");
-    assert_eq!(
-        refused, logged,
-        "ngx-trace saw {refused} refused connects, nginx logged {logged}"
+    let dropped: u64 = events
+        .iter()
+        .filter(|e| e["event"] == "lost")
+        .filter_map(|e| e["count"].as_u64())
+        .sum();
+    assert_eq!(dropped, 0, "records dropped during a reload storm");
+    // Every refusal reported, or (a hook the kernel skipped) said missing.
+    assert!(
+        ngx_trace_tests::accounted(refused, lost, logged),
+        "ngx-trace saw {refused} refused connects (and {lost} possibly missed), nginx logged {logged}"
     );
 }
 
@@ -187,18 +189,22 @@ fn sigterm_prints_the_final_summary() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start ngx-trace");
-    std::thread::sleep(Duration::from_secs(2));
+    // Attached once it names the workers it traces (in a VM this takes
+    // seconds).
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = String::new();
+    while !stdout.contains("tracing nginx workers") {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("ngx-trace ended before attaching: {stdout}");
+        }
+        stdout.push_str(&line);
+    }
     assert_eq!(nginx.get("/"), 502);
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
+    reader.read_to_string(&mut stdout).unwrap();
     assert!(child.wait().unwrap().success());
     assert!(
         stdout.contains("summary (outcomes per upstream):"),
@@ -288,10 +294,10 @@ fn burst_of_10000_concurrent_connections_is_fully_accounted_with_bounded_memory(
     );
     let events = tracer.stop();
     let (lost, refused) = tally(&events);
-    assert_eq!(
-        refused + lost,
-        logged,
-        "{refused} reported + {lost} lost != {logged} failures"
+    let losses: Vec<&Value> = events.iter().filter(|e| e["event"] == "lost").collect();
+    assert!(
+        ngx_trace_tests::accounted(refused, lost, logged),
+        "{refused} reported + {lost} lost do not account for {logged} failures: {losses:?}"
     );
     assert!(hwm < 50 * 1024, "tracer peak RSS {hwm} kB");
 }
@@ -320,5 +326,9 @@ fn an_overfilled_ring_buffer_is_counted_exactly() {
         lost > 0,
         "{REQUESTS} records fit the ring? {refused} reported"
     );
-    assert_eq!(refused + lost, REQUESTS, "{refused} reported + {lost} lost");
+    // The ring's drops are counted exactly, apart from any hook the kernel
+    // skipped.
+    let last = events.iter().rfind(|e| e["event"] == "lost").unwrap();
+    let dropped = last["ring_buffer_full"].as_u64().unwrap() + last["map_full"].as_u64().unwrap();
+    assert_eq!(refused + dropped, REQUESTS, "{refused} reported, {last}");
 }

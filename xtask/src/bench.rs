@@ -294,9 +294,24 @@ impl Bench {
             }
         };
         // Guarded before waiting, so that nothing below can leak it.
-        let tracer = Tracer::new(child, out);
-        // Attached well within this (ngx-trace: ~50 ms; bpftrace: ~1 s).
-        std::thread::sleep(Duration::from_millis(2500));
+        let tracer = Tracer::new(child, out.clone());
+        if mode == Mode::Bpftrace {
+            // Attached well within this (~1 s).
+            std::thread::sleep(Duration::from_millis(2500));
+            return Ok(Some(tracer));
+        }
+        // ngx-trace names the workers it traces once attached (~50 ms
+        // here, seconds in an emulated VM).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("workers")
+        {
+            if Instant::now() > deadline {
+                bail!("{} did not attach within 60 s", mode.label());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Ok(Some(tracer))
     }
 
@@ -1341,25 +1356,14 @@ for upstream sockets for the TCP state, RTT and retransmission events,
 cutting the connection set-up cost of the new-connection variant.
 ";
 
-/// Runs the whole benchmark and writes BENCHMARKS.md in `workspace`.
-pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<()> {
-    if pairs == 0 || seconds == 0 {
-        bail!("--pairs and --seconds must be at least 1");
-    }
-    let bench = Bench {
-        bin: bin.to_path_buf(),
-        script: workspace.join("bench/ngx-trace.bt"),
-        seconds,
-        pairs,
-        dir: TempDir::new("bench"),
-    };
+/// The back nginx and the two fronts (name, BPF-time target in ns, nginx)
+/// every measurement drives.
+fn setup_nginx() -> (Nginx, Vec<(&'static str, f64, Nginx)>) {
     let back = Nginx::start(
         "",
         "location / { access_log {dir}/access.log; return 200 \"ok\\n\"; }",
     );
-    // Name, the BPF time per proxied request ngx-trace should stay under
-    // (ns), and the front nginx.
-    let variants = [
+    let variants = vec![
         (
             "keepalive",
             1000.0,
@@ -1384,6 +1388,222 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
             ),
         ),
     ];
+    (back, variants)
+}
+
+/// Program runs per proxied request of ngx-trace (defaults) on the running
+/// kernel, per variant and program, one wrk run of `seconds` each with BPF
+/// statistics on: what `--runs-per-request` collects from each kernel,
+/// written as JSON to `out`.
+pub fn runs_here(bin: &Path, workspace: &Path, seconds: u64, out: &Path) -> Result<()> {
+    let bench = Bench {
+        bin: bin.to_path_buf(),
+        script: workspace.join("bench/ngx-trace.bt"),
+        seconds,
+        pairs: 1,
+        dir: TempDir::new("bench-runs"),
+    };
+    let (_back, variants) = setup_nginx();
+    let mut list = Vec::new();
+    for (variant, _, front) in &variants {
+        eprintln!("xtask bench: program runs per request, {variant}");
+        let sample = bench.measure_bpf(Mode::Default, front, front.port())?;
+        let progs: serde_json::Map<String, serde_json::Value> = sample
+            .progs
+            .iter()
+            .filter(|p| p.runs > 0)
+            .map(|p| (p.name.clone(), p.runs.into()))
+            .collect();
+        list.push(serde_json::json!({
+            "variant": variant,
+            "requests": sample.requests,
+            "runs": progs,
+        }));
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let json = serde_json::json!({ "kernel": kernel.trim(), "variants": list });
+    std::fs::write(out, json.to_string())
+        .with_context(|| format!("failed to write {}", out.display()))
+}
+
+/// Marks the by-kernel section in BENCHMARKS.md: `cargo xtask bench`
+/// keeps it, `--runs-per-request` replaces it.
+const RUNS_BEGIN: &str = "<!-- runs-per-request by kernel: begin -->";
+const RUNS_END: &str = "<!-- runs-per-request by kernel: end -->";
+
+/// The by-kernel section of `benchmarks` (a BENCHMARKS.md), markers
+/// included; empty when there is none.
+fn runs_section(benchmarks: &str) -> &str {
+    let (Some(begin), Some(end)) = (benchmarks.find(RUNS_BEGIN), benchmarks.find(RUNS_END)) else {
+        return "";
+    };
+    if end < begin {
+        return "";
+    }
+    &benchmarks[begin..end + RUNS_END.len()]
+}
+
+/// `benchmarks` with its by-kernel section replaced by `section` (added
+/// at the end when it has none).
+fn with_runs_section(benchmarks: &str, section: &str) -> String {
+    let old = runs_section(benchmarks);
+    if old.is_empty() {
+        return format!("{}\n\n{section}\n", benchmarks.trim_end());
+    }
+    benchmarks.replacen(old, section, 1)
+}
+
+/// One kernel's counts, as `runs_here` wrote them.
+struct KernelRuns {
+    /// The run's name (`6.1+kprobes`).
+    name: String,
+    /// Its JSON.
+    json: serde_json::Value,
+}
+
+/// Renders the by-kernel section: per variant, program runs per proxied
+/// request on each kernel, per program and in total.
+fn render_runs(runs: &[KernelRuns], seconds: u64, command: &str) -> Result<String> {
+    let mut out = String::new();
+    writeln!(
+        out,
+        "{RUNS_BEGIN}\n## Program runs per proxied request, by kernel\n\n\
+         Counts, not times (the kernels other than the host's run in emulated VMs, where\n\
+         timings mean nothing): ngx-trace (defaults), one wrk run of {seconds} s per variant with\n\
+         BPF statistics on, on each kernel booted as `cargo xtask test --kernel` boots it.\n\
+         Reproduce: `{command}`.\n"
+    )?;
+    let variants: Vec<String> = runs
+        .first()
+        .and_then(|r| r.json["variants"].as_array())
+        .map(|v| {
+            v.iter()
+                .filter_map(|x| x["variant"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    for variant in &variants {
+        let per_kernel: Vec<(&KernelRuns, &serde_json::Value)> = runs
+            .iter()
+            .filter_map(|r| {
+                let v = r.json["variants"]
+                    .as_array()?
+                    .iter()
+                    .find(|x| x["variant"] == variant.as_str())?;
+                Some((r, v))
+            })
+            .collect();
+        let mut programs: Vec<String> = Vec::new();
+        for (_, v) in &per_kernel {
+            for name in v["runs"].as_object().into_iter().flat_map(|m| m.keys()) {
+                if !programs.contains(name) {
+                    programs.push(name.clone());
+                }
+            }
+        }
+        programs.sort();
+        writeln!(out, "### {variant}\n")?;
+        let heads: Vec<String> = per_kernel
+            .iter()
+            .map(|(r, _)| format!("{} ({})", r.name, r.json["kernel"].as_str().unwrap_or("?")))
+            .collect();
+        writeln!(out, "| program | {} |", heads.join(" | "))?;
+        writeln!(out, "| --- |{}", " --- |".repeat(heads.len()))?;
+        let per_request = |v: &serde_json::Value, runs: u64| {
+            runs as f64 / v["requests"].as_u64().unwrap_or(0).max(1) as f64
+        };
+        for program in &programs {
+            let cells: Vec<String> = per_kernel
+                .iter()
+                .map(|(_, v)| match v["runs"][program.as_str()].as_u64() {
+                    Some(n) => format!("{:.2}", per_request(v, n)),
+                    None => "–".into(),
+                })
+                .collect();
+            writeln!(out, "| {program} | {} |", cells.join(" | "))?;
+        }
+        let totals: Vec<String> = per_kernel
+            .iter()
+            .map(|(_, v)| {
+                let total: u64 = v["runs"]
+                    .as_object()
+                    .map(|m| m.values().filter_map(|n| n.as_u64()).sum())
+                    .unwrap_or(0);
+                format!(
+                    "**{:.1}** ({} requests)",
+                    per_request(v, total),
+                    v["requests"].as_u64().unwrap_or(0)
+                )
+            })
+            .collect();
+        writeln!(out, "| all programs | {} |\n", totals.join(" | "))?;
+    }
+    write!(out, "{RUNS_END}")?;
+    Ok(out)
+}
+
+/// `cargo xtask bench --runs-per-request K,...`: counts on each kernel
+/// (in a VM but `host`), then the by-kernel section of BENCHMARKS.md.
+pub fn runs_per_request(
+    xtask: &Path,
+    bin: &Path,
+    workspace: &Path,
+    kernels: &[String],
+    seconds: u64,
+) -> Result<()> {
+    let mut runs = Vec::new();
+    for name in kernels {
+        let results = workspace.join("target/vm-bench").join(name);
+        let json = results.join("runs.json");
+        let command = format!(
+            "{} bench --runs-here {} --seconds {seconds} --bin {}",
+            shell_word(xtask),
+            "\"$R/runs.json\"",
+            shell_word(bin)
+        );
+        crate::vm::run_command(name, &command, &results, Duration::from_secs(1800))?;
+        let text = std::fs::read_to_string(&json)
+            .with_context(|| format!("{name}: no counts in {}", json.display()))?;
+        runs.push(KernelRuns {
+            name: name.clone(),
+            json: serde_json::from_str(&text)
+                .with_context(|| format!("{name}: {} is not JSON", json.display()))?,
+        });
+    }
+    let command = format!(
+        "cargo xtask bench --runs-per-request {} --seconds {seconds}",
+        kernels.join(",")
+    );
+    let section = render_runs(&runs, seconds, &command)?;
+    let path = workspace.join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, with_runs_section(&old, &section))
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    println!("{section}");
+    Ok(())
+}
+
+/// `path` quoted for sh.
+fn shell_word(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Runs the whole benchmark and writes BENCHMARKS.md in `workspace`,
+/// keeping its by-kernel section (see [`runs_per_request`]).
+pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<()> {
+    if pairs == 0 || seconds == 0 {
+        bail!("--pairs and --seconds must be at least 1");
+    }
+    let bench = Bench {
+        bin: bin.to_path_buf(),
+        script: workspace.join("bench/ngx-trace.bt"),
+        seconds,
+        pairs,
+        dir: TempDir::new("bench"),
+    };
+    // Name, the BPF time per proxied request ngx-trace should stay under
+    // (ns), and the front nginx.
+    let (back, variants) = setup_nginx();
     let mut report = String::new();
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -1574,7 +1794,13 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
         )),
     )?;
     writeln!(report, "\n{ANALYSIS}")?;
-    std::fs::write(workspace.join("BENCHMARKS.md"), &report)?;
+    let path = workspace.join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let section = runs_section(&old);
+    if !section.is_empty() {
+        report = with_runs_section(&report, section);
+    }
+    std::fs::write(&path, &report)?;
     eprintln!("xtask bench: wrote BENCHMARKS.md");
     print!("{report}");
     Ok(())
@@ -1729,6 +1955,57 @@ Transfer/sec:      7.67MB
                 prog(0, "z", 40, 4)
             ]
         );
+    }
+
+    #[test]
+    fn the_by_kernel_section_is_kept_and_replaced() {
+        let runs = [
+            KernelRuns {
+                name: "host".into(),
+                json: serde_json::json!({"kernel": "6.18.4", "variants": [
+                    {"variant": "keepalive", "requests": 100,
+                     "runs": {"sock_send_length": 200, "sk_data_ready": 100}}]}),
+            },
+            KernelRuns {
+                name: "6.1+kprobes".into(),
+                json: serde_json::json!({"kernel": "6.1.0-56-cloud-amd64", "variants": [
+                    {"variant": "keepalive", "requests": 50,
+                     "runs": {"inet_sendmsg_kp": 100, "inet_sendmsg_kr": 100}}]}),
+            },
+        ];
+        let section = render_runs(
+            &runs,
+            3,
+            "cargo xtask bench --runs-per-request host,6.1+kprobes",
+        )
+        .unwrap();
+        assert!(section.starts_with(RUNS_BEGIN) && section.ends_with(RUNS_END));
+        assert!(
+            section.contains("| program | host (6.18.4) | 6.1+kprobes (6.1.0-56-cloud-amd64) |"),
+            "{section}"
+        );
+        assert!(
+            section.contains("| inet_sendmsg_kp | – | 2.00 |"),
+            "{section}"
+        );
+        assert!(
+            section.contains("| sock_send_length | 2.00 | – |"),
+            "{section}"
+        );
+        assert!(
+            section.contains("| all programs | **3.0** (100 requests) | **4.0** (50 requests) |"),
+            "{section}"
+        );
+        // Added at the end, then replaced in place; a full bench keeps it.
+        let doc = with_runs_section("# ngx-trace benchmarks\n\ntext\n", &section);
+        assert_eq!(runs_section(&doc), section);
+        let newer = with_runs_section(&doc, &format!("{RUNS_BEGIN}\nnew\n{RUNS_END}"));
+        assert!(
+            newer.contains("\nnew\n") && !newer.contains("inet_sendmsg_kp"),
+            "{newer}"
+        );
+        assert!(newer.starts_with("# ngx-trace benchmarks\n\ntext\n"));
+        assert_eq!(runs_section("no section"), "");
     }
 
     #[test]

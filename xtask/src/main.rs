@@ -1,7 +1,9 @@
 //! `cargo xtask`: everything from a fresh machine to a running tracer.
 //!
 //! - `cargo xtask run -- <ngx-trace args>`: set up, build, run as root.
-//! - `cargo xtask test`: set up (with the test packages), then every test.
+//! - `cargo xtask test`: set up (with the test packages), then every test:
+//!   the integration tests on the host's kernel, then on Debian's 5.10 and
+//!   6.1 (with kprobes) in VMs.
 //! - `cargo xtask test --kernel 6.1`: only the integration tests, on Debian's
 //!   6.1 kernel booted under qemu (`--kernels all`: on every kernel).
 //! - `cargo xtask demo`: a throwaway nginx with broken upstreams, traced.
@@ -36,18 +38,22 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Install what is missing (also nginx, php-fpm, iptables...), then run
-    /// formatting and lint checks, unit tests and kernel integration tests.
+    /// Install what is missing (also nginx, php-fpm, iptables, qemu...),
+    /// then run formatting and lint checks, unit tests and the kernel
+    /// integration tests: on the host's kernel, then on Linux 5.10 and 6.1
+    /// (with kprobes) in VMs.
     Test {
         /// Instead, run only the integration tests on these kernels: Debian's
         /// booted under qemu (`newest`: trixie-backports' newest), the host's
-        /// (`host`), or `all` of them; comma-separated or repeated.
+        /// (`host`), or `all` of them; comma-separated or repeated. A VM
+        /// kernel with `+kprobes` (`6.1+kprobes`) runs the tracer with
+        /// kprobes where it would use fentry/fexit.
         #[arg(long = "kernel", visible_alias = "kernels", value_delimiter = ',',
-              value_parser = ["5.10", "6.1", "6.12", "6.18", "newest", "host", "all"])]
+              value_parser = vm::parse_name)]
         kernels: Vec<String>,
         /// With --kernel: seconds one kernel's run may take before its VM is
         /// stopped (and the kernel counted as failed).
-        #[arg(long, default_value_t = 1800)]
+        #[arg(long, default_value_t = DEFAULT_VM_TIMEOUT)]
         vm_timeout: u64,
     },
     /// Start a throwaway nginx with broken upstreams on loopback and trace it.
@@ -66,10 +72,24 @@ enum Cmd {
         /// Seconds per wrk run.
         #[arg(long, default_value_t = 3)]
         seconds: u64,
+        /// Instead, count ngx-trace's program runs per proxied request on
+        /// these kernels (names as for `test --kernel`; VMs are emulated, so
+        /// counts only) and write that section of BENCHMARKS.md.
+        #[arg(long, value_delimiter = ',', value_parser = vm::parse_name)]
+        runs_per_request: Vec<String>,
+        /// Inside such a run: count on this kernel, JSON into this file.
+        #[arg(long, hide = true, requires = "bin")]
+        runs_here: Option<PathBuf>,
+        /// Inside such a run: the ngx-trace binary.
+        #[arg(long, hide = true)]
+        bin: Option<PathBuf>,
     },
     /// Only install what is missing.
     Setup,
 }
+
+/// Seconds one kernel's run may take in a VM (about 8 minutes here).
+const DEFAULT_VM_TIMEOUT: u64 = 1800;
 
 fn main() {
     if let Err(err) = run(Cli::parse().command) {
@@ -104,11 +124,26 @@ fn run(command: Cmd) -> Result<()> {
                 vm::run(&kernels, std::time::Duration::from_secs(vm_timeout))
             }
         }
-        Cmd::Bench { pairs, seconds } => {
+        Cmd::Bench {
+            pairs,
+            seconds,
+            runs_per_request,
+            runs_here,
+            bin,
+        } => {
+            if let (Some(out), Some(bin)) = (runs_here, bin) {
+                // In the kernel under test, with everything set up already.
+                return bench::runs_here(&bin, &workspace(), seconds, &out);
+            }
             setup::toolchain()?;
             setup::packages(setup::BENCH_PACKAGES)?;
             let bin = build_release()?;
-            bench::run(&bin, &workspace(), pairs, seconds)
+            if runs_per_request.is_empty() {
+                return bench::run(&bin, &workspace(), pairs, seconds);
+            }
+            let xtask = std::env::current_exe().context("failed to find the xtask binary")?;
+            let kernels = vm::expand(&runs_per_request);
+            bench::runs_per_request(&xtask, &bin, &workspace(), &kernels, seconds)
         }
         Cmd::Demo { seconds } => {
             setup::toolchain()?;
@@ -190,5 +225,10 @@ fn test() -> Result<()> {
     cargo(
         "test --package ngx-trace-tests -- --test-threads=1",
         &[("NGX_TRACE_BIN", bin)],
-    )
+    )?;
+    // The fallbacks, where they are used for real: Linux 5.10 (fentry and
+    // fexit) and 6.1 with kprobes instead (each kernel of production
+    // fleets that lacks the host's tracepoints), in VMs.
+    let kernels: Vec<String> = vm::CI_KERNELS.iter().map(|k| k.to_string()).collect();
+    vm::run(&kernels, std::time::Duration::from_secs(DEFAULT_VM_TIMEOUT))
 }

@@ -22,8 +22,47 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{kernels, setup};
 
-/// Every name `--kernel` takes besides `all` (which means all of these).
-pub const NAMES: &[&str] = &["5.10", "6.1", "6.12", "6.18", "newest", "host"];
+/// Every name `--kernel` takes besides `all` (which means all of these). A
+/// name ending in [`KPROBES`] runs that kernel with the tracer told to
+/// avoid BPF trampolines, so kprobes stand in where fentry/fexit would.
+pub const NAMES: &[&str] = &[
+    "5.10",
+    "6.1",
+    "6.12",
+    "6.18",
+    "newest",
+    "host",
+    "5.10+kprobes",
+    "6.1+kprobes",
+];
+
+/// The VM runs of `cargo xtask test` (CI), after the host's: every
+/// fallback mechanism on a kernel that needs it, within CI's time.
+pub const CI_KERNELS: &[&str] = &["5.10", "6.1+kprobes"];
+
+/// Suffix of a run with kprobes instead of fentry/fexit.
+const KPROBES: &str = "+kprobes";
+
+/// Parses a `--kernel` name: one of [`NAMES`], `all`, or a VM kernel with
+/// [`KPROBES`] appended.
+pub fn parse_name(name: &str) -> Result<String, String> {
+    let (kernel, _) = run_of(name);
+    if name == "all" || NAMES.contains(&name) || (kernel != "host" && NAMES.contains(&kernel)) {
+        return Ok(name.to_string());
+    }
+    Err(format!(
+        "no kernel named `{name}`; known: {}, all (a VM kernel may end in {KPROBES})",
+        NAMES.join(", ")
+    ))
+}
+
+/// The kernel of run `name`, and the hook kinds its tracer avoids.
+fn run_of(name: &str) -> (&str, Option<&'static str>) {
+    match name.strip_suffix(KPROBES) {
+        Some(kernel) => (kernel, Some("fentry,fexit")),
+        None => (name, None),
+    }
+}
 
 /// Kernels, virtme-ng and its helpers: outside the repository, never /boot.
 const CACHE: &str = "/var/cache/ngx-trace";
@@ -92,7 +131,7 @@ pub fn run(names: &[String], timeout: Duration) -> Result<()> {
 }
 
 /// `all` → every name; duplicates dropped, order kept.
-fn expand(names: &[String]) -> Vec<String> {
+pub fn expand(names: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for name in names {
         let add: Vec<String> = if name == "all" {
@@ -166,20 +205,84 @@ fn run_one(
         .with_context(|| format!("failed to create {}", results.display()))?;
     let script = results.join("guest.sh");
     let tests_dir = crate::workspace().join("tests");
-    let vm = name != "host";
-    std::fs::write(&script, guest_script(results, &tests_dir, bin, tests, vm))
-        .with_context(|| format!("failed to write {}", script.display()))?;
+    let (kernel_name, avoid) = run_of(name);
+    let vm = kernel_name != "host";
+    std::fs::write(
+        &script,
+        guest_script(results, &tests_dir, bin, tests, vm, avoid),
+    )
+    .with_context(|| format!("failed to write {}", script.display()))?;
 
-    let (mut cmd, expected) = if name == "host" {
-        eprintln!("xtask: {name}: running the integration tests on the host's kernel");
+    let (ended, expected) = boot(name, kernel_name, &script, vng, cache, results, timeout)?;
+
+    let read = |file: &str| std::fs::read_to_string(results.join(file)).unwrap_or_default();
+    let mut outcome = Outcome::parse(
+        name,
+        &read("output.log"),
+        read("status").trim().parse().ok(),
+        read("check.status").trim().parse().ok(),
+        &read("check.log"),
+    );
+    if let Some(expected) = expected {
+        if outcome.release.is_empty() {
+            outcome.release = expected;
+        } else if outcome.release != expected {
+            outcome
+                .problems
+                .push(format!("booted {} instead", outcome.release));
+            outcome.release = expected;
+        }
+    }
+    match ended {
+        Ended::Exited | Ended::Lingered => {}
+        Ended::Interrupted => outcome.problems.insert(0, "interrupted: stopped".into()),
+        Ended::TimedOut => outcome.problems.insert(
+            0,
+            format!("timed out after {} s: stopped", timeout.as_secs()),
+        ),
+    }
+    if outcome.status.is_none() {
+        let tail: Vec<String> = read("console.log")
+            .lines()
+            .rev()
+            .filter(|l| !l.trim().is_empty())
+            .take(3)
+            .map(|l| l.trim().to_string())
+            .collect();
+        let tail: Vec<String> = tail.into_iter().rev().collect();
+        outcome.problems.push(format!(
+            "the guest wrote no exit status (console in {}: {})",
+            results.join("console.log").display(),
+            tail.join(" | ")
+        ));
+    }
+    Ok(outcome)
+}
+
+/// Runs `script` on kernel `kernel_name`: booted in a VM with the host's
+/// root shared, or on the host (`host`); its console goes to
+/// `results/console.log`, and its `output.log` is printed as it grows,
+/// prefixed with `[name]`. Returns how it ended and, in a VM, the release
+/// booted.
+fn boot(
+    name: &str,
+    kernel_name: &str,
+    script: &Path,
+    vng: Option<&(PathBuf, PathBuf)>,
+    cache: &Path,
+    results: &Path,
+    timeout: Duration,
+) -> Result<(Ended, Option<String>)> {
+    let (mut cmd, expected) = if kernel_name == "host" {
+        eprintln!("xtask: {name}: running on the host's kernel");
         let mut cmd = Command::new("sh");
-        cmd.arg(&script);
+        cmd.arg(script);
         (cmd, None)
     } else {
         let spec = kernels::SPECS
             .iter()
-            .find(|s| s.name == name)
-            .with_context(|| format!("no kernel named {name}"))?;
+            .find(|s| s.name == kernel_name)
+            .with_context(|| format!("no kernel named {kernel_name}"))?;
         let kernel = kernels::fetch(spec, cache).context("failed to fetch the kernel")?;
         let (vng, path_dir) = vng.context("virtme-ng is not set up")?;
         eprintln!(
@@ -221,72 +324,26 @@ fn run_one(
         .process_group(0);
     let child = cmd.spawn().context("failed to start the run")?;
     let ended = supervise(child, name, results, timeout)?;
-
-    let read = |file: &str| std::fs::read_to_string(results.join(file)).unwrap_or_default();
-    let mut outcome = Outcome::parse(
-        name,
-        &read("output.log"),
-        read("status").trim().parse().ok(),
-        read("check.status").trim().parse().ok(),
-        &read("check.log"),
-    );
-    if let Some(expected) = expected {
-        if outcome.release.is_empty() {
-            outcome.release = expected;
-        } else if outcome.release != expected {
-            outcome
-                .problems
-                .push(format!("booted {} instead", outcome.release));
-            outcome.release = expected;
-        }
-    }
-    match ended {
-        Ended::Exited | Ended::Lingered => {}
-        Ended::Interrupted => outcome.problems.insert(0, "interrupted: stopped".into()),
-        Ended::TimedOut => outcome.problems.insert(
-            0,
-            format!("timed out after {} s: stopped", timeout.as_secs()),
-        ),
-    }
-    if outcome.status.is_none() {
-        let tail: Vec<String> = read("console.log")
-            .lines()
-            .rev()
-            .filter(|l| !l.trim().is_empty())
-            .take(3)
-            .map(|l| l.trim().to_string())
-            .collect();
-        let tail: Vec<String> = tail.into_iter().rev().collect();
-        outcome.problems.push(format!(
-            "the guest wrote no exit status (console in {}: {})",
-            console.display(),
-            tail.join(" | ")
-        ));
-    }
-    Ok(outcome)
+    Ok((ended, expected))
 }
 
 /// What the guest runs: `ngx-trace --check`, then every test binary one
 /// test at a time (kernel state is shared), output and statuses into
 /// `results`. Also runs as is on the host (`vm` false: no module check).
+/// `avoid`: hook kinds the tracer must not use (its `NGX_TRACE_AVOID_HOOKS`,
+/// inherited by every tracer the tests start).
 fn guest_script(
     results: &Path,
     tests_dir: &Path,
     bin: &Path,
     tests: &[PathBuf],
     vm: bool,
+    avoid: Option<&str>,
 ) -> String {
     let q = |p: &Path| sh_quote(&p.display().to_string());
     let tests: Vec<String> = tests.iter().map(|t| q(t)).collect();
     format!(
-        r####"#!/bin/sh
-# Written by `cargo xtask test --kernel`: ngx-trace's integration tests.
-R={results}
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export NGX_TRACE_BIN={bin}
-exec >"$R/output.log" 2>&1
-echo "### kernel: $(uname -r)"
-{modules}[ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing
+        r####"{prologue}export NGX_TRACE_BIN={bin}
 cd {tests_dir} || {{ echo 1 >"$R/status"; exit 1; }}
 "$NGX_TRACE_BIN" --check >"$R/check.log" 2>&1
 echo $? >"$R/check.status"
@@ -303,10 +360,29 @@ done
 echo $status >"$R/status"
 sync
 "####,
-        results = q(results),
+        prologue = prologue(results, vm, avoid),
         bin = q(bin),
         tests_dir = q(tests_dir),
         tests = tests.join(" "),
+    )
+}
+
+/// The start of every guest script: `$R` (the results folder), output
+/// into `$R/output.log`, the kernel named, tracefs mounted.
+fn prologue(results: &Path, vm: bool, avoid: Option<&str>) -> String {
+    format!(
+        r####"#!/bin/sh
+# Written by `cargo xtask`: run on the kernel under test.
+R={results}
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+{avoid}exec >"$R/output.log" 2>&1
+echo "### kernel: $(uname -r)"
+{modules}[ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing
+"####,
+        results = sh_quote(&results.display().to_string()),
+        avoid = avoid
+            .map(|kinds| format!("export NGX_TRACE_AVOID_HOOKS={}\n", sh_quote(kinds)))
+            .unwrap_or_default(),
         // Without its modules the kernel has no iptables (nf_tables).
         modules = if vm {
             "[ -r \"/lib/modules/$(uname -r)/modules.dep\" ] || echo \"### no modules\"\n"
@@ -314,6 +390,62 @@ sync
             ""
         },
     )
+}
+
+/// Runs the shell `command` on kernel run `name` (a VM, or `host`), with
+/// the folder `results` writable (`$R` in the command), as the integration
+/// tests run; fails unless it exits 0, naming the output.
+pub fn run_command(name: &str, command: &str, results: &Path, timeout: Duration) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("BPF programs, nginx and virtiofsd need root: run as root (sudo -E cargo xtask ...)");
+    }
+    let (kernel_name, avoid) = run_of(name);
+    let cache = Path::new(CACHE);
+    let vng = if kernel_name != "host" {
+        setup::packages(setup::VM_PACKAGES)?;
+        Some(setup::virtme_ng(cache)?)
+    } else {
+        None
+    };
+    install_signal_handlers();
+    if results.exists() {
+        std::fs::remove_dir_all(results)
+            .with_context(|| format!("failed to empty {}", results.display()))?;
+    }
+    std::fs::create_dir_all(results)
+        .with_context(|| format!("failed to create {}", results.display()))?;
+    let script = results.join("guest.sh");
+    let body = format!(
+        "{}{command}\necho $? >\"$R/status\"\nsync\n",
+        prologue(results, kernel_name != "host", avoid)
+    );
+    std::fs::write(&script, body)
+        .with_context(|| format!("failed to write {}", script.display()))?;
+    let (ended, _) = boot(
+        name,
+        kernel_name,
+        &script,
+        vng.as_ref(),
+        cache,
+        results,
+        timeout,
+    )?;
+    let output = results.join("output.log");
+    match ended {
+        Ended::Interrupted => bail!("interrupted"),
+        Ended::TimedOut => bail!("{name}: timed out after {} s", timeout.as_secs()),
+        Ended::Exited | Ended::Lingered => {}
+    }
+    let status = std::fs::read_to_string(results.join("status")).unwrap_or_default();
+    if status.trim() != "0" {
+        bail!(
+            "{name}: the run failed (exit status {:?}; output in {})",
+            status.trim(),
+            output.display()
+        );
+    }
+    Ok(())
 }
 
 fn sh_quote(s: &str) -> String {
@@ -620,7 +752,19 @@ mod tests {
     #[test]
     fn all_expands_to_every_kernel_once() {
         let names = expand(&["6.18".into(), "all".into(), "host".into()]);
-        assert_eq!(names, ["6.18", "5.10", "6.1", "6.12", "newest", "host"]);
+        assert_eq!(
+            names,
+            [
+                "6.18",
+                "5.10",
+                "6.1",
+                "6.12",
+                "newest",
+                "host",
+                "5.10+kprobes",
+                "6.1+kprobes"
+            ]
+        );
     }
 
     #[test]
@@ -734,6 +878,16 @@ test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; 
     }
 
     #[test]
+    fn kprobe_runs_name_a_vm_kernel() {
+        assert_eq!(parse_name("6.12+kprobes").as_deref(), Ok("6.12+kprobes"));
+        assert_eq!(run_of("6.12+kprobes"), ("6.12", Some("fentry,fexit")));
+        assert_eq!(run_of("6.1"), ("6.1", None));
+        // The host kernel here has no kprobes.
+        assert!(parse_name("host+kprobes").is_err());
+        assert!(parse_name("6.2").unwrap_err().contains("known: 5.10, 6.1,"));
+    }
+
+    #[test]
     fn guest_script_quotes_paths() {
         let script = guest_script(
             Path::new("/w/target/vm-tests/6.1"),
@@ -744,8 +898,10 @@ test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; 
                 PathBuf::from("/w/it's"),
             ],
             true,
+            Some("fentry,fexit"),
         );
         assert!(script.contains("R='/w/target/vm-tests/6.1'\n"));
+        assert!(script.contains("export NGX_TRACE_AVOID_HOOKS='fentry,fexit'\n"));
         assert!(script.contains("export NGX_TRACE_BIN='/w/target/release/ngx-trace'\n"));
         assert!(script.contains("for t in '/w/target/debug/deps/cli-2' '/w/it'\\''s'; do\n"));
         assert!(script.contains("\"$t\" --test-threads=1\n"));
