@@ -170,11 +170,6 @@ impl Hook {
             Hook::KProbe | Hook::KRetProbe => 3,
         }
     }
-
-    /// Whether it hooks a kernel function (judged at load, not by tracefs).
-    pub const fn is_function(self) -> bool {
-        self.rank() >= 2
-    }
 }
 
 /// One kernel program: its name in the object, the capability it gives,

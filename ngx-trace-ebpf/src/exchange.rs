@@ -18,7 +18,9 @@ use ngx_trace_common::Exchange;
 
 use crate::{
     config::offset,
-    maps::{CALL_RECV, CALL_SEND, CONNS, FD_CONNS, SOCK_CALLS, SockCall, UNIX_BIND, fd_key},
+    maps::{
+        CALL_RECV, CALL_SEND, CONNS, FD_CONNS, SOCK_CALLS, SockCall, UNIX_BIND, fd_key, is_traced,
+    },
     record::{apply, clear_giveup, emit, note_close},
     sock_mark::{follow, is_unix, is_unix_probed, sk_of, sk_of_probed, upstream_state},
     tcp_sock,
@@ -85,9 +87,9 @@ pub fn unix_stream_sendmsg_exit(ctx: FExitContext) -> u32 {
 }
 
 /// Kernel-function probes for kernels that refuse BPF trampolines: a
-/// kprobe on `$function` keeps the socket of a call on an upstream socket
-/// in `SOCK_CALLS` (any other socket leaves after one hash lookup), its
-/// kretprobe takes it back with the return value (`$returned`).
+/// kprobe on `$function` keeps a traced worker's call in `SOCK_CALLS`
+/// (other processes leave after one hash lookup), its kretprobe takes it
+/// back with the return value (`$returned`).
 macro_rules! socket_call_probes {
     ($function:literal, $entry:ident, $exit:ident, $called:ident, $returned:ident) => {
         #[doc = concat!("kprobe on `", $function, "(sock, msg, size, ...)`: see `socket_call_probes`.")]
@@ -152,25 +154,23 @@ socket_call_probes!(
     recv_returned
 );
 
-/// A `sendmsg` starts on `sock`: kept when it is an upstream socket, or a
-/// UNIX socket this thread may be about to bind to its connect.
+/// A `sendmsg` starts on `sock`. Other processes leave after one lookup.
+/// A traced worker's call is always kept, with its socket when that is an
+/// upstream (or a UNIX socket this thread may be about to bind to its
+/// connect), else 0: each return then takes its own call, never one whose
+/// return went unseen.
 #[inline(always)]
 fn send_called(sock: u64, _flags: i32) {
     // As in `request_written`: every write counts, whatever its socket.
     clear_giveup();
-    let sk = sk_of_probed(sock);
     let pid_tgid = bpf_get_current_pid_tgid();
-    if CONNS.get_ptr(sk).is_none() && !(UNIX_BIND.get_ptr(pid_tgid).is_some() && is_unix_probed(sk))
-    {
+    if !is_traced((pid_tgid >> 32) as u32) {
         return;
     }
-    let call = SockCall {
-        sk,
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        flags: 0,
-        kind: CALL_SEND,
-    };
-    let _ = SOCK_CALLS.insert(pid_tgid, call, 0);
+    let sk = sk_of_probed(sock);
+    let wanted = CONNS.get_ptr(sk).is_some()
+        || (UNIX_BIND.get_ptr(pid_tgid).is_some() && is_unix_probed(sk));
+    keep_call(pid_tgid, if wanted { sk } else { 0 }, 0, CALL_SEND);
 }
 
 /// A `sendmsg` returns `ret`.
@@ -181,20 +181,16 @@ fn send_returned(ret: i32) {
     }
 }
 
-/// A `recvmsg` starts on `sock`: kept when it is an upstream socket.
+/// A `recvmsg` starts on `sock`: kept as in [`send_called`].
 #[inline(always)]
 fn recv_called(sock: u64, flags: i32) {
-    let sk = sk_of_probed(sock);
-    if CONNS.get_ptr(sk).is_none() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
         return;
     }
-    let call = SockCall {
-        sk,
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        flags,
-        kind: CALL_RECV,
-    };
-    let _ = SOCK_CALLS.insert(bpf_get_current_pid_tgid(), call, 0);
+    let sk = sk_of_probed(sock);
+    let wanted = CONNS.get_ptr(sk).is_some();
+    keep_call(pid_tgid, if wanted { sk } else { 0 }, flags, CALL_RECV);
 }
 
 /// A `recvmsg` returns `ret`.
@@ -205,21 +201,32 @@ fn recv_returned(ret: i32) {
     }
 }
 
+/// Keeps the call thread `pid_tgid` starts, replacing any before it.
+#[inline(always)]
+fn keep_call(pid_tgid: u64, sk: u64, flags: i32, kind: u32) {
+    let call = SockCall {
+        sk,
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        flags,
+        kind,
+    };
+    let _ = SOCK_CALLS.insert(pid_tgid, call, 0);
+}
+
 /// Longest a worker's call on an upstream socket takes: nginx's sockets do
 /// not block, its calls return within microseconds.
 const CALL_MAX_NS: u64 = 100_000_000;
 
-/// The call of `kind` this thread's kprobe kept, removed. One whose return
-/// went unseen (the kernel skipped the kretprobe) is dropped by this
-/// thread's next return when of the other kind or older than any of
-/// nginx's calls, rather than taken for that call's.
+/// The call of `kind` on an upstream socket this thread's kprobe kept,
+/// removed (`None` for a call on another socket, or one not of `kind` or
+/// too old: kept by a kprobe whose kretprobe did not run).
 #[inline(always)]
 fn take_call(kind: u32) -> Option<SockCall> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let call = unsafe { *SOCK_CALLS.get_ptr(pid_tgid)? };
     let _ = SOCK_CALLS.remove(pid_tgid);
     let fresh = unsafe { bpf_ktime_get_ns() } < call.start_ns + CALL_MAX_NS;
-    (call.kind == kind && fresh).then_some(call)
+    (call.sk != 0 && call.kind == kind && fresh).then_some(call)
 }
 
 /// `sk` sent `ret` bytes (or failed).

@@ -43,9 +43,9 @@ pub static FD_CONNS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 
 #[map]
 pub static UNIX_BIND: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(1024, 0);
 
-/// Socket calls of workers in flight on upstream sockets, by pid_tgid,
-/// where kprobes stand in for the tracepoints: the kretprobe sees only the
-/// return value, so the kprobe keeps the socket (and flags) here.
+/// Socket calls of traced workers in flight, by pid_tgid, where kprobes
+/// stand in for the tracepoints: the kretprobe sees only the return value,
+/// so the kprobe keeps the socket (and flags) here.
 #[map]
 pub static SOCK_CALLS: LruHashMap<u64, SockCall> = LruHashMap::with_max_entries(1024, 0);
 
@@ -53,7 +53,7 @@ pub static SOCK_CALLS: LruHashMap<u64, SockCall> = LruHashMap::with_max_entries(
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SockCall {
-    /// The `struct sock`.
+    /// The `struct sock`; 0 for a socket that is not an upstream.
     pub sk: u64,
     /// When the call started (`bpf_ktime_get_ns`).
     pub start_ns: u64,

@@ -20,6 +20,13 @@ enum Command {
     Trace(TraceArgs),
 }
 
+impl TraceArgs {
+    /// The hook kinds not to use (`--avoid-hooks`).
+    pub fn avoid(&self) -> &[ngx_trace_common::Hook] {
+        self.avoid_hooks.as_ref().map_or(&[], |list| &list.0)
+    }
+}
+
 impl Cli {
     /// The tracing options, whether given after `trace` or without it.
     pub fn trace_args(self) -> TraceArgs {
@@ -73,10 +80,9 @@ pub struct TraceArgs {
         long,
         value_name = "KINDS",
         env = "NGX_TRACE_AVOID_HOOKS",
-        value_delimiter = ',',
-        value_parser = crate::hooks::parse_hook
+        value_parser = crate::hooks::parse_avoid
     )]
-    pub avoid_hooks: Vec<ngx_trace_common::Hook>,
+    pub avoid_hooks: Option<crate::hooks::HookList>,
 
     /// Process name of nginx (its task comm), for renamed builds.
     #[arg(long, value_name = "NAME", default_value = "nginx", value_parser = parse_comm)]
@@ -148,7 +154,7 @@ mod tests {
     #[test]
     fn avoid_hooks_takes_a_comma_separated_list() {
         let args = parse(&["ngx-trace", "--avoid-hooks", "fentry,fexit"]).unwrap();
-        assert_eq!(args.avoid_hooks, [Hook::FEntry, Hook::FExit]);
+        assert_eq!(args.avoid(), [Hook::FEntry, Hook::FExit]);
         let err = parse(&["ngx-trace", "--avoid-hooks", "fentry,trampoline"])
             .unwrap_err()
             .to_string();

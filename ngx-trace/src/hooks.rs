@@ -141,6 +141,20 @@ pub fn missing(root: &Path, spec: &ProgramSpec) -> Option<String> {
     }
 }
 
+/// The hook kinds `--avoid-hooks` names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HookList(pub Vec<Hook>);
+
+/// Parses `--avoid-hooks` (`fentry,fexit`; empty items, as in an empty
+/// `NGX_TRACE_AVOID_HOOKS=`, are ignored).
+pub fn parse_avoid(list: &str) -> Result<HookList, String> {
+    list.split(',')
+        .filter(|name| !name.trim().is_empty())
+        .map(parse_hook)
+        .collect::<Result<_, _>>()
+        .map(HookList)
+}
+
 /// Parses one kind of `--avoid-hooks` (`fentry`).
 pub fn parse_hook(name: &str) -> Result<Hook, String> {
     let name = name.trim();
@@ -288,6 +302,11 @@ mod tests {
     #[test]
     fn avoid_hooks_names_the_kinds_and_rejects_others() {
         assert_eq!(parse_hook(" fexit"), Ok(Hook::FExit));
+        assert_eq!(
+            parse_avoid("fentry,,fexit,"),
+            Ok(HookList(vec![Hook::FEntry, Hook::FExit]))
+        );
+        assert_eq!(parse_avoid(""), Ok(HookList::default()));
         assert_eq!(parse_hook("kretprobe"), Ok(Hook::KRetProbe));
         let err = parse_hook("kprobes").unwrap_err();
         assert!(err.contains("unknown hook kind `kprobes`"), "{err}");

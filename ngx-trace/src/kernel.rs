@@ -198,9 +198,8 @@ impl Kernel {
     /// of running it: its per-CPU guard against BPF recursion was held, by
     /// another BPF program or by a map read from user space preempted on
     /// that CPU (kprobes and classic tracepoints share one guard per CPU).
-    /// Each may be a missed event. The kernel counts them from Linux 5.12
-    /// (BTF tracepoints, trampolines) and 6.7 (kprobes, tracepoints); 0
-    /// before.
+    /// Each may be a missed event. Counted by recent kernels (from 6.7 for
+    /// kprobes and classic tracepoints); 0 where the kernel does not.
     pub fn hooks_skipped(&self) -> u64 {
         self.chosen
             .iter()
@@ -380,15 +379,23 @@ impl Attacher<'_> {
                 }
             }
         }
-        Ok((attached, skipped))
+        // A function's kprobe without its kretprobe (or the reverse) would
+        // keep calls nobody takes: both go, or neither.
+        let (lone, kept): (Vec<_>, Vec<_>) = attached.into_iter().partition(|spec| {
+            spec.hook.rank() == Hook::KProbe.rank()
+                && skipped.iter().any(|(t, _)| *t == hooks::target_name(spec))
+        });
+        for spec in lone {
+            self.unload(spec);
+        }
+        Ok((kept, skipped))
     }
 
     /// Detaches and unloads one program (best effort: it goes with the object
     /// at exit anyway).
     fn unload(&mut self, spec: &ProgramSpec) {
         if spec.hook == Hook::KRetProbe {
-            let event = kretprobe::event_name(std::process::id(), spec.target);
-            self.retprobes.retain(|r| r.event() != event);
+            self.retprobes.retain(|r| r.function() != spec.target);
         }
         let Some(program) = self.ebpf.program_mut(spec.program) else {
             return;

@@ -29,6 +29,8 @@ const GROUP: &str = "ngx_trace";
 
 /// An attached kretprobe: detached and its tracefs event removed on drop.
 pub struct RetProbe {
+    /// The kernel function.
+    function: String,
     /// The perf event the program is attached to.
     perf: Option<OwnedFd>,
     /// `kprobe_events` of the tracefs it was created in.
@@ -38,9 +40,9 @@ pub struct RetProbe {
 }
 
 impl RetProbe {
-    /// Its event's name.
-    pub fn event(&self) -> &str {
-        &self.event
+    /// The kernel function it probes.
+    pub fn function(&self) -> &str {
+        &self.function
     }
 }
 
@@ -57,7 +59,7 @@ impl Drop for RetProbe {
 pub fn attach(program: BorrowedFd<'_>, tracefs: &Path, function: &str) -> Result<RetProbe> {
     let events_file = tracefs.join("kprobe_events");
     remove_stale(&events_file);
-    let event = event_name(std::process::id(), function);
+    let event = event_name(std::process::id(), start_nonce(), function);
     let definition = format!("r{MAXACTIVE}:{GROUP}/{event} {function}\n");
     OpenOptions::new()
         .append(true)
@@ -71,6 +73,7 @@ pub fn attach(program: BorrowedFd<'_>, tracefs: &Path, function: &str) -> Result
         })?;
     // From here on, dropping the probe removes the event.
     let mut probe = RetProbe {
+        function: function.to_string(),
         perf: None,
         events_file,
         event,
@@ -136,9 +139,17 @@ fn open_tracepoint_event(id: u64) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// The event name of `function`'s kretprobe for tracer `pid`.
-pub fn event_name(pid: u32, function: &str) -> String {
-    format!("r_{pid}_{function}")
+/// The event name of `function`'s kretprobe for tracer `pid`; `nonce`
+/// tells this tracer from an earlier one with the same pid (pid 1 in a
+/// container), whose leftovers are never judged stale.
+fn event_name(pid: u32, nonce: u64, function: &str) -> String {
+    format!("r_{pid}_{nonce}_{function}")
+}
+
+/// A number of this run: the monotonic clock at its first kretprobe (µs).
+fn start_nonce() -> u64 {
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(|| crate::clock::monotonic_ns() / 1000)
 }
 
 /// The pid in an event name of ours.
@@ -185,15 +196,16 @@ mod tests {
     fn events_left_by_a_gone_tracer_are_found_and_ours_kept() {
         let me = std::process::id();
         let list = format!(
-            "r4096:ngx_trace/r_{me}_inet_recvmsg inet_recvmsg\n\
-             r4096:ngx_trace/r_999999999_unix_stream_recvmsg unix_stream_recvmsg\n\
+            "r4096:ngx_trace/r_{me}_5_inet_recvmsg inet_recvmsg\n\
+             r4096:ngx_trace/r_999999999_5_unix_stream_recvmsg unix_stream_recvmsg\n\
              r16:kprobes/r_999999999_other other\n\
              p:kprobes/myprobe do_sys_open\n"
         );
         assert_eq!(
             stale_events(&list),
-            ["r_999999999_unix_stream_recvmsg".to_string()]
+            ["r_999999999_5_unix_stream_recvmsg".to_string()]
         );
-        assert_eq!(pid_of(&event_name(42, "inet6_sendmsg")), Some(42));
+        assert_eq!(pid_of(&event_name(42, 7, "inet6_sendmsg")), Some(42));
+        assert_eq!(event_name(42, 7, "inet6_sendmsg"), "r_42_7_inet6_sendmsg");
     }
 }

@@ -163,9 +163,9 @@ async fn trace(args: TraceArgs) -> Result<()> {
         procs::instance_of(pid, &args.comm)?;
     }
     let tracefs = preflight::tracefs_root()?;
-    hooks::check_available(&tracefs, &args.avoid_hooks)?;
+    hooks::check_available(&tracefs, args.avoid())?;
     let config = config(&args, &tracefs)?;
-    let (mut kernel, events) = Kernel::attach(&config, &tracefs, &args.avoid_hooks)?;
+    let (mut kernel, events) = Kernel::attach(&config, &tracefs, args.avoid())?;
     // Programs are attached first, then processes listed: a process forked
     // in between is seen by both, never by neither.
     let initial: BTreeSet<u32> = match args.pid {
@@ -221,14 +221,14 @@ async fn trace(args: TraceArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads records until the duration ends or a signal asks to stop, then
-/// drains what is left.
 /// The signals that stop tracing.
 struct Stops {
     sigterm: tokio::signal::unix::Signal,
     sigint: tokio::signal::unix::Signal,
 }
 
+/// Reads records until the duration ends or a signal asks to stop, then
+/// drains what is left.
 async fn pump(
     kernel: &mut Kernel,
     events: RingBuf<MapData>,
@@ -282,7 +282,7 @@ async fn pump(
                 _ = workers_tick.tick() => {
                     session.refresh_workers()?;
                 }
-                _ = lost_tick.tick() => session.report_lost(kernel.lost()?, kernel.hooks_skipped())?,
+                _ = lost_tick.tick() => session.report_lost(kernel.lost()?, kernel.hooks_skipped(), false)?,
                 _ = pending_tick.tick() => {
                     session.report_pending(kernel.conns(), clock::monotonic_ns())?;
                 }
@@ -300,6 +300,6 @@ async fn pump(
     while let Some(item) = rb.next() {
         session.record(&item)?;
     }
-    session.report_lost(kernel.lost()?, kernel.hooks_skipped())?;
+    session.report_lost(kernel.lost()?, kernel.hooks_skipped(), true)?;
     Ok(())
 }

@@ -25,6 +25,10 @@ use crate::{
 /// worker thread) before it is judged as nginx's own timeout.
 const CLIENT_GONE_WAIT_NS: u64 = 200_000_000;
 
+/// Least time between two reports of hooks skipped alone (they rise in
+/// bursts; one line per second would bury the events).
+const SKIPPED_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// State of a tracing session.
 pub struct Session {
     out: Output,
@@ -47,8 +51,9 @@ pub struct Session {
     shown_workers: Option<BTreeSet<u32>>,
     /// Lost records already reported.
     lost_reported: u64,
-    /// Hooks skipped by the kernel, as last reported.
+    /// Hooks skipped by the kernel, as last reported, and when.
     skipped_reported: u64,
+    skipped_reported_at: Option<std::time::Instant>,
     /// Records user space could not decode.
     bad_records: u64,
 }
@@ -71,6 +76,7 @@ impl Session {
             shown_workers: None,
             lost_reported: 0,
             skipped_reported: 0,
+            skipped_reported_at: None,
             bad_records: 0,
         }
     }
@@ -321,10 +327,17 @@ impl Session {
     /// Reports records lost since the last call; `lost` is the kernel's
     /// running total per cause (ring buffer full, map full), `skipped` of
     /// the times it skipped a program (events that may be missing, not
-    /// counted as lost: most are hooks on other processes' sockets).
-    pub fn report_lost(&mut self, lost: [u64; 2], skipped: u64) -> io::Result<()> {
+    /// counted as lost: most are hooks on other processes' sockets). A rise
+    /// of `skipped` alone is reported at most every 10 s, and at the `last`
+    /// call.
+    pub fn report_lost(&mut self, lost: [u64; 2], skipped: u64, last: bool) -> io::Result<()> {
         let total = lost.iter().sum::<u64>() + self.bad_records;
-        if total <= self.lost_reported && skipped <= self.skipped_reported {
+        let skip_due = skipped > self.skipped_reported
+            && (last
+                || self
+                    .skipped_reported_at
+                    .is_none_or(|at| at.elapsed() >= SKIPPED_REPORT_EVERY));
+        if total <= self.lost_reported && !skip_due {
             return Ok(());
         }
         let event = LostEvent::new(
@@ -336,6 +349,7 @@ impl Session {
         );
         self.lost_reported = total;
         self.skipped_reported = skipped;
+        self.skipped_reported_at = Some(std::time::Instant::now());
         self.out.event(&event, || event.to_text())
     }
 

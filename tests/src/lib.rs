@@ -23,9 +23,20 @@ pub fn require_root() {
 }
 
 /// A loopback TCP port nothing listens on right now.
+/// Never one handed out before in this process: the kernel may give the same
+/// port to two binds in a row, and an nginx listening on its own upstream's
+/// port proxies to itself (seen once: a "refused" test saw resets).
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Why the tracer cannot mark upstream sockets here (and so adopt

@@ -281,6 +281,12 @@ fn packet_loss_is_network_never_backend_slow() {
         .collect();
     assert!(!lossy.is_empty(), "30% loss and no retransmission seen");
     for e in &lossy {
+        // A client that gave up first (five SYNs lost in a row take 31 s)
+        // is nginx's 499: the client left, as nginx logs it.
+        if e["outcome"] == "client_closed" {
+            assert_eq!(e["verdict"], "client_aborted", "{e}");
+            continue;
+        }
         assert_eq!(e["verdict"], "network", "slowed by retransmissions: {e}");
     }
 }

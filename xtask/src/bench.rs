@@ -1408,12 +1408,7 @@ pub fn runs_here(bin: &Path, workspace: &Path, seconds: u64, out: &Path) -> Resu
     for (variant, _, front) in &variants {
         eprintln!("xtask bench: program runs per request, {variant}");
         let sample = bench.measure_bpf(Mode::Default, front, front.port())?;
-        let progs: serde_json::Map<String, serde_json::Value> = sample
-            .progs
-            .iter()
-            .filter(|p| p.runs > 0)
-            .map(|p| (p.name.clone(), p.runs.into()))
-            .collect();
+        let progs = runs_by_name(&sample.progs);
         list.push(serde_json::json!({
             "variant": variant,
             "requests": sample.requests,
@@ -1424,6 +1419,32 @@ pub fn runs_here(bin: &Path, workspace: &Path, seconds: u64, out: &Path) -> Resu
     let json = serde_json::json!({ "kernel": kernel.trim(), "variants": list });
     std::fs::write(out, json.to_string())
         .with_context(|| format!("failed to write {}", out.display()))
+}
+
+/// Runs per program name. The kernel keeps 15 characters of a name, so a
+/// kprobe and its kretprobe (`unix_stream_sendmsg_kprobe`, `..._kretprobe`)
+/// share one: their runs are summed under `name (N programs)`.
+fn runs_by_name(progs: &[ProgStats]) -> serde_json::Map<String, serde_json::Value> {
+    let mut sums: Vec<(String, u64, usize)> = Vec::new();
+    for p in progs.iter().filter(|p| p.runs > 0) {
+        match sums.iter_mut().find(|(name, _, _)| *name == p.name) {
+            Some((_, runs, n)) => {
+                *runs += p.runs;
+                *n += 1;
+            }
+            None => sums.push((p.name.clone(), p.runs, 1)),
+        }
+    }
+    sums.into_iter()
+        .map(|(name, runs, n)| {
+            let label = if n > 1 {
+                format!("{name} ({n} programs)")
+            } else {
+                name
+            };
+            (label, runs.into())
+        })
+        .collect()
 }
 
 /// Marks the by-kernel section in BENCHMARKS.md: `cargo xtask bench`
@@ -1557,9 +1578,9 @@ pub fn runs_per_request(
         let json = results.join("runs.json");
         let command = format!(
             "{} bench --runs-here {} --seconds {seconds} --bin {}",
-            shell_word(xtask),
+            crate::vm::sh_quote(&xtask.display().to_string()),
             "\"$R/runs.json\"",
-            shell_word(bin)
+            crate::vm::sh_quote(&bin.display().to_string())
         );
         crate::vm::run_command(name, &command, &results, Duration::from_secs(1800))?;
         let text = std::fs::read_to_string(&json)
@@ -1581,11 +1602,6 @@ pub fn runs_per_request(
         .with_context(|| format!("failed to write {}", path.display()))?;
     println!("{section}");
     Ok(())
-}
-
-/// `path` quoted for sh.
-fn shell_word(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }
 
 /// Runs the whole benchmark and writes BENCHMARKS.md in `workspace`,
@@ -1955,6 +1971,19 @@ Transfer/sec:      7.67MB
                 prog(0, "z", 40, 4)
             ]
         );
+    }
+
+    #[test]
+    fn programs_sharing_a_truncated_name_are_summed() {
+        let runs = runs_by_name(&[
+            prog(1, "unix_stream_sen", 10, 4),
+            prog(2, "unix_stream_sen", 10, 4),
+            prog(3, "sock_def_readab", 10, 3),
+            prog(4, "idle", 0, 0),
+        ]);
+        assert_eq!(runs["unix_stream_sen (2 programs)"], 8);
+        assert_eq!(runs["sock_def_readab"], 3);
+        assert!(!runs.contains_key("idle"));
     }
 
     #[test]
