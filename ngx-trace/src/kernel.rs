@@ -36,7 +36,7 @@ pub struct Kernel {
     /// detached, before their programs).
     _retprobes: Vec<RetProbe>,
     /// Owns programs and links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     /// Drop counters.
     lost: PerCpuArray<MapData, u64>,
     /// Traced pids.
@@ -144,7 +144,7 @@ impl Kernel {
         .context("UPSTREAM_SOCKS is not socket storage")?;
         let kernel = Self {
             _retprobes: retprobes,
-            _ebpf: ebpf,
+            ebpf,
             lost,
             conns,
             upstream_socks,
@@ -204,7 +204,7 @@ impl Kernel {
         self.chosen
             .iter()
             .flat_map(|c| &c.programs)
-            .filter_map(|spec| self._ebpf.program(spec.program)?.fd().ok())
+            .filter_map(|spec| self.ebpf.program(spec.program)?.fd().ok())
             .map(|fd| recursion_misses(fd.as_fd()).unwrap_or(0))
             .sum()
     }
