@@ -198,12 +198,7 @@ fn run_one(
     tests: &[PathBuf],
     timeout: Duration,
 ) -> Result<Outcome> {
-    if results.exists() {
-        std::fs::remove_dir_all(results)
-            .with_context(|| format!("failed to empty {}", results.display()))?;
-    }
-    std::fs::create_dir_all(results)
-        .with_context(|| format!("failed to create {}", results.display()))?;
+    fresh_folder(results)?;
     let script = results.join("guest.sh");
     let tests_dir = crate::workspace().join("tests");
     let (kernel_name, avoid) = run_of(name);
@@ -410,12 +405,7 @@ pub fn run_command(name: &str, command: &str, results: &Path, timeout: Duration)
         None
     };
     install_signal_handlers();
-    if results.exists() {
-        std::fs::remove_dir_all(results)
-            .with_context(|| format!("failed to empty {}", results.display()))?;
-    }
-    std::fs::create_dir_all(results)
-        .with_context(|| format!("failed to create {}", results.display()))?;
+    fresh_folder(results)?;
     let script = results.join("guest.sh");
     let body = format!(
         "{}{command}\necho $? >\"$R/status\"\nsync\n",
@@ -447,6 +437,16 @@ pub fn run_command(name: &str, command: &str, results: &Path, timeout: Duration)
         );
     }
     Ok(())
+}
+
+/// Empties `results`, or creates it.
+fn fresh_folder(results: &Path) -> Result<()> {
+    if results.exists() {
+        std::fs::remove_dir_all(results)
+            .with_context(|| format!("failed to empty {}", results.display()))?;
+    }
+    std::fs::create_dir_all(results)
+        .with_context(|| format!("failed to create {}", results.display()))
 }
 
 /// `s` quoted for sh.
