@@ -10,8 +10,8 @@ mod state;
 
 pub use state::{End, Ending, Next, Phase};
 
-/// Ring buffer carrying [`UpstreamRecord`], [`ProcessRecord`] and
-/// [`ClientGoneRecord`] to user space.
+/// Ring buffer carrying [`UpstreamRecord`], [`ProcessRecord`],
+/// [`ClientGoneRecord`] and [`FateRecord`] to user space.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Size of [`MAP_EVENTS`]: about 4,000 exchanges, a second of a busy proxy
 /// between two drains even when printing every exchange as JSON.
@@ -226,7 +226,25 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         hook: Hook::Tracepoint,
         category: "sched",
         target: "sched_process_exit",
-        purpose: "forget nginx processes that exit",
+        purpose: "forget nginx processes that exit; tell how a backend or worker died",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "signal_generate",
+        capability: "signals sent",
+        hook: Hook::BtfTracepoint,
+        category: "signal",
+        target: "signal_generate",
+        purpose: "name who killed a backend or worker, and with which signal",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "mark_victim",
+        capability: "OOM kills",
+        hook: Hook::Tracepoint,
+        category: "oom",
+        target: "mark_victim",
+        purpose: "tell an OOM kill of a backend or worker from other deaths",
         optional: false,
     },
     ProgramSpec {
@@ -247,6 +265,24 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "tell workers (event loop) from master and signal processes",
         // Architectures without the legacy syscall (arm64) only have epoll_create1.
         optional: true,
+    },
+    ProgramSpec {
+        program: "sys_enter_socket",
+        capability: "socket() calls",
+        hook: Hook::Tracepoint,
+        category: "syscalls",
+        target: "sys_enter_socket",
+        purpose: "see which kind of socket a worker asks for",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "sys_exit_socket",
+        capability: "socket() results",
+        hook: Hook::Tracepoint,
+        category: "syscalls",
+        target: "sys_exit_socket",
+        purpose: "catch a worker out of descriptors before it can connect (EMFILE, ENFILE)",
+        optional: false,
     },
     ProgramSpec {
         program: "sys_enter_connect",
@@ -599,6 +635,14 @@ pub struct Offsets {
     pub fork_child_pid: u32,
     /// `sys_enter_close.fd`
     pub close_fd: u32,
+    /// `mark_victim.pid`
+    pub mark_victim_pid: u32,
+    /// `sys_enter_socket.family`
+    pub socket_family: u32,
+    /// `sys_enter_socket.type`
+    pub socket_type: u32,
+    /// `sys_exit_socket.ret`
+    pub socket_ret: u32,
 }
 
 /// Byte offsets of kernel struct fields the programs read, taken from the
@@ -643,6 +687,41 @@ pub struct StructOffsets {
     pub sk_err: u32,
     /// `struct sock_common.skc_state` (u8): the socket's `TCP_*` state.
     pub sk_state: u32,
+    /// `struct task_struct.flags` (u32): `PF_EXITING` tells a worker's
+    /// sockets closed by its death from ones it closed.
+    pub task_flags: u32,
+    /// `struct task_struct.exit_code` (int): how a process ended, as
+    /// `wait()` reports it (signal in the low 7 bits, 0x80 core dumped,
+    /// exit status above).
+    pub task_exit_code: u32,
+    /// `struct task_struct.tgid` (int): the process of a task.
+    pub task_tgid: u32,
+    /// `struct task_struct.real_parent` (pointer).
+    pub task_real_parent: u32,
+    /// `struct task_struct.comm` (16 bytes).
+    pub task_comm: u32,
+    /// `struct sock.sk_peer_pid` (pointer to `struct pid`): for a UNIX
+    /// connection, the creator of the listening socket it reached.
+    pub sk_peer_pid: u32,
+    /// `struct pid.numbers` (`struct upid`, whose first member `nr` is the
+    /// pid in the initial namespace).
+    pub pid_numbers: u32,
+    /// `struct task_struct.cgroups` (pointer to `struct css_set`).
+    pub task_cgroups: u32,
+    /// `struct css_set.subsys` (array of `struct cgroup_subsys_state *`).
+    pub css_set_subsys: u32,
+    /// Index of the memory controller in `subsys` (`memory_cgrp_id`: its
+    /// row in `/proc/cgroups`); `u32::MAX` when the kernel has none.
+    pub memory_cgrp_id: u32,
+    /// `struct cgroup_subsys_state.parent` (pointer).
+    pub css_parent: u32,
+    /// `struct mem_cgroup.memory` (`struct page_counter`); `struct
+    /// mem_cgroup` starts with its `css`.
+    pub memcg_memory: u32,
+    /// `struct page_counter.usage` (atomic long, pages).
+    pub page_counter_usage: u32,
+    /// `struct page_counter.max` (unsigned long, pages).
+    pub page_counter_max: u32,
 }
 
 /// Configuration set by user space before the programs load.
@@ -739,6 +818,8 @@ pub const RECORD_UPSTREAM: u32 = 1;
 pub const RECORD_PROCESS: u32 = 2;
 /// `kind` of a [`ClientGoneRecord`].
 pub const RECORD_CLIENT_GONE: u32 = 3;
+/// `kind` of a [`FateRecord`].
+pub const RECORD_FATE: u32 = 4;
 
 /// `Exchange::flags`: a reset arrived.
 pub const FLAG_RESET_SEEN: u32 = 1;
@@ -792,6 +873,13 @@ pub struct Exchange {
     pub index: u32,
     /// The worker's fd for the connection.
     pub fd: u32,
+    /// A process on the other end, 0 when not known: for a UNIX upstream
+    /// the one that created its listening socket (`SO_PEERCRED`: the
+    /// backend, or its master); for TCP the task in whose context the
+    /// upstream's FIN or reset arrived (on loopback, the closing process).
+    pub peer_pid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// The upstream.
     pub addr: UpstreamAddr,
 }
@@ -819,6 +907,8 @@ impl Exchange {
             phase: Phase::Idle.code(),
             index: 0,
             fd,
+            peer_pid: 0,
+            _pad: 0,
             addr,
         }
     }
@@ -879,13 +969,59 @@ pub struct ClientGoneRecord {
     pub closed_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 40);
-const _: () = assert!(core::mem::size_of::<StructOffsets>() == 60);
-const _: () = assert!(core::mem::size_of::<Config>() == 124);
+/// `FateRecord::what`: a signal that kills by default was sent to a
+/// process (it may still handle it).
+pub const FATE_SIGNAL: u32 = 1;
+/// `FateRecord::what`: the OOM killer chose the process.
+pub const FATE_OOM: u32 = 2;
+/// `FateRecord::what`: the process exited (every exit of a traced nginx
+/// process; other processes when they end by a signal or a non-zero status).
+pub const FATE_EXIT: u32 = 3;
+
+/// What befell a process: the facts that name a backend or worker that died
+/// under an exchange. Rare (signals, OOM kills, failed exits), so sent for
+/// every process on the host; user space ties them to exchanges.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FateRecord {
+    /// Always [`RECORD_FATE`].
+    pub kind: u32,
+    /// [`FATE_SIGNAL`], [`FATE_OOM`] or [`FATE_EXIT`].
+    pub what: u32,
+    /// The process (thread group id).
+    pub pid: u32,
+    /// Its parent process, 0 when not known.
+    pub parent: u32,
+    /// The signal ([`FATE_SIGNAL`]).
+    pub signal: u32,
+    /// The signal's `si_code`: 0 or negative when a process sent it
+    /// (`kill`, `tkill`, `sigqueue`), positive when the kernel did (a fault).
+    pub code: i32,
+    /// `wait()` status of an exit ([`FATE_EXIT`]).
+    pub exit_code: u32,
+    /// The process that sent the signal, or that was running when the OOM
+    /// killer chose its victim.
+    pub sender: u32,
+    /// For an OOM kill: the memory cgroup limit that was hit, pages (the
+    /// tightest limit up the allocating task's memory cgroup tree that its
+    /// usage had reached); 0 when none was (the host ran out).
+    pub memory_limit_pages: u64,
+    /// When it happened (CLOCK_MONOTONIC ns).
+    pub time_ns: u64,
+    /// The process's name (task comm, NUL padded).
+    pub comm: [u8; 16],
+    /// The sender's name.
+    pub sender_comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<Offsets>() == 56);
+const _: () = assert!(core::mem::size_of::<StructOffsets>() == 116);
+const _: () = assert!(core::mem::size_of::<Config>() == 196);
+const _: () = assert!(core::mem::size_of::<FateRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 128);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
-const _: () = assert!(core::mem::size_of::<Exchange>() == 224);
-const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 232);
+const _: () = assert!(core::mem::size_of::<Exchange>() == 232);
+const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 240);
 const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<ClientGoneRecord>() == 32);
 
@@ -897,6 +1033,7 @@ mod pod {
     unsafe impl aya::Pod for super::Exchange {}
     unsafe impl aya::Pod for super::ProcessRecord {}
     unsafe impl aya::Pod for super::ClientGoneRecord {}
+    unsafe impl aya::Pod for super::FateRecord {}
     unsafe impl aya::Pod for super::SockMark {}
 }
 

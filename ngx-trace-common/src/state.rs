@@ -29,6 +29,12 @@ pub enum End {
     /// nginx closed the connection while still waiting for the first
     /// response byte: its timeout, or its client left (user space tells which).
     NginxClosed = 7,
+    /// `socket()` failed in a worker (`Exchange::errno`: out of descriptors,
+    /// memory...) before it could connect: where to is not known.
+    SocketFailed = 8,
+    /// The worker died with the exchange in flight (its sockets closed by
+    /// its exit, not by nginx).
+    WorkerDied = 9,
 }
 
 impl End {
@@ -48,6 +54,8 @@ impl End {
             5 => End::PeerClosed,
             6 => End::PeerReset,
             7 => End::NginxClosed,
+            8 => End::SocketFailed,
+            9 => End::WorkerDied,
             _ => return None,
         })
     }
@@ -56,7 +64,10 @@ impl End {
     pub const fn is_connect_failure(self) -> bool {
         matches!(
             self,
-            End::ConnectSyscallError | End::ConnectSocketError | End::ConnectAbandoned
+            End::ConnectSyscallError
+                | End::ConnectSocketError
+                | End::ConnectAbandoned
+                | End::SocketFailed
         )
     }
 
@@ -403,11 +414,11 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_unknown_codes_are_none() {
-        for code in 1..=7 {
+        for code in 1..=9 {
             assert_eq!(End::from_code(code).unwrap().code(), code);
         }
         assert_eq!(End::from_code(0), None);
-        assert_eq!(End::from_code(8), None);
+        assert_eq!(End::from_code(10), None);
         for code in 0..=2 {
             assert_eq!(Phase::from_code(code).unwrap().code(), code);
         }

@@ -9,12 +9,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use ngx_trace_common::{
-    AF_INET, AF_INET6, AF_UNIX, End, Ending, Exchange, LOST_MAP_FULL, UpstreamAddr,
+    AF_INET, AF_INET6, AF_UNIX, End, Ending, Exchange, FD_UNKNOWN, LOST_MAP_FULL, UpstreamAddr,
 };
 
 use crate::{
     config::{config, offset},
-    maps::{CONNECTS, CONNS, ConnectCall, UNIX_BIND, count_lost, forget, is_worker},
+    maps::{CONNECTS, CONNS, ConnectCall, SOCKET_CALLS, UNIX_BIND, count_lost, forget, is_worker},
     record::{clear_giveup, emit},
 };
 
@@ -151,5 +151,61 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         }
     }
     let _ = CONNECTS.remove(pid_tgid);
+    0
+}
+
+/// `socket()` type bits (the rest are `SOCK_NONBLOCK`, `SOCK_CLOEXEC`).
+const SOCK_TYPE_MASK: u64 = 0xf;
+
+/// A worker asks for a socket: remember whether it is a stream socket an
+/// upstream connect could use (its family), or another kind (0), so that
+/// its failure can be told apart. Other processes leave after one lookup.
+#[tracepoint]
+pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_worker((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let family = unsafe { ctx.read_at::<u64>(offset!(socket_family)) }.unwrap_or(0) as u16;
+    let ty = unsafe { ctx.read_at::<u64>(offset!(socket_type)) }.unwrap_or(0);
+    let upstream_kind = ty & SOCK_TYPE_MASK == SOCK_STREAM as u64
+        && (family == AF_INET || family == AF_INET6 || family == AF_UNIX);
+    // Every call of a worker replaces the last: a failure never reads a
+    // stale family.
+    let _ = SOCKET_CALLS.insert(pid_tgid, if upstream_kind { family } else { 0 }, 0);
+    0
+}
+
+/// `socket()` returned: a worker's stream socket that could not be made
+/// (out of descriptors: nginx logs `socket() failed (24: Too many open
+/// files) while connecting to upstream`) is an upstream connect that never
+/// started, reported without its address (nginx had not passed it yet).
+#[tracepoint]
+pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
+    let ret = unsafe { ctx.read_at::<i64>(offset!(socket_ret)) }.unwrap_or(0);
+    if ret >= 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(family) = SOCKET_CALLS.get_ptr(pid_tgid) else {
+        return 0;
+    };
+    let family = unsafe { *family };
+    let _ = SOCKET_CALLS.remove(pid_tgid);
+    if family == 0 {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut addr = UpstreamAddr::ZERO;
+    addr.family = family;
+    let mut attempt = Exchange::new((pid_tgid >> 32) as u32, FD_UNKNOWN, now, addr);
+    emit(
+        &mut attempt,
+        Ending {
+            end: End::SocketFailed,
+            errno: (-ret) as u32,
+            end_ns: now,
+        },
+    );
     0
 }

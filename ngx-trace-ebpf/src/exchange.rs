@@ -17,13 +17,13 @@ use aya_ebpf::{
 use ngx_trace_common::Exchange;
 
 use crate::{
-    config::offset,
+    config::{config, offset},
     maps::{
         CALL_RECV, CALL_SEND, CONNS, FD_CONNS, SOCK_CALLS, SockCall, UNIX_BIND, fd_key, is_traced,
     },
     record::{apply, clear_giveup, emit, note_close},
     sock_mark::{follow, is_unix, is_unix_probed, sk_of, sk_of_probed, upstream_state},
-    tcp_sock,
+    task, tcp_sock,
 };
 
 /// `recv()` flag: look at the data without taking it.
@@ -50,7 +50,18 @@ fn writer_conn<const PROBED: bool>(sk: u64) -> Option<*mut Exchange> {
     let bind = UNIX_BIND.get_ptr(pid_tgid)?;
     follow(sk, unsafe { &*bind });
     let _ = UNIX_BIND.remove(pid_tgid);
-    CONNS.get_ptr_mut(sk)
+    let state = CONNS.get_ptr_mut(sk)?;
+    // Who created the listening socket this connection reached (the
+    // backend, or its master): which processes serve it, known before any
+    // of them can die.
+    let owner = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel(
+            (sk + config!(structs.sk_peer_pid) as u64) as *const u64,
+        )
+    }
+    .unwrap_or(0);
+    unsafe { (*state).peer_pid = task::pid_nr(owner) };
+    Some(state)
 }
 
 /// A worker wrote to an upstream connection: the request (or the next one,

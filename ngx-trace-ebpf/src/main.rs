@@ -9,6 +9,7 @@ mod maps;
 mod process;
 mod record;
 mod sock_mark;
+mod task;
 mod tcp_sock;
 mod tcp_state;
 

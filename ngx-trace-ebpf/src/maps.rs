@@ -38,6 +38,11 @@ pub static CONNS: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(16384
 #[map]
 pub static FD_CONNS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// `socket()` calls of workers in flight, by pid_tgid: the family of a
+/// stream socket (0 for another kind).
+#[map]
+pub static SOCKET_CALLS: LruHashMap<u64, u16> = LruHashMap::with_max_entries(1024, 0);
+
 /// UNIX connections made but not yet written to, by pid_tgid: `connect()`
 /// does not name the `struct sock`, the first write does.
 #[map]

@@ -1,18 +1,24 @@
-//! Following the nginx process tree: fork, exec and exit.
+//! Following the nginx process tree (fork, exec, exit), and the fates of
+//! processes: signals that kill, OOM kills, exits. The fate hooks fire
+//! rarely (no per-socket cost) and for every process: user space ties them
+//! to the backends and workers of failed exchanges.
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::tracepoint,
-    programs::TracePointContext,
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use ngx_trace_common::{
-    LOST_MAP_FULL, LOST_RINGBUF_FULL, NGINX_PID_TRACED, NGINX_PID_WORKER, PROC_EXEC, PROC_EXIT,
-    PROC_FORK, ProcessRecord, RECORD_PROCESS,
+    FATE_EXIT, FATE_OOM, FATE_SIGNAL, FateRecord, LOST_MAP_FULL, LOST_RINGBUF_FULL,
+    NGINX_PID_TRACED, NGINX_PID_WORKER, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcessRecord,
+    RECORD_FATE, RECORD_PROCESS,
 };
 
 use crate::{
     config::{config, offset},
     maps::{EVENTS, NGINX_PIDS, count_lost, is_traced},
+    task,
 };
 
 fn emit_process(what: u32, pid: u32, parent: u32) {
@@ -91,14 +97,137 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A traced task exited: forget it (threads by tid, processes by pid).
+/// A task exited. A traced one is forgotten (threads by tid, processes by
+/// pid); the end of a traced process is sent with how it ended, and so is
+/// that of any other process ending by a signal or a non-zero status (a
+/// backend that crashed, was killed or gave up). Runs before the task's
+/// files are closed: its record comes before the ends of the connections
+/// its death closes.
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = pid_tgid as u32;
-    if NGINX_PIDS.remove(pid).is_ok() && pid == (pid_tgid >> 32) as u32 {
+    let traced = NGINX_PIDS.remove(pid).is_ok();
+    if pid != (pid_tgid >> 32) as u32 {
+        return 0;
+    }
+    let current = task::current();
+    let exit_code = task::exit_code(current);
+    if traced || exit_code != 0 {
+        let fate = FateRecord {
+            kind: RECORD_FATE,
+            what: FATE_EXIT,
+            pid,
+            parent: task::parent_tgid(current),
+            signal: 0,
+            code: 0,
+            exit_code,
+            sender: 0,
+            memory_limit_pages: 0,
+            time_ns: unsafe { bpf_ktime_get_ns() },
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            sender_comm: [0; 16],
+        };
+        // Exits of other processes need no hurry: drained on the timer.
+        emit_fate(&fate, if traced { 0 } else { BPF_RB_NO_WAKEUP as u64 });
+    }
+    if traced {
         emit_process(PROC_EXIT, pid, 0);
     }
+    0
+}
+
+fn emit_fate(fate: &FateRecord, flags: u64) {
+    if EVENTS.output::<FateRecord>(fate, flags).is_err() {
+        count_lost(LOST_RINGBUF_FULL);
+    }
+}
+
+/// Signals whose default action ends the process, as a bit mask: HUP, INT,
+/// QUIT, ILL, TRAP, ABRT, BUS, FPE, KILL, SEGV, TERM, XCPU, XFSZ, SYS.
+/// (Not USR1/USR2, PIPE, ALRM: control signals and a write's own error,
+/// frequent and rarely fatal to a server.)
+const FATAL_SIGNALS: u32 = (1 << 1)
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 11)
+    | (1 << 15)
+    | (1 << 24)
+    | (1 << 25)
+    | (1 << 31);
+
+/// `si_code` of a signal sent with `SEND_SIG_PRIV` (by the kernel).
+const SI_KERNEL: i32 = 0x80;
+
+/// A signal that ends a process by default was queued for a task: who sent
+/// it (the current task), to whom, and whether by a process or the kernel.
+/// Arguments: `(sig, info, task, group, result)`; `result` 0 (delivered) or
+/// 4 (queued without its info) means it was queued.
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate(ctx: BtfTracePointContext) -> u32 {
+    let sig: i32 = ctx.arg(0);
+    let result: i32 = ctx.arg(4);
+    if !(1..32).contains(&sig) || FATAL_SIGNALS & (1 << sig) == 0 || (result != 0 && result != 4) {
+        return 0;
+    }
+    let info: u64 = ctx.arg(1);
+    let target: u64 = ctx.arg(2);
+    // SEND_SIG_NOINFO (0) is a process's kill, SEND_SIG_PRIV (1) the
+    // kernel's; otherwise `si_code` is the third int of the siginfo.
+    let code = match info {
+        0 => 0,
+        1 => SI_KERNEL,
+        _ => unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((info + 8) as *const i32) }
+            .unwrap_or(0),
+    };
+    let fate = FateRecord {
+        kind: RECORD_FATE,
+        what: FATE_SIGNAL,
+        pid: task::tgid(target),
+        parent: task::parent_tgid(target),
+        signal: sig as u32,
+        code,
+        exit_code: 0,
+        sender: (bpf_get_current_pid_tgid() >> 32) as u32,
+        memory_limit_pages: 0,
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        comm: task::comm(target),
+        sender_comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    emit_fate(&fate, 0);
+    0
+}
+
+/// The OOM killer chose a victim (its pid; the current task is the one
+/// whose allocation failed, in the memory cgroup that hit its limit).
+/// The limit is read here, while the cgroup is sure to exist and the
+/// victim has not exited.
+#[tracepoint]
+pub fn mark_victim(ctx: TracePointContext) -> u32 {
+    let Ok(pid) = (unsafe { ctx.read_at::<i32>(offset!(mark_victim_pid)) }) else {
+        return 0;
+    };
+    let fate = FateRecord {
+        kind: RECORD_FATE,
+        what: FATE_OOM,
+        pid: pid as u32,
+        parent: 0,
+        signal: 0,
+        code: 0,
+        exit_code: 0,
+        sender: ctx.tgid(),
+        memory_limit_pages: task::memory_limit_hit(task::current()),
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        comm: [0; 16],
+        sender_comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    emit_fate(&fate, 0);
     0
 }
 

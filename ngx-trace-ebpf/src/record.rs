@@ -12,7 +12,7 @@ use ngx_trace_common::{
 use crate::{
     maps::{EVENTS, GIVEUP, GIVEUP_SLOTS, GiveUp, count_lost, forget},
     sock_mark::is_marked,
-    tcp_sock,
+    task, tcp_sock,
 };
 
 /// Unread bytes from which an answered exchange wakes the reader anyway, so
@@ -26,10 +26,15 @@ const WAKEUP_BACKLOG: u64 = EVENTS_BYTES as u64 / 4;
 /// exchanges (the bulk) do not wake it, user space drains them every 100 ms;
 /// failures, which a person waits for, do.
 #[inline(always)]
-pub fn emit(state: *mut Exchange, ending: Ending) {
+pub fn emit(state: *mut Exchange, mut ending: Ending) {
     let s = unsafe { &mut *state };
     if !s.reportable() {
         return;
+    }
+    if ending.end.is_nginx_giving_up() && worker_dying(s.tgid) {
+        // Its death closes the socket, not nginx's timer: the exchange
+        // died with the worker.
+        ending.end = End::WorkerDied;
     }
     s.finish(ending);
     let Some(mut entry) = EVENTS.reserve::<UpstreamRecord>(0) else {
@@ -53,6 +58,12 @@ pub fn emit(state: *mut Exchange, ending: Ending) {
     if ending.end.is_nginx_giving_up() {
         watch_giveup(s.tgid, ending.end_ns);
     }
+}
+
+/// Whether the current task is worker `tgid` exiting (closing its files).
+#[inline(always)]
+fn worker_dying(tgid: u32) -> bool {
+    (bpf_get_current_pid_tgid() >> 32) as u32 == tgid && task::is_exiting(task::current())
 }
 
 /// Acts on what the state machine decided for the connection `sk`.

@@ -16,6 +16,7 @@ use crate::{
     maps::{CONNECTS, CONNS, LAST_CLOSED},
     record::{apply, client_gone},
     sock_mark::{follow, sk_err, sk_state, upstream_state},
+    task,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -53,6 +54,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     };
     if oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED {
         unsafe { (*state).handshake_done(bpf_ktime_get_ns()) };
+    } else if oldstate == TCP_ESTABLISHED && newstate == TCP_CLOSE_WAIT {
+        // The upstream's FIN: who sent it (nginx reads the end later).
+        task::note_closer(state);
     } else if oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1 {
         // nginx closed it (seen here when its fd is unknown: an adopted one).
         let next = unsafe { (*state).closed(false, bpf_ktime_get_ns()) };
@@ -153,6 +157,7 @@ fn error_reported<const PROBED: bool>(sk: u64) {
 pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> u32 {
     if let Some(state) = upstream_state(ctx.arg(0)) {
         unsafe { (*state).reset_seen() };
+        task::note_closer(state);
     }
     0
 }
@@ -165,6 +170,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     };
     if let Some(state) = CONNS.get_ptr_mut(sk) {
         unsafe { (*state).reset_seen() };
+        task::note_closer(state);
     }
     0
 }

@@ -2,6 +2,7 @@
 use serde::Serialize;
 
 use crate::{
+    fates::PeerFacts,
     records::{Facts, Transport},
     timings::Timings,
     verdict::Explanation,
@@ -52,6 +53,10 @@ pub struct UpstreamEvent {
     /// Whether the exchange ran on a kept-alive connection (exchanges only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reused: Option<bool>,
+    /// The backend process holding the other end of a local upstream's
+    /// connection, when it died or was signalled during the exchange.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerFacts>,
     /// Shown in text output only.
     #[serde(skip)]
     pub meaning: &'static str,
@@ -86,6 +91,7 @@ impl UpstreamEvent {
                 srtt_us: ex.srtt_us,
             }),
             reused: (!connecting).then_some(ex.reused),
+            peer: None,
             meaning: e.meaning,
         }
     }
@@ -182,6 +188,58 @@ impl WorkersEvent {
     }
 }
 
+/// `{"event":"worker_exit",...}`: an nginx worker died with exchanges in
+/// flight, or of a signal (each exchange it took with it is an `upstream`
+/// event with outcome `worker_died`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkerExitEvent {
+    /// Always `"worker_exit"`.
+    pub event: &'static str,
+    /// When it died.
+    pub time: String,
+    /// The worker.
+    pub worker_pid: u32,
+    /// `oom_killed`, `killed`, `crashed` or `exited`.
+    pub fate: &'static str,
+    /// The signal it died of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<u32>,
+    /// Who sent that signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_pid: Option<u32>,
+    /// The sender's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_comm: Option<String>,
+    /// Whether it dumped core.
+    pub core_dumped: bool,
+    /// Its exit status, when it exited without a signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
+    /// The memory cgroup limit an OOM kill hit, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// Exchanges in flight it took with it.
+    pub in_flight: u32,
+    /// The line nginx's master writes to the error log for it.
+    pub nginx_error: String,
+    /// One sentence.
+    pub evidence: String,
+}
+
+impl WorkerExitEvent {
+    /// One text line.
+    pub fn to_text(&self) -> String {
+        let clock = self.time.get(11..23).unwrap_or(&self.time);
+        format!(
+            "{clock} w{} worker_exit {}: {}; {} in flight lost",
+            self.worker_pid,
+            self.fate,
+            self.evidence,
+            crate::human::plural(self.in_flight, "exchange")
+        )
+    }
+}
+
 /// `{"event":"lost",...}`: records dropped since the last report, with the
 /// running totals per cause so a reader can tell which limit was hit.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -246,6 +304,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "pending",
     "histogram",
     "workers",
+    "worker_exit",
     "lost",
     "summary",
 ];
@@ -557,6 +616,18 @@ mod tests {
                 srtt_us: Some(31),
             });
             e.reused = Some(false);
+            e.peer = Some(crate::fates::PeerFacts {
+                pid: 4242,
+                comm: Some("php-fpm8.2".into()),
+                parent_pid: Some(4200),
+                parent_comm: Some("php-fpm8.2".into()),
+                fate: "killed",
+                signal: Some(15),
+                sender_pid: Some(4200),
+                sender_comm: Some("php-fpm8.2".into()),
+                core_dumped: Some(false),
+                memory_limit_bytes: Some(64 << 20),
+            });
             e
         }
 
@@ -575,6 +646,21 @@ mod tests {
                     serde_json::to_value(&h.to_events()[0])
                 }
                 "workers" => serde_json::to_value(WorkersEvent::new(vec![18651])),
+                "worker_exit" => serde_json::to_value(WorkerExitEvent {
+                    event: "worker_exit",
+                    time: "2026-11-27T00:54:55.398885Z".into(),
+                    worker_pid: 13665,
+                    fate: "killed",
+                    signal: Some(9),
+                    sender_pid: Some(13745),
+                    sender_comm: Some("bash".into()),
+                    core_dumped: false,
+                    exit_status: Some(1),
+                    memory_limit_bytes: Some(64 << 20),
+                    in_flight: 1,
+                    nginx_error: "worker process 13665 exited on signal 9".into(),
+                    evidence: "nginx worker 13665 killed by SIGKILL from bash pid 13745".into(),
+                }),
                 "lost" => serde_json::to_value(LostEvent::new(3, 3, 0, 0, 0)),
                 "summary" => {
                     let mut s = Summary::default();

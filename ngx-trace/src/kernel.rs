@@ -194,6 +194,14 @@ impl Kernel {
         self.conns.iter().filter_map(Result::ok)
     }
 
+    /// Forgets the connections `sks` (those of a worker that died: no
+    /// hook sees its UNIX sockets closed). One already gone is no error.
+    pub fn forget(&mut self, sks: &[u64]) {
+        for sk in sks {
+            let _ = self.conns.remove(sk);
+        }
+    }
+
     /// Times so far the kernel skipped one of the attached programs instead
     /// of running it: its per-CPU guard against BPF recursion was held, by
     /// another BPF program or by a map read from user space preempted on

@@ -6,6 +6,7 @@
 //! → print (`event`, `output`) and count (`summary`, `histogram`).
 
 mod adopt;
+mod backends;
 mod btf;
 mod check;
 mod cli;
@@ -14,6 +15,7 @@ mod clock;
 mod contract;
 mod event;
 mod exit;
+mod fates;
 #[cfg(test)]
 mod fuzz;
 mod histogram;
@@ -22,6 +24,7 @@ mod human;
 mod kernel;
 mod kretprobe;
 mod load_error;
+mod memcg;
 mod output;
 mod preflight;
 mod proc_net;
@@ -146,7 +149,38 @@ fn struct_offsets() -> Result<StructOffsets> {
         socket_sk: field("socket", "sk", 8)?,
         sk_err: field("sock", "sk_err", 4)?,
         sk_state: field("sock_common", "skc_state", 1)?,
+        task_flags: field("task_struct", "flags", 4)?,
+        task_exit_code: field("task_struct", "exit_code", 4)?,
+        task_tgid: field("task_struct", "tgid", 4)?,
+        task_real_parent: field("task_struct", "real_parent", 8)?,
+        task_comm: field("task_struct", "comm", 16)?,
+        sk_peer_pid: field("sock", "sk_peer_pid", 8)?,
+        // A flexible (or one-element) array: only its start matters.
+        pid_numbers: btf.member("pid", "numbers").map_err(kernel_error)?.offset,
+        task_cgroups: field("task_struct", "cgroups", 8)?,
+        css_set_subsys: btf
+            .member("css_set", "subsys")
+            .map_err(kernel_error)?
+            .offset,
+        memory_cgrp_id: memory_cgrp_id(),
+        css_parent: field("cgroup_subsys_state", "parent", 8)?,
+        memcg_memory: btf
+            .member("mem_cgroup", "memory")
+            .map_err(kernel_error)?
+            .offset,
+        page_counter_usage: field("page_counter", "usage", 8)?,
+        page_counter_max: field("page_counter", "max", 8)?,
     })
+}
+
+/// The memory controller's index among the kernel's cgroup subsystems
+/// (`memory_cgrp_id`): its row in `/proc/cgroups`, which lists them in that
+/// order; `u32::MAX` when the kernel has none (OOM kills then name no limit).
+fn memory_cgrp_id() -> u32 {
+    std::fs::read_to_string("/proc/cgroups")
+        .ok()
+        .and_then(|text| memcg::subsys_index(&text, "memory"))
+        .unwrap_or(u32::MAX)
 }
 
 async fn trace(args: TraceArgs) -> Result<()> {
@@ -284,7 +318,8 @@ async fn pump(
                 }
                 _ = lost_tick.tick() => session.report_lost(kernel.lost()?, kernel.hooks_skipped(), false)?,
                 _ = pending_tick.tick() => {
-                    session.report_pending(kernel.conns(), clock::monotonic_ns())?;
+                    let gone = session.report_pending(kernel.conns(), clock::monotonic_ns())?;
+                    kernel.forget(&gone);
                 }
                 _ = histogram_tick.tick() => session.report_histograms()?,
                 _ = &mut deadline => break,

@@ -6,10 +6,13 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ngx_trace_common::{
-    AF_INET, AF_INET6, AF_UNIX, ClientGoneRecord, End, Exchange, FD_UNKNOWN, FLAG_CONNECTED,
-    FLAG_RESET_SEEN, FLAG_REUSED, PROC_EXEC, PROC_EXIT, PROC_FORK, Phase, ProcessRecord,
-    RECORD_CLIENT_GONE, RECORD_PROCESS, RECORD_UPSTREAM, UpstreamAddr, UpstreamRecord,
+    AF_INET, AF_INET6, AF_UNIX, ClientGoneRecord, End, Exchange, FATE_EXIT, FATE_OOM, FATE_SIGNAL,
+    FD_UNKNOWN, FLAG_CONNECTED, FLAG_RESET_SEEN, FLAG_REUSED, FateRecord, PROC_EXEC, PROC_EXIT,
+    PROC_FORK, Phase, ProcessRecord, RECORD_CLIENT_GONE, RECORD_FATE, RECORD_PROCESS,
+    RECORD_UPSTREAM, UpstreamAddr, UpstreamRecord,
 };
+
+use crate::fates::{Entry, Fact};
 
 /// What the kernel knows of one upstream connection attempt or exchange,
 /// finished or in flight. Timestamps are CLOCK_MONOTONIC ns, 0 when not
@@ -57,6 +60,9 @@ pub struct Facts {
     /// User space saw the request acknowledged while it waits (nothing
     /// left unacknowledged on the connection), the time of the ACK unknown.
     pub acked_live: bool,
+    /// A process on the other end, as the kernel saw it (see
+    /// `Exchange::peer_pid`).
+    pub peer_pid: Option<u32>,
 }
 
 impl Facts {
@@ -103,11 +109,7 @@ pub enum ProcessChange {
 }
 
 /// One record from the kernel.
-#[derive(Debug, Clone, Copy)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "records are decoded and consumed one at a time (give-ups held are `Finished`)"
-)]
+#[derive(Debug, Clone)]
 pub enum Record {
     /// A finished connect attempt or exchange.
     Upstream(Finished),
@@ -126,6 +128,21 @@ pub enum Record {
         /// When the client connection was closed.
         closed_ns: u64,
     },
+    /// Something befell a process: a signal, an OOM kill, an exit.
+    Fate(Entry),
+}
+
+/// The kernel's page size, bytes.
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+/// A task comm (NUL padded) as text.
+pub fn comm_text(comm: &[u8; 16]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..len]).into_owned()
 }
 
 fn read<T: Copy>(bytes: &[u8], what: &str) -> Result<T, String> {
@@ -167,6 +184,7 @@ pub fn facts(ex: &Exchange) -> Result<Facts, String> {
         srtt_us: (ex.srtt_us != 0).then_some(ex.srtt_us),
         index: ex.index,
         acked_live: false,
+        peer_pid: (ex.peer_pid != 0).then_some(ex.peer_pid),
     })
 }
 
@@ -208,6 +226,32 @@ pub fn decode(bytes: &[u8]) -> Result<Record, String> {
                 last_giveup_ns: c.last_giveup_ns,
                 closed_ns: c.closed_ns,
             })
+        }
+        RECORD_FATE => {
+            let f: FateRecord = read(bytes, "a fate")?;
+            let fact = match f.what {
+                FATE_SIGNAL => Fact::Signal {
+                    signal: f.signal,
+                    code: f.code,
+                    sender: f.sender,
+                    sender_comm: comm_text(&f.sender_comm),
+                },
+                FATE_OOM => Fact::OomKilled {
+                    memory_limit: (f.memory_limit_pages != 0)
+                        .then(|| f.memory_limit_pages.saturating_mul(page_size())),
+                },
+                FATE_EXIT => Fact::Exited {
+                    exit_code: f.exit_code,
+                },
+                other => return Err(format!("unknown process fate {other}")),
+            };
+            Ok(Record::Fate(Entry {
+                pid: f.pid,
+                parent: f.parent,
+                comm: comm_text(&f.comm),
+                time_ns: f.time_ns,
+                fact,
+            }))
         }
         other => Err(format!("unknown record kind {other}")),
     }

@@ -1,7 +1,7 @@
 //! One tracing session: turns kernel records into events, follows the set
 //! of traced workers, reports lost events, and sums up at the end.
 use std::{
-    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     io,
     rc::Rc,
 };
@@ -9,8 +9,10 @@ use std::{
 use ngx_trace_common::{End, Exchange, Phase, UpstreamAddr};
 
 use crate::{
+    backends::Backends,
     clock::{Clock, rfc3339_micros},
-    event::{LostEvent, PendingEvent, UpstreamEvent, WorkersEvent},
+    event::{LostEvent, PendingEvent, UpstreamEvent, WorkerExitEvent, WorkersEvent},
+    fates::{self, Fact, Fate, FateKind, FateLog, PeerFacts},
     histogram::Histograms,
     output::{Output, notice},
     proc_net, procs,
@@ -24,6 +26,33 @@ use crate::{
 /// its client had left (a record written microseconds after it, in the same
 /// worker thread) before it is judged as nginx's own timeout.
 const CLIENT_GONE_WAIT_NS: u64 = 200_000_000;
+
+/// How long after a worker's exit its exchanges still in the kernel's map
+/// are taken as lost with it: its TCP sockets are closed by its exit within
+/// milliseconds (the kernel reports those itself), its UNIX ones never are.
+const WORKER_SWEEP_WAIT_NS: u64 = 250_000_000;
+
+/// The name of the upstream of a `socket()` that failed: nginx had chosen
+/// one, but had not passed its address to the kernel yet.
+const UNKNOWN_UPSTREAM: &str = "unknown";
+
+/// A worker that exited, its exchanges being collected.
+#[derive(Debug, Clone, Copy)]
+struct DeadWorker {
+    /// When it exited.
+    time_ns: u64,
+    /// Exchanges it took with it so far.
+    in_flight: u32,
+}
+
+/// The soft "Max open files" limit in the text of `/proc/<pid>/limits`.
+fn open_files_limit(limits: &str) -> Option<String> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
 
 /// Least time between two reports of hooks skipped alone (they rise in
 /// bursts; one line per second would bury the events).
@@ -56,6 +85,15 @@ pub struct Session {
     skipped_reported_at: Option<std::time::Instant>,
     /// Records user space could not decode.
     bad_records: u64,
+    /// Recent signals, OOM kills and exits of processes.
+    fates: FateLog,
+    /// The processes serving local upstreams.
+    backends: Backends,
+    /// Workers that exited, until their in-flight exchanges are collected.
+    dead_workers: BTreeMap<u32, DeadWorker>,
+    /// Descriptor counts of workers whose `socket()` failed, by worker, with
+    /// when they were read (a burst of failures reads them once a second).
+    fd_counts: HashMap<u32, (std::time::Instant, String)>,
 }
 
 impl Session {
@@ -78,6 +116,10 @@ impl Session {
             skipped_reported: 0,
             skipped_reported_at: None,
             bad_records: 0,
+            fates: FateLog::default(),
+            backends: Backends::default(),
+            dead_workers: BTreeMap::new(),
+            fd_counts: HashMap::new(),
         }
     }
 
@@ -96,6 +138,10 @@ impl Session {
                 last_giveup_ns,
                 closed_ns,
             }) => self.client_gone(worker_pid, first_giveup_ns..=last_giveup_ns, closed_ns),
+            Ok(Record::Fate(entry)) => {
+                self.fate(entry);
+                Ok(())
+            }
             Ok(Record::Process(change)) => {
                 match change {
                     ProcessChange::Fork { pid } | ProcessChange::Exec { pid }
@@ -115,6 +161,29 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// Keeps a fact about a process; a worker's exit starts the collection
+    /// of the exchanges it took with it.
+    fn fate(&mut self, entry: fates::Entry) {
+        if matches!(entry.fact, Fact::Exited { .. }) && self.is_worker(entry.pid) {
+            self.dead_workers.insert(
+                entry.pid,
+                DeadWorker {
+                    time_ns: entry.time_ns,
+                    in_flight: 0,
+                },
+            );
+        }
+        self.fates.add(entry);
+    }
+
+    /// Whether `pid` is (was) one of the traced workers.
+    fn is_worker(&self, pid: u32) -> bool {
+        self.shown_workers
+            .as_ref()
+            .is_some_and(|workers| workers.contains(&pid))
+            || (self.traced.contains(&pid) && procs::is_worker(pid))
     }
 
     /// The kernel saw worker `worker_pid` close its client's connection,
@@ -175,10 +244,42 @@ impl Session {
 
     /// Explains, counts and (if it is to be shown) prints a finished exchange.
     fn exchange(&mut self, x: &Finished) -> io::Result<()> {
-        let (transport, upstream) = self.name(&x.facts.addr);
-        let explanation = explain(x, transport, &upstream, self.slow_us);
+        let (transport, upstream) = if x.end == End::SocketFailed {
+            (upstream_name(&x.facts.addr).0, Rc::from(UNKNOWN_UPSTREAM))
+        } else {
+            self.name(&x.facts.addr)
+        };
+        let mut explanation = explain(x, transport, &upstream, self.slow_us);
+        let mut peer = None;
+        match explanation.outcome {
+            Outcome::Reset | Outcome::ClosedEarly => {
+                if let Some((facts, sentence, dead)) = self.peer_fate(x) {
+                    explanation.evidence = format!("{sentence}; {}", explanation.evidence);
+                    if dead {
+                        explanation.verdict = Verdict::BackendCrashed;
+                        explanation.meaning = "backend process died";
+                    }
+                    peer = Some(facts);
+                }
+            }
+            Outcome::FdLimit => {
+                let count = self.fd_count(x.facts.worker_pid, x.errno.unwrap_or(0));
+                explanation.evidence = format!("{}: {count}", explanation.evidence);
+            }
+            Outcome::WorkerDied => {
+                if let Some(dead) = self.dead_workers.get_mut(&x.facts.worker_pid) {
+                    dead.in_flight += 1;
+                }
+            }
+            _ => {}
+        }
         self.summary.add(&upstream, explanation.outcome);
-        if explanation.outcome == Outcome::ClientClosed {
+        if x.end == End::SocketFailed {
+            // No connect took place: nothing to time.
+        } else if matches!(
+            explanation.outcome,
+            Outcome::ClientClosed | Outcome::WorkerDied
+        ) {
             // Its wait measures the client's patience, not the upstream.
             let connect_only = Timings {
                 connect: explanation.timings.connect,
@@ -193,8 +294,94 @@ impl Session {
             return Ok(());
         }
         let time = rfc3339_micros(self.clock.wall(x.end_ns));
-        let event = UpstreamEvent::new(time, &x.facts, transport, &upstream, explanation);
+        let mut event = UpstreamEvent::new(time, &x.facts, transport, &upstream, explanation);
+        event.peer = peer;
         self.out.event(&event, || event.to_text())
+    }
+
+    /// The backend process that held the other end of a local upstream's
+    /// connection, if it died or was signalled during the exchange: its
+    /// facts, the sentence for the evidence, and whether it died. Among the
+    /// processes something befell during the exchange, one serving the
+    /// upstream (holding its listening socket, or a child of one that does);
+    /// a death before a mere signal, the latest first.
+    fn peer_fate(&mut self, x: &Finished) -> Option<(PeerFacts, String, bool)> {
+        let f = &x.facts;
+        let candidates = self.fates.pids_between(f.start_ns, x.end_ns);
+        if candidates.is_empty() {
+            return None;
+        }
+        // Never looked up (a crash within the first moments of a new
+        // upstream): now, when a master still holds the listener.
+        self.backends.refresh(std::iter::once(&f.addr));
+        let fate: Fate = candidates
+            .into_iter()
+            .filter(|&pid| {
+                let (parent, _) = self.fates.identity(pid);
+                // The kernel's word first: the listener's creator (UNIX),
+                // the process that closed (TCP on loopback).
+                let hinted = f.peer_pid.is_some_and(|p| p == pid || p == parent);
+                hinted || self.backends.serves(&f.addr, pid, parent)
+            })
+            .filter_map(|pid| self.fates.fate(pid, f.start_ns, x.end_ns))
+            .max_by_key(|fate| (fate.kind.is_death(), fate.time_ns))?;
+        let (parent, mut comm) = self.fates.identity(fate.pid);
+        if comm.is_empty() {
+            comm = procs::status(fate.pid).map(|s| s.name).unwrap_or_default();
+        }
+        let parent_comm = procs::status(parent).map(|s| s.name).unwrap_or_default();
+        let since = if f.req_last_ns != 0 {
+            f.req_last_ns
+        } else {
+            f.start_ns
+        };
+        let sentence = fates::describe(&fate, &comm, parent, since, x.end_ns);
+        let dead = fate.kind.is_death();
+        Some((
+            PeerFacts::new(&fate, &comm, (parent, &parent_comm), dead),
+            sentence,
+            dead,
+        ))
+    }
+
+    /// What the worker's descriptors were when its `socket()` failed with
+    /// `errno` (read now, at most once a second per worker): how many it
+    /// holds and its limit, or the host's count for ENFILE.
+    fn fd_count(&mut self, pid: u32, errno: u32) -> String {
+        if let Some((at, text)) = self.fd_counts.get(&pid)
+            && at.elapsed() < std::time::Duration::from_secs(1)
+        {
+            return text.clone();
+        }
+        let text = if errno == 23 {
+            let nr = std::fs::read_to_string("/proc/sys/fs/file-nr").unwrap_or_default();
+            let fields: Vec<&str> = nr.split_whitespace().collect();
+            match (fields.first(), fields.get(2)) {
+                (Some(open), Some(max)) => {
+                    format!("the host has {open} files open, its limit (fs.file-max) is {max}")
+                }
+                _ => "the host's file table is full (fs.file-max)".to_string(),
+            }
+        } else {
+            let open = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
+            let limit = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+                .ok()
+                .and_then(|text| open_files_limit(&text));
+            match (open, limit) {
+                (Ok(open), Some(limit)) => format!(
+                    "the worker holds {open} descriptors, its limit is {limit} \
+                     (worker_rlimit_nofile)"
+                ),
+                (Ok(open), None) => format!("the worker holds {open} descriptors"),
+                _ => "the worker's descriptors could not be counted (it is gone)".to_string(),
+            }
+        };
+        if self.fd_counts.len() > 1024 {
+            self.fd_counts.clear();
+        }
+        self.fd_counts
+            .insert(pid, (std::time::Instant::now(), text.clone()));
+        text
     }
 
     /// The `pending` event of an exchange still under way at `now_ns`:
@@ -250,15 +437,24 @@ impl Session {
     }
 
     /// Reports, once each, the exchanges in `conns` (the kernel's in-flight
-    /// state) that have waited `--slow` or longer for their first byte.
+    /// state) that have waited `--slow` or longer for their first byte;
+    /// looks up who serves the upstreams in flight; reports the exchanges
+    /// of workers that died as lost with them, and returns their sockets,
+    /// for the kernel to forget.
     pub fn report_pending(
         &mut self,
         conns: impl Iterator<Item = (u64, Exchange)>,
         now_ns: u64,
-    ) -> io::Result<()> {
+    ) -> io::Result<Vec<u64>> {
+        let conns: Vec<(u64, Exchange)> = conns.collect();
+        self.backends.refresh(conns.iter().map(|(_, ex)| &ex.addr));
+        let forget = self.collect_dead_workers(&conns, now_ns)?;
         let mut still_waiting = HashSet::new();
         let mut tables = proc_net::Tables::default();
         for (sk, ex) in conns {
+            if forget.contains(&sk) {
+                continue;
+            }
             let Ok(f) = facts(&ex) else { continue };
             if !f.waiting_for_response() {
                 continue;
@@ -277,7 +473,101 @@ impl Session {
         }
         // Forget exchanges that ended, keeping the set bounded.
         self.pending_shown = still_waiting;
-        Ok(())
+        Ok(forget)
+    }
+
+    /// For each worker that exited at least [`WORKER_SWEEP_WAIT_NS`] before
+    /// `now_ns` (all of them when `now_ns` is `u64::MAX`): its exchanges
+    /// still in `conns` (UNIX ones, whose close no hook sees) ended with it,
+    /// an answered one done; then its `worker_exit` event, when it died of a
+    /// signal, failed, or took exchanges with it. Returns the sockets to
+    /// forget.
+    fn collect_dead_workers(
+        &mut self,
+        conns: &[(u64, Exchange)],
+        now_ns: u64,
+    ) -> io::Result<Vec<u64>> {
+        let due: Vec<(u32, DeadWorker)> = self
+            .dead_workers
+            .iter()
+            .filter(|(_, d)| d.time_ns.saturating_add(WORKER_SWEEP_WAIT_NS) <= now_ns)
+            .map(|(&pid, &d)| (pid, d))
+            .collect();
+        let mut forget = Vec::new();
+        for (pid, dead) in due {
+            for (sk, ex) in conns.iter().filter(|(_, ex)| ex.tgid == pid) {
+                forget.push(*sk);
+                let Ok(f) = facts(ex) else { continue };
+                let end = if f.phase == Phase::Receiving && f.req_first_ns != 0 {
+                    End::ResponseDone
+                } else if f.waiting_for_response() || f.phase == Phase::Idle && !f.connected {
+                    End::WorkerDied
+                } else {
+                    continue;
+                };
+                let x = Finished {
+                    facts: f,
+                    end,
+                    errno: None,
+                    end_ns: if end == End::ResponseDone {
+                        f.resp_last_read_ns
+                    } else {
+                        dead.time_ns
+                    },
+                    client_left: false,
+                };
+                self.exchange(&x)?;
+            }
+            let in_flight = self
+                .dead_workers
+                .remove(&pid)
+                .map_or(dead.in_flight, |d| d.in_flight);
+            self.worker_exit(pid, dead.time_ns, in_flight)?;
+        }
+        Ok(forget)
+    }
+
+    /// Prints the `worker_exit` event of worker `pid`, which exited at
+    /// `time_ns` with `in_flight` exchanges, unless it ended quietly (status
+    /// 0, nothing in flight: a reload or a stop).
+    fn worker_exit(&mut self, pid: u32, time_ns: u64, in_flight: u32) -> io::Result<()> {
+        let from = time_ns.saturating_sub(60_000_000_000);
+        let Some(fate) = self.fates.fate(pid, from, time_ns) else {
+            return Ok(());
+        };
+        if in_flight == 0 && fate.kind == FateKind::Exited && fate.exit_status == Some(0) {
+            return Ok(());
+        }
+        let nginx_error = match fate.signal.filter(|_| fate.kind != FateKind::Exited) {
+            Some(signal) => format!(
+                "worker process {pid} exited on signal {signal}{}",
+                if fate.core_dumped {
+                    " (core dumped)"
+                } else {
+                    ""
+                }
+            ),
+            None => format!(
+                "worker process {pid} exited with code {}",
+                fate.exit_status.unwrap_or(0)
+            ),
+        };
+        let event = WorkerExitEvent {
+            event: "worker_exit",
+            time: rfc3339_micros(self.clock.wall(time_ns)),
+            worker_pid: pid,
+            fate: fate.kind.as_str(),
+            signal: fate.signal,
+            sender_pid: fate.sender.as_ref().map(|s| s.0),
+            sender_comm: fate.sender.as_ref().map(|s| s.1.clone()),
+            core_dumped: fate.core_dumped,
+            exit_status: fate.exit_status,
+            memory_limit_bytes: fate.memory_limit,
+            in_flight,
+            nginx_error,
+            evidence: format!("nginx worker {pid} {}", fates::what_befell(&fate)),
+        };
+        self.out.event(&event, || event.to_text())
     }
 
     /// Prints the latency histograms (cumulative since start).
@@ -364,8 +654,10 @@ impl Session {
         now_ns: u64,
     ) -> io::Result<()> {
         self.release_held(u64::MAX)?;
+        let conns: Vec<(u64, Exchange)> = conns.collect();
+        let gone = self.collect_dead_workers(&conns, u64::MAX)?;
         let mut tables = proc_net::Tables::default();
-        for (_, ex) in conns {
+        for (_, ex) in conns.into_iter().filter(|(sk, _)| !gone.contains(sk)) {
             let Ok(f) = facts(&ex) else {
                 self.bad_records += 1;
                 continue;
@@ -452,8 +744,6 @@ mod tests {
             .flat_map(|u| u.outcomes)
             .collect()
     }
-
-    use std::collections::BTreeMap;
 
     #[test]
     fn a_give_up_followed_by_its_client_leaving_is_client_closed() {

@@ -1,5 +1,7 @@
 //! Phase durations of a connect attempt or exchange, from the kernel's
 //! timestamps.
+use ngx_trace_common::End;
+
 use crate::records::Finished;
 
 /// Phase durations of a connect attempt or exchange, µs; unknown ones are
@@ -40,7 +42,13 @@ pub fn timings(x: &Finished) -> Timings {
         request_acked: span_us(f.req_last_ns, f.acked_ns),
         // An answer that came before the request was all written (a 413
         // during an upload) came at once.
-        first_byte: if f.resp_kernel_ns != 0 && f.resp_kernel_ns < f.req_last_ns {
+        // What woke a connection the upstream closed or reset before
+        // answering was its FIN or RST, not a response byte.
+        first_byte: if f.resp_first_read_ns == 0
+            && matches!(x.end, End::PeerClosed | End::PeerReset)
+        {
+            None
+        } else if f.resp_kernel_ns != 0 && f.resp_kernel_ns < f.req_last_ns {
             Some(0)
         } else {
             span_us(f.req_last_ns, f.resp_kernel_ns)

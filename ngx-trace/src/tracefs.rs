@@ -87,6 +87,9 @@ pub fn offsets_from(
     let (retransmit, retransmit_f) = need("tcp", "tcp_retransmit_skb")?;
     let (fork, fork_f) = need("sched", "sched_process_fork")?;
     let (close, close_f) = need("syscalls", "sys_enter_close")?;
+    let (victim, victim_f) = need("oom", "mark_victim")?;
+    let (socket, socket_f) = need("syscalls", "sys_enter_socket")?;
+    let (socket_exit, socket_exit_f) = need("syscalls", "sys_exit_socket")?;
     // Missing before Linux 5.12: its fentry fallback reads the socket's
     // error itself, and the program reading these offsets is not loaded.
     let (error_report_error, error_report_dport) = match fields("sock", "inet_sk_error_report")? {
@@ -107,6 +110,10 @@ pub fn offsets_from(
         retransmit_state: offset_of(&retransmit_f, &retransmit, "state", 4)?,
         fork_child_pid: offset_of(&fork_f, &fork, "child_pid", 4)?,
         close_fd: offset_of(&close_f, &close, "fd", 8)?,
+        mark_victim_pid: offset_of(&victim_f, &victim, "pid", 4)?,
+        socket_family: offset_of(&socket_f, &socket, "family", 8)?,
+        socket_type: offset_of(&socket_f, &socket, "type", 8)?,
+        socket_ret: offset_of(&socket_exit_f, &socket_exit, "ret", 8)?,
     })
 }
 

@@ -48,6 +48,11 @@ pub enum Outcome {
     NoResponse,
     /// nginx closed the upstream connection because its client went away.
     ClientClosed,
+    /// The worker ran out of file descriptors (or the host did): `socket()`
+    /// or `connect()` failed with EMFILE or ENFILE.
+    FdLimit,
+    /// The nginx worker died with the exchange in flight.
+    WorkerDied,
 }
 
 impl Outcome {
@@ -66,6 +71,8 @@ impl Outcome {
             Outcome::ClosedEarly => "closed_early",
             Outcome::NoResponse => "no_response",
             Outcome::ClientClosed => "client_closed",
+            Outcome::FdLimit => "fd_limit",
+            Outcome::WorkerDied => "worker_died",
         }
     }
 }
@@ -91,6 +98,11 @@ pub enum Verdict {
     BackendAborted,
     /// The client went away before the answer; nothing wrong upstream.
     ClientAborted,
+    /// The backend process holding the connection died (crash, OOM kill,
+    /// killed by a signal, its supervisor's timeout).
+    BackendCrashed,
+    /// The nginx worker died (crash, OOM kill, killed by a signal).
+    ProxyCrashed,
 }
 
 impl Verdict {
@@ -106,6 +118,8 @@ impl Verdict {
             Verdict::ProxyResources => "proxy_resources",
             Verdict::BackendAborted => "backend_aborted",
             Verdict::ClientAborted => "client_aborted",
+            Verdict::BackendCrashed => "backend_crashed",
+            Verdict::ProxyCrashed => "proxy_crashed",
         }
     }
 }
@@ -153,7 +167,9 @@ fn connect_error(transport: Transport, errno: u32) -> (Outcome, Verdict, &'stati
         (13 | 1, Transport::Tcp) => (PermissionDenied, Permission, "firewall or LSM rule"),
         (11, _) => (BacklogFull, BackendOverloaded, "listen backlog full"),
         (99 | 98, _) => (AddrUnavailable, ProxyResources, "no free local port"),
-        (105 | 12 | 23 | 24, _) => (AddrUnavailable, ProxyResources, "out of buffers or fds"),
+        (24, _) => (FdLimit, ProxyResources, "worker out of file descriptors"),
+        (23, _) => (FdLimit, ProxyResources, "host out of file descriptors"),
+        (105 | 12, _) => (AddrUnavailable, ProxyResources, "out of buffers or memory"),
         (101 | 113 | 100 | 112, _) => (Unreachable, Network, "no route to upstream"),
         (ETIMEDOUT, _) => (ConnectTimeout, Network, "no answer to SYN"),
         (ECONNRESET, _) => (Reset, BackendAborted, "reset while connecting"),
@@ -167,6 +183,9 @@ pub fn explain(x: &Finished, transport: Transport, upstream: &str, slow_us: u64)
     let t = timings(x);
     if x.client_left && x.end.is_nginx_giving_up() {
         return explain_client_left(x, transport, t);
+    }
+    if x.end == End::WorkerDied {
+        return explain_worker_died(x, transport, t);
     }
     if x.end.is_connect_failure() {
         explain_connect(x, transport, upstream, t)
@@ -224,6 +243,42 @@ fn explain_client_left(x: &Finished, transport: Transport, t: Timings) -> Explan
     }
 }
 
+/// The worker died with the exchange in flight: nginx wrote no upstream
+/// line (its master logs the worker's death), the client got no answer or
+/// a cut one, and the wait says nothing about the backend.
+fn explain_worker_died(x: &Finished, transport: Transport, t: Timings) -> Explanation {
+    let f = &x.facts;
+    let mut facts = Vec::new();
+    if !f.connected {
+        facts.push(format!(
+            "the worker died {} into the connect",
+            human_us(t.connect.unwrap_or(0))
+        ));
+    } else {
+        if transport == Transport::Tcp {
+            facts.push(ack_fact(f, &t));
+        }
+        facts.push(format!(
+            "the worker died {} after the request, no response read",
+            human_us(span_us(f.req_last_ns, x.end_ns).unwrap_or(0))
+        ));
+    }
+    Explanation {
+        outcome: Outcome::WorkerDied,
+        verdict: Verdict::ProxyCrashed,
+        errno: None,
+        nginx_error: None,
+        meaning: "nginx worker died mid-exchange",
+        evidence: facts.join(", "),
+        timings: Timings {
+            connect: (f.connected && f.connect_ns != 0).then_some(f.connect_ns / 1000),
+            request_acked: t.request_acked,
+            total: t.total,
+            ..Timings::default()
+        },
+    }
+}
+
 fn explain_connect(x: &Finished, transport: Transport, upstream: &str, t: Timings) -> Explanation {
     let elapsed = human_us(t.connect.unwrap_or(0));
     let retransmits = plural(x.facts.syn_retransmits, "SYN retransmit");
@@ -246,7 +301,13 @@ fn explain_connect(x: &Finished, transport: Transport, upstream: &str, t: Timing
     let errno = x.errno.unwrap_or(0);
     let (outcome, verdict, meaning) = connect_error(transport, errno);
     let text = strerror(errno);
-    let (nginx_error, evidence) = if x.end == End::ConnectSyscallError {
+    let (nginx_error, evidence) = if x.end == End::SocketFailed {
+        // nginx had not passed the address yet: its line names none.
+        (
+            format!("socket() failed ({errno}: {text}) while connecting to upstream"),
+            format!("socket() returned {errno} ({text}) before any connect"),
+        )
+    } else if x.end == End::ConnectSyscallError {
         (
             format!(
                 "connect() to {upstream} failed ({errno}: {text}) while connecting to upstream"
@@ -271,7 +332,12 @@ fn explain_connect(x: &Finished, transport: Transport, upstream: &str, t: Timing
         nginx_error: Some(nginx_error),
         meaning,
         evidence,
-        timings: t,
+        // A socket that could not be made was never connected: no timings.
+        timings: if x.end == End::SocketFailed {
+            Timings::default()
+        } else {
+            t
+        },
     }
 }
 
@@ -477,6 +543,41 @@ mod tests {
 
     fn tcp(e: &Exchange) -> Explanation {
         explained(e, Transport::Tcp, "127.0.0.1:3999")
+    }
+
+    #[test]
+    fn a_worker_out_of_descriptors_is_fd_limit_with_nginx_socket_line() {
+        // What Debian's nginx logs when worker_rlimit_nofile is reached.
+        let x = tcp(&connect(End::SocketFailed, 24, 0));
+        assert_eq!(
+            (x.outcome, x.verdict, x.errno),
+            (Outcome::FdLimit, Verdict::ProxyResources, Some(24))
+        );
+        assert_eq!(
+            x.nginx_error.unwrap(),
+            "socket() failed (24: Too many open files) while connecting to upstream"
+        );
+        assert_eq!(x.timings, Timings::default(), "nothing was connected");
+        // The host's file table full is the same outcome, errno 23.
+        let x = tcp(&connect(End::SocketFailed, 23, 0));
+        assert_eq!((x.outcome, x.errno), (Outcome::FdLimit, Some(23)));
+    }
+
+    #[test]
+    fn an_exchange_cut_by_its_workers_death_is_worker_died_never_a_timeout() {
+        let e = exchange(End::WorkerDied, Some(50_000), None, 600 * MS);
+        let x = tcp(&e);
+        assert_eq!(
+            (x.outcome, x.verdict, x.errno),
+            (Outcome::WorkerDied, Verdict::ProxyCrashed, None)
+        );
+        assert_eq!(x.nginx_error, None, "nginx writes no upstream line for it");
+        assert_eq!(
+            x.evidence,
+            "request acked after 0.1 ms, the worker died 600.0 ms after the request, no \
+             response read"
+        );
+        assert_eq!(x.timings.first_byte, None);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! when a test fails.
 
 pub mod backend;
+pub mod cgroup;
+pub mod fault_backend;
 pub mod firewall;
 pub mod http;
 pub mod nginx;

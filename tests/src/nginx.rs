@@ -61,11 +61,22 @@ impl Nginx {
     /// [`Nginx::start`] sized for `connections` concurrent connections per
     /// worker (descriptor limit and listen backlog to match).
     pub fn start_with_connections(connections: u32, http_extra: &str, locations: &str) -> Self {
+        Self::start_with_nofile(connections * 3, connections, http_extra, locations)
+    }
+
+    /// [`Nginx::start_with_connections`] with the workers' descriptor limit
+    /// (`worker_rlimit_nofile`) given: below what `connections` need, a
+    /// worker runs out of descriptors under load.
+    pub fn start_with_nofile(
+        nofile: u32,
+        connections: u32,
+        http_extra: &str,
+        locations: &str,
+    ) -> Self {
         let dir = TempDir::new("nginx");
         let port = free_port();
         let d = dir.path().display().to_string();
         let conf = dir.path().join("nginx.conf");
-        let nofile = connections * 3;
         let backlog = connections.max(511);
         let text = format!(
             "user nobody nogroup;\n\

@@ -30,6 +30,17 @@ impl PhpFpm {
     /// `<dir>/php.sock` with a listen backlog of `backlog`, serving `scripts`
     /// (name, PHP source) from `<dir>/www`.
     pub fn start(children: u32, backlog: u32, scripts: &[(&str, &str)]) -> Self {
+        Self::start_with(children, backlog, scripts, "")
+    }
+
+    /// [`PhpFpm::start`] with `pool_extra` (lines such as
+    /// `request_terminate_timeout = 2s`) added to the pool's section.
+    pub fn start_with(
+        children: u32,
+        backlog: u32,
+        scripts: &[(&str, &str)],
+        pool_extra: &str,
+    ) -> Self {
         let dir = TempDir::new("php-fpm");
         let d = dir.path().display().to_string();
         let www = dir.path().join("www");
@@ -51,7 +62,8 @@ impl PhpFpm {
              listen.mode = 0666\n\
              listen.backlog = {backlog}\n\
              pm = static\n\
-             pm.max_children = {children}\n"
+             pm.max_children = {children}\n\
+             {pool_extra}\n"
         );
         let conf_path = dir.path().join("php-fpm.conf");
         std::fs::write(&conf_path, conf).expect("write php-fpm.conf");
@@ -88,6 +100,11 @@ impl PhpFpm {
     /// Its directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The master's pid (it runs in the foreground: our child).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

@@ -169,7 +169,8 @@ fn avoid_hooks_falls_back_or_says_what_is_left() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("offers no way to see TCP state changes")
+        err.contains("offers no way to see ")
+            && err.contains("TCP state changes (to follow TCP upstream handshakes")
             && err.contains("--avoid-hooks rules out the rest"),
         "{err}"
     );

@@ -146,9 +146,11 @@ fn sigkill_of_the_tracer_leaves_no_program_attached() {
         .into_iter()
         .filter(|(id, name)| {
             !before.contains(id)
-                && ["sched_", "sys_", "sock_", "sk_", "tcp_", "inet", "unix_"]
-                    .iter()
-                    .any(|p| name.starts_with(p))
+                && [
+                    "sched_", "sys_", "sock_", "sk_", "tcp_", "inet", "unix_", "signal_", "mark_",
+                ]
+                .iter()
+                .any(|p| name.starts_with(p))
         })
         .map(|(id, _)| id)
         .collect();
