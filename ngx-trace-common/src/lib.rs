@@ -230,9 +230,18 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
     },
     ProgramSpec {
-        program: "signal_generate",
+        program: "signal_generate_btf",
         capability: "signals sent",
         hook: Hook::BtfTracepoint,
+        category: "signal",
+        target: "signal_generate",
+        purpose: "name who killed a backend or worker, and with which signal",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "signal_generate",
+        capability: "signals sent",
+        hook: Hook::Tracepoint,
         category: "signal",
         target: "signal_generate",
         purpose: "name who killed a backend or worker, and with which signal",
@@ -631,6 +640,14 @@ pub struct Offsets {
     pub retransmit_skaddr: u32,
     /// `tcp_retransmit_skb.state`
     pub retransmit_state: u32,
+    /// `tcp_retransmit_skb.sport` (host byte order)
+    pub retransmit_sport: u32,
+    /// `tcp_retransmit_skb.dport` (host byte order)
+    pub retransmit_dport: u32,
+    /// `tcp_retransmit_skb.saddr` (4 bytes)
+    pub retransmit_saddr: u32,
+    /// `tcp_retransmit_skb.saddr_v6` (16 bytes)
+    pub retransmit_saddr_v6: u32,
     /// `sched_process_fork.child_pid`
     pub fork_child_pid: u32,
     /// `sys_enter_close.fd`
@@ -643,6 +660,16 @@ pub struct Offsets {
     pub socket_type: u32,
     /// `sys_exit_socket.ret`
     pub socket_ret: u32,
+    /// `signal_generate.sig`
+    pub signal_sig: u32,
+    /// `signal_generate.code`
+    pub signal_code: u32,
+    /// `signal_generate.comm` (the target's, 16 bytes)
+    pub signal_comm: u32,
+    /// `signal_generate.pid` (the target thread)
+    pub signal_pid: u32,
+    /// `signal_generate.result`
+    pub signal_result: u32,
 }
 
 /// Byte offsets of kernel struct fields the programs read, taken from the
@@ -722,6 +749,15 @@ pub struct StructOffsets {
     pub page_counter_usage: u32,
     /// `struct page_counter.max` (unsigned long, pages).
     pub page_counter_max: u32,
+    /// `struct sock_common.skc_num` (u16, host order): the local port.
+    pub sk_num: u32,
+    /// `struct sock_common.skc_dport` (u16, network order): the remote port.
+    pub sk_dport: u32,
+    /// `struct sock_common.skc_rcv_saddr` (4 bytes): the local IPv4 address.
+    pub sk_rcv_saddr: u32,
+    /// `struct sock_common.skc_v6_rcv_saddr` (16 bytes): the local IPv6
+    /// address.
+    pub sk_v6_rcv_saddr: u32,
 }
 
 /// Configuration set by user space before the programs load.
@@ -878,8 +914,10 @@ pub struct Exchange {
     /// backend, or its master); for TCP the task in whose context the
     /// upstream's FIN or reset arrived (on loopback, the closing process).
     pub peer_pid: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Data segments the upstream's own socket retransmitted during this
+    /// exchange (the response lost on its way back), counted when the
+    /// upstream runs on this host.
+    pub peer_retransmits: u32,
     /// The upstream.
     pub addr: UpstreamAddr,
 }
@@ -908,7 +946,7 @@ impl Exchange {
             index: 0,
             fd,
             peer_pid: 0,
-            _pad: 0,
+            peer_retransmits: 0,
             addr,
         }
     }
@@ -1014,9 +1052,9 @@ pub struct FateRecord {
     pub sender_comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 56);
-const _: () = assert!(core::mem::size_of::<StructOffsets>() == 116);
-const _: () = assert!(core::mem::size_of::<Config>() == 196);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 92);
+const _: () = assert!(core::mem::size_of::<StructOffsets>() == 132);
+const _: () = assert!(core::mem::size_of::<Config>() == 248);
 const _: () = assert!(core::mem::size_of::<FateRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 128);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);

@@ -213,6 +213,7 @@ impl Exchange {
             self.flags = (self.flags & FLAG_CONNECTED) | FLAG_REUSED;
             self.syn_retransmits = 0;
             self.retransmits = 0;
+            self.peer_retransmits = 0;
             self.index += 1;
         }
         self.req_last_ns = now;
@@ -469,6 +470,7 @@ mod tests {
         e.tcp_state_seen(true, t + 40_000, 30);
         e.response_read(200, t + MS);
         e.retransmits = 2;
+        e.peer_retransmits = 1;
         // The next request on the same connection.
         let next = t + 50 * MS;
         let previous = e.ending_before_write().expect("previous exchange ends");
@@ -486,7 +488,11 @@ mod tests {
         assert_eq!(e.connect_ns, 0, "a reused connection has no connect phase");
         assert_ne!(e.flags & FLAG_REUSED, 0);
         assert!(e.is_connected());
-        assert_eq!(e.retransmits, 0, "counts are per exchange");
+        assert_eq!(
+            (e.retransmits, e.peer_retransmits),
+            (0, 0),
+            "counts are per exchange"
+        );
         assert_eq!((e.resp_kernel_ns, e.resp_first_read_ns), (0, 0));
         assert!(e.waiting_for_response());
     }

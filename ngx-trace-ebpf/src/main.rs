@@ -6,6 +6,7 @@ mod config;
 mod connect;
 mod exchange;
 mod maps;
+mod peer;
 mod process;
 mod record;
 mod sock_mark;

@@ -38,6 +38,11 @@ pub static CONNS: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(16384
 #[map]
 pub static FD_CONNS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// Established TCP upstream connections by port pair (see `peer`): the
+/// way from a local backend's retransmitting socket to the exchange.
+#[map]
+pub static PEER_PORTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
 /// `socket()` calls of workers in flight, by pid_tgid: the family of a
 /// stream socket (0 for another kind).
 #[map]

@@ -170,10 +170,10 @@ const SI_KERNEL: i32 = 0x80;
 /// Arguments: `(sig, info, task, group, result)`; `result` 0 (delivered) or
 /// 4 (queued without its info) means it was queued.
 #[btf_tracepoint(function = "signal_generate")]
-pub fn signal_generate(ctx: BtfTracePointContext) -> u32 {
+pub fn signal_generate_btf(ctx: BtfTracePointContext) -> u32 {
     let sig: i32 = ctx.arg(0);
     let result: i32 = ctx.arg(4);
-    if !(1..32).contains(&sig) || FATAL_SIGNALS & (1 << sig) == 0 || (result != 0 && result != 4) {
+    if !kills(sig, result) {
         return 0;
     }
     let info: u64 = ctx.arg(1);
@@ -202,6 +202,46 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> u32 {
     };
     emit_fate(&fate, 0);
     0
+}
+
+/// Whether signal `sig`, queued with `result`, is one that ends a process.
+#[inline(always)]
+fn kills(sig: i32, result: i32) -> bool {
+    (1..32).contains(&sig) && FATAL_SIGNALS & (1 << sig) != 0 && (result == 0 || result == 4)
+}
+
+/// The same through the classic tracepoint (a fallback), whose record has
+/// `si_code` and the target's thread id and name, not its parent (the
+/// target's exit record names it).
+#[tracepoint]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    let _ = try_signal_generate(&ctx);
+    0
+}
+
+fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY (every read): offsets of this tracepoint's fields, from tracefs.
+    let sig = unsafe { ctx.read_at::<i32>(offset!(signal_sig)) }?;
+    let result = unsafe { ctx.read_at::<i32>(offset!(signal_result)) }?;
+    if !kills(sig, result) {
+        return Ok(());
+    }
+    let fate = FateRecord {
+        kind: RECORD_FATE,
+        what: FATE_SIGNAL,
+        pid: unsafe { ctx.read_at::<i32>(offset!(signal_pid)) }? as u32,
+        parent: 0,
+        signal: sig as u32,
+        code: unsafe { ctx.read_at::<i32>(offset!(signal_code)) }?,
+        exit_code: 0,
+        sender: ctx.tgid(),
+        memory_limit_pages: 0,
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        comm: unsafe { ctx.read_at::<[u8; 16]>(offset!(signal_comm)) }?,
+        sender_comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    emit_fate(&fate, 0);
+    Ok(())
 }
 
 /// The OOM killer chose a victim (its pid; the current task is the one

@@ -14,6 +14,7 @@ use aya_ebpf::{
 use crate::{
     config::offset,
     maps::{CONNECTS, CONNS, LAST_CLOSED},
+    peer::{self, Retransmitter},
     record::{apply, client_gone},
     sock_mark::{follow, sk_err, sk_state, upstream_state},
     task,
@@ -54,6 +55,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     };
     if oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED {
         unsafe { (*state).handshake_done(bpf_ktime_get_ns()) };
+        peer::remember(sk, state);
     } else if oldstate == TCP_ESTABLISHED && newstate == TCP_CLOSE_WAIT {
         // The upstream's FIN: who sent it (nginx reads the end later).
         task::note_closer(state);
@@ -182,6 +184,8 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 pub fn tcp_retransmit_skb_btf(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
     let Some(state) = upstream_state(sk) else {
+        // Perhaps a local backend resending its response.
+        peer::retransmitted(&Retransmitter::of(sk));
         return 0;
     };
     if i32::from(sk_state(sk)) == TCP_SYN_SENT {
@@ -199,6 +203,9 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let Some(state) = CONNS.get_ptr_mut(sk) else {
+        if let Some(peer) = retransmitter(&ctx) {
+            peer::retransmitted(&peer);
+        }
         return 0;
     };
     if unsafe { ctx.read_at::<i32>(offset!(retransmit_state)) } == Ok(TCP_SYN_SENT) {
@@ -207,6 +214,19 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
         unsafe { (*state).retransmits += 1 };
     }
     0
+}
+
+/// The retransmitting socket as the classic tracepoint describes it.
+fn retransmitter(ctx: &TracePointContext) -> Option<Retransmitter> {
+    // SAFETY: offsets of this tracepoint's fields, read from tracefs.
+    unsafe {
+        Some(Retransmitter {
+            local_port: ctx.read_at::<u16>(offset!(retransmit_sport)).ok()?,
+            remote_port: ctx.read_at::<u16>(offset!(retransmit_dport)).ok()?,
+            addr4: ctx.read_at::<u32>(offset!(retransmit_saddr)).ok()?,
+            addr6: ctx.read_at::<[u64; 2]>(offset!(retransmit_saddr_v6)).ok()?,
+        })
+    }
 }
 
 /// An upstream socket destroyed while still tracked: a connect nginx gave up

@@ -21,8 +21,8 @@ enum Command {
 }
 
 impl TraceArgs {
-    /// The hook kinds not to use (`--avoid-hooks`).
-    pub fn avoid(&self) -> &[ngx_trace_common::Hook] {
+    /// The hooks not to use (`--avoid-hooks`).
+    pub fn avoid(&self) -> &[crate::hooks::Avoid] {
         self.avoid_hooks.as_ref().map_or(&[], |list| &list.0)
     }
 }
@@ -72,7 +72,8 @@ pub struct TraceArgs {
     pub check: bool,
 
     /// Hook kinds not to use, comma separated (tp_btf, tracepoint, fentry,
-    /// fexit, kprobe, kretprobe): each capability falls back to the next
+    /// fexit, kprobe, kretprobe), each everywhere or on one target
+    /// (`tp_btf:signal_generate`): each capability falls back to the next
     /// mechanism, as on a kernel that lacks these (`--check` shows the
     /// choice). For a kernel whose trampolines misbehave, and for testing
     /// the fallbacks.
@@ -145,6 +146,8 @@ fn parse_comm(s: &str) -> Result<String, String> {
 mod tests {
     use ngx_trace_common::Hook;
 
+    use crate::hooks::Avoid;
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<TraceArgs, clap::Error> {
@@ -154,7 +157,10 @@ mod tests {
     #[test]
     fn avoid_hooks_takes_a_comma_separated_list() {
         let args = parse(&["ngx-trace", "--avoid-hooks", "fentry,fexit"]).unwrap();
-        assert_eq!(args.avoid(), [Hook::FEntry, Hook::FExit]);
+        assert_eq!(
+            args.avoid(),
+            [Avoid::kind(Hook::FEntry), Avoid::kind(Hook::FExit)]
+        );
         let err = parse(&["ngx-trace", "--avoid-hooks", "fentry,trampoline"])
             .unwrap_err()
             .to_string();

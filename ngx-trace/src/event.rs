@@ -2,7 +2,7 @@
 use serde::Serialize;
 
 use crate::{
-    fates::PeerFacts,
+    fates::{FateFacts, PeerFacts},
     records::{Facts, Transport},
     timings::Timings,
     verdict::Explanation,
@@ -16,6 +16,11 @@ pub struct TcpFacts {
     /// Data retransmitted during the exchange (exchanges only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retransmits: Option<u32>,
+    /// Data the upstream's own socket retransmitted during the exchange
+    /// (the response lost on its way back): seen only for an upstream on
+    /// this host, shown when there were some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_retransmits: Option<u32>,
     /// Smoothed RTT, µs (when a segment came from the upstream).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub srtt_us: Option<u32>,
@@ -88,6 +93,7 @@ impl UpstreamEvent {
             tcp: (transport == Transport::Tcp).then_some(TcpFacts {
                 syn_retransmits: ex.syn_retransmits,
                 retransmits: (!connecting).then_some(ex.retransmits),
+                peer_retransmits: (ex.peer_retransmits > 0).then_some(ex.peer_retransmits),
                 srtt_us: ex.srtt_us,
             }),
             reused: (!connecting).then_some(ex.reused),
@@ -199,25 +205,9 @@ pub struct WorkerExitEvent {
     pub time: String,
     /// The worker.
     pub worker_pid: u32,
-    /// `oom_killed`, `killed`, `crashed` or `exited`.
-    pub fate: &'static str,
-    /// The signal it died of.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<u32>,
-    /// Who sent that signal.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sender_pid: Option<u32>,
-    /// The sender's name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sender_comm: Option<String>,
-    /// Whether it dumped core.
-    pub core_dumped: bool,
-    /// Its exit status, when it exited without a signal.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_status: Option<u32>,
-    /// The memory cgroup limit an OOM kill hit, bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_limit_bytes: Option<u64>,
+    /// How it died (`core_dumped` always set: it has exited).
+    #[serde(flatten)]
+    pub fate: FateFacts,
     /// Exchanges in flight it took with it.
     pub in_flight: u32,
     /// The line nginx's master writes to the error log for it.
@@ -233,7 +223,7 @@ impl WorkerExitEvent {
         format!(
             "{clock} w{} worker_exit {}: {}; {} in flight lost",
             self.worker_pid,
-            self.fate,
+            self.fate.fate,
             self.evidence,
             crate::human::plural(self.in_flight, "exchange")
         )
@@ -613,6 +603,7 @@ mod tests {
             e.tcp = Some(TcpFacts {
                 syn_retransmits: 0,
                 retransmits: Some(0),
+                peer_retransmits: Some(2),
                 srtt_us: Some(31),
             });
             e.reused = Some(false);
@@ -621,12 +612,15 @@ mod tests {
                 comm: Some("php-fpm8.2".into()),
                 parent_pid: Some(4200),
                 parent_comm: Some("php-fpm8.2".into()),
-                fate: "killed",
-                signal: Some(15),
-                sender_pid: Some(4200),
-                sender_comm: Some("php-fpm8.2".into()),
-                core_dumped: Some(false),
-                memory_limit_bytes: Some(64 << 20),
+                fate: FateFacts {
+                    fate: "killed",
+                    signal: Some(15),
+                    sender_pid: Some(4200),
+                    sender_comm: Some("php-fpm8.2".into()),
+                    core_dumped: Some(false),
+                    exit_status: Some(0),
+                    memory_limit_bytes: Some(64 << 20),
+                },
             });
             e
         }
@@ -650,13 +644,15 @@ mod tests {
                     event: "worker_exit",
                     time: "2026-11-27T00:54:55.398885Z".into(),
                     worker_pid: 13665,
-                    fate: "killed",
-                    signal: Some(9),
-                    sender_pid: Some(13745),
-                    sender_comm: Some("bash".into()),
-                    core_dumped: false,
-                    exit_status: Some(1),
-                    memory_limit_bytes: Some(64 << 20),
+                    fate: FateFacts {
+                        fate: "killed",
+                        signal: Some(9),
+                        sender_pid: Some(13745),
+                        sender_comm: Some("bash".into()),
+                        core_dumped: Some(false),
+                        exit_status: Some(1),
+                        memory_limit_bytes: Some(64 << 20),
+                    },
                     in_flight: 1,
                     nginx_error: "worker process 13665 exited on signal 9".into(),
                     evidence: "nginx worker 13665 killed by SIGKILL from bash pid 13745".into(),

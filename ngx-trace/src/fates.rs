@@ -351,21 +351,11 @@ fn supervisor_timeout(sender_comm: &str) -> &'static str {
     }
 }
 
-/// The `peer` object of an upstream event, and of a `worker_exit` event's
-/// fate: what the kernel knows of a process that died or was signalled.
+/// How a process ended, or what was sent to it, as the events show it:
+/// part of the `peer` object of an upstream event and of a `worker_exit`
+/// event.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
-pub struct PeerFacts {
-    /// The process.
-    pub pid: u32,
-    /// Its name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub comm: Option<String>,
-    /// Its parent (the PHP-FPM or gunicorn master).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_pid: Option<u32>,
-    /// The parent's name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_comm: Option<String>,
+pub struct FateFacts {
     /// `oom_killed`, `killed`, `crashed`, `exited` or `signalled`.
     pub fate: &'static str,
     /// The signal that killed it (or was sent to it).
@@ -380,9 +370,51 @@ pub struct PeerFacts {
     /// Whether it dumped core (known once it exited).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub core_dumped: Option<bool>,
+    /// Its exit status, when it exited without a signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
     /// The memory cgroup limit an OOM kill hit, bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit_bytes: Option<u64>,
+}
+
+impl FateFacts {
+    /// The facts of `fate`; `exited`: the process is gone (whether it
+    /// dumped core is known).
+    pub fn of(fate: &Fate, exited: bool) -> Self {
+        Self {
+            fate: fate.kind.as_str(),
+            signal: fate.signal,
+            sender_pid: fate.sender.as_ref().map(|s| s.0),
+            sender_comm: fate
+                .sender
+                .as_ref()
+                .and_then(|s| (!s.1.is_empty()).then(|| s.1.clone())),
+            core_dumped: exited.then_some(fate.core_dumped),
+            exit_status: fate.exit_status,
+            memory_limit_bytes: fate.memory_limit,
+        }
+    }
+}
+
+/// The `peer` object of an upstream event: the process at the other end of
+/// a local upstream's connection, and what befell it.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct PeerFacts {
+    /// The process.
+    pub pid: u32,
+    /// Its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// Its parent (the PHP-FPM or gunicorn master).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_pid: Option<u32>,
+    /// The parent's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_comm: Option<String>,
+    /// What befell it.
+    #[serde(flatten)]
+    pub fate: FateFacts,
 }
 
 impl PeerFacts {
@@ -395,12 +427,7 @@ impl PeerFacts {
             comm: known(comm),
             parent_pid: (parent.0 != 0).then_some(parent.0),
             parent_comm: known(parent.1),
-            fate: fate.kind.as_str(),
-            signal: fate.signal,
-            sender_pid: fate.sender.as_ref().map(|s| s.0),
-            sender_comm: fate.sender.as_ref().and_then(|s| known(&s.1)),
-            core_dumped: exited.then_some(fate.core_dumped),
-            memory_limit_bytes: fate.memory_limit,
+            fate: FateFacts::of(fate, exited),
         }
     }
 }

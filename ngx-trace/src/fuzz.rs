@@ -177,6 +177,8 @@ fn every_seed_parses_as_is() {
     assert_eq!(older.connect_uservaddr, offsets.connect_uservaddr);
     assert_eq!(offsets.connect_uservaddr, 24);
     assert_eq!(offsets.retransmit_skaddr, 16);
+    assert_eq!(offsets.retransmit_saddr_v6, 42);
+    assert_eq!((offsets.signal_sig, offsets.signal_pid), (8, 36));
     for (name, text) in seeds("proc-status") {
         assert!(parse_status(&text).is_some(), "{name}");
     }

@@ -53,8 +53,10 @@ impl Alternative {
     }
 
     /// Whether the user asked not to use it (`--avoid-hooks`).
-    pub fn avoided(&self, avoid: &[Hook]) -> bool {
-        self.programs.iter().any(|s| avoid.contains(&s.hook))
+    pub fn avoided(&self, avoid: &[Avoid]) -> bool {
+        self.programs
+            .iter()
+            .any(|s| avoid.iter().any(|a| a.covers(s)))
     }
 
     /// Why it cannot be used here, known before loading anything: a
@@ -141,18 +143,65 @@ pub fn missing(root: &Path, spec: &ProgramSpec) -> Option<String> {
     }
 }
 
-/// The hook kinds `--avoid-hooks` names.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HookList(pub Vec<Hook>);
+/// One item of `--avoid-hooks`: a hook kind, everywhere (`fentry`) or on
+/// one target only (`tp_btf:signal_generate`, to try a fallback where the
+/// better hook works).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Avoid {
+    /// The hook kind.
+    pub hook: Hook,
+    /// The tracepoint or kernel function; `None`: all of that kind.
+    pub target: Option<String>,
+}
 
-/// Parses `--avoid-hooks` (`fentry,fexit`; empty items, as in an empty
-/// `NGX_TRACE_AVOID_HOOKS=`, are ignored).
+impl Avoid {
+    /// A hook kind avoided everywhere.
+    pub fn kind(hook: Hook) -> Self {
+        Self { hook, target: None }
+    }
+
+    /// Whether it rules out program `spec`.
+    pub fn covers(&self, spec: &ProgramSpec) -> bool {
+        self.hook == spec.hook && self.target.as_deref().is_none_or(|t| t == spec.target)
+    }
+}
+
+/// What `--avoid-hooks` names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HookList(pub Vec<Avoid>);
+
+/// Parses `--avoid-hooks` (`fentry,fexit`, `tp_btf:signal_generate`; empty
+/// items, as in an empty `NGX_TRACE_AVOID_HOOKS=`, are ignored).
 pub fn parse_avoid(list: &str) -> Result<HookList, String> {
     list.split(',')
-        .filter(|name| !name.trim().is_empty())
-        .map(parse_hook)
+        .filter(|item| !item.trim().is_empty())
+        .map(parse_item)
         .collect::<Result<_, _>>()
         .map(HookList)
+}
+
+/// Parses one item of `--avoid-hooks`: `KIND` or `KIND:TARGET`.
+fn parse_item(item: &str) -> Result<Avoid, String> {
+    let Some((kind, target)) = item.trim().split_once(':') else {
+        return parse_hook(item).map(Avoid::kind);
+    };
+    let hook = parse_hook(kind)?;
+    let targets: Vec<&str> = PROGRAMS
+        .iter()
+        .filter(|s| s.hook == hook)
+        .map(|s| s.target)
+        .collect();
+    if !targets.contains(&target) {
+        return Err(format!(
+            "no {} program on `{target}`; its targets: {}",
+            hook.name(),
+            targets.join(", ")
+        ));
+    }
+    Ok(Avoid {
+        hook,
+        target: Some(target.to_string()),
+    })
 }
 
 /// Parses one kind of `--avoid-hooks` (`fentry`).
@@ -169,7 +218,7 @@ pub fn parse_hook(name: &str) -> Result<Hook, String> {
 
 /// Fails, before anything is loaded, when a capability has no alternative
 /// left on this kernel (every one needs a missing tracepoint or is avoided).
-pub fn check_available(root: &Path, avoid: &[Hook]) -> anyhow::Result<()> {
+pub fn check_available(root: &Path, avoid: &[Avoid]) -> anyhow::Result<()> {
     let lacking: Vec<String> = capabilities()
         .iter()
         .filter(|c| {
@@ -304,7 +353,10 @@ mod tests {
         assert_eq!(parse_hook(" fexit"), Ok(Hook::FExit));
         assert_eq!(
             parse_avoid("fentry,,fexit,"),
-            Ok(HookList(vec![Hook::FEntry, Hook::FExit]))
+            Ok(HookList(vec![
+                Avoid::kind(Hook::FEntry),
+                Avoid::kind(Hook::FExit)
+            ]))
         );
         assert_eq!(parse_avoid(""), Ok(HookList::default()));
         assert_eq!(parse_hook("kretprobe"), Ok(Hook::KRetProbe));
@@ -320,9 +372,30 @@ mod tests {
         let avoided: Vec<bool> = c
             .alternatives
             .iter()
-            .map(|a| a.avoided(&[Hook::FEntry]))
+            .map(|a| a.avoided(&[Avoid::kind(Hook::FEntry)]))
             .collect();
         assert_eq!(avoided, [false, true, false]);
+    }
+
+    #[test]
+    fn avoid_hooks_can_name_one_target_to_try_its_fallback() {
+        let HookList(list) = parse_avoid("tp_btf:signal_generate,kprobe").unwrap();
+        let caps = capabilities();
+        let of = |name: &str| caps.iter().find(|c| c.name == name).unwrap();
+        let signals: Vec<bool> = of("signals sent")
+            .alternatives
+            .iter()
+            .map(|a| a.avoided(&list))
+            .collect();
+        assert_eq!(signals, [true, false], "the classic tracepoint is left");
+        // Other BTF tracepoints stay in use.
+        assert!(!of("TCP state changes").alternatives[0].avoided(&list));
+        let err = parse_avoid("tp_btf:no_such_thing").unwrap_err();
+        assert!(
+            err.contains("no tp_btf program on `no_such_thing`") && err.contains("signal_generate"),
+            "{err}"
+        );
+        assert!(parse_avoid("tracepoint:inet_sock_set_state").is_err());
     }
 
     #[test]

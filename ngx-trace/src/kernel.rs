@@ -18,7 +18,7 @@ use ngx_trace_common::{
 
 use crate::{
     exit::{self, UserError},
-    hooks::{self, Alternative, Capability, Chosen},
+    hooks::{self, Alternative, Avoid, Capability, Chosen},
     kretprobe::{self, RetProbe},
     load_error::{load_error, save_verifier_log},
 };
@@ -73,7 +73,7 @@ impl Kernel {
     pub fn attach(
         config: &Config,
         tracefs: &Path,
-        avoid: &[Hook],
+        avoid: &[Avoid],
     ) -> Result<(Self, RingBuf<MapData>)> {
         let started = Instant::now();
         // Not needed on kernels with memcg accounting (5.11+); harmless when refused.
@@ -286,7 +286,7 @@ impl Attacher<'_> {
     fn capability(
         &mut self,
         capability: &Capability,
-        avoid: &[Hook],
+        avoid: &[Avoid],
         marks: bool,
     ) -> Result<Option<Chosen>> {
         let mut passed_over: Vec<(String, String)> = Vec::new();

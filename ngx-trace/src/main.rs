@@ -170,6 +170,10 @@ fn struct_offsets() -> Result<StructOffsets> {
             .offset,
         page_counter_usage: field("page_counter", "usage", 8)?,
         page_counter_max: field("page_counter", "max", 8)?,
+        sk_num: field("sock_common", "skc_num", 2)?,
+        sk_dport: field("sock_common", "skc_dport", 2)?,
+        sk_rcv_saddr: field("sock_common", "skc_rcv_saddr", 4)?,
+        sk_v6_rcv_saddr: field("sock_common", "skc_v6_rcv_saddr", 16)?,
     })
 }
 

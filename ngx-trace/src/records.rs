@@ -53,6 +53,9 @@ pub struct Facts {
     pub syn_retransmits: u32,
     /// Data segments retransmitted during the exchange.
     pub retransmits: u32,
+    /// Data segments the upstream's socket retransmitted during the
+    /// exchange (counted for upstreams on this host only).
+    pub peer_retransmits: u32,
     /// Smoothed RTT, µs (TCP, once a segment came back).
     pub srtt_us: Option<u32>,
     /// Exchanges finished on this connection before this one.
@@ -181,6 +184,7 @@ pub fn facts(ex: &Exchange) -> Result<Facts, String> {
         resp_last_read_ns: ex.resp_last_read_ns,
         syn_retransmits: ex.syn_retransmits,
         retransmits: ex.retransmits,
+        peer_retransmits: ex.peer_retransmits,
         srtt_us: (ex.srtt_us != 0).then_some(ex.srtt_us),
         index: ex.index,
         acked_live: false,

@@ -12,7 +12,7 @@ use crate::{
     backends::Backends,
     clock::{Clock, rfc3339_micros},
     event::{LostEvent, PendingEvent, UpstreamEvent, WorkerExitEvent, WorkersEvent},
-    fates::{self, Fact, Fate, FateKind, FateLog, PeerFacts},
+    fates::{self, Fact, Fate, FateFacts, FateKind, FateLog, PeerFacts},
     histogram::Histograms,
     output::{Output, notice},
     proc_net, procs,
@@ -274,20 +274,22 @@ impl Session {
             _ => {}
         }
         self.summary.add(&upstream, explanation.outcome);
-        if x.end == End::SocketFailed {
-            // No connect took place: nothing to time.
-        } else if matches!(
-            explanation.outcome,
-            Outcome::ClientClosed | Outcome::WorkerDied
-        ) {
-            // Its wait measures the client's patience, not the upstream.
-            let connect_only = Timings {
-                connect: explanation.timings.connect,
-                ..Timings::default()
+        // A failed socket() made no connect: nothing to time.
+        if x.end != End::SocketFailed {
+            let timings = if matches!(
+                explanation.outcome,
+                Outcome::ClientClosed | Outcome::WorkerDied
+            ) {
+                // Its wait measures the client's patience (or the worker's
+                // death), not the upstream.
+                Timings {
+                    connect: explanation.timings.connect,
+                    ..Timings::default()
+                }
+            } else {
+                explanation.timings
             };
-            self.histograms.record(&upstream, &connect_only);
-        } else {
-            self.histograms.record(&upstream, &explanation.timings);
+            self.histograms.record(&upstream, &timings);
         }
         let routine = explanation.outcome == Outcome::Ok && explanation.verdict == Verdict::Healthy;
         if routine && !self.all {
@@ -556,13 +558,7 @@ impl Session {
             event: "worker_exit",
             time: rfc3339_micros(self.clock.wall(time_ns)),
             worker_pid: pid,
-            fate: fate.kind.as_str(),
-            signal: fate.signal,
-            sender_pid: fate.sender.as_ref().map(|s| s.0),
-            sender_comm: fate.sender.as_ref().map(|s| s.1.clone()),
-            core_dumped: fate.core_dumped,
-            exit_status: fate.exit_status,
-            memory_limit_bytes: fate.memory_limit,
+            fate: FateFacts::of(&fate, true),
             in_flight,
             nginx_error,
             evidence: format!("nginx worker {pid} {}", fates::what_befell(&fate)),

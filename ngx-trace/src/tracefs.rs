@@ -90,6 +90,7 @@ pub fn offsets_from(
     let (victim, victim_f) = need("oom", "mark_victim")?;
     let (socket, socket_f) = need("syscalls", "sys_enter_socket")?;
     let (socket_exit, socket_exit_f) = need("syscalls", "sys_exit_socket")?;
+    let (signal, signal_f) = need("signal", "signal_generate")?;
     // Missing before Linux 5.12: its fentry fallback reads the socket's
     // error itself, and the program reading these offsets is not loaded.
     let (error_report_error, error_report_dport) = match fields("sock", "inet_sk_error_report")? {
@@ -108,12 +109,21 @@ pub fn offsets_from(
         receive_reset_skaddr: offset_of(&reset_f, &reset, "skaddr", 8)?,
         retransmit_skaddr: offset_of(&retransmit_f, &retransmit, "skaddr", 8)?,
         retransmit_state: offset_of(&retransmit_f, &retransmit, "state", 4)?,
+        retransmit_sport: offset_of(&retransmit_f, &retransmit, "sport", 2)?,
+        retransmit_dport: offset_of(&retransmit_f, &retransmit, "dport", 2)?,
+        retransmit_saddr: offset_of(&retransmit_f, &retransmit, "saddr", 4)?,
+        retransmit_saddr_v6: offset_of(&retransmit_f, &retransmit, "saddr_v6", 16)?,
         fork_child_pid: offset_of(&fork_f, &fork, "child_pid", 4)?,
         close_fd: offset_of(&close_f, &close, "fd", 8)?,
         mark_victim_pid: offset_of(&victim_f, &victim, "pid", 4)?,
         socket_family: offset_of(&socket_f, &socket, "family", 8)?,
         socket_type: offset_of(&socket_f, &socket, "type", 8)?,
         socket_ret: offset_of(&socket_exit_f, &socket_exit, "ret", 8)?,
+        signal_sig: offset_of(&signal_f, &signal, "sig", 4)?,
+        signal_code: offset_of(&signal_f, &signal, "code", 4)?,
+        signal_comm: offset_of(&signal_f, &signal, "comm", 16)?,
+        signal_pid: offset_of(&signal_f, &signal, "pid", 4)?,
+        signal_result: offset_of(&signal_f, &signal, "result", 4)?,
     })
 }
 

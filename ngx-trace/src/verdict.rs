@@ -7,7 +7,8 @@
 //!   because its client went away (nginx logs 499, no error line);
 //! - `backend_aborted`: the upstream reset the connection or closed it before
 //!   any response byte;
-//! - `network`: SYNs or data were retransmitted, or the request went unacknowledged
+//! - `network`: SYNs or data were retransmitted (by nginx's socket, or by a
+//!   local upstream's), or the request went unacknowledged
 //!   for [`ACK_LATE_US`] or more, or the smoothed RTT is at least half the
 //!   wait for the first byte;
 //! - `backend_slow`: none of that, and the first byte came after `slow` or
@@ -341,6 +342,12 @@ fn explain_connect(x: &Finished, transport: Transport, upstream: &str, t: Timing
     }
 }
 
+/// `2 retransmits by the upstream`: segments a local upstream's socket
+/// sent again (its response, lost on the way back).
+fn peer_retransmits(count: u32) -> String {
+    format!("{} by the upstream", plural(count, "retransmit"))
+}
+
 /// What the evidence says of the request's acknowledgement (TCP).
 fn ack_fact(f: &crate::records::Facts, t: &Timings) -> String {
     match t.request_acked {
@@ -363,6 +370,9 @@ fn network_reason(
     }
     if f.retransmits > 0 {
         return Some(plural(f.retransmits, "retransmit"));
+    }
+    if f.peer_retransmits > 0 {
+        return Some(peer_retransmits(f.peer_retransmits));
     }
     if f.syn_retransmits > 0 {
         return Some(plural(f.syn_retransmits, "SYN retransmit"));
@@ -395,6 +405,9 @@ fn explain_exchange(x: &Finished, transport: Transport, slow_us: u64, t: Timings
     if transport == Transport::Tcp {
         facts.push(ack_fact(ex, &t));
         facts.push(plural(ex.retransmits, "retransmit"));
+        if ex.peer_retransmits > 0 {
+            facts.push(peer_retransmits(ex.peer_retransmits));
+        }
     }
     match t.first_byte {
         Some(fb) => facts.push(format!("first byte after {}", human_us(fb))),
@@ -414,7 +427,7 @@ fn explain_exchange(x: &Finished, transport: Transport, slow_us: u64, t: Timings
     };
     let (outcome, verdict, errno, nginx_error, meaning) = match x.end {
         End::ResponseDone => {
-            let lost = ex.retransmits + ex.syn_retransmits > 0;
+            let lost = ex.retransmits + ex.syn_retransmits + ex.peer_retransmits > 0;
             let (verdict, meaning) = if network.is_some() && (waited >= slow_us || lost) {
                 (Verdict::Network, "slowed by the network")
             } else if waited >= slow_us {
@@ -767,6 +780,29 @@ mod tests {
             "{}",
             x.evidence
         );
+    }
+
+    #[test]
+    fn a_local_upstream_resending_its_response_is_the_network_not_a_slow_backend() {
+        // 30% loss on loopback: the answer left at once and came back on
+        // the backend's retransmission (request acked, nginx resent nothing).
+        let mut e = exchange(
+            End::ResponseDone,
+            Some(100_000),
+            Some(1_500 * MS),
+            1_501 * MS,
+        );
+        e.peer_retransmits = 1;
+        let x = tcp(&e);
+        assert_eq!((x.outcome, x.verdict), (Outcome::Ok, Verdict::Network));
+        assert_eq!(
+            x.evidence,
+            "1 retransmit by the upstream: request acked after 0.1 ms, 0 retransmits, \
+             1 retransmit by the upstream, first byte after 1.50 s"
+        );
+        // The same wait with nothing resent stays the backend's.
+        e.peer_retransmits = 0;
+        assert_eq!(tcp(&e).verdict, Verdict::BackendSlow);
     }
 
     #[test]

@@ -34,6 +34,14 @@ impl LoopbackRule {
         ))
     }
 
+    /// Drops this fraction of the packets 127.0.0.1:`port` sends back (its
+    /// SYN-ACKs, response data, ACKs of the request), at random.
+    pub fn lose_from(port: u16, probability: f64) -> Self {
+        Self::insert(&format!(
+            "-p tcp --sport {port} -m statistic --mode random --probability {probability} -j DROP"
+        ))
+    }
+
     fn insert(rule: &str) -> Self {
         let mut spec: Vec<String> = ["INPUT", "-i", "lo"].map(String::from).to_vec();
         spec.extend(rule.split_whitespace().map(String::from));

@@ -31,6 +31,16 @@ pub fn binary() -> PathBuf {
         })
 }
 
+/// The `--avoid-hooks` option that also avoids `extra` (`tp_btf:NAME,...`),
+/// keeping what the run avoids already (`NGX_TRACE_AVOID_HOOKS`, which the
+/// option would otherwise override): to test a capability's fallback.
+pub fn avoiding(extra: &str) -> String {
+    match std::env::var("NGX_TRACE_AVOID_HOOKS") {
+        Ok(run) if !run.trim().is_empty() => format!("--avoid-hooks={run},{extra}"),
+        _ => format!("--avoid-hooks={extra}"),
+    }
+}
+
 /// A running tracer.
 pub struct Tracer {
     child: Child,

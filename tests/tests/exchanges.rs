@@ -10,7 +10,7 @@ use ngx_trace_tests::{
     nginx::Nginx,
     php_fpm::PhpFpm,
     require_root,
-    tracer::Tracer,
+    tracer::{Tracer, avoiding},
 };
 use serde_json::Value;
 
@@ -288,6 +288,60 @@ fn packet_loss_is_network_never_backend_slow() {
             continue;
         }
         assert_eq!(e["verdict"], "network", "slowed by retransmissions: {e}");
+    }
+}
+
+#[test]
+fn response_loss_from_a_local_backend_is_network_with_the_backends_retransmits() {
+    require_root();
+    response_loss_is_network(&[], 50);
+    // The classic tracepoint, where the BTF one cannot be used, sees the
+    // backend's retransmissions as well.
+    response_loss_is_network(&[&avoiding("tp_btf:tcp_retransmit_skb")], 30);
+}
+
+/// `requests` through nginx to a backend whose packets are lost at 30% on
+/// their way back: every late answer is the network's, with the
+/// retransmissions of the backend's own socket as the evidence.
+fn response_loss_is_network(tracer_args: &[&str], requests: usize) {
+    let backend = HttpBackend::start();
+    // Loss on the way back: nginx's socket resends nothing, the backend's does.
+    let _loss = LoopbackRule::lose_from(backend.port(), 0.3);
+    let nginx = Nginx::proxying_to(backend.port(), "");
+    let mut args = vec!["--all"];
+    args.extend(tracer_args);
+    let tracer = Tracer::attach_to(&nginx, &args);
+    for _ in 0..requests {
+        nginx.get("/");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let events: Vec<Value> = tracer
+        .stop()
+        .into_iter()
+        .filter(|e| e["event"] == "upstream")
+        .collect();
+    assert!(events.len() >= requests, "{} events", events.len());
+    let slow: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["verdict"] == "backend_slow")
+        .collect();
+    assert!(slow.is_empty(), "loss blamed on the backend: {slow:#?}");
+    let resent: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["tcp"]["peer_retransmits"].as_u64().unwrap_or(0) > 0)
+        .collect();
+    assert!(
+        !resent.is_empty(),
+        "30% of the backend's segments lost and none resent by it seen: {events:#?}"
+    );
+    for e in &resent {
+        if e["outcome"] == "client_closed" {
+            assert_eq!(e["verdict"], "client_aborted", "{e}");
+            continue;
+        }
+        assert_eq!(e["verdict"], "network", "{e}");
+        let evidence = e["evidence"].as_str().unwrap();
+        assert!(evidence.contains("by the upstream"), "{e}");
     }
 }
 

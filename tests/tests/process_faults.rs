@@ -19,7 +19,7 @@ use ngx_trace_tests::{
     nginx::Nginx,
     php_fpm::PhpFpm,
     require_root,
-    tracer::Tracer,
+    tracer::{Tracer, avoiding},
 };
 use serde_json::Value;
 
@@ -151,10 +151,10 @@ fn nginx_for(backend: &FaultBackend) -> Nginx {
 /// A backend SIGKILLed by the test while it holds a request: nginx answers
 /// 502 when the connection ends, and ngx-trace names the process that held
 /// the other end, its end, and who sent the signal.
-fn backend_killed_while_holding_a_request(mut backend: FaultBackend) {
+fn backend_killed_while_holding_a_request(mut backend: FaultBackend, tracer_args: &[&str]) {
     let nginx = nginx_for(&backend);
     let workers = nginx.workers();
-    let mut tracer = Tracer::attach_to(&nginx, &[]);
+    let mut tracer = Tracer::attach_to(&nginx, tracer_args);
     let client = get_in_background(&nginx, "/");
     backend.wait_for_request(Duration::from_secs(10));
     backend.kill(libc::SIGKILL);
@@ -184,14 +184,23 @@ fn backend_killed_while_holding_a_request(mut backend: FaultBackend) {
 #[test]
 fn tcp_backend_sigkilled_holding_a_request_is_backend_crashed_killed_by_the_test() {
     require_root();
-    backend_killed_while_holding_a_request(FaultBackend::start_tcp(Mode::Hold));
+    backend_killed_while_holding_a_request(FaultBackend::start_tcp(Mode::Hold), &[]);
+}
+
+/// The same where the kernel's BTF tracepoints for signals and resets are
+/// unusable: the classic tracepoints stand in, and name the same sender.
+#[test]
+fn tcp_backend_sigkilled_is_named_through_the_classic_tracepoints_too() {
+    require_root();
+    let avoid = avoiding("tp_btf:signal_generate,tp_btf:tcp_receive_reset");
+    backend_killed_while_holding_a_request(FaultBackend::start_tcp(Mode::Hold), &[&avoid]);
 }
 
 #[test]
 fn unix_backend_sigkilled_holding_a_request_is_backend_crashed_killed_by_the_test() {
     require_root();
     let dir = TempDir::new("fault-unix");
-    backend_killed_while_holding_a_request(FaultBackend::start_unix(dir.path(), Mode::Hold));
+    backend_killed_while_holding_a_request(FaultBackend::start_unix(dir.path(), Mode::Hold), &[]);
 }
 
 #[test]
