@@ -402,6 +402,24 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
     },
     ProgramSpec {
+        program: "sys_enter_getsockopt",
+        capability: "connect errors read",
+        hook: Hook::Tracepoint,
+        category: "syscalls",
+        target: "sys_enter_getsockopt",
+        purpose: "see the connect error nginx reads (SO_ERROR), ICMP ones included",
+        optional: false,
+    },
+    ProgramSpec {
+        program: "sys_exit_getsockopt",
+        capability: "connect errors read",
+        hook: Hook::Tracepoint,
+        category: "syscalls",
+        target: "sys_exit_getsockopt",
+        purpose: "see the connect error nginx reads (SO_ERROR), ICMP ones included",
+        optional: false,
+    },
+    ProgramSpec {
         program: "sys_enter_close",
         capability: "close() calls",
         hook: Hook::Tracepoint,
@@ -660,6 +678,16 @@ pub struct Offsets {
     pub socket_type: u32,
     /// `sys_exit_socket.ret`
     pub socket_ret: u32,
+    /// `sys_enter_getsockopt.fd`
+    pub getsockopt_fd: u32,
+    /// `sys_enter_getsockopt.level`
+    pub getsockopt_level: u32,
+    /// `sys_enter_getsockopt.optname`
+    pub getsockopt_optname: u32,
+    /// `sys_enter_getsockopt.optval`
+    pub getsockopt_optval: u32,
+    /// `sys_exit_getsockopt.ret`
+    pub getsockopt_ret: u32,
     /// `signal_generate.sig`
     pub signal_sig: u32,
     /// `signal_generate.code`
@@ -918,6 +946,12 @@ pub struct Exchange {
     /// exchange (the response lost on its way back), counted when the
     /// upstream runs on this host.
     pub peer_retransmits: u32,
+    /// Response bytes the worker read in this exchange.
+    pub resp_bytes: u64,
+    /// For an exchange on a kept-alive connection: how long the connection
+    /// sat idle before this request (since the previous response's last
+    /// byte was read); 0 otherwise.
+    pub idle_ns: u64,
     /// The upstream.
     pub addr: UpstreamAddr,
 }
@@ -947,6 +981,8 @@ impl Exchange {
             fd,
             peer_pid: 0,
             peer_retransmits: 0,
+            resp_bytes: 0,
+            idle_ns: 0,
             addr,
         }
     }
@@ -1052,14 +1088,14 @@ pub struct FateRecord {
     pub sender_comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 92);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 112);
 const _: () = assert!(core::mem::size_of::<StructOffsets>() == 132);
-const _: () = assert!(core::mem::size_of::<Config>() == 248);
+const _: () = assert!(core::mem::size_of::<Config>() == 268);
 const _: () = assert!(core::mem::size_of::<FateRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 128);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
-const _: () = assert!(core::mem::size_of::<Exchange>() == 232);
-const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 240);
+const _: () = assert!(core::mem::size_of::<Exchange>() == 248);
+const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 256);
 const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<ClientGoneRecord>() == 32);
 

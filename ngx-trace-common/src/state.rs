@@ -201,7 +201,15 @@ impl Exchange {
         if self.is_in(Phase::Idle) {
             self.req_first_ns = now;
         } else if self.is_in(Phase::Receiving) {
-            // Keepalive: the next exchange on this connection.
+            // Keepalive: the next exchange on this connection, after the
+            // connection sat idle since the last response byte was read.
+            // (Unknown for an adopted connection: nothing read yet.)
+            self.idle_ns = if self.resp_last_read_ns == 0 {
+                0
+            } else {
+                now.saturating_sub(self.resp_last_read_ns)
+            };
+            self.resp_bytes = 0;
             self.start_ns = now;
             self.connect_ns = 0;
             self.req_first_ns = now;
@@ -245,6 +253,7 @@ impl Exchange {
                 }
             }
             self.resp_last_read_ns = now;
+            self.resp_bytes += ret as u64;
             self.phase = Phase::Receiving.code();
             return Next::Keep;
         }
@@ -469,6 +478,7 @@ mod tests {
         e.request_written(t);
         e.tcp_state_seen(true, t + 40_000, 30);
         e.response_read(200, t + MS);
+        assert_eq!(e.resp_bytes, 200);
         e.retransmits = 2;
         e.peer_retransmits = 1;
         // The next request on the same connection.
@@ -485,6 +495,8 @@ mod tests {
         e.request_written(next);
         assert_eq!(e.index, 1);
         assert_eq!(e.start_ns, next);
+        assert_eq!(e.idle_ns, next - (t + MS), "idle from the last byte read");
+        assert_eq!(e.resp_bytes, 0);
         assert_eq!(e.connect_ns, 0, "a reused connection has no connect phase");
         assert_ne!(e.flags & FLAG_REUSED, 0);
         assert!(e.is_connected());

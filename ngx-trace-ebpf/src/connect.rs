@@ -14,8 +14,11 @@ use ngx_trace_common::{
 
 use crate::{
     config::{config, offset},
-    maps::{CONNECTS, CONNS, ConnectCall, SOCKET_CALLS, UNIX_BIND, count_lost, forget, is_worker},
-    record::{clear_giveup, emit},
+    maps::{
+        CONNECTS, CONNS, ConnectCall, ERROR_READS, ErrorRead, FD_CONNS, SOCKET_CALLS, UNIX_BIND,
+        count_lost, fd_key, forget, is_worker,
+    },
+    record::{apply, clear_giveup, emit},
 };
 
 const SOCK_STREAM: u16 = 1;
@@ -207,5 +210,68 @@ pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
             end_ns: now,
         },
     );
+    0
+}
+
+/// `SOL_SOCKET`, `SO_ERROR`.
+const SOL_SOCKET: u64 = 1;
+const SO_ERROR: u64 = 4;
+
+/// A worker asks a socket for its pending error: how nginx learns that a
+/// non-blocking connect failed. Other processes leave after one lookup.
+#[tracepoint]
+pub fn sys_enter_getsockopt(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_worker((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let read = |offset: usize| unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0);
+    if read(offset!(getsockopt_level)) != SOL_SOCKET
+        || read(offset!(getsockopt_optname)) != SO_ERROR
+    {
+        return 0;
+    }
+    let call = ErrorRead {
+        optval: read(offset!(getsockopt_optval)),
+        fd: read(offset!(getsockopt_fd)) as u32,
+        _pad: 0,
+    };
+    let _ = ERROR_READS.insert(pid_tgid, call, 0);
+    0
+}
+
+/// The error nginx read ends a connect still in flight with it: an ICMP
+/// error (a firewall's REJECT) that arrived while the connecting socket was
+/// busy is kept by the kernel as a soft error, with no error report; nginx
+/// reads it here and logs `connect() failed (111: ...)`. A connect already
+/// ended by its error report (a reset) is no longer followed.
+#[tracepoint]
+pub fn sys_exit_getsockopt(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = ERROR_READS.get_ptr(pid_tgid) else {
+        return 0;
+    };
+    let call = unsafe { *call };
+    let _ = ERROR_READS.remove(pid_tgid);
+    if unsafe { ctx.read_at::<i64>(offset!(getsockopt_ret)) } != Ok(0) {
+        return 0;
+    }
+    let Ok(error) = (unsafe { bpf_probe_read_user(call.optval as *const i32) }) else {
+        return 0;
+    };
+    if error <= 0 {
+        return 0;
+    }
+    let Some(&sk) = (unsafe { FD_CONNS.get(fd_key((pid_tgid >> 32) as u32, call.fd)) }) else {
+        return 0;
+    };
+    let Some(state) = CONNS.get_ptr_mut(sk) else {
+        return 0;
+    };
+    if unsafe { (*state).is_connected() } {
+        return 0;
+    }
+    let next = unsafe { (*state).socket_error(error as u32, bpf_ktime_get_ns()) };
+    apply(sk, state, next);
     0
 }

@@ -48,6 +48,23 @@ pub static PEER_PORTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384
 #[map]
 pub static SOCKET_CALLS: LruHashMap<u64, u16> = LruHashMap::with_max_entries(1024, 0);
 
+/// `getsockopt(SO_ERROR)` calls of workers in flight, by pid_tgid: the fd
+/// and where the error is written.
+#[map]
+pub static ERROR_READS: LruHashMap<u64, ErrorRead> = LruHashMap::with_max_entries(1024, 0);
+
+/// A worker's `getsockopt(fd, SOL_SOCKET, SO_ERROR, optval, ...)`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ErrorRead {
+    /// Where the kernel writes the error (user memory).
+    pub optval: u64,
+    /// The socket asked about.
+    pub fd: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
 /// UNIX connections made but not yet written to, by pid_tgid: `connect()`
 /// does not name the `struct sock`, the first write does.
 #[map]

@@ -53,25 +53,76 @@ fn parse_tcp_addr(column: &str) -> Option<(IpAddr, u16)> {
     Some((ip, port))
 }
 
-/// The listening sockets' inodes that accept connections to `ip`:`port`
-/// (bound to it, or to the wildcard), from the text of `/proc/net/tcp` or
-/// `tcp6`.
+/// The rows (split into columns) of listening sockets that accept
+/// connections to `ip`:`port` (bound to it, or to the wildcard), in the
+/// text of `/proc/net/tcp` or `tcp6`.
+fn listener_rows(text: &str, ip: IpAddr, port: u16) -> impl Iterator<Item = Vec<&str>> {
+    text.lines().skip(1).filter_map(move |line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (*cols.get(3)? == "0A").then_some(())?;
+        let (bound, bound_port) = parse_tcp_addr(cols.get(1)?)?;
+        let v4_in_v6 = |b: IpAddr| match (b, ip) {
+            (IpAddr::V6(b6), IpAddr::V4(v4)) => b6.to_ipv4_mapped() == Some(v4),
+            _ => false,
+        };
+        (bound_port == port && (bound == ip || bound.is_unspecified() || v4_in_v6(bound)))
+            .then_some(cols)
+    })
+}
+
+/// The listening sockets' inodes that accept connections to `ip`:`port`,
+/// from the text of `/proc/net/tcp` or `tcp6`.
 pub fn tcp_listeners(text: &str, ip: IpAddr, port: u16) -> BTreeSet<u64> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            (*cols.get(3)? == "0A").then_some(())?;
-            let (bound, bound_port) = parse_tcp_addr(cols.get(1)?)?;
-            let v4_in_v6 = |b: IpAddr| match (b, ip) {
-                (IpAddr::V6(b6), IpAddr::V4(v4)) => b6.to_ipv4_mapped() == Some(v4),
-                _ => false,
-            };
-            (bound_port == port && (bound == ip || bound.is_unspecified() || v4_in_v6(bound)))
-                .then_some(())?;
-            cols.get(9)?.parse().ok()
-        })
+    listener_rows(text, ip, port)
+        .filter_map(|cols| cols.get(9)?.parse().ok())
         .collect()
+}
+
+/// A listener's accept queue: connections waiting for `accept()`, and the
+/// backlog it was given (`tx_queue:rx_queue` of a listening row is
+/// backlog:queued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptQueue {
+    /// Waiting for `accept()`.
+    pub queued: u64,
+    /// The most it holds.
+    pub backlog: u64,
+}
+
+impl AcceptQueue {
+    /// Whether the kernel drops new SYNs to it (`sk_acceptq_is_full`).
+    pub fn is_full(&self) -> bool {
+        self.queued > self.backlog
+    }
+}
+
+/// The fullest accept queue among the listeners of `ip`:`port`, from the
+/// text of `/proc/net/tcp` or `tcp6`.
+pub fn accept_queue_in(text: &str, ip: IpAddr, port: u16) -> Option<AcceptQueue> {
+    listener_rows(text, ip, port)
+        .filter_map(|cols| {
+            let (tx, rx) = cols.get(4)?.split_once(':')?;
+            Some(AcceptQueue {
+                queued: u64::from_str_radix(rx, 16).ok()?,
+                backlog: u64::from_str_radix(tx, 16).ok()?,
+            })
+        })
+        .max_by_key(|q| q.queued.saturating_sub(q.backlog))
+}
+
+/// The accept queue of the local listener of TCP upstream `addr`, in the
+/// network namespace of process `pid` (nginx's worker); `None` for an
+/// upstream elsewhere or without a listener.
+pub fn accept_queue(pid: u32, addr: &UpstreamAddr) -> Option<AcceptQueue> {
+    let ip = ip_of(addr)?;
+    let port = u16::from_be(addr.port_be);
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|file| {
+            let text = fs::read_to_string(format!("/proc/{pid}/net/{file}")).ok()?;
+            accept_queue_in(&text, ip, port)
+        })
+        .max_by_key(|q| q.queued.saturating_sub(q.backlog))
 }
 
 /// The IP of a TCP upstream.
@@ -278,5 +329,22 @@ Num       RefCount Protocol Flags    Type St Inode Path
         let lo6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
         assert_eq!(tcp_listeners(text6, lo6, 8080), BTreeSet::from([4444]));
         assert_eq!(tcp_listeners(text6, lo, 80), BTreeSet::from([5555]));
+    }
+
+    #[test]
+    fn a_listener_with_more_waiting_than_its_backlog_is_full() {
+        // A backend that listen()ed with backlog 1 and stopped accepting: two
+        // connections wait (a listener's tx_queue:rx_queue is backlog:queued).
+        let text = "\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000001:00000002 00:00000000 00000000     0        0 1111 1
+   1: 0100007F:1F91 00000000:0000 0A 00000080:00000000 00:00000000 00000000     0        0 2222 1
+";
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let q = accept_queue_in(text, lo, 8080).unwrap();
+        assert_eq!((q.queued, q.backlog, q.is_full()), (2, 1, true));
+        let idle = accept_queue_in(text, lo, 8081).unwrap();
+        assert_eq!((idle.queued, idle.backlog, idle.is_full()), (0, 128, false));
+        assert!(accept_queue_in(text, lo, 9).is_none());
     }
 }

@@ -1,5 +1,5 @@
 //! Command-line arguments.
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -18,6 +18,18 @@ pub struct Cli {
 enum Command {
     /// Trace nginx upstream connections live (the default).
     Trace(TraceArgs),
+    /// Put the kernel's evidence under each upstream line of nginx's error
+    /// log: live (tracing meanwhile), or after the fact from a recording.
+    Explain(ExplainArgs),
+}
+
+/// What to run.
+#[derive(Debug)]
+pub enum Mode {
+    /// `ngx-trace [trace]`.
+    Trace(TraceArgs),
+    /// `ngx-trace explain`.
+    Explain(ExplainArgs),
 }
 
 impl TraceArgs {
@@ -28,13 +40,38 @@ impl TraceArgs {
 }
 
 impl Cli {
-    /// The tracing options, whether given after `trace` or without it.
-    pub fn trace_args(self) -> TraceArgs {
+    /// What to run; tracing options may come after `trace` or without it.
+    pub fn mode(self) -> Mode {
         match self.command {
-            Some(Command::Trace(args)) => args,
-            None => self.trace,
+            Some(Command::Trace(args)) => Mode::Trace(args),
+            Some(Command::Explain(args)) => Mode::Explain(args),
+            None => Mode::Trace(self.trace),
         }
     }
+}
+
+/// Options of `ngx-trace explain`.
+#[derive(Debug, Args, Clone)]
+pub struct ExplainArgs {
+    /// The error log to explain (`-`: standard input). Without it: the error
+    /// logs of the traced nginx instances (found from the files they hold
+    /// open), followed live while tracing.
+    #[arg(value_name = "LOG")]
+    pub log: Option<PathBuf>,
+
+    /// Read LOG as nginx writes to it, tracing meanwhile (surviving log
+    /// rotation, like `tail -F`).
+    #[arg(long, conflicts_with = "from")]
+    pub follow: bool,
+
+    /// Explain LOG with a recording made by `ngx-trace trace --record FILE`
+    /// instead of tracing now.
+    #[arg(long, value_name = "RECORDING", requires = "log")]
+    pub from: Option<PathBuf>,
+
+    /// The tracing options (live explain).
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// Options of `ngx-trace trace`.
@@ -52,6 +89,11 @@ pub struct TraceArgs {
     /// Print every exchange, healthy ones too (default: failed or slow ones).
     #[arg(long)]
     pub all: bool,
+
+    /// Also write every event, healthy exchanges included, as JSON Lines to
+    /// FILE, for `ngx-trace explain LOG --from FILE` later.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 
     /// First-byte wait, in ms, from which a backend counts as slow; exchanges
     /// waiting this long are reported while they wait.
@@ -151,7 +193,10 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<TraceArgs, clap::Error> {
-        Cli::try_parse_from(args).map(Cli::trace_args)
+        Cli::try_parse_from(args).map(|cli| match cli.mode() {
+            Mode::Trace(args) => args,
+            Mode::Explain(args) => args.trace,
+        })
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct UpstreamEvent {
     /// Whether the exchange ran on a kept-alive connection (exchanges only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reused: Option<bool>,
+    /// Response bytes nginx read (exchanges only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<u64>,
     /// The backend process holding the other end of a local upstream's
     /// connection, when it died or was signalled during the exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +100,7 @@ impl UpstreamEvent {
                 srtt_us: ex.srtt_us,
             }),
             reused: (!connecting).then_some(ex.reused),
+            response_bytes: (!connecting).then_some(ex.resp_bytes),
             peer: None,
             meaning: e.meaning,
         }
@@ -599,6 +603,7 @@ mod tests {
                 first_byte: Some(1_000_000),
                 nginx_read_delay: Some(15),
                 total: Some(1_000_412),
+                idle_before: Some(4_000_000),
             };
             e.tcp = Some(TcpFacts {
                 syn_retransmits: 0,
@@ -606,7 +611,8 @@ mod tests {
                 peer_retransmits: Some(2),
                 srtt_us: Some(31),
             });
-            e.reused = Some(false);
+            e.reused = Some(true);
+            e.response_bytes = Some(0);
             e.peer = Some(crate::fates::PeerFacts {
                 pid: 4242,
                 comm: Some("php-fpm8.2".into()),

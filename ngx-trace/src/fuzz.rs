@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, path::Path};
 use proptest::prelude::*;
 
 use crate::{
+    errorlog,
     preflight::parse_cap_eff,
     procs::{parse_listen_ports, parse_status},
     records::decode,
@@ -147,8 +148,60 @@ proptest! {
     }
 
     #[test]
+    fn error_log_parser_survives_mutated_real_lines(
+        pick in any::<usize>(),
+        edits in prop::collection::vec(edit(), 0..8),
+    ) {
+        let lines = error_log_lines();
+        let line = &lines[pick % lines.len()];
+        let mutated = apply(line, &edits);
+        for l in mutated.lines() {
+            if let Some(parsed) = errorlog::parse(l) {
+                // Whatever it found, it found in the line.
+                prop_assert!(l.contains(&parsed.text) && l.contains(&parsed.local_time));
+                let _ = (parsed.upstream(), parsed.module(), parsed.time(3600));
+            }
+        }
+    }
+
+    #[test]
+    fn error_log_parser_survives_any_text(text in ".{0,600}") {
+        let _ = errorlog::parse(&text).map(|l| l.upstream());
+    }
+
+    #[test]
     fn record_decoder_survives_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
         let _ = decode(&bytes);
+    }
+}
+
+/// Real error-log lines (nginx 1.31 and Debian's 1.22, every upstream
+/// failure the tests make, container and syslog forms among them).
+fn error_log_lines() -> Vec<String> {
+    seeds("error-log")
+        .values()
+        .flat_map(|text| text.lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn every_real_error_log_line_parses_and_upstream_ones_are_recognised() {
+    for line in error_log_lines() {
+        // Continuation lines of a multi-line FastCGI stderr message are not
+        // records of their own.
+        if !line.starts_with("20") {
+            continue;
+        }
+        let parsed = errorlog::parse(&line).unwrap_or_else(|| panic!("{line}"));
+        let about_upstream = line.contains("upstream")
+            || line.contains("exited on signal")
+            || line.contains("FastCGI sent in stderr");
+        assert_eq!(
+            parsed.is_upstream(),
+            about_upstream || line.contains("resolv"),
+            "{line}"
+        );
     }
 }
 

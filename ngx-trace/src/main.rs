@@ -8,13 +8,17 @@
 mod adopt;
 mod backends;
 mod btf;
+mod causes;
 mod check;
 mod cli;
 mod clock;
 #[cfg(test)]
 mod contract;
+mod errorlog;
 mod event;
 mod exit;
+mod explain;
+mod explain_mode;
 mod fates;
 #[cfg(test)]
 mod fuzz;
@@ -24,11 +28,14 @@ mod human;
 mod kernel;
 mod kretprobe;
 mod load_error;
+mod localtime;
+mod logfollow;
 mod memcg;
 mod output;
 mod preflight;
 mod proc_net;
 mod procs;
+mod recording;
 mod records;
 mod session;
 mod summary;
@@ -48,16 +55,17 @@ use tokio::{
 };
 
 use crate::{
-    cli::{Cli, TraceArgs},
+    cli::{Cli, Mode, TraceArgs},
     exit::UserError,
+    explain_mode::Live,
     kernel::Kernel,
     output::{Output, notice},
     session::Session,
 };
 
 fn main() {
-    let args = match Cli::try_parse() {
-        Ok(cli) => cli.trace_args(),
+    let mode = match Cli::try_parse() {
+        Ok(cli) => cli.mode(),
         Err(e) => {
             let _ = e.print();
             std::process::exit(if e.use_stderr() {
@@ -77,7 +85,17 @@ fn main() {
             std::process::exit(exit::FAILURE);
         }
     };
-    match runtime.block_on(trace(args)) {
+    let result = match mode {
+        Mode::Trace(args) => runtime.block_on(trace(args, None)),
+        Mode::Explain(args) => match (&args.log, args.follow) {
+            (Some(log), false) => explain_mode::offline(log, args.from.as_deref(), args.trace.json),
+            _ => {
+                let live = Live::new(args.log.clone(), args.trace.json);
+                runtime.block_on(trace(args.trace, Some(live)))
+            }
+        },
+    };
+    match result {
         Ok(()) => std::process::exit(exit::OK),
         Err(err) => {
             if is_broken_pipe(&err) {
@@ -187,7 +205,9 @@ fn memory_cgrp_id() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-async fn trace(args: TraceArgs) -> Result<()> {
+/// Traces; with `live`, explains error-log lines meanwhile instead of
+/// printing events.
+async fn trace(args: TraceArgs, mut live: Option<Live>) -> Result<()> {
     // Taken from the start: a stop asked for while the programs load (some
     // seconds on a slow host) ends the run cleanly once they are attached,
     // with its summary, instead of killing it half attached.
@@ -246,17 +266,54 @@ async fn trace(args: TraceArgs) -> Result<()> {
             kernel.attach_time.as_millis()
         ));
     }
-    let mut session = Session::new(
-        Output::new(args.json),
-        args.all,
-        args.slow.saturating_mul(1000),
-        initial,
-    );
+    let mut out = if live.is_some() {
+        Output::capturing()
+    } else {
+        Output::new(args.json)
+    };
+    if let Some(path) = &args.record {
+        out = record_to(out, path, initial.first().copied())?;
+    }
+    let mut session = Session::new(out, args.all, args.slow.saturating_mul(1000), initial);
     session.refresh_workers()?;
+    if let Some(live) = live.as_mut() {
+        live.start(&session)?;
+    }
 
-    pump(&mut kernel, events, &mut session, &args, stops).await?;
+    pump(
+        &mut kernel,
+        events,
+        &mut session,
+        &args,
+        stops,
+        live.as_mut(),
+    )
+    .await?;
     session.finish(kernel.conns(), clock::monotonic_ns())?;
+    session.output().flush_record()?;
+    if let Some(live) = live.as_mut() {
+        live.finish(&session)?;
+    }
     Ok(())
+}
+
+/// `out`, also recording to `path` (created or emptied), its header naming
+/// the local time of `nginx` (a traced process), the clock of its log.
+fn record_to(out: Output, path: &std::path::Path, nginx: Option<u32>) -> Result<Output> {
+    let file = std::fs::File::create(path).with_context(|| {
+        format!(
+            "failed to create the recording {}: check the directory and its permissions",
+            path.display()
+        )
+    })?;
+    let header = recording::Header {
+        event: "recording",
+        version: 1,
+        started: clock::rfc3339_micros(std::time::SystemTime::now()),
+        utc_offset_s: localtime::utc_offset_s(nginx),
+    };
+    out.recording_to(file, &header)
+        .with_context(|| format!("failed to write the recording {}", path.display()))
 }
 
 /// The signals that stop tracing.
@@ -273,6 +330,7 @@ async fn pump(
     session: &mut Session,
     args: &TraceArgs,
     stops: Stops,
+    mut live: Option<&mut Live>,
 ) -> Result<()> {
     let Stops {
         mut sigterm,
@@ -287,6 +345,7 @@ async fn pump(
     // Answered exchanges are written without waking us (see the kernel's
     // record.rs): drain them on a timer.
     let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
+    let mut explain_tick = tokio::time::interval(Duration::from_millis(250));
     let interval = match args.interval {
         0 => forever,
         secs => Duration::from_secs(secs),
@@ -320,7 +379,15 @@ async fn pump(
                 _ = workers_tick.tick() => {
                     session.refresh_workers()?;
                 }
-                _ = lost_tick.tick() => session.report_lost(kernel.lost()?, kernel.hooks_skipped(), false)?,
+                _ = lost_tick.tick() => {
+                    session.report_lost(kernel.lost()?, kernel.hooks_skipped(), false)?;
+                    session.output().flush_record()?;
+                }
+                _ = explain_tick.tick() => {
+                    if let Some(live) = live.as_deref_mut() {
+                        live.tick(session, false)?;
+                    }
+                }
                 _ = pending_tick.tick() => {
                     let gone = session.report_pending(kernel.conns(), clock::monotonic_ns())?;
                     kernel.forget(&gone);

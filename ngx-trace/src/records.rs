@@ -56,6 +56,10 @@ pub struct Facts {
     /// Data segments the upstream's socket retransmitted during the
     /// exchange (counted for upstreams on this host only).
     pub peer_retransmits: u32,
+    /// Response bytes read.
+    pub resp_bytes: u64,
+    /// How long a kept-alive connection sat idle before this request.
+    pub idle_ns: u64,
     /// Smoothed RTT, µs (TCP, once a segment came back).
     pub srtt_us: Option<u32>,
     /// Exchanges finished on this connection before this one.
@@ -185,6 +189,8 @@ pub fn facts(ex: &Exchange) -> Result<Facts, String> {
         syn_retransmits: ex.syn_retransmits,
         retransmits: ex.retransmits,
         peer_retransmits: ex.peer_retransmits,
+        resp_bytes: ex.resp_bytes,
+        idle_ns: ex.idle_ns,
         srtt_us: (ex.srtt_us != 0).then_some(ex.srtt_us),
         index: ex.index,
         acked_live: false,

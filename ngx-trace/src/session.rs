@@ -9,7 +9,7 @@ use std::{
 use ngx_trace_common::{End, Exchange, Phase, UpstreamAddr};
 
 use crate::{
-    backends::Backends,
+    backends::{self, Backends},
     clock::{Clock, rfc3339_micros},
     event::{LostEvent, PendingEvent, UpstreamEvent, WorkerExitEvent, WorkersEvent},
     fates::{self, Fact, Fate, FateFacts, FateKind, FateLog, PeerFacts},
@@ -262,6 +262,22 @@ impl Session {
                     peer = Some(facts);
                 }
             }
+            Outcome::ConnectTimeout if transport == Transport::Tcp => {
+                // A local backend that stopped accepting: its kernel drops
+                // SYNs once the accept queue is full, as a lossy network
+                // would (the queue is read now; a stuck backend keeps it full).
+                if let Some(q) = backends::accept_queue(x.facts.worker_pid, &x.facts.addr)
+                    .filter(|q| q.is_full())
+                {
+                    explanation.verdict = Verdict::BackendOverloaded;
+                    explanation.meaning = "backend's accept queue full";
+                    explanation.evidence = format!(
+                        "the local listener's accept queue is full ({} waiting, backlog {}): \
+                         its kernel drops new SYNs; {}",
+                        q.queued, q.backlog, explanation.evidence
+                    );
+                }
+            }
             Outcome::FdLimit => {
                 let count = self.fd_count(x.facts.worker_pid, x.errno.unwrap_or(0));
                 explanation.evidence = format!("{}: {count}", explanation.evidence);
@@ -292,13 +308,29 @@ impl Session {
             self.histograms.record(&upstream, &timings);
         }
         let routine = explanation.outcome == Outcome::Ok && explanation.verdict == Verdict::Healthy;
-        if routine && !self.all {
+        let shown = !routine || self.all;
+        if !shown && !self.out.keeps_everything() {
             return Ok(());
         }
         let time = rfc3339_micros(self.clock.wall(x.end_ns));
         let mut event = UpstreamEvent::new(time, &x.facts, transport, &upstream, explanation);
         event.peer = peer;
-        self.out.event(&event, || event.to_text())
+        if shown {
+            self.out.event(&event, || event.to_text())
+        } else {
+            // Recorded for `explain` (a retry that succeeded), not printed.
+            self.out.keep(&event)
+        }
+    }
+
+    /// Where events go.
+    pub fn output(&self) -> &Output {
+        &self.out
+    }
+
+    /// The nginx processes traced now.
+    pub fn traced(&self) -> &BTreeSet<u32> {
+        &self.traced
     }
 
     /// The backend process that held the other end of a local upstream's

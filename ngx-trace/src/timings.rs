@@ -23,6 +23,10 @@ pub struct Timings {
     /// Exchange start (connect, or first request byte when reused) to its end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+    /// On a kept-alive connection: how long it sat idle before this
+    /// request (a backend closing idle connections first shows here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_before: Option<u64>,
 }
 
 /// `to_ns - from_ns` in µs, when `from_ns` was seen and precedes `to_ns`.
@@ -55,5 +59,6 @@ pub fn timings(x: &Finished) -> Timings {
         },
         nginx_read_delay: span_us(f.resp_kernel_ns, f.resp_first_read_ns),
         total: span_us(f.start_ns, x.end_ns),
+        idle_before: (f.reused && f.idle_ns != 0).then_some(f.idle_ns / 1000),
     }
 }

@@ -91,6 +91,8 @@ pub fn offsets_from(
     let (socket, socket_f) = need("syscalls", "sys_enter_socket")?;
     let (socket_exit, socket_exit_f) = need("syscalls", "sys_exit_socket")?;
     let (signal, signal_f) = need("signal", "signal_generate")?;
+    let (getsockopt, getsockopt_f) = need("syscalls", "sys_enter_getsockopt")?;
+    let (getsockopt_exit, getsockopt_exit_f) = need("syscalls", "sys_exit_getsockopt")?;
     // Missing before Linux 5.12: its fentry fallback reads the socket's
     // error itself, and the program reading these offsets is not loaded.
     let (error_report_error, error_report_dport) = match fields("sock", "inet_sk_error_report")? {
@@ -119,6 +121,11 @@ pub fn offsets_from(
         socket_family: offset_of(&socket_f, &socket, "family", 8)?,
         socket_type: offset_of(&socket_f, &socket, "type", 8)?,
         socket_ret: offset_of(&socket_exit_f, &socket_exit, "ret", 8)?,
+        getsockopt_fd: offset_of(&getsockopt_f, &getsockopt, "fd", 8)?,
+        getsockopt_level: offset_of(&getsockopt_f, &getsockopt, "level", 8)?,
+        getsockopt_optname: offset_of(&getsockopt_f, &getsockopt, "optname", 8)?,
+        getsockopt_optval: offset_of(&getsockopt_f, &getsockopt, "optval", 8)?,
+        getsockopt_ret: offset_of(&getsockopt_exit_f, &getsockopt_exit, "ret", 8)?,
         signal_sig: offset_of(&signal_f, &signal, "sig", 4)?,
         signal_code: offset_of(&signal_f, &signal, "code", 4)?,
         signal_comm: offset_of(&signal_f, &signal, "comm", 16)?,

@@ -300,8 +300,18 @@ fn explain_connect(x: &Finished, transport: Transport, upstream: &str, t: Timing
         };
     }
     let errno = x.errno.unwrap_or(0);
-    let (outcome, verdict, meaning) = connect_error(transport, errno);
+    let (outcome, mut verdict, mut meaning) = connect_error(transport, errno);
     let text = strerror(errno);
+    // A TCP refusal without a reset came as ICMP port unreachable: what a
+    // firewall's REJECT sends (a host with nothing on the port sends RST).
+    let icmp_refusal = errno == 111
+        && transport == Transport::Tcp
+        && x.end == End::ConnectSocketError
+        && !x.facts.reset_seen;
+    if icmp_refusal {
+        verdict = Verdict::Network;
+        meaning = "rejected by a firewall (ICMP)";
+    }
     let (nginx_error, evidence) = if x.end == End::SocketFailed {
         // nginx had not passed the address yet: its line names none.
         (
@@ -318,6 +328,10 @@ fn explain_connect(x: &Finished, transport: Transport, upstream: &str, t: Timing
     } else {
         let evidence = if errno == 111 && x.facts.reset_seen {
             format!("RST in reply to SYN after {elapsed}")
+        } else if icmp_refusal {
+            format!(
+                "ICMP port unreachable in reply to SYN after {elapsed}, no RST: a firewall's REJECT"
+            )
         } else {
             format!("socket error {errno} ({text}) after {elapsed} and {retransmits}")
         };
@@ -487,6 +501,18 @@ fn explain_exchange(x: &Finished, transport: Transport, slow_us: u64, t: Timings
             )
         }
     };
+    if matches!(x.end, End::PeerClosed | End::PeerReset) {
+        // What tells a stale kept-alive connection, and a body cut short.
+        if let Some(idle) = t.idle_before {
+            facts.push(format!(
+                "kept-alive connection idle {} before the request",
+                human_us(idle)
+            ));
+        }
+        if ex.resp_bytes > 0 {
+            facts.push(format!("{} response bytes before the end", ex.resp_bytes));
+        }
+    }
     let mut evidence = facts.join(", ");
     if let (Verdict::Network, Some(reason)) = (verdict, &network) {
         evidence = format!("{reason}: {evidence}");
@@ -609,6 +635,18 @@ mod tests {
         );
         assert_eq!(x.evidence, "RST in reply to SYN after 0.1 ms");
         assert_eq!(x.timings.connect, Some(150));
+        // The same errno without a reset: ICMP from a firewall's REJECT.
+        e.flags &= !FLAG_RESET_SEEN;
+        let x = tcp(&e);
+        assert_eq!(
+            (x.outcome, x.verdict, x.errno),
+            (Outcome::Refused, Verdict::Network, Some(111))
+        );
+        assert!(
+            x.evidence.starts_with("ICMP port unreachable"),
+            "{}",
+            x.evidence
+        );
     }
 
     #[test]
@@ -721,6 +759,7 @@ mod tests {
                 first_byte: Some(2_000),
                 nginx_read_delay: Some(20),
                 total: Some(2_200),
+                idle_before: None,
             }
         );
     }

@@ -21,6 +21,11 @@ pub enum Behavior {
     Reset,
     /// Closes the connection without answering once the request is read.
     Close,
+    /// Answers a connection's first request (keep-alive), then closes the
+    /// connection unanswered when its next request arrives: what nginx
+    /// meets when a backend closes an idle kept-alive connection just as
+    /// nginx reuses it (a stale kept-alive connection).
+    CloseReused,
 }
 
 /// A TCP HTTP server on loopback, one thread per connection, HTTP/1.1
@@ -70,6 +75,7 @@ fn serve(mut conn: TcpStream, behavior: Behavior) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
     let mut buf = [0u8; 4096];
     let mut seen = Vec::new();
+    let mut answered = 0;
     loop {
         // One request: headers up to the blank line (nginx sends no body here).
         let end = loop {
@@ -102,7 +108,16 @@ fn serve(mut conn: TcpStream, behavior: Behavior) {
                 return;
             }
             Behavior::Close => return,
+            Behavior::CloseReused if answered > 0 => return,
+            Behavior::CloseReused => {
+                let response =
+                    "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n";
+                if conn.write_all(response.as_bytes()).is_err() {
+                    return;
+                }
+            }
         }
+        answered += 1;
     }
 }
 

@@ -26,6 +26,12 @@ impl LoopbackRule {
         Self::insert(&format!("-p tcp --dport {port} --syn -j DROP"))
     }
 
+    /// Rejects SYNs to 127.0.0.1:`port` the way iptables does by default:
+    /// with ICMP port unreachable, which `connect()` reports as 111 too.
+    pub fn reject_syn(port: u16) -> Self {
+        Self::insert(&format!("-p tcp --dport {port} --syn -j REJECT"))
+    }
+
     /// Drops this fraction of the packets sent to 127.0.0.1:`port` (SYNs,
     /// request data, ACKs of the response), at random.
     pub fn lose(port: u16, probability: f64) -> Self {

@@ -1,0 +1,411 @@
+//! What an upstream line of nginx's error log can mean, and what to do
+//! about each cause: the candidate causes a line allows (all of them when no
+//! trace covers it), and the next step in nginx or backend terms.
+use crate::errorlog::{Kind, LogLine, Phase};
+
+/// One possible cause of a line: a verdict of the tracer's vocabulary, and
+/// the finer cause the kernel can tell apart within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cause {
+    /// The verdict (`backend_down`, `network`...), or `consequence` for a
+    /// line that follows from earlier failures.
+    pub verdict: &'static str,
+    /// The finer cause (`rst`, `icmp_reject`, `accept_queue_full`...).
+    pub detail: &'static str,
+    /// What it looks like, in a few words.
+    pub what: &'static str,
+}
+
+const fn cause(verdict: &'static str, detail: &'static str, what: &'static str) -> Cause {
+    Cause {
+        verdict,
+        detail,
+        what,
+    }
+}
+
+const RST: Cause = cause(
+    "backend_down",
+    "rst",
+    "nothing listens on the port: the host answered the SYN with a TCP RST",
+);
+const ICMP_REJECT: Cause = cause(
+    "network",
+    "icmp_reject",
+    "a firewall REJECT answered the SYN with ICMP port unreachable",
+);
+const NO_LISTENER: Cause = cause(
+    "backend_down",
+    "no_listener",
+    "the UNIX socket file exists but no process listens on it",
+);
+const NO_SOCKET_FILE: Cause = cause(
+    "backend_down",
+    "no_socket_file",
+    "the UNIX socket file does not exist: the backend is stopped or the path is wrong",
+);
+const SYN_LOST: Cause = cause(
+    "network",
+    "syn_lost",
+    "SYNs or their answers were lost, or a firewall drops them",
+);
+const ACCEPT_QUEUE_FULL: Cause = cause(
+    "backend_overloaded",
+    "accept_queue_full",
+    "the backend's accept queue is full: its kernel drops new SYNs",
+);
+const HOST_DOWN: Cause = cause(
+    "backend_down",
+    "host_down",
+    "the upstream host is down or gone",
+);
+const UNREACHABLE: Cause = cause(
+    "network",
+    "unreachable",
+    "no route to the upstream (ICMP unreachable)",
+);
+const PERMISSION: Cause = cause(
+    "permission",
+    "permission",
+    "the socket file's mode or owner, an LSM (SELinux, AppArmor), or a local firewall",
+);
+const BACKLOG_FULL: Cause = cause(
+    "backend_overloaded",
+    "backlog_full",
+    "the UNIX socket's listen backlog is full (every backend worker busy)",
+);
+const NO_LOCAL_PORT: Cause = cause(
+    "proxy_resources",
+    "ephemeral_ports",
+    "no free local port or address for a new connection",
+);
+const FD_LIMIT: Cause = cause(
+    "proxy_resources",
+    "fd_limit",
+    "the nginx worker (or the host) ran out of file descriptors",
+);
+const SLOW: Cause = cause(
+    "backend_slow",
+    "slow",
+    "the backend took longer than the read timeout",
+);
+const LOSS: Cause = cause(
+    "network",
+    "loss",
+    "segments were lost and retransmitted (or the RTT is large)",
+);
+const NOT_READING: Cause = cause(
+    "backend_slow",
+    "not_reading",
+    "the backend stopped reading the request",
+);
+const CRASH: Cause = cause(
+    "backend_crashed",
+    "crash",
+    "the backend process crashed (a fault, abort())",
+);
+const OOM_KILL: Cause = cause(
+    "backend_crashed",
+    "oom_kill",
+    "the backend process was OOM-killed",
+);
+const OWN_TIMEOUT: Cause = cause(
+    "backend_crashed",
+    "own_timeout",
+    "the backend's own request timeout killed its worker (request_terminate_timeout, gunicorn --timeout, uWSGI harakiri)",
+);
+const KILLED: Cause = cause(
+    "backend_crashed",
+    "killed",
+    "the backend process was killed by a signal",
+);
+const STALE_KEEPALIVE: Cause = cause(
+    "backend_aborted",
+    "stale_keepalive",
+    "a kept-alive connection the backend closed as nginx reused it",
+);
+const CLOSED: Cause = cause(
+    "backend_aborted",
+    "closed",
+    "the backend closed or reset the connection while alive",
+);
+const MIDDLEBOX: Cause = cause(
+    "network",
+    "middlebox",
+    "a firewall, NAT or load balancer in between dropped the connection",
+);
+const TIMED_OUT_CONN: Cause = cause(
+    "network",
+    "connection_timed_out",
+    "the kernel's retransmissions ran out on an established connection",
+);
+const CONSEQUENCE: Cause = cause(
+    "consequence",
+    "max_fails",
+    "earlier failures reached max_fails within fail_timeout: see them",
+);
+const BIG_HEADER: Cause = cause(
+    "backend_response",
+    "big_header",
+    "the response header is larger than the module's buffer_size",
+);
+const INVALID: Cause = cause(
+    "backend_response",
+    "invalid",
+    "the answer is not what the protocol expects (wrong port or protocol?)",
+);
+const STDERR: Cause = cause(
+    "backend_message",
+    "stderr",
+    "the application wrote to stderr: its own message, not a transport failure",
+);
+const GRPC: Cause = cause(
+    "backend_response",
+    "grpc",
+    "the gRPC backend answered with an error",
+);
+const RESOLVER: Cause = cause(
+    "resolver",
+    "dns",
+    "the upstream's name could not be resolved",
+);
+const TLS: Cause = cause(
+    "tls",
+    "handshake",
+    "the TLS handshake with the upstream failed",
+);
+const WORKER_DIED: Cause = cause(
+    "proxy_crashed",
+    "worker_died",
+    "an nginx worker died, taking its requests with it",
+);
+const UNKNOWN: Cause = cause("unknown", "unknown", "a message ngx-trace has no rule for");
+
+/// Every cause `line` allows, most common first.
+pub fn candidates(line: &LogLine) -> Vec<Cause> {
+    let unix = line.upstream().is_some_and(|u| u.starts_with("unix:"));
+    match &line.kind {
+        Kind::ConnectFailed | Kind::SocketFailed => connect_errno(line.errno, unix),
+        Kind::TimedOut => match line.phase() {
+            Phase::Connecting if unix => vec![BACKLOG_FULL],
+            Phase::Connecting => vec![SYN_LOST, ACCEPT_QUEUE_FULL, HOST_DOWN],
+            Phase::Sending => vec![NOT_READING, LOSS],
+            _ => vec![SLOW, LOSS],
+        },
+        Kind::PrematurelyClosed => early_end(),
+        Kind::IoFailed(_) => match line.errno {
+            Some(110) => vec![TIMED_OUT_CONN, MIDDLEBOX],
+            _ => early_end(),
+        },
+        Kind::NoLiveUpstreams | Kind::ServerDisabled => vec![CONSEQUENCE],
+        Kind::TooBigHeader => vec![BIG_HEADER],
+        Kind::InvalidResponse => vec![INVALID],
+        Kind::FastcgiStderr => vec![STDERR],
+        Kind::Grpc => vec![GRPC],
+        Kind::Resolver => vec![RESOLVER],
+        Kind::Ssl => vec![TLS],
+        Kind::WorkerExited => vec![WORKER_DIED],
+        Kind::OtherUpstream | Kind::Unrelated => vec![UNKNOWN],
+    }
+}
+
+/// The causes of a connection that ended before its answer.
+fn early_end() -> Vec<Cause> {
+    vec![
+        CRASH,
+        OOM_KILL,
+        OWN_TIMEOUT,
+        KILLED,
+        STALE_KEEPALIVE,
+        CLOSED,
+        MIDDLEBOX,
+    ]
+}
+
+/// The causes of a `connect()` or `socket()` failing with `errno`.
+fn connect_errno(errno: Option<u32>, unix: bool) -> Vec<Cause> {
+    match errno {
+        Some(111) if unix => vec![NO_LISTENER],
+        Some(111) => vec![RST, ICMP_REJECT],
+        Some(110) => vec![SYN_LOST, ACCEPT_QUEUE_FULL, HOST_DOWN],
+        Some(113 | 101 | 112) => vec![UNREACHABLE],
+        Some(13 | 1) => vec![PERMISSION],
+        Some(11) => vec![BACKLOG_FULL],
+        Some(2) => vec![NO_SOCKET_FILE],
+        Some(99 | 98) => vec![NO_LOCAL_PORT],
+        Some(24 | 23) => vec![FD_LIMIT],
+        _ => vec![UNKNOWN],
+    }
+}
+
+/// The cause named by `verdict` and `detail`, if it is one of the table's.
+pub fn find(verdict: &str, detail: &str) -> Option<Cause> {
+    [
+        RST,
+        ICMP_REJECT,
+        NO_LISTENER,
+        NO_SOCKET_FILE,
+        SYN_LOST,
+        ACCEPT_QUEUE_FULL,
+        HOST_DOWN,
+        UNREACHABLE,
+        PERMISSION,
+        BACKLOG_FULL,
+        NO_LOCAL_PORT,
+        FD_LIMIT,
+        SLOW,
+        LOSS,
+        NOT_READING,
+        CRASH,
+        OOM_KILL,
+        OWN_TIMEOUT,
+        KILLED,
+        STALE_KEEPALIVE,
+        CLOSED,
+        MIDDLEBOX,
+        TIMED_OUT_CONN,
+        CONSEQUENCE,
+        WORKER_DIED,
+    ]
+    .into_iter()
+    .find(|c| c.verdict == verdict && c.detail == detail)
+}
+
+/// The next step for `cause` on `line`, in nginx or backend terms.
+pub fn advice(cause: &Cause, line: &LogLine) -> String {
+    // The directive prefix of the module that talked to the upstream.
+    let m = line.module().unwrap_or("proxy");
+    match cause.detail {
+        "rst" | "no_listener" | "no_socket_file" | "host_down" => format!(
+            "start the backend (or fix the address in {m}_pass / the upstream block); \
+             with several servers, nginx retries the next one ({m}_next_upstream error) \
+             and skips this one for fail_timeout (10s) after max_fails (1) failures"
+        ),
+        "icmp_reject" => "a firewall rejects the connection: check iptables/nftables \
+             REJECT rules on the path to the upstream's port"
+            .to_string(),
+        "syn_lost" => format!(
+            "SYNs go unanswered: check firewalls (DROP rules), routes and the upstream \
+             host; keep {m}_connect_timeout above 1s plus the RTT (the kernel's first \
+             SYN retransmission)"
+        ),
+        "accept_queue_full" => "the backend does not accept() fast enough: add backend \
+             workers, or raise its listen backlog (and net.core.somaxconn)"
+            .to_string(),
+        "backlog_full" => "every backend worker is busy: raise pm.max_children (PHP-FPM) or \
+             the backend's workers, and listen.backlog with net.core.somaxconn"
+            .to_string(),
+        "unreachable" => "no route to the upstream: check its address, the routes and \
+             the host"
+            .to_string(),
+        "permission" => "let nginx's user reach the socket: listen.owner, listen.group and \
+             listen.mode (PHP-FPM), the socket directory's mode, or the LSM policy"
+            .to_string(),
+        "ephemeral_ports" => format!(
+            "reuse connections: keepalive in the upstream block with {m}_http_version 1.1; \
+             or widen net.ipv4.ip_local_port_range"
+        ),
+        "fd_limit" => "raise worker_rlimit_nofile (and the service's LimitNOFILE) above \
+             2 × worker_connections"
+            .to_string(),
+        "slow" => format!(
+            "the backend is slow: find the slow request in its logs; or, if such waits are \
+             expected, raise {m}_read_timeout (default 60s) for this location"
+        ),
+        "loss" | "connection_timed_out" => "packets are lost between nginx and the upstream: \
+             check the interfaces' drops, the links and middleboxes on the path"
+            .to_string(),
+        "not_reading" => format!(
+            "the backend stopped reading the request body: check its upload limits and \
+             workers; {m}_send_timeout (default 60s) bounds the wait"
+        ),
+        "crash" => "the backend crashed: see its log and core dump for the request".to_string(),
+        "oom_kill" => "the backend ran out of memory: raise its memory limit, or lower its \
+             workers' memory use (pm.max_children × memory_limit for PHP-FPM)"
+            .to_string(),
+        "own_timeout" => format!(
+            "the backend's own timeout killed the request: raise it \
+             (request_terminate_timeout, gunicorn --timeout, uWSGI harakiri) together with \
+             {m}_read_timeout, or make the request faster"
+        ),
+        "killed" => {
+            "something killed the backend process: see who (the sender) and why".to_string()
+        }
+        "stale_keepalive" => "set keepalive_timeout in the upstream block below the \
+             backend's own idle timeout, so nginx closes idle connections first"
+            .to_string(),
+        "closed" => "the backend closed the connection without answering: see its log \
+             for the request"
+            .to_string(),
+        "middlebox" => "something between nginx and the upstream drops connections: check \
+             firewalls' and load balancers' idle timeouts"
+            .to_string(),
+        "max_fails" => format!(
+            "fix the failures that marked the servers down (shown before this line); \
+             max_fails and fail_timeout in the upstream block set how many and how long; \
+             {m}_next_upstream sets which failures count"
+        ),
+        "big_header" => format!(
+            "raise {m}_buffer_size (and {m}_buffers) above the backend's response header size"
+        ),
+        "invalid" => format!(
+            "the upstream does not speak what {m}_pass expects: check the port and the \
+             protocol (http vs https, fastcgi vs http)"
+        ),
+        "stderr" => "read the application's message: it is the backend's own log line".to_string(),
+        "dns" => "make the name resolvable (resolver directive, /etc/hosts, DNS)".to_string(),
+        "handshake" => format!(
+            "check the upstream's TLS: {m}_ssl_protocols, {m}_ssl_server_name and the \
+             certificate"
+        ),
+        "worker_died" => "an nginx worker died: see the core dump, and memory limits for \
+             nginx itself"
+            .to_string(),
+        _ => "see the backend's and nginx's logs around this time".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::errorlog::parse;
+
+    fn line(message: &str) -> LogLine {
+        parse(&format!(
+            "2026/11/27 01:02:03 [error] 7#7: *1 {message}, client: a, server: b, request: \"GET / HTTP/1.1\", upstream: \"http://127.0.0.1:3999/\", host: \"h\""
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_refusal_is_an_rst_or_a_firewall_reject() {
+        let l = line("connect() failed (111: Connection refused) while connecting to upstream");
+        let c: Vec<&str> = candidates(&l).iter().map(|c| c.detail).collect();
+        assert_eq!(c, ["rst", "icmp_reject"]);
+        assert!(advice(&RST, &l).contains("proxy_next_upstream"));
+    }
+
+    #[test]
+    fn eleven_is_a_full_backlog_on_unix_sockets_only() {
+        let l = parse("2026/11/27 01:02:03 [error] 7#7: *1 connect() to unix:/run/php/php8.2-fpm.sock failed (11: Resource temporarily unavailable) while connecting to upstream, client: a, upstream: \"fastcgi://unix:/run/php/php8.2-fpm.sock:\"").unwrap();
+        assert_eq!(candidates(&l), [BACKLOG_FULL]);
+        assert!(advice(&BACKLOG_FULL, &l).contains("pm.max_children"));
+    }
+
+    #[test]
+    fn timeouts_differ_by_phase_and_advice_names_the_module() {
+        let connect =
+            line("upstream timed out (110: Connection timed out) while connecting to upstream");
+        assert_eq!(candidates(&connect)[..2], [SYN_LOST, ACCEPT_QUEUE_FULL]);
+        let read = line(
+            "upstream timed out (110: Connection timed out) while reading response header from upstream",
+        );
+        assert_eq!(candidates(&read), [SLOW, LOSS]);
+        assert!(advice(&SLOW, &read).contains("proxy_read_timeout"));
+        let closed = line(
+            "upstream prematurely closed connection while reading response header from upstream",
+        );
+        assert!(candidates(&closed).contains(&STALE_KEEPALIVE));
+        assert_eq!(find("backend_crashed", "oom_kill"), Some(OOM_KILL));
+    }
+}

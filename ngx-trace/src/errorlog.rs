@@ -1,0 +1,625 @@
+//! nginx error-log lines: parsed into their parts and classified by what
+//! they say about an upstream. The reference is nginx's source:
+//! `ngx_log_error_core` (`src/core/ngx_log.c`) writes
+//! `YYYY/MM/DD HH:MM:SS [level] PID#TID: *CONN message`, the message ending
+//! in ` (errno: text)` when there is an error, then the request's context
+//! (`ngx_http_log_error` in `src/http/ngx_http_request.c`): ` while ACTION`,
+//! `, client: ...`, `, server: ...`, `, request: "..."`, `, upstream:
+//! "..."`, `, host: "..."`, `, referrer: "..."`. A line may be cut at
+//! nginx's 2048-byte limit, and may carry a syslog or container-log prefix
+//! (or be a Docker JSON log record): the nginx part is found inside it.
+use std::time::{Duration, SystemTime};
+
+/// The levels nginx writes, in its order.
+const LEVELS: [&str; 8] = [
+    "emerg", "alert", "crit", "error", "warn", "notice", "info", "debug",
+];
+
+/// One parsed error-log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// The line as read (without its line ending).
+    pub raw: String,
+    /// nginx's local time, to the second, as written (`2026/11/27 01:02:03`).
+    pub local_time: String,
+    /// `error`, `warn`...
+    pub level: String,
+    /// The process that wrote it (in its own pid namespace).
+    pub pid: u32,
+    /// The connection number (`*N`), shared by every line of a request and
+    /// its retries.
+    pub conn: Option<u64>,
+    /// The message as nginx built it: text, errno and action, without the
+    /// request's context (what ngx-trace's `nginx_error` predicts).
+    pub message: String,
+    /// The message's text alone, without errno or action.
+    pub text: String,
+    /// The errno nginx appended.
+    pub errno: Option<u32>,
+    /// The `while ...` action, without `while `.
+    pub action: Option<String>,
+    /// The `upstream: "..."` field, as written.
+    pub upstream_field: Option<String>,
+    /// `client: ...`.
+    pub client: Option<String>,
+    /// `server: ...`.
+    pub server: Option<String>,
+    /// `request: "..."`.
+    pub request: Option<String>,
+    /// `host: "..."`.
+    pub host: Option<String>,
+    /// What it says.
+    pub kind: Kind,
+}
+
+/// Where in an exchange nginx was, from its `while ...` action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `connecting to upstream`.
+    Connecting,
+    /// `sending request to upstream`.
+    Sending,
+    /// `reading response header from upstream`.
+    ReadingHeader,
+    /// `reading upstream` (the body).
+    ReadingBody,
+    /// `SSL handshaking to upstream`.
+    SslHandshake,
+    /// Another action, or none.
+    Other,
+}
+
+impl Phase {
+    /// The phase an action names.
+    pub fn of(action: Option<&str>) -> Self {
+        match action {
+            Some("connecting to upstream") => Self::Connecting,
+            Some("sending request to upstream") => Self::Sending,
+            Some("reading response header from upstream") => Self::ReadingHeader,
+            Some("reading upstream") => Self::ReadingBody,
+            Some("SSL handshaking to upstream") => Self::SslHandshake,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// What a line says about an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// `connect() failed (N: ...)` or `connect() to ADDR failed (N: ...)`.
+    ConnectFailed,
+    /// `socket() failed (N: ...)` (the worker out of descriptors).
+    SocketFailed,
+    /// `upstream timed out (110: ...)`: nginx's own timer.
+    TimedOut,
+    /// `upstream prematurely closed connection` (also `... FastCGI
+    /// stdout`, `... FastCGI request`).
+    PrematurelyClosed,
+    /// `recv()`, `readv()`, `writev()`, `send()`, `sendfile()`... failed
+    /// with an errno: the name of the call.
+    IoFailed(String),
+    /// `no live upstreams`: every server of the group is marked down.
+    NoLiveUpstreams,
+    /// `upstream server temporarily disabled`: a server reached `max_fails`.
+    ServerDisabled,
+    /// `upstream sent too big header`.
+    TooBigHeader,
+    /// `upstream sent invalid header` and other malformed answers.
+    InvalidResponse,
+    /// `FastCGI sent in stderr: "..."`: the application's own message.
+    FastcgiStderr,
+    /// gRPC: `upstream rejected request with error N`, and the like.
+    Grpc,
+    /// A resolver failure (`... could not be resolved`, `no resolver
+    /// defined to resolve`...).
+    Resolver,
+    /// `SSL_do_handshake() failed` and other SSL errors talking upstream.
+    Ssl,
+    /// `worker process N exited on signal S` / `exited with code C` (the
+    /// master).
+    WorkerExited,
+    /// Another line about an upstream (its action or context names one).
+    OtherUpstream,
+    /// Not about upstreams.
+    Unrelated,
+}
+
+impl Kind {
+    /// The JSON spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::ConnectFailed => "connect_failed",
+            Self::SocketFailed => "socket_failed",
+            Self::TimedOut => "timed_out",
+            Self::PrematurelyClosed => "prematurely_closed",
+            Self::IoFailed(_) => "io_failed",
+            Self::NoLiveUpstreams => "no_live_upstreams",
+            Self::ServerDisabled => "server_disabled",
+            Self::TooBigHeader => "too_big_header",
+            Self::InvalidResponse => "invalid_response",
+            Self::FastcgiStderr => "fastcgi_stderr",
+            Self::Grpc => "grpc",
+            Self::Resolver => "resolver",
+            Self::Ssl => "ssl",
+            Self::WorkerExited => "worker_exited",
+            Self::OtherUpstream => "other_upstream",
+            Self::Unrelated => "unrelated",
+        }
+    }
+}
+
+impl LogLine {
+    /// Whether the line is about an upstream (or a worker's death, which
+    /// takes exchanges with it).
+    pub fn is_upstream(&self) -> bool {
+        self.kind != Kind::Unrelated
+    }
+
+    /// The phase nginx was in.
+    pub fn phase(&self) -> Phase {
+        Phase::of(self.action.as_deref())
+    }
+
+    /// The upstream server as ngx-trace names it (`127.0.0.1:8080`,
+    /// `[::1]:8080`, `unix:/run/php/php8.2-fpm.sock`), from the `upstream:`
+    /// field; `None` without one, or when it names a group (`no live
+    /// upstreams`).
+    pub fn upstream(&self) -> Option<String> {
+        let field = self.upstream_field.as_deref()?;
+        if self.kind == Kind::NoLiveUpstreams {
+            return None;
+        }
+        server_of(field)
+    }
+
+    /// The module that talked to the upstream, from the field's scheme:
+    /// `proxy`, `fastcgi`, `uwsgi`, `scgi`, `grpc` (directive prefixes).
+    pub fn module(&self) -> Option<&'static str> {
+        let field = self.upstream_field.as_deref()?;
+        let scheme = field.split("://").next()?;
+        Some(match scheme {
+            "http" | "https" => "proxy",
+            "fastcgi" => "fastcgi",
+            "uwsgi" | "suwsgi" => "uwsgi",
+            "scgi" => "scgi",
+            "grpc" | "grpcs" => "grpc",
+            _ => return None,
+        })
+    }
+
+    /// The line's time as UTC, for a process whose local time is
+    /// `utc_offset_s` seconds ahead of UTC.
+    pub fn time(&self, utc_offset_s: i64) -> Option<SystemTime> {
+        let rfc = format!(
+            "{}T{}Z",
+            self.local_time.get(..10)?.replace('/', "-"),
+            self.local_time.get(11..19)?
+        );
+        let local = humantime::parse_rfc3339(&rfc).ok()?;
+        let shift = Duration::from_secs(utc_offset_s.unsigned_abs());
+        if utc_offset_s >= 0 {
+            local.checked_sub(shift)
+        } else {
+            local.checked_add(shift)
+        }
+    }
+}
+
+/// The server in an `upstream:` field: the scheme and the URI dropped.
+/// `http://127.0.0.1:8080/a` → `127.0.0.1:8080`; `fastcgi://unix:/run/x.sock:`
+/// → `unix:/run/x.sock`; `http://[::1]:8080/` → `[::1]:8080`.
+pub fn server_of(field: &str) -> Option<String> {
+    let rest = field.split_once("://").map_or(field, |(_, rest)| rest);
+    if let Some(path) = rest.strip_prefix("unix:") {
+        // nginx writes `unix:PATH:` then the URI.
+        let path = path.split(':').next().unwrap_or(path);
+        return (!path.is_empty()).then(|| format!("unix:{path}"));
+    }
+    let server = rest.split('/').next().unwrap_or(rest);
+    (!server.is_empty()).then(|| server.to_string())
+}
+
+/// Parses one line; `None` when it holds no nginx error-log record.
+pub fn parse(line: &str) -> Option<LogLine> {
+    let line = line.trim_end_matches(['\n', '\r']);
+    let unwrapped = docker_json_log(line);
+    let text = unwrapped.as_deref().unwrap_or(line);
+    let start = find_record(text)?;
+    let record = &text[start..];
+    let local_time = record.get(..19)?.to_string();
+    // `[level] `
+    let after_time = record.get(20..)?;
+    let level_end = after_time.find("] ")?;
+    let level = after_time.get(1..level_end)?.to_string();
+    let rest = &after_time[level_end + 2..];
+    // `PID#TID: `
+    let (ids, rest) = rest.split_once(": ")?;
+    let (pid, tid) = ids.split_once('#')?;
+    let pid: u32 = pid.parse().ok()?;
+    tid.parse::<u64>().ok()?;
+    let (conn, message) = match rest.strip_prefix('*') {
+        Some(after) => {
+            let (n, message) = after.split_once(' ').unwrap_or((after, ""));
+            (Some(n.parse().ok()?), message)
+        }
+        None => (None, rest),
+    };
+    let (message, context) = split_context(message);
+    let full_message = message.to_string();
+    let (message, action) = match message.rfind(" while ") {
+        // An action never holds a quote: one after it is the message's own.
+        Some(at) if !message[at..].contains('"') => (
+            &message[..at],
+            Some(message[at + " while ".len()..].to_string()),
+        ),
+        _ => (message, None),
+    };
+    let (text_part, errno) = split_errno(message);
+    let field = |name: &str| context_field(context, name);
+    let mut parsed = LogLine {
+        raw: line.to_string(),
+        local_time,
+        level,
+        pid,
+        conn,
+        message: full_message,
+        text: text_part.to_string(),
+        errno,
+        action,
+        upstream_field: field("upstream"),
+        client: field("client"),
+        server: field("server"),
+        request: field("request"),
+        host: field("host"),
+        kind: Kind::Unrelated,
+    };
+    parsed.kind = classify(&parsed);
+    Some(parsed)
+}
+
+/// The `log` string of a Docker `json-file` record, if `line` is one.
+fn docker_json_log(line: &str) -> Option<String> {
+    if !line.starts_with('{') {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value.get("log")?.as_str().map(str::to_string)
+}
+
+/// Where the nginx record starts in `text`: the first
+/// `YYYY/MM/DD HH:MM:SS [level] ` (anything before is a prefix).
+fn find_record(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(at) = text.get(from..)?.find('/') {
+        let slash = from + at;
+        from = slash + 1;
+        let Some(start) = slash.checked_sub(4) else {
+            continue;
+        };
+        if is_timestamp(&bytes[start..]) && level_follows(&text[start + 19..]) {
+            return Some(start);
+        }
+    }
+    None
+}
+
+/// Whether `b` starts with `DDDD/DD/DD DD:DD:DD`.
+fn is_timestamp(b: &[u8]) -> bool {
+    const SHAPE: &[u8; 19] = b"0000/00/00 00:00:00";
+    b.len() >= 19
+        && SHAPE.iter().zip(b).all(|(&s, &c)| match s {
+            b'0' => c.is_ascii_digit(),
+            s => s == c,
+        })
+}
+
+/// Whether `rest` starts with ` [level] `.
+fn level_follows(rest: &str) -> bool {
+    LEVELS.iter().any(|level| {
+        rest.strip_prefix(" [")
+            .and_then(|r| r.strip_prefix(level))
+            .is_some_and(|r| r.starts_with("] "))
+    })
+}
+
+/// Splits the message from the request context (`, client: ...`). A
+/// FastCGI stderr message quotes the application's text, which may hold
+/// anything: the context is searched after its closing `" while `.
+fn split_context(message: &str) -> (&str, &str) {
+    let search_from = message.rfind("\" while ").unwrap_or(0);
+    match message[search_from..].find(", client: ") {
+        Some(at) => message.split_at(search_from + at),
+        None => (message, ""),
+    }
+}
+
+/// Splits ` (N: text)` off the end of `message`.
+fn split_errno(message: &str) -> (&str, Option<u32>) {
+    if !message.ends_with(')') {
+        return (message, None);
+    }
+    let Some(open) = message.rfind(" (") else {
+        return (message, None);
+    };
+    let inside = &message[open + 2..message.len() - 1];
+    match inside.split_once(": ").map(|(n, _)| n.parse::<u32>()) {
+        Some(Ok(errno)) => (&message[..open], Some(errno)),
+        _ => (message, None),
+    }
+}
+
+/// The value of `, name: value` in `context` (quotes removed). Values are
+/// cut at the next field, so a line cut short keeps the fields before.
+fn context_field(context: &str, name: &str) -> Option<String> {
+    let key = format!(", {name}: ");
+    let at = context.find(&key)? + key.len();
+    let value = &context[at..];
+    let value = if let Some(quoted) = value.strip_prefix('"') {
+        match quoted.find("\", ") {
+            Some(end) => &quoted[..end],
+            None => quoted.strip_suffix('"').unwrap_or(quoted),
+        }
+    } else {
+        value.split(", ").next().unwrap_or(value)
+    };
+    Some(value.to_string())
+}
+
+/// What a parsed line says.
+fn classify(line: &LogLine) -> Kind {
+    let text = line.text.as_str();
+    let upstream_related = line.upstream_field.is_some()
+        || line
+            .action
+            .as_deref()
+            .is_some_and(|a| a.contains("upstream"));
+    // A worker that ended by a signal or failed; `exited with code 0` is a
+    // graceful exit (reload, shutdown).
+    if text.starts_with("worker process ")
+        && (text.contains(" exited on signal ")
+            || text.contains(" exited with code ") && !text.ends_with(" exited with code 0"))
+    {
+        return Kind::WorkerExited;
+    }
+    if text.starts_with("no live upstreams") {
+        return Kind::NoLiveUpstreams;
+    }
+    if text.starts_with("upstream server temporarily disabled") {
+        return Kind::ServerDisabled;
+    }
+    if text.contains("could not be resolved")
+        || text.starts_with("no resolver defined")
+        || text.contains("resolver")
+        || line
+            .action
+            .as_deref()
+            .is_some_and(|a| a.starts_with("resolving"))
+    {
+        return Kind::Resolver;
+    }
+    // Always from an upstream, even when its text spans several physical
+    // lines and the context is on the last one.
+    if text.starts_with("FastCGI sent in stderr") {
+        return Kind::FastcgiStderr;
+    }
+    if !upstream_related {
+        return Kind::Unrelated;
+    }
+    if text.starts_with("connect() ") && text.contains("failed") {
+        return Kind::ConnectFailed;
+    }
+    if text.starts_with("socket() failed") {
+        return Kind::SocketFailed;
+    }
+    if text.starts_with("upstream timed out") {
+        return Kind::TimedOut;
+    }
+    if text.starts_with("upstream prematurely closed") {
+        return Kind::PrematurelyClosed;
+    }
+    if text.starts_with("upstream sent too big header") {
+        return Kind::TooBigHeader;
+    }
+    if text.starts_with("SSL_") || text.contains("SSL") && line.phase() == Phase::SslHandshake {
+        return Kind::Ssl;
+    }
+    if text.contains("grpc")
+        || text.contains("gRPC")
+        || text.starts_with("upstream rejected request")
+    {
+        return Kind::Grpc;
+    }
+    if text.starts_with("upstream sent") || text.starts_with("upstream response") {
+        return Kind::InvalidResponse;
+    }
+    if let Some((call, _)) = text.split_once("() failed")
+        && line.errno.is_some()
+        && !call.contains(' ')
+    {
+        return Kind::IoFailed(format!("{call}()"));
+    }
+    Kind::OtherUpstream
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFUSED: &str = "2026/11/27 01:02:03 [error] 4243#4243: *17 connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: localhost, request: \"GET /api?x=1 HTTP/1.1\", upstream: \"http://127.0.0.1:3999/api?x=1\", host: \"127.0.0.1:8080\"";
+
+    #[test]
+    fn a_refused_connect_gives_every_part() {
+        let l = parse(REFUSED).unwrap();
+        assert_eq!(l.local_time, "2026/11/27 01:02:03");
+        assert_eq!((l.level.as_str(), l.pid, l.conn), ("error", 4243, Some(17)));
+        assert_eq!(l.text, "connect() failed");
+        assert_eq!(l.errno, Some(111));
+        assert_eq!(l.action.as_deref(), Some("connecting to upstream"));
+        assert_eq!(l.phase(), Phase::Connecting);
+        assert_eq!(l.client.as_deref(), Some("127.0.0.1"));
+        assert_eq!(l.server.as_deref(), Some("localhost"));
+        assert_eq!(l.request.as_deref(), Some("GET /api?x=1 HTTP/1.1"));
+        assert_eq!(l.host.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(l.upstream().as_deref(), Some("127.0.0.1:3999"));
+        assert_eq!(l.module(), Some("proxy"));
+        assert_eq!(l.kind, Kind::ConnectFailed);
+    }
+
+    #[test]
+    fn upstream_fields_name_the_server_for_every_module() {
+        for (field, server, module) in [
+            (
+                "fastcgi://unix:/run/php/php8.2-fpm.sock:",
+                "unix:/run/php/php8.2-fpm.sock",
+                "fastcgi",
+            ),
+            (
+                "http://unix:/tmp/app.sock:/x",
+                "unix:/tmp/app.sock",
+                "proxy",
+            ),
+            ("http://[::1]:8080/", "[::1]:8080", "proxy"),
+            ("uwsgi://10.0.0.5:3031", "10.0.0.5:3031", "uwsgi"),
+            ("scgi://127.0.0.1:4000", "127.0.0.1:4000", "scgi"),
+            ("grpc://127.0.0.1:50051", "127.0.0.1:50051", "grpc"),
+        ] {
+            let line = format!(
+                "2026/11/27 01:02:03 [error] 1#1: *2 upstream timed out (110: Connection timed out) while reading response header from upstream, client: 1.2.3.4, server: _, request: \"GET / HTTP/1.1\", upstream: \"{field}\", host: \"h\""
+            );
+            let l = parse(&line).unwrap();
+            assert_eq!(l.upstream().as_deref(), Some(server), "{field}");
+            assert_eq!(l.module(), Some(module), "{field}");
+            assert_eq!(
+                (l.kind.clone(), l.phase()),
+                (Kind::TimedOut, Phase::ReadingHeader)
+            );
+        }
+    }
+
+    #[test]
+    fn prefixes_of_syslog_and_container_logs_are_skipped() {
+        let syslog = format!("<11>Nov 27 01:02:03 web1 nginx: {REFUSED}");
+        let cri = format!("2026-11-27T01:02:03.123456789Z stderr F {REFUSED}");
+        let docker =
+            serde_json::json!({"log": format!("{REFUSED}\n"), "stream": "stderr"}).to_string();
+        for line in [syslog, cri, docker] {
+            let l = parse(&line).unwrap_or_else(|| panic!("{line}"));
+            assert_eq!(
+                (l.pid, l.errno, l.kind.clone()),
+                (4243, Some(111), Kind::ConnectFailed)
+            );
+            assert_eq!(l.upstream().as_deref(), Some("127.0.0.1:3999"));
+        }
+    }
+
+    #[test]
+    fn a_line_cut_short_keeps_what_it_has() {
+        let cut = &REFUSED[..REFUSED.find(", host").unwrap() - 10];
+        let l = parse(cut).unwrap();
+        assert_eq!((l.errno, l.kind.clone()), (Some(111), Kind::ConnectFailed));
+        assert_eq!(l.request.as_deref(), Some("GET /api?x=1 HTTP/1.1"));
+        assert!(l.host.is_none());
+    }
+
+    #[test]
+    fn fastcgi_stderr_quotes_are_not_taken_for_context() {
+        let line = "2026/11/27 01:02:03 [error] 9#9: *3 FastCGI sent in stderr: \"PHP message: boom, client: x while y\" while reading response header from upstream, client: 127.0.0.1, server: _, request: \"GET /a.php HTTP/1.1\", upstream: \"fastcgi://unix:/run/php/php8.2-fpm.sock:\", host: \"h\"";
+        let l = parse(line).unwrap();
+        assert_eq!(l.kind, Kind::FastcgiStderr);
+        assert_eq!(l.client.as_deref(), Some("127.0.0.1"));
+        assert_eq!(l.phase(), Phase::ReadingHeader);
+    }
+
+    #[test]
+    fn other_messages_are_classified() {
+        let cases = [
+            (
+                "upstream prematurely closed connection while reading response header from upstream, client: a, server: b, request: \"GET / HTTP/1.1\", upstream: \"http://127.0.0.1:1/\"",
+                Kind::PrematurelyClosed,
+            ),
+            (
+                "recv() failed (104: Connection reset by peer) while reading response header from upstream, client: a, upstream: \"http://127.0.0.1:1/\"",
+                Kind::IoFailed("recv()".into()),
+            ),
+            (
+                "writev() failed (32: Broken pipe) while sending request to upstream, client: a, upstream: \"http://127.0.0.1:1/\"",
+                Kind::IoFailed("writev()".into()),
+            ),
+            (
+                "no live upstreams while connecting to upstream, client: a, server: b, request: \"GET / HTTP/1.1\", upstream: \"http://backend/\"",
+                Kind::NoLiveUpstreams,
+            ),
+            (
+                "upstream server temporarily disabled while connecting to upstream, client: a, upstream: \"http://127.0.0.1:1/\"",
+                Kind::ServerDisabled,
+            ),
+            (
+                "upstream sent too big header while reading response header from upstream, client: a, upstream: \"http://127.0.0.1:1/\"",
+                Kind::TooBigHeader,
+            ),
+            (
+                "upstream sent invalid header: \"x\\x00\" while reading response header from upstream, client: a, upstream: \"http://127.0.0.1:1/\"",
+                Kind::InvalidResponse,
+            ),
+            (
+                "socket() failed (24: Too many open files) while connecting to upstream, client: a, server: b",
+                Kind::SocketFailed,
+            ),
+            (
+                "backend could not be resolved (3: Host not found), client: a, server: b",
+                Kind::Resolver,
+            ),
+            (
+                "SSL_do_handshake() failed (SSL: error:0A000086) while SSL handshaking to upstream, client: a, upstream: \"https://10.0.0.1:443/\"",
+                Kind::Ssl,
+            ),
+            (
+                "open() \"/usr/share/nginx/html/x\" failed (2: No such file or directory), client: a, server: b",
+                Kind::Unrelated,
+            ),
+        ];
+        for (message, kind) in cases.clone() {
+            let line = format!("2026/11/27 01:02:03 [error] 7#7: *1 {message}");
+            assert_eq!(parse(&line).unwrap().kind, kind, "{message}");
+        }
+        let exit =
+            parse("2026/11/27 01:02:03 [alert] 100#100: worker process 101 exited on signal 9")
+                .unwrap();
+        assert_eq!((exit.kind, exit.conn), (Kind::WorkerExited, None));
+        let no_live = parse(&format!(
+            "2026/11/27 01:02:03 [error] 7#7: *1 {}",
+            cases[3].0
+        ))
+        .unwrap();
+        assert_eq!(no_live.upstream(), None, "a group, not a server");
+    }
+
+    #[test]
+    fn other_text_is_not_a_record() {
+        for line in [
+            "",
+            "hello",
+            "2026/11/27 01:02:03 nothing",
+            "GET / HTTP/1.1 200",
+            "2026/11/27 01:02:03 [bogus] 1#1: x",
+        ] {
+            assert!(parse(line).is_none(), "{line}");
+        }
+    }
+
+    #[test]
+    fn local_time_converts_with_the_offset() {
+        let l = parse(REFUSED).unwrap();
+        let utc = l.time(3600).unwrap();
+        assert_eq!(
+            humantime::format_rfc3339(utc).to_string(),
+            "2026-11-27T00:02:03Z"
+        );
+        let west = l.time(-5 * 3600).unwrap();
+        assert_eq!(
+            humantime::format_rfc3339(west).to_string(),
+            "2026-11-27T06:02:03Z"
+        );
+    }
+}

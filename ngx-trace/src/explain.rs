@@ -1,0 +1,811 @@
+//! `ngx-trace explain`: each upstream line of nginx's error log joined to
+//! the exchange the kernel saw (same worker, same upstream, the same
+//! message nginx writes for it, within the second the line names), and
+//! explained: the cause, how sure, the causes ruled out and why, and what to
+//! do. The join works on upstream events, live or from a recording.
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    causes::{self, Cause},
+    errorlog::{Kind, LogLine, Phase},
+};
+
+/// How long before a line's second an exchange may have ended: a line is
+/// written from nginx's cached clock, and the kernel's clock runs apart
+/// from it by less than this.
+const BEFORE: Duration = Duration::from_secs(1);
+/// How long after a line's second start: the line's second, plus slack.
+const AFTER: Duration = Duration::from_secs(2);
+/// nginx's `fail_timeout` default: how far back failures explain `no live
+/// upstreams` and `upstream server temporarily disabled`.
+const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon after a failure the same worker's next exchange is nginx trying
+/// the request again on the next server (`*_next_upstream`): in the same
+/// event-loop turn, well under this.
+const RETRY_WITHIN: Duration = Duration::from_millis(100);
+
+/// An upstream or worker_exit event of the trace.
+struct Traced {
+    event: Value,
+    end: SystemTime,
+    start: SystemTime,
+    worker_pid: u32,
+    upstream: String,
+    used: bool,
+}
+
+impl Traced {
+    fn str(&self, key: &str) -> &str {
+        self.event[key].as_str().unwrap_or("")
+    }
+}
+
+/// What the kernel saw: exchanges and worker deaths, by their events.
+#[derive(Default)]
+pub struct Trace {
+    exchanges: Vec<Traced>,
+    exits: Vec<Traced>,
+}
+
+impl Trace {
+    /// Adds an event (others than `upstream` and `worker_exit` are ignored).
+    pub fn add(&mut self, event: Value) {
+        let Some(end) = event["time"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+        else {
+            return;
+        };
+        let worker_pid = event["worker_pid"].as_u64().unwrap_or(0) as u32;
+        let total = event["timings_us"]["total"].as_u64().unwrap_or(0);
+        let traced = Traced {
+            start: end.checked_sub(Duration::from_micros(total)).unwrap_or(end),
+            upstream: event["upstream"].as_str().unwrap_or("").to_string(),
+            end,
+            worker_pid,
+            used: false,
+            event,
+        };
+        match traced.event["event"].as_str() {
+            Some("upstream") => self.exchanges.push(traced),
+            Some("worker_exit") => self.exits.push(traced),
+            _ => {}
+        }
+    }
+
+    /// Forgets what ended before `t` (live tracing: older lines are done).
+    pub fn forget_before(&mut self, t: SystemTime) {
+        self.exchanges.retain(|x| x.end >= t);
+        self.exits.retain(|x| x.end >= t);
+    }
+}
+
+/// The parts of a log line the explanation repeats.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct LogFields {
+    /// As written (nginx's local time).
+    pub time: String,
+    /// `error`, `warn`...
+    pub level: String,
+    /// The process that wrote it.
+    pub pid: u32,
+    /// `*N`: the request's connection, shared by its retries.
+    pub conn: Option<u64>,
+    /// The errno nginx printed.
+    pub errno: Option<u32>,
+    /// The `while ...` action.
+    pub action: Option<String>,
+    /// The `upstream:` field.
+    pub upstream: Option<String>,
+}
+
+/// A cause ruled out, and why.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RuledOut {
+    /// `verdict/detail`.
+    pub cause: String,
+    /// What the kernel saw that rules it out.
+    pub why: String,
+}
+
+/// A cause the line allows (when no trace decides).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Candidate {
+    /// `verdict/detail`.
+    pub cause: String,
+    /// What it looks like.
+    pub what: &'static str,
+    /// What to do if it is this one.
+    pub advice: String,
+}
+
+/// nginx trying the request again right after the failure.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Retry {
+    /// The server it tried next.
+    pub upstream: String,
+    /// How that went.
+    pub outcome: String,
+    /// Its verdict.
+    pub verdict: String,
+}
+
+/// `{"event":"explain",...}`: one upstream line of the error log explained.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ExplainEvent {
+    /// Always `"explain"`.
+    pub event: &'static str,
+    /// The line as nginx wrote it.
+    pub line: String,
+    /// Its parts.
+    pub log: LogFields,
+    /// What the line says (`connect_failed`, `timed_out`...).
+    pub kind: String,
+    /// The upstream event of the exchange it is about, or null.
+    #[serde(rename = "match")]
+    pub matched: Option<Value>,
+    /// The cause (the verdict vocabulary, `consequence` for a line that
+    /// follows from earlier failures), null when nothing decides.
+    pub cause: Option<String>,
+    /// The finer cause the kernel tells apart (`rst`, `icmp_reject`...).
+    pub detail: Option<String>,
+    /// `exact`, `likely`, `ambiguous` or `none`.
+    pub confidence: &'static str,
+    /// What the kernel saw.
+    pub evidence: String,
+    /// Causes the line allows that the kernel's facts rule out.
+    pub ruled_out: Vec<RuledOut>,
+    /// Every cause the line allows, when nothing decides between them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<Candidate>,
+    /// The next step, in nginx or backend terms (null when undecided).
+    pub advice: Option<String>,
+    /// nginx tried the request again right after (`*_next_upstream`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried: Option<Retry>,
+    /// The line is older than the recording: nothing could cover it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub before_recording: bool,
+}
+
+impl ExplainEvent {
+    /// The line, then the explanation indented under it.
+    pub fn to_text(&self) -> String {
+        let mut out = format!("{}\n", self.line);
+        match (&self.cause, &self.detail) {
+            (Some(cause), detail) => {
+                let detail = detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "  => {cause}{detail} [{}]: {}\n",
+                    self.confidence, self.evidence
+                ));
+            }
+            (None, _) => out.push_str(&format!("  => undecided [none]: {}\n", self.evidence)),
+        }
+        if let Some(r) = &self.retried {
+            out.push_str(&format!(
+                "     retried on {}: {} ({})\n",
+                r.upstream, r.outcome, r.verdict
+            ));
+        }
+        for r in &self.ruled_out {
+            out.push_str(&format!("     not {}: {}\n", r.cause, r.why));
+        }
+        for c in &self.candidates {
+            out.push_str(&format!("     maybe {}: {}\n", c.cause, c.what));
+        }
+        if let Some(advice) = &self.advice {
+            out.push_str(&format!("     next: {advice}\n"));
+        }
+        out
+    }
+}
+
+/// How lines are put on the trace's clock, and what the trace covers.
+pub struct Join {
+    /// Seconds nginx's local time is ahead of UTC.
+    pub utc_offset_s: i64,
+    /// When the trace started (lines before it cannot be covered); `None`
+    /// for a log read without any trace.
+    pub since: Option<SystemTime>,
+    /// pids as the log writes them (nginx's pid namespace) → the host's.
+    pub pid_map: BTreeMap<u32, u32>,
+}
+
+/// Explains `line` with `trace`, marking the exchange it matched as used.
+pub fn explain(line: &LogLine, trace: &mut Trace, join: &Join) -> ExplainEvent {
+    let mut out = ExplainEvent {
+        event: "explain",
+        line: line.raw.clone(),
+        log: LogFields {
+            time: line.local_time.clone(),
+            level: line.level.clone(),
+            pid: line.pid,
+            conn: line.conn,
+            errno: line.errno,
+            action: line.action.clone(),
+            upstream: line.upstream_field.clone(),
+        },
+        kind: line.kind.as_str().to_string(),
+        matched: None,
+        cause: None,
+        detail: None,
+        confidence: "none",
+        evidence: String::new(),
+        ruled_out: Vec::new(),
+        candidates: Vec::new(),
+        advice: None,
+        retried: None,
+        before_recording: false,
+    };
+    let allowed = causes::candidates(line);
+    let time = line.time(join.utc_offset_s);
+    let covered = match (join.since, time) {
+        (Some(since), Some(t)) if t + Duration::from_secs(1) < since => {
+            out.before_recording = true;
+            false
+        }
+        (Some(_), Some(_)) => true,
+        _ => false,
+    };
+    if covered {
+        let t = time.unwrap_or(SystemTime::UNIX_EPOCH);
+        let pid = join.pid_map.get(&line.pid).copied().unwrap_or(line.pid);
+        match &line.kind {
+            Kind::NoLiveUpstreams | Kind::ServerDisabled => {
+                consequence(line, trace, t, &mut out);
+            }
+            Kind::WorkerExited => worker_exit(line, trace, t, &mut out),
+            _ => exchange(line, &allowed, trace, t, pid, &mut out),
+        }
+    }
+    if out.cause.is_none() {
+        out.evidence = if out.before_recording {
+            "the line is older than the recording: nothing was traced then".into()
+        } else if join.since.is_none() {
+            "no trace covers this line: the causes it allows are listed".into()
+        } else {
+            "no exchange the kernel saw matches this line".into()
+        };
+        out.confidence = "none";
+        out.candidates = allowed
+            .iter()
+            .map(|c| Candidate {
+                cause: format!("{}/{}", c.verdict, c.detail),
+                what: c.what,
+                advice: causes::advice(c, line),
+            })
+            .collect();
+    }
+    out
+}
+
+/// Joins a line about an exchange to it.
+fn exchange(
+    line: &LogLine,
+    allowed: &[Cause],
+    trace: &mut Trace,
+    t: SystemTime,
+    pid: u32,
+    out: &mut ExplainEvent,
+) {
+    // `socket()` failed before nginx chose a server: ngx-trace names none.
+    // A line cut at nginx's 2048 bytes may have lost its `upstream:` field:
+    // then any server (the join is then at most likely).
+    let server = match line.kind {
+        Kind::SocketFailed => Some("unknown".to_string()),
+        _ => line.upstream(),
+    };
+    let lo = t.checked_sub(BEFORE).unwrap_or(t);
+    let hi = t + AFTER;
+    // Candidates: unused exchanges of that upstream in the window whose
+    // nginx line is this message (same call, same errno).
+    let mut found: Vec<(usize, bool, bool, Duration)> = trace
+        .exchanges
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| {
+            !x.used
+                && server.as_ref().is_none_or(|s| *s == x.upstream)
+                && x.end >= lo
+                && x.end <= hi
+        })
+        .filter_map(|(i, x)| {
+            let nginx_error = x.event["nginx_error"].as_str()?;
+            let same_errno = x.event["errno"].as_u64().map(|e| e as u32) == line.errno;
+            let compatible = same_errno && family(nginx_error) == family(&line.message);
+            let mid = t + Duration::from_millis(500);
+            let distance = x.end.duration_since(mid).unwrap_or_else(|e| e.duration());
+            compatible.then_some((
+                i,
+                x.worker_pid == pid,
+                nginx_error == line.message,
+                distance,
+            ))
+        })
+        .collect();
+    // The same worker first, then the same text, then the nearest.
+    found.sort_by_key(|&(_, same_pid, same_text, distance)| (!same_pid, !same_text, distance));
+    let Some(&(best, same_pid, same_text, _)) = found.first() else {
+        return;
+    };
+    let (cause, evidence) = cause_of(line, allowed, &trace.exchanges[best]);
+    let rivals = found[1..]
+        .iter()
+        .filter(|&&(i, p, _, _)| {
+            p == same_pid && cause_of(line, allowed, &trace.exchanges[i]).0 != cause
+        })
+        .count();
+    out.confidence = if rivals > 0 {
+        "ambiguous"
+    } else if same_pid && same_text && server.is_some() {
+        "exact"
+    } else {
+        "likely"
+    };
+    let x = &trace.exchanges[best];
+    out.ruled_out = ruled_out(allowed, &cause, x);
+    out.retried = retry_after(trace, best);
+    let x = &mut trace.exchanges[best];
+    x.used = true;
+    out.matched = Some(x.event.clone());
+    out.evidence = evidence;
+    out.advice = Some(causes::advice(&cause, line));
+    out.cause = Some(cause.verdict.to_string());
+    out.detail = Some(cause.detail.to_string());
+}
+
+/// The message's call or subject, for telling nginx's messages apart:
+/// `connect() to X failed` and `connect() failed` are one message.
+fn family(message: &str) -> String {
+    let head = message
+        .split(" (")
+        .next()
+        .unwrap_or(message)
+        .split(" while ")
+        .next()
+        .unwrap_or(message);
+    match head.split_once(" to ") {
+        Some((call, _)) if call.ends_with("()") => call.to_string(),
+        _ => head.to_string(),
+    }
+}
+
+/// Whether `upstream` is on this host for sure (loopback or UNIX), where
+/// the kernel sees the backend's process too.
+fn is_local(upstream: &str) -> bool {
+    upstream.starts_with("unix:") || upstream.starts_with("127.") || upstream.starts_with("[::1]")
+}
+
+/// The cause the exchange shows, and its evidence.
+fn cause_of(line: &LogLine, allowed: &[Cause], x: &Traced) -> (Cause, String) {
+    let evidence = x.str("evidence").to_string();
+    let verdict = x.str("verdict");
+    let peer = &x.event["peer"];
+    let detail = match x.str("outcome") {
+        "refused" if x.upstream.starts_with("unix:") => "no_listener",
+        "refused" if evidence.starts_with("RST") => "rst",
+        "refused" => "icmp_reject",
+        "not_found" => "no_socket_file",
+        "permission_denied" => "permission",
+        "backlog_full" => "backlog_full",
+        "addr_unavailable" => "ephemeral_ports",
+        "fd_limit" => "fd_limit",
+        "unreachable" => "unreachable",
+        "connect_timeout" if verdict == "backend_overloaded" => "accept_queue_full",
+        "connect_timeout" => "syn_lost",
+        "no_response" if line.errno == Some(110) && line.kind != Kind::TimedOut => {
+            "connection_timed_out"
+        }
+        "no_response" if verdict == "network" => "loss",
+        "no_response" if line.phase() == Phase::Sending => "not_reading",
+        "no_response" => "slow",
+        "closed_early" | "reset" => match peer["fate"].as_str() {
+            Some("oom_killed") => "oom_kill",
+            Some("crashed") => "crash",
+            Some("killed")
+                if !peer["sender_pid"].is_null() && peer["sender_pid"] == peer["parent_pid"] =>
+            {
+                "own_timeout"
+            }
+            Some("killed") => "killed",
+            _ if x.event["reused"] == true && x.event["timings_us"]["first_byte"].is_null() => {
+                "stale_keepalive"
+            }
+            _ => "closed",
+        },
+        "worker_died" => "worker_died",
+        _ => "",
+    };
+    let cause = causes::find(verdict, detail)
+        .or_else(|| allowed.iter().find(|c| c.detail == detail).copied())
+        // The kernel has no finer word (a header too big, a TLS error): the
+        // line's own first cause, the exchange's facts as evidence.
+        .unwrap_or(allowed[0]);
+    (cause, evidence)
+}
+
+/// The causes `line` allows other than `chosen` that the facts of `x` rule
+/// out, with the fact.
+fn ruled_out(allowed: &[Cause], chosen: &Cause, x: &Traced) -> Vec<RuledOut> {
+    let peer_died = matches!(
+        x.event["peer"]["fate"].as_str(),
+        Some("oom_killed" | "crashed" | "killed")
+    );
+    let fate = x.event["peer"]["fate"].as_str().unwrap_or("");
+    let reused = x.event["reused"] == true;
+    let retransmits = x.event["tcp"]["retransmits"].as_u64().unwrap_or(0)
+        + x.event["tcp"]["peer_retransmits"].as_u64().unwrap_or(0);
+    let local = is_local(&x.upstream);
+    allowed
+        .iter()
+        .filter(|c| *c != chosen)
+        .filter_map(|c| {
+            let why = match (c.detail, chosen.detail) {
+                ("rst", "icmp_reject") => {
+                    "no TCP RST came back: the refusal was an ICMP error".to_string()
+                }
+                ("icmp_reject", "rst") => {
+                    "the refusal was a TCP RST, not an ICMP error".to_string()
+                }
+                ("accept_queue_full", "syn_lost") if local => {
+                    "the local listener's accept queue was not full".to_string()
+                }
+                ("syn_lost", "accept_queue_full") => {
+                    "the local listener's accept queue was full: its kernel dropped the SYNs"
+                        .to_string()
+                }
+                ("loss", "slow") => {
+                    format!("{retransmits} retransmissions, request acknowledged: no loss")
+                }
+                ("slow", "loss") => "retransmissions account for the wait".to_string(),
+                ("stale_keepalive", _) if !reused => {
+                    "a new connection, not a kept-alive one".to_string()
+                }
+                ("closed" | "stale_keepalive" | "middlebox", _) if peer_died => {
+                    format!("the backend process died ({fate})")
+                }
+                ("crash" | "oom_kill" | "own_timeout" | "killed", _) if peer_died => {
+                    format!("the backend process was {fate}, not that")
+                }
+                ("crash" | "oom_kill" | "own_timeout" | "killed", _) if local => {
+                    "no backend process on this host died or was killed during the exchange"
+                        .to_string()
+                }
+                ("middlebox", _) if local => {
+                    "the upstream is on this host: nothing in between".to_string()
+                }
+                _ => return None,
+            };
+            Some(RuledOut {
+                cause: format!("{}/{}", c.verdict, c.detail),
+                why,
+            })
+        })
+        .collect()
+}
+
+/// The same worker's next exchange right after exchange `i` failed:
+/// nginx retrying the request on the next server.
+fn retry_after(trace: &Trace, i: usize) -> Option<Retry> {
+    let failed = &trace.exchanges[i];
+    let until = failed.end + RETRY_WITHIN;
+    trace
+        .exchanges
+        .iter()
+        .enumerate()
+        .filter(|&(j, x)| {
+            j != i
+                && x.worker_pid == failed.worker_pid
+                && x.start
+                    >= failed
+                        .end
+                        .checked_sub(Duration::from_millis(1))
+                        .unwrap_or(failed.end)
+                && x.start <= until
+        })
+        .min_by_key(|(_, x)| x.start)
+        .map(|(_, x)| Retry {
+            upstream: x.upstream.clone(),
+            outcome: x.str("outcome").to_string(),
+            verdict: x.str("verdict").to_string(),
+        })
+}
+
+/// `no live upstreams`, `upstream server temporarily disabled`: the
+/// failures in the `fail_timeout` before the line.
+fn consequence(line: &LogLine, trace: &Trace, t: SystemTime, out: &mut ExplainEvent) {
+    let lo = t.checked_sub(FAIL_TIMEOUT).unwrap_or(t);
+    let hi = t + AFTER;
+    let server = line.upstream();
+    let mut counts: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for x in &trace.exchanges {
+        let failed = x.event["nginx_error"].is_string();
+        let ours = server.as_ref().is_none_or(|s| *s == x.upstream);
+        if failed && ours && x.end >= lo && x.end <= hi {
+            *counts
+                .entry((x.upstream.clone(), x.str("verdict").to_string()))
+                .or_default() += 1;
+        }
+    }
+    if counts.is_empty() {
+        return;
+    }
+    let list: Vec<String> = counts
+        .iter()
+        .map(|((upstream, verdict), n)| format!("{upstream} {verdict} x{n}"))
+        .collect();
+    let cause = causes::candidates(line)[0];
+    out.evidence = format!(
+        "follows the failures of the {} s before: {}",
+        FAIL_TIMEOUT.as_secs(),
+        list.join(", ")
+    );
+    out.confidence = "likely";
+    out.advice = Some(causes::advice(&cause, line));
+    out.cause = Some(cause.verdict.to_string());
+    out.detail = Some(cause.detail.to_string());
+}
+
+/// The master's `worker process N exited on signal S`.
+fn worker_exit(line: &LogLine, trace: &mut Trace, t: SystemTime, out: &mut ExplainEvent) {
+    let Some(pid) = line
+        .text
+        .strip_prefix("worker process ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return;
+    };
+    let lo = t.checked_sub(BEFORE).unwrap_or(t);
+    let Some(x) = trace
+        .exits
+        .iter_mut()
+        .find(|x| !x.used && x.worker_pid == pid && x.end >= lo && x.end <= t + AFTER)
+    else {
+        return;
+    };
+    x.used = true;
+    let cause = causes::candidates(line)[0];
+    out.evidence = x.str("evidence").to_string();
+    out.matched = Some(x.event.clone());
+    out.confidence = "exact";
+    out.advice = Some(causes::advice(&cause, line));
+    out.cause = Some(cause.verdict.to_string());
+    out.detail = Some(cause.detail.to_string());
+}
+
+/// Causes per upstream over the lines explained.
+#[derive(Default)]
+pub struct Tally {
+    lines: u64,
+    upstream_lines: u64,
+    unparsed: u64,
+    explained: u64,
+    per_upstream: BTreeMap<String, UpstreamTally>,
+    /// Retry chains: the lines of one request (same worker, same `*N`),
+    /// and whether another server answered it in the end.
+    chains: BTreeMap<(u32, u64), bool>,
+}
+
+#[derive(Default, Serialize)]
+struct UpstreamTally {
+    lines: u64,
+    causes: BTreeMap<String, u64>,
+    retried_ok: u64,
+}
+
+/// `{"event":"explain_summary",...}`.
+#[derive(Serialize)]
+pub struct SummaryEvent {
+    event: &'static str,
+    lines: u64,
+    upstream_lines: u64,
+    unparsed: u64,
+    explained: u64,
+    chains: u64,
+    chains_answered: u64,
+    upstreams: Vec<Value>,
+}
+
+impl Tally {
+    /// Counts a line that is not an nginx record.
+    pub fn unparsed(&mut self) {
+        self.lines += 1;
+        self.unparsed += 1;
+    }
+
+    /// Counts a parsed line that is not about upstreams.
+    pub fn other(&mut self) {
+        self.lines += 1;
+    }
+
+    /// Counts an explained line.
+    pub fn add(&mut self, line: &LogLine, e: &ExplainEvent) {
+        self.lines += 1;
+        self.upstream_lines += 1;
+        let key = line
+            .upstream()
+            .or_else(|| line.upstream_field.clone())
+            .unwrap_or_else(|| "unknown".into());
+        let t = self.per_upstream.entry(key).or_default();
+        t.lines += 1;
+        let cause = match (&e.cause, &e.detail) {
+            (Some(c), Some(d)) => format!("{c}/{d}"),
+            (Some(c), None) => c.clone(),
+            (None, _) => "undecided".into(),
+        };
+        *t.causes.entry(cause).or_default() += 1;
+        if e.cause.is_some() {
+            self.explained += 1;
+        }
+        let answered = e.retried.as_ref().is_some_and(|r| r.outcome == "ok");
+        if answered {
+            t.retried_ok += 1;
+        }
+        if let Some(conn) = line.conn {
+            *self.chains.entry((line.pid, conn)).or_default() |= answered;
+        }
+    }
+
+    /// The summary event.
+    pub fn to_event(&self) -> SummaryEvent {
+        SummaryEvent {
+            event: "explain_summary",
+            lines: self.lines,
+            upstream_lines: self.upstream_lines,
+            unparsed: self.unparsed,
+            explained: self.explained,
+            chains: self.chains.len() as u64,
+            chains_answered: self.chains.values().filter(|&&a| a).count() as u64,
+            upstreams: self
+                .per_upstream
+                .iter()
+                .map(|(u, t)| {
+                    let mut v = serde_json::to_value(t).unwrap_or_default();
+                    v["upstream"] = Value::String(u.clone());
+                    v
+                })
+                .collect(),
+        }
+    }
+
+    /// The summary as text.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "explained {} of {} upstream lines ({} lines read, {} not nginx records); \
+             {} requests ({} answered by another server in the end)\n",
+            self.explained,
+            self.upstream_lines,
+            self.lines,
+            self.unparsed,
+            self.chains.len(),
+            self.chains.values().filter(|&&a| a).count()
+        );
+        for (upstream, t) in &self.per_upstream {
+            let causes: Vec<String> = t.causes.iter().map(|(c, n)| format!("{c} x{n}")).collect();
+            out.push_str(&format!("  {upstream}: {}", causes.join(", ")));
+            if t.retried_ok > 0 {
+                out.push_str(&format!(
+                    "; {} retried and answered elsewhere",
+                    t.retried_ok
+                ));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::errorlog::parse;
+
+    const LINE: &str = "2026/11/27 01:02:03 [error] 4243#4243: *17 connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: localhost, request: \"GET / HTTP/1.1\", upstream: \"http://127.0.0.1:3999/\", host: \"127.0.0.1:8080\"";
+
+    fn refused(time: &str, worker: u32, evidence: &str) -> Value {
+        json!({"event":"upstream","time":time,"worker_pid":worker,"upstream":"127.0.0.1:3999",
+            "transport":"tcp","outcome":"refused","errno":111,
+            "nginx_error":"connect() failed (111: Connection refused) while connecting to upstream",
+            "verdict": if evidence.starts_with("RST") {"backend_down"} else {"network"},
+            "evidence":evidence,"timings_us":{"connect":200,"total":200},"tcp":{"syn_retransmits":0}})
+    }
+
+    fn join() -> Join {
+        Join {
+            utc_offset_s: 3600,
+            since: humantime::parse_rfc3339("2026-11-27T00:00:00Z").ok(),
+            pid_map: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_joins_its_exchange_exactly_and_rules_out_the_firewall() {
+        let mut trace = Trace::default();
+        trace.add(refused(
+            "2026-11-27T00:02:03.400000Z",
+            4243,
+            "RST in reply to SYN after 0.2 ms",
+        ));
+        let line = parse(LINE).unwrap();
+        let e = explain(&line, &mut trace, &join());
+        assert_eq!(
+            (e.cause.as_deref(), e.detail.as_deref()),
+            (Some("backend_down"), Some("rst"))
+        );
+        assert_eq!(e.confidence, "exact");
+        assert_eq!(e.ruled_out[0].cause, "network/icmp_reject");
+        assert!(e.matched.is_some());
+        // Used once: the same line again finds nothing.
+        let again = explain(&line, &mut trace, &join());
+        assert_eq!((again.confidence, again.cause), ("none", None));
+        assert!(!again.candidates.is_empty());
+    }
+
+    #[test]
+    fn an_icmp_refusal_is_the_firewall_and_outside_the_window_nothing_matches() {
+        let mut trace = Trace::default();
+        trace.add(refused(
+            "2026-11-27T00:02:03.900000Z",
+            4243,
+            "socket error 111 (Connection refused) after 0.3 ms and 0 SYN retransmits",
+        ));
+        trace.add(refused(
+            "2026-11-27T00:02:09.000000Z",
+            4243,
+            "RST in reply to SYN after 0.2 ms",
+        ));
+        let line = parse(LINE).unwrap();
+        let e = explain(&line, &mut trace, &join());
+        assert_eq!(e.detail.as_deref(), Some("icmp_reject"));
+        assert!(e.advice.unwrap().contains("REJECT"));
+        let again = explain(&line, &mut trace, &join());
+        assert_eq!(again.confidence, "none", "the other one is 6 s later");
+    }
+
+    #[test]
+    fn a_line_before_the_recording_is_marked() {
+        let mut j = join();
+        j.since = humantime::parse_rfc3339("2026-11-27T01:00:00Z").ok();
+        let e = explain(&parse(LINE).unwrap(), &mut Trace::default(), &j);
+        assert!(e.before_recording);
+        assert_eq!(e.confidence, "none");
+    }
+
+    #[test]
+    fn a_failure_followed_by_another_server_answering_is_a_retry() {
+        let mut trace = Trace::default();
+        trace.add(refused(
+            "2026-11-27T00:02:03.400000Z",
+            4243,
+            "RST in reply to SYN after 0.2 ms",
+        ));
+        trace.add(
+            json!({"event":"upstream","time":"2026-11-27T00:02:03.402000Z","worker_pid":4243,
+            "upstream":"127.0.0.1:4000","outcome":"ok","verdict":"healthy","evidence":"",
+            "timings_us":{"total":1500}}),
+        );
+        let line = parse(LINE).unwrap();
+        let e = explain(&line, &mut trace, &join());
+        let r = e.retried.as_ref().unwrap();
+        assert_eq!(
+            (r.upstream.as_str(), r.outcome.as_str()),
+            ("127.0.0.1:4000", "ok")
+        );
+        let mut tally = Tally::default();
+        tally.add(&line, &e);
+        assert!(tally.to_text().contains("1 retried and answered elsewhere"));
+    }
+}

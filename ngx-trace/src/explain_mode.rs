@@ -1,0 +1,295 @@
+//! The three ways `ngx-trace explain` runs: live (tracing, and following
+//! the error logs of the traced nginx, or the one given with `--follow`),
+//! after the fact (a log and a recording), and from the log alone (the
+//! causes each line allows).
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    fs::File,
+    io::{self, BufRead, BufReader},
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    errorlog::{self, LogLine},
+    exit::{self, UserError},
+    explain::{self, Join, Tally, Trace},
+    localtime,
+    logfollow::{self, Follower},
+    output::{Output, notice},
+    recording,
+    session::Session,
+};
+
+/// Lines read before the first nginx record that make a file "not an nginx
+/// error log".
+const PROBE_LINES: usize = 50;
+/// How long a line read live waits for the events of its exchange: nginx
+/// writes the line as the failure happens, the kernel's record of an
+/// answered exchange is drained within 100 ms.
+const LINE_WAIT: Duration = Duration::from_millis(1500);
+/// How long exchanges are kept for lines still to come.
+const KEEP: Duration = Duration::from_secs(30);
+/// How often new error logs are looked for (a new nginx instance).
+const DISCOVER_EVERY: Duration = Duration::from_secs(2);
+
+/// Explains `log` (`-`: standard input) with the recording `from`, or with
+/// no trace at all (`None`).
+pub fn offline(log: &Path, from: Option<&Path>, json: bool) -> Result<()> {
+    let out = Output::new(json);
+    let (mut trace, join) = match from {
+        Some(path) => {
+            let (rec, bad) = recording::load(path)?;
+            if bad > 0 {
+                notice(&format!(
+                    "{bad} lines of {} are not events: skipped",
+                    path.display()
+                ));
+            }
+            let mut trace = Trace::default();
+            for event in rec.events {
+                trace.add(event);
+            }
+            let join = Join {
+                utc_offset_s: rec.utc_offset_s,
+                since: Some(rec.started),
+                pid_map: BTreeMap::new(),
+            };
+            (trace, join)
+        }
+        None => (
+            Trace::default(),
+            Join {
+                utc_offset_s: localtime::utc_offset_s(None),
+                since: None,
+                pid_map: BTreeMap::new(),
+            },
+        ),
+    };
+    let reader: Box<dyn BufRead> = if log == Path::new("-") {
+        Box::new(BufReader::new(io::stdin()))
+    } else {
+        Box::new(BufReader::new(File::open(log).with_context(|| {
+            format!("failed to open the error log {}", log.display())
+        })?))
+    };
+    let mut tally = Tally::default();
+    let mut probed = 0;
+    let mut records = false;
+    for line in lossy_lines(reader) {
+        let line = line.with_context(|| format!("failed to read {}", log.display()))?;
+        match errorlog::parse(&line) {
+            None => {
+                tally.unparsed();
+                if !records && !line.trim().is_empty() {
+                    probed += 1;
+                    if probed >= PROBE_LINES {
+                        return Err(not_an_error_log(log, probed).into());
+                    }
+                }
+            }
+            Some(parsed) => {
+                records = true;
+                explain_line(&parsed, &mut trace, &join, &mut tally, &out)?;
+            }
+        }
+    }
+    if !records && probed > 0 {
+        return Err(not_an_error_log(log, probed).into());
+    }
+    let summary = tally.to_event();
+    out.event(&summary, || tally.to_text())?;
+    Ok(())
+}
+
+fn not_an_error_log(log: &Path, lines: usize) -> UserError {
+    UserError::new(
+        exit::USAGE,
+        format!(
+            "{} is not an nginx error log: none of its first {lines} lines has nginx's \
+             `YYYY/MM/DD HH:MM:SS [level] PID#TID: ` form (an access log? give the file \
+             of the error_log directive)",
+            log.display()
+        ),
+    )
+}
+
+/// Lines of `reader`, invalid UTF-8 replaced (a log may hold any bytes).
+fn lossy_lines(mut reader: Box<dyn BufRead>) -> impl Iterator<Item = io::Result<String>> {
+    std::iter::from_fn(move || {
+        let mut buf = Vec::new();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) => Some(Ok(String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\n', '\r'])
+                .to_string())),
+            Err(e) => Some(Err(e)),
+        }
+    })
+}
+
+fn explain_line(
+    line: &LogLine,
+    trace: &mut Trace,
+    join: &Join,
+    tally: &mut Tally,
+    out: &Output,
+) -> io::Result<()> {
+    if !line.is_upstream() {
+        tally.other();
+        return Ok(());
+    }
+    let e = explain::explain(line, trace, join);
+    tally.add(line, &e);
+    out.event(&e, || e.to_text())
+}
+
+/// Live explanation, driven by the tracing loop.
+pub struct Live {
+    given: Option<PathBuf>,
+    followers: BTreeMap<PathBuf, Follower>,
+    waiting: VecDeque<(Instant, LogLine)>,
+    trace: Trace,
+    join: Join,
+    tally: Tally,
+    out: Output,
+    discovered_at: Option<Instant>,
+}
+
+impl Live {
+    /// Explains the log at `given` (else the traced instances' error logs)
+    /// as it is written, printing JSON if `json`.
+    pub fn new(given: Option<PathBuf>, json: bool) -> Self {
+        Self {
+            given,
+            followers: BTreeMap::new(),
+            waiting: VecDeque::new(),
+            trace: Trace::default(),
+            join: Join {
+                utc_offset_s: 0,
+                since: None,
+                pid_map: BTreeMap::new(),
+            },
+            tally: Tally::default(),
+            out: Output::new(json),
+            discovered_at: None,
+        }
+    }
+
+    /// Tracing has started: the clock of the traced nginx, the logs.
+    pub fn start(&mut self, session: &Session) -> Result<()> {
+        self.join.since = Some(SystemTime::now());
+        self.join.utc_offset_s = localtime::utc_offset_s(session.traced().first().copied());
+        if let Some(path) = self.given.clone() {
+            if !path.is_file() {
+                return Err(UserError::new(
+                    exit::USAGE,
+                    format!("{} is not a file: give nginx's error log", path.display()),
+                )
+                .into());
+            }
+            notice(&format!("following {}", path.display()));
+            self.followers
+                .insert(path.clone(), Follower::from_end(path));
+        }
+        self.discover(session.traced());
+        Ok(())
+    }
+
+    fn discover(&mut self, traced: &BTreeSet<u32>) {
+        if self.given.is_some()
+            || self
+                .discovered_at
+                .is_some_and(|at| at.elapsed() < DISCOVER_EVERY)
+        {
+            return;
+        }
+        self.discovered_at = Some(Instant::now());
+        for path in logfollow::discover(traced) {
+            if !self.followers.contains_key(&path) {
+                notice(&format!("following {}", path.display()));
+                self.followers
+                    .insert(path.clone(), Follower::from_end(path));
+            }
+        }
+        if self.followers.is_empty() && !traced.is_empty() {
+            notice(
+                "no error log found among the files nginx holds open (error_log to stderr or \
+                 syslog?): give it as `ngx-trace explain LOG --follow`",
+            );
+            // Say it once, then look again quietly.
+            self.discovered_at = Some(Instant::now() + Duration::from_secs(60));
+        }
+    }
+
+    /// Takes the new events and lines, and explains the lines whose
+    /// exchanges have had time to arrive (all of them when `all`).
+    pub fn tick(&mut self, session: &Session, all: bool) -> io::Result<()> {
+        for event in session.output().take_captured() {
+            self.trace.add(event);
+        }
+        self.discover(session.traced());
+        self.join.pid_map = namespace_pids(session.traced());
+        let now = Instant::now();
+        for follower in self.followers.values_mut() {
+            for raw in follower.read_lines() {
+                if let Some(line) = errorlog::parse(&raw) {
+                    if line.is_upstream() {
+                        self.waiting.push_back((now, line));
+                    } else {
+                        self.tally.other();
+                    }
+                } else {
+                    self.tally.unparsed();
+                }
+            }
+        }
+        while let Some((read_at, _)) = self.waiting.front() {
+            if !all && read_at.elapsed() < LINE_WAIT {
+                break;
+            }
+            let Some((_, line)) = self.waiting.pop_front() else {
+                break;
+            };
+            explain_line(
+                &line,
+                &mut self.trace,
+                &self.join,
+                &mut self.tally,
+                &self.out,
+            )?;
+        }
+        if let Some(old) = SystemTime::now().checked_sub(KEEP) {
+            self.trace.forget_before(old);
+        }
+        Ok(())
+    }
+
+    /// Tracing stops: the lines left, then the summary.
+    pub fn finish(&mut self, session: &Session) -> io::Result<()> {
+        self.tick(session, true)?;
+        let summary = self.tally.to_event();
+        self.out.event(&summary, || self.tally.to_text())
+    }
+}
+
+/// Each traced process's pid in its own namespace (`NSpid`'s last value),
+/// to the host's: a containerised nginx logs the former.
+fn namespace_pids(traced: &BTreeSet<u32>) -> BTreeMap<u32, u32> {
+    traced
+        .iter()
+        .filter_map(|&pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let inner = status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))?
+                .split_whitespace()
+                .last()?
+                .parse()
+                .ok()?;
+            (inner != pid).then_some((inner, pid))
+        })
+        .collect()
+}

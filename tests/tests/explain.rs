@@ -1,0 +1,468 @@
+//! `ngx-trace explain`: nginx's own error log, each upstream line with the
+//! kernel's explanation, checked side by side with the faults made for real:
+//! from a recording, from the log alone, and live. Run as root through
+//! `cargo xtask test`.
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ngx_trace_tests::{
+    backend::{Behavior, HttpBackend},
+    fault_backend::{FaultBackend, Mode},
+    firewall::LoopbackRule,
+    free_port,
+    nginx::Nginx,
+    require_root,
+    tracer::{Tracer, binary},
+};
+use serde_json::Value;
+
+/// Runs `ngx-trace explain <args>` to its end: exit code, stdout as JSON
+/// values, stderr.
+fn explain(args: &[&str]) -> (i32, Vec<Value>, String) {
+    let out = Command::new(binary())
+        .arg("explain")
+        .args(args)
+        .output()
+        .expect("run ngx-trace explain");
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        events,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The one explanation of the line that contains every one of `needles`.
+fn of_line<'a>(events: &'a [Value], needles: &[&str]) -> &'a Value {
+    let found: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "explain")
+        .filter(|e| {
+            let line = e["line"].as_str().unwrap_or("");
+            needles.iter().all(|n| line.contains(n))
+        })
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "no explained line with {needles:?} in {events:#?}"
+    );
+    found[0]
+}
+
+fn cause(e: &Value) -> (&str, &str, &str) {
+    (
+        e["cause"].as_str().unwrap_or("null"),
+        e["detail"].as_str().unwrap_or("null"),
+        e["confidence"].as_str().unwrap_or("null"),
+    )
+}
+
+/// A backend killed (by a `kill` process, not its parent) while it holds
+/// the request of `path`; returns once nginx answered.
+fn kill_backend_holding(nginx: &Nginx, backend: &mut FaultBackend, path: &str) {
+    let port = nginx.port();
+    let path = path.to_string();
+    let client = std::thread::spawn(move || ngx_trace_tests::http::get(port, &path));
+    backend.wait_for_request(Duration::from_secs(10));
+    let status = Command::new("kill")
+        .args(["-KILL", &backend.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    assert_eq!(client.join().unwrap(), 502);
+    backend.wait_exit(Duration::from_secs(5));
+}
+
+#[test]
+fn every_upstream_line_of_the_error_log_is_explained_from_a_recording() {
+    require_root();
+    let ok = HttpBackend::start();
+    let slow = HttpBackend::with(Behavior::Answer(Duration::from_secs(3)));
+    let mut crashing = FaultBackend::start_tcp(Mode::Hold);
+    let (dead, dead2, rejected) = (free_port(), free_port(), free_port());
+    let _reject = LoopbackRule::reject_syn(rejected);
+    let okp = ok.port();
+    let nginx = Nginx::start(
+        &format!(
+            "upstream pair {{ server 127.0.0.1:{dead}; server 127.0.0.1:{okp}; }}\n\
+             upstream gone {{ server 127.0.0.1:{dead}; server 127.0.0.1:{dead2}; }}"
+        ),
+        &format!(
+            "location /down {{ proxy_pass http://127.0.0.1:{dead}; }}\n\
+             location /reject {{ proxy_pass http://127.0.0.1:{rejected}; }}\n\
+             location /slow {{ proxy_read_timeout 1s; proxy_pass http://127.0.0.1:{}; }}\n\
+             location /pair {{ proxy_pass http://pair; }}\n\
+             location /gone {{ proxy_pass http://gone; }}\n\
+             location /crash {{ proxy_pass {}; }}",
+            slow.port(),
+            crashing.proxy_pass()
+        ),
+    );
+    let recording = nginx.dir().join("trace.jsonl");
+    let tracer = Tracer::attach_to(&nginx, &["--record", recording.to_str().unwrap()]);
+    assert_eq!(nginx.get("/down"), 502);
+    assert_eq!(nginx.get("/reject"), 502);
+    assert_eq!(nginx.get("/slow"), 504);
+    // The first request tries the dead server first, then the live one.
+    assert_eq!(nginx.get("/pair"), 200);
+    // Both servers fail; once a worker marked both down, `no live upstreams`
+    // (two workers: of four requests, one worker gets two).
+    for _ in 0..4 {
+        assert_eq!(nginx.get("/gone"), 502);
+    }
+    kill_backend_holding(&nginx, &mut crashing, "/crash");
+    std::thread::sleep(Duration::from_millis(500));
+    tracer.stop();
+    let log = nginx.dir().join("error.log");
+    let log = log.to_str().unwrap();
+
+    let (code, events, stderr) = explain(&[log, "--from", recording.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let down = of_line(&events, &["connect() failed (111", "GET /down"]);
+    assert_eq!(cause(down), ("backend_down", "rst", "exact"), "{down:#}");
+    assert_eq!(down["match"]["upstream"], format!("127.0.0.1:{dead}"));
+    assert_eq!(
+        down["ruled_out"][0]["cause"], "network/icmp_reject",
+        "{down:#}"
+    );
+    assert!(
+        down["advice"]
+            .as_str()
+            .unwrap()
+            .contains("proxy_next_upstream")
+    );
+
+    let reject = of_line(&events, &["connect() failed (111", "GET /reject"]);
+    assert_eq!(
+        cause(reject),
+        ("network", "icmp_reject", "exact"),
+        "{reject:#}"
+    );
+    assert_eq!(
+        reject["ruled_out"][0]["cause"], "backend_down/rst",
+        "{reject:#}"
+    );
+
+    let timeout = of_line(&events, &["upstream timed out (110", "GET /slow"]);
+    assert_eq!(
+        cause(timeout),
+        ("backend_slow", "slow", "exact"),
+        "{timeout:#}"
+    );
+    assert!(
+        timeout["advice"]
+            .as_str()
+            .unwrap()
+            .contains("proxy_read_timeout")
+    );
+
+    // The retry chain: refused on the dead server, answered by the other.
+    let pair = of_line(&events, &["connect() failed (111", "GET /pair"]);
+    assert_eq!(cause(pair).0, "backend_down", "{pair:#}");
+    assert_eq!(
+        pair["retried"]["upstream"],
+        format!("127.0.0.1:{okp}"),
+        "{pair:#}"
+    );
+    assert_eq!(pair["retried"]["outcome"], "ok", "{pair:#}");
+
+    let no_live = of_line(&events, &["no live upstreams"]);
+    assert_eq!(
+        cause(no_live),
+        ("consequence", "max_fails", "likely"),
+        "{no_live:#}"
+    );
+    let evidence = no_live["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains(&format!("127.0.0.1:{dead} backend_down")),
+        "{no_live:#}"
+    );
+
+    // A FIN or a reset, as the kill found the socket: either way the crash.
+    let crash = of_line(&events, &["GET /crash"]);
+    assert_eq!(
+        cause(crash),
+        ("backend_crashed", "killed", "exact"),
+        "{crash:#}"
+    );
+    assert_eq!(crash["match"]["peer"]["pid"], crashing.pid());
+
+    // Every upstream line nginx wrote is explained, none left undecided.
+    let undecided: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "explain" && e["confidence"] == "none")
+        .collect();
+    assert!(undecided.is_empty(), "{undecided:#?}");
+    let error_lines = nginx.error_log_lines("upstream: \"").len();
+    let explained = events.iter().filter(|e| e["event"] == "explain").count();
+    assert!(
+        explained >= error_lines,
+        "{explained} explained, {error_lines} lines"
+    );
+    let summary = events.last().unwrap();
+    assert_eq!(summary["event"], "explain_summary", "{summary:#}");
+    let dead_row = summary["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["upstream"] == format!("127.0.0.1:{dead}"))
+        .unwrap_or_else(|| panic!("{summary:#}"));
+    assert!(dead_row["retried_ok"].as_u64().unwrap() >= 1, "{summary:#}");
+
+    // The log alone: every line gets the causes it allows, none decided.
+    let (code, alone, stderr) = explain(&[log, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let down = of_line(&alone, &["connect() failed (111", "GET /down"]);
+    assert_eq!(cause(down), ("null", "null", "none"));
+    let candidates: Vec<&str> = down["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cause"].as_str().unwrap())
+        .collect();
+    assert_eq!(candidates, ["backend_down/rst", "network/icmp_reject"]);
+
+    // Not an error log: one sentence, exit 2.
+    let access = nginx.dir().join("access.log");
+    let lines: String = (0..60)
+        .map(|i| {
+            format!(
+                "127.0.0.1 - - [27/Nov/2026:01:02:{:02} +0000] \"GET / HTTP/1.1\" 200 2\n",
+                i % 60
+            )
+        })
+        .collect();
+    std::fs::write(&access, lines).unwrap();
+    let (code, _, stderr) = explain(&[access.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("is not an nginx error log"), "{stderr}");
+}
+
+/// `ngx-trace explain --json <args>` running live, its stdout lines
+/// collected; returns once it follows an error log.
+struct LiveExplain {
+    child: std::process::Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl LiveExplain {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(binary())
+            .arg("explain")
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ngx-trace explain");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let sink = stdout.clone();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let live = Self {
+            child,
+            stdout,
+            stderr,
+        };
+        let start = Instant::now();
+        while !live.stderr.lock().unwrap().contains("following ") {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "explain did not start following a log: {}",
+                live.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        live
+    }
+
+    /// Stops it (SIGINT, as Ctrl-C) and returns its events.
+    fn stop(mut self) -> (Vec<Value>, String) {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait for ngx-trace explain");
+        let stderr = self.stderr.lock().unwrap().clone();
+        assert!(status.success(), "{status}: {stderr}");
+        std::thread::sleep(Duration::from_millis(100));
+        let events = self
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        (events, stderr)
+    }
+}
+
+#[test]
+fn explain_live_finds_the_error_log_and_explains_lines_as_nginx_writes_them() {
+    require_root();
+    let slow = HttpBackend::with(Behavior::Answer(Duration::from_secs(3)));
+    let dead = free_port();
+    let nginx = Nginx::start(
+        "",
+        &format!(
+            "location /down {{ proxy_pass http://127.0.0.1:{dead}; }}\n\
+             location /slow {{ proxy_read_timeout 1s; proxy_pass http://127.0.0.1:{}; }}",
+            slow.port()
+        ),
+    );
+    let master = nginx.master_pid().to_string();
+    let live = LiveExplain::start(&["--pid", &master]);
+    assert_eq!(nginx.get("/down"), 502);
+    assert_eq!(nginx.get("/slow"), 504);
+    // Give the last line its wait for the kernel's events.
+    std::thread::sleep(Duration::from_secs(3));
+    let (events, stderr) = live.stop();
+    let log = nginx.dir().join("error.log");
+    assert!(
+        stderr.contains(&format!("following {}", log.display())),
+        "{stderr}"
+    );
+    let down = of_line(&events, &["connect() failed (111", "GET /down"]);
+    assert_eq!(cause(down), ("backend_down", "rst", "exact"), "{down:#}");
+    let slow_line = of_line(&events, &["upstream timed out (110", "GET /slow"]);
+    assert_eq!(
+        cause(slow_line),
+        ("backend_slow", "slow", "exact"),
+        "{slow_line:#}"
+    );
+    // The lines are nginx's own, as its log holds them.
+    let written = nginx.error_log_lines("GET /down");
+    assert!(written.contains(&down["line"].as_str().unwrap().to_string()));
+    assert_eq!(events.last().unwrap()["event"], "explain_summary");
+}
+
+#[test]
+fn a_local_backend_with_a_full_accept_queue_is_backend_overloaded_not_the_network() {
+    require_root();
+    // A backend that listens with backlog 0 and never accepts: one
+    // connection fills its queue, and its kernel drops the next SYNs.
+    // SAFETY: plain socket calls on a descriptor this test owns.
+    let (fd, port) = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as u16;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = size_of::<libc::sockaddr_in>() as u32;
+        assert_eq!(libc::bind(fd, (&raw const addr).cast(), len), 0);
+        assert_eq!(libc::listen(fd, 0), 0);
+        let mut bound: libc::sockaddr_in = std::mem::zeroed();
+        let mut blen = len;
+        libc::getsockname(fd, (&raw mut bound).cast(), &mut blen);
+        (fd, u16::from_be(bound.sin_port))
+    };
+    let _queued = std::net::TcpStream::connect(("127.0.0.1", port)).expect("fill the queue");
+    let nginx = Nginx::proxying_to(port, "proxy_connect_timeout 2s;");
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
+    assert_eq!(nginx.get("/"), 504);
+    let events = tracer.upstream_events(1, Duration::from_secs(10), |_| true);
+    // SAFETY: closing the listener made above.
+    unsafe { libc::close(fd) };
+    let e = &events[0];
+    assert_eq!(e["outcome"], "connect_timeout", "{e:#}");
+    assert_eq!(e["verdict"], "backend_overloaded", "{e:#}");
+    let evidence = e["evidence"].as_str().unwrap();
+    assert!(evidence.contains("accept queue is full"), "{e:#}");
+    assert_eq!(
+        nginx
+            .error_log_lines(
+                "upstream timed out (110: Connection timed out) while connecting to upstream"
+            )
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_stale_kept_alive_connection_is_told_from_a_crash_and_its_retry_shown() {
+    require_root();
+    let backend = HttpBackend::with(Behavior::CloseReused);
+    let nginx = Nginx::start(
+        &format!(
+            "upstream pool {{ server 127.0.0.1:{}; keepalive 4; }}",
+            backend.port()
+        ),
+        "location / { proxy_pass http://pool; proxy_http_version 1.1; \
+         proxy_set_header Connection \"\"; }",
+    );
+    let recording = nginx.dir().join("trace.jsonl");
+    let tracer = Tracer::attach_to(&nginx, &["--record", recording.to_str().unwrap()]);
+    // Each worker's second request reuses the connection its first opened.
+    let needle = "upstream prematurely closed connection";
+    let start = Instant::now();
+    while nginx.error_log_lines(needle).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no stale connection met"
+        );
+        nginx.get("/");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    tracer.stop();
+    let log = nginx.dir().join("error.log");
+    let (code, events, stderr) = explain(&[
+        log.to_str().unwrap(),
+        "--from",
+        recording.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let stale = of_line(&events, &[needle]);
+    assert_eq!(
+        cause(stale),
+        ("backend_aborted", "stale_keepalive", "exact"),
+        "{stale:#}"
+    );
+    assert_eq!(stale["match"]["reused"], true, "{stale:#}");
+    assert!(
+        stale["match"]["timings_us"]["idle_before"]
+            .as_u64()
+            .is_some(),
+        "{stale:#}"
+    );
+    let ruled_out: Vec<&str> = stale["ruled_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cause"].as_str().unwrap())
+        .collect();
+    assert!(ruled_out.contains(&"backend_crashed/crash"), "{stale:#}");
+    assert!(
+        stale["advice"]
+            .as_str()
+            .unwrap()
+            .contains("keepalive_timeout"),
+        "{stale:#}"
+    );
+    // nginx tried again on a new connection, which was answered.
+    assert_eq!(stale["retried"]["outcome"], "ok", "{stale:#}");
+}
