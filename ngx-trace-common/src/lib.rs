@@ -952,6 +952,8 @@ pub struct Exchange {
     /// sat idle before this request (since the previous response's last
     /// byte was read); 0 otherwise.
     pub idle_ns: u64,
+    /// The longest wait between two response reads with data.
+    pub read_gap_max_ns: u64,
     /// The upstream.
     pub addr: UpstreamAddr,
 }
@@ -983,6 +985,7 @@ impl Exchange {
             peer_retransmits: 0,
             resp_bytes: 0,
             idle_ns: 0,
+            read_gap_max_ns: 0,
             addr,
         }
     }
@@ -1094,8 +1097,8 @@ const _: () = assert!(core::mem::size_of::<Config>() == 268);
 const _: () = assert!(core::mem::size_of::<FateRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 128);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
-const _: () = assert!(core::mem::size_of::<Exchange>() == 248);
-const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 256);
+const _: () = assert!(core::mem::size_of::<Exchange>() == 256);
+const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 264);
 const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<ClientGoneRecord>() == 32);
 

@@ -210,6 +210,7 @@ impl Exchange {
                 now.saturating_sub(self.resp_last_read_ns)
             };
             self.resp_bytes = 0;
+            self.read_gap_max_ns = 0;
             self.start_ns = now;
             self.connect_ns = 0;
             self.req_first_ns = now;
@@ -250,6 +251,14 @@ impl Exchange {
                 self.resp_first_read_ns = now;
                 if self.resp_kernel_ns == 0 {
                     self.resp_kernel_ns = now;
+                }
+            }
+            if self.resp_last_read_ns != 0 {
+                // The wait between two reads with data: what nginx's read
+                // timeout bounds once the answer has started.
+                let gap = now.saturating_sub(self.resp_last_read_ns);
+                if gap > self.read_gap_max_ns {
+                    self.read_gap_max_ns = gap;
                 }
             }
             self.resp_last_read_ns = now;
@@ -477,8 +486,9 @@ mod tests {
         let t = e.start_ns + 200_000;
         e.request_written(t);
         e.tcp_state_seen(true, t + 40_000, 30);
-        e.response_read(200, t + MS);
-        assert_eq!(e.resp_bytes, 200);
+        e.response_read(150, t + MS / 2);
+        e.response_read(50, t + MS);
+        assert_eq!((e.resp_bytes, e.read_gap_max_ns), (200, MS / 2));
         e.retransmits = 2;
         e.peer_retransmits = 1;
         // The next request on the same connection.
@@ -496,7 +506,7 @@ mod tests {
         assert_eq!(e.index, 1);
         assert_eq!(e.start_ns, next);
         assert_eq!(e.idle_ns, next - (t + MS), "idle from the last byte read");
-        assert_eq!(e.resp_bytes, 0);
+        assert_eq!((e.resp_bytes, e.read_gap_max_ns), (0, 0));
         assert_eq!(e.connect_ns, 0, "a reused connection has no connect phase");
         assert_ne!(e.flags & FLAG_REUSED, 0);
         assert!(e.is_connected());

@@ -238,37 +238,41 @@ fn connect_errno(errno: Option<u32>, unix: bool) -> Vec<Cause> {
     }
 }
 
+/// Every cause a kernel fact can name (`find`).
+const KNOWN: &[Cause] = &[
+    RST,
+    ICMP_REJECT,
+    NO_LISTENER,
+    NO_SOCKET_FILE,
+    SYN_LOST,
+    ACCEPT_QUEUE_FULL,
+    HOST_DOWN,
+    UNREACHABLE,
+    PERMISSION,
+    BACKLOG_FULL,
+    NO_LOCAL_PORT,
+    FD_LIMIT,
+    SLOW,
+    LOSS,
+    NOT_READING,
+    CRASH,
+    OOM_KILL,
+    OWN_TIMEOUT,
+    KILLED,
+    STALE_KEEPALIVE,
+    CLOSED,
+    MIDDLEBOX,
+    TIMED_OUT_CONN,
+    CONSEQUENCE,
+    WORKER_DIED,
+];
+
 /// The cause named by `verdict` and `detail`, if it is one of the table's.
 pub fn find(verdict: &str, detail: &str) -> Option<Cause> {
-    [
-        RST,
-        ICMP_REJECT,
-        NO_LISTENER,
-        NO_SOCKET_FILE,
-        SYN_LOST,
-        ACCEPT_QUEUE_FULL,
-        HOST_DOWN,
-        UNREACHABLE,
-        PERMISSION,
-        BACKLOG_FULL,
-        NO_LOCAL_PORT,
-        FD_LIMIT,
-        SLOW,
-        LOSS,
-        NOT_READING,
-        CRASH,
-        OOM_KILL,
-        OWN_TIMEOUT,
-        KILLED,
-        STALE_KEEPALIVE,
-        CLOSED,
-        MIDDLEBOX,
-        TIMED_OUT_CONN,
-        CONSEQUENCE,
-        WORKER_DIED,
-    ]
-    .into_iter()
-    .find(|c| c.verdict == verdict && c.detail == detail)
+    KNOWN
+        .iter()
+        .find(|c| c.verdict == verdict && c.detail == detail)
+        .copied()
 }
 
 /// The next step for `cause` on `line`, in nginx or backend terms.

@@ -21,6 +21,10 @@ enum Command {
     /// Put the kernel's evidence under each upstream line of nginx's error
     /// log: live (tracing meanwhile), or after the fact from a recording.
     Explain(ExplainArgs),
+    /// Advise timeout values from nginx's configuration and the latencies
+    /// measured (live until the duration ends or Ctrl-C, or from a
+    /// recording).
+    Tune(TuneArgs),
 }
 
 /// What to run.
@@ -30,6 +34,8 @@ pub enum Mode {
     Trace(TraceArgs),
     /// `ngx-trace explain`.
     Explain(ExplainArgs),
+    /// `ngx-trace tune`.
+    Tune(TuneArgs),
 }
 
 impl TraceArgs {
@@ -45,9 +51,37 @@ impl Cli {
         match self.command {
             Some(Command::Trace(args)) => Mode::Trace(args),
             Some(Command::Explain(args)) => Mode::Explain(args),
+            Some(Command::Tune(args)) => Mode::Tune(args),
             None => Mode::Trace(self.trace),
         }
     }
+}
+
+/// Options of `ngx-trace tune`.
+#[derive(Debug, Args, Clone)]
+pub struct TuneArgs {
+    /// Tune from a recording made by `ngx-trace trace --record FILE`
+    /// instead of tracing now.
+    #[arg(long, value_name = "RECORDING")]
+    pub from: Option<PathBuf>,
+
+    /// The share of measured exchanges a recommended timeout may cut.
+    #[arg(long, value_name = "R", default_value_t = 0.001, value_parser = parse_rate)]
+    pub false_timeout_rate: f64,
+
+    /// The tracing options (live tuning).
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number (a share: 0.001 is 0.1%)"))?;
+    if !(rate > 0.0 && rate < 1.0) {
+        return Err(format!("`{s}` must be above 0 and below 1 (0.001 is 0.1%)"));
+    }
+    Ok(rate)
 }
 
 /// Options of `ngx-trace explain`.
@@ -89,6 +123,11 @@ pub struct TraceArgs {
     /// Print every exchange, healthy ones too (default: failed or slow ones).
     #[arg(long)]
     pub all: bool,
+
+    /// nginx's configuration as a saved `nginx -T` dump (default: read from
+    /// each traced instance by running its own binary with -T).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Also write every event, healthy exchanges included, as JSON Lines to
     /// FILE, for `ngx-trace explain LOG --from FILE` later.
@@ -196,6 +235,7 @@ mod tests {
         Cli::try_parse_from(args).map(|cli| match cli.mode() {
             Mode::Trace(args) => args,
             Mode::Explain(args) => args.trace,
+            Mode::Tune(args) => args.trace,
         })
     }
 

@@ -387,7 +387,7 @@ mod tests {
         assert!(v.get("nginx_error").is_none());
         assert_eq!(
             v["timings_us"],
-            json!({"request_acked": 30, "first_byte": 100_000, "nginx_read_delay": 15, "total": 100_030})
+            json!({"request_write": 10, "request_acked": 30, "first_byte": 100_000, "nginx_read_delay": 15, "total": 100_030})
         );
         assert_eq!(
             v["tcp"],
@@ -604,6 +604,8 @@ mod tests {
                 nginx_read_delay: Some(15),
                 total: Some(1_000_412),
                 idle_before: Some(4_000_000),
+                request_write: Some(12),
+                longest_read_gap: Some(350),
             };
             e.tcp = Some(TcpFacts {
                 syn_retransmits: 0,

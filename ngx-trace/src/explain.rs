@@ -13,7 +13,9 @@ use serde_json::Value;
 
 use crate::{
     causes::{self, Cause},
+    configs::describe,
     errorlog::{Kind, LogLine, Phase},
+    nginx_conf::Config,
 };
 
 /// How long before a line's second an exchange may have ended: a line is
@@ -27,8 +29,9 @@ const AFTER: Duration = Duration::from_secs(2);
 const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How soon after a failure the same worker's next exchange is nginx trying
 /// the request again on the next server (`*_next_upstream`): in the same
-/// event-loop turn, well under this.
-const RETRY_WITHIN: Duration = Duration::from_millis(100);
+/// event-loop turn, well under this. (Another request's exchange may start
+/// as soon: one whose own line names another `*N` is never taken for it.)
+const RETRY_WITHIN: Duration = Duration::from_millis(50);
 
 /// An upstream or worker_exit event of the trace.
 struct Traced {
@@ -38,6 +41,8 @@ struct Traced {
     worker_pid: u32,
     upstream: String,
     used: bool,
+    /// The request (worker, `*N`) of the line it explained.
+    conn: Option<(u32, u64)>,
 }
 
 impl Traced {
@@ -64,12 +69,25 @@ impl Trace {
         };
         let worker_pid = event["worker_pid"].as_u64().unwrap_or(0) as u32;
         let total = event["timings_us"]["total"].as_u64().unwrap_or(0);
+        let upstream = event["upstream"].as_str().unwrap_or("").to_string();
+        // An exchange nginx wrote no line for only ever serves as a retry:
+        // its outcome is enough (a day's recording holds millions).
+        let event = if event["event"] == "upstream" && !event["nginx_error"].is_string() {
+            serde_json::json!({
+                "event": "upstream",
+                "outcome": event["outcome"],
+                "verdict": event["verdict"],
+            })
+        } else {
+            event
+        };
         let traced = Traced {
             start: end.checked_sub(Duration::from_micros(total)).unwrap_or(end),
-            upstream: event["upstream"].as_str().unwrap_or("").to_string(),
+            upstream,
             end,
             worker_pid,
             used: false,
+            conn: None,
             event,
         };
         match traced.event["event"].as_str() {
@@ -172,6 +190,9 @@ pub struct ExplainEvent {
     /// The line is older than the recording: nothing could cover it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub before_recording: bool,
+    /// The exchange matched, in the trace (for [`add_retries`]).
+    #[serde(skip)]
+    matched_at: Option<usize>,
 }
 
 impl ExplainEvent {
@@ -219,6 +240,8 @@ pub struct Join {
     pub since: Option<SystemTime>,
     /// pids as the log writes them (nginx's pid namespace) → the host's.
     pub pid_map: BTreeMap<u32, u32>,
+    /// nginx's configuration, for the settings in effect (empty: unknown).
+    pub config: Config,
 }
 
 /// Explains `line` with `trace`, marking the exchange it matched as used.
@@ -246,6 +269,7 @@ pub fn explain(line: &LogLine, trace: &mut Trace, join: &Join) -> ExplainEvent {
         advice: None,
         retried: None,
         before_recording: false,
+        matched_at: None,
     };
     let allowed = causes::candidates(line);
     let time = line.time(join.utc_offset_s);
@@ -266,6 +290,12 @@ pub fn explain(line: &LogLine, trace: &mut Trace, join: &Join) -> ExplainEvent {
             }
             Kind::WorkerExited => worker_exit(line, trace, t, &mut out),
             _ => exchange(line, &allowed, trace, t, pid, &mut out),
+        }
+    }
+    if let (Some(advice), Some(detail)) = (out.advice.as_mut(), out.detail.as_deref()) {
+        let settings = in_effect(detail, line, &join.config);
+        if !settings.is_empty() {
+            advice.push_str(&format!("; in effect: {}", settings.join(", ")));
         }
     }
     if out.cause.is_none() {
@@ -289,6 +319,78 @@ pub fn explain(line: &LogLine, trace: &mut Trace, join: &Join) -> ExplainEvent {
     out
 }
 
+/// The settings in effect that the advice for `detail` is about, for the
+/// line's upstream server (or group), with where they are set.
+fn in_effect(detail: &str, line: &LogLine, config: &Config) -> Vec<String> {
+    let m = line.module().unwrap_or("proxy");
+    let directive = match detail {
+        "slow" | "loss" | "connection_timed_out" => format!("{m}_read_timeout"),
+        "not_reading" => format!("{m}_send_timeout"),
+        "syn_lost" | "accept_queue_full" | "host_down" => format!("{m}_connect_timeout"),
+        "rst" | "icmp_reject" | "no_listener" | "no_socket_file" | "unreachable" => {
+            format!("{m}_next_upstream")
+        }
+        "stale_keepalive" | "max_fails" => return group_settings(detail, line, config),
+        _ => return Vec::new(),
+    };
+    let Some(server) = line.upstream() else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = config
+        .locations_of(&server)
+        .filter(|l| l.module == m)
+        .filter_map(|l| {
+            let setting = l.settings.get(&directive)?;
+            Some(describe(&directive, setting, Some(&l.name)))
+        })
+        .collect();
+    found.dedup();
+    found
+}
+
+/// The upstream group settings behind a stale kept-alive connection or a
+/// server marked down.
+fn group_settings(detail: &str, line: &LogLine, config: &Config) -> Vec<String> {
+    let server = line.upstream();
+    let group_name = line
+        .upstream_field
+        .as_deref()
+        .and_then(crate::errorlog::server_of);
+    config
+        .groups
+        .iter()
+        .filter(|g| {
+            Some(&g.name) == group_name.as_ref()
+                || g.servers
+                    .iter()
+                    .any(|s| server.as_ref().is_some_and(|srv| s.addrs.contains(srv)))
+        })
+        .flat_map(|g| {
+            if detail == "stale_keepalive" {
+                vec![describe(
+                    &format!("keepalive_timeout (upstream {})", g.name),
+                    &g.keepalive_timeout,
+                    None,
+                )]
+            } else {
+                g.servers
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "server {} max_fails={} fail_timeout={}s ({}:{})",
+                            s.addrs.join(" "),
+                            s.max_fails,
+                            s.fail_timeout_ms / 1000,
+                            s.at.0,
+                            s.at.1
+                        )
+                    })
+                    .collect()
+            }
+        })
+        .collect()
+}
+
 /// Joins a line about an exchange to it.
 fn exchange(
     line: &LogLine,
@@ -309,7 +411,7 @@ fn exchange(
     let hi = t + AFTER;
     // Candidates: unused exchanges of that upstream in the window whose
     // nginx line is this message (same call, same errno).
-    let mut found: Vec<(usize, bool, bool, Duration)> = trace
+    let mut found: Vec<(usize, bool, bool, SystemTime)> = trace
         .exchanges
         .iter()
         .enumerate()
@@ -323,18 +425,13 @@ fn exchange(
             let nginx_error = x.event["nginx_error"].as_str()?;
             let same_errno = x.event["errno"].as_u64().map(|e| e as u32) == line.errno;
             let compatible = same_errno && family(nginx_error) == family(&line.message);
-            let mid = t + Duration::from_millis(500);
-            let distance = x.end.duration_since(mid).unwrap_or_else(|e| e.duration());
-            compatible.then_some((
-                i,
-                x.worker_pid == pid,
-                nginx_error == line.message,
-                distance,
-            ))
+            compatible.then_some((i, x.worker_pid == pid, nginx_error == line.message, x.end))
         })
         .collect();
-    // The same worker first, then the same text, then the nearest.
-    found.sort_by_key(|&(_, same_pid, same_text, distance)| (!same_pid, !same_text, distance));
+    // The same worker first, then the same text, then the earliest: lines
+    // come in the order nginx wrote them, each taking the first exchange
+    // left (several requests may fail alike within one second).
+    found.sort_by_key(|&(_, same_pid, same_text, end)| (!same_pid, !same_text, end));
     let Some(&(best, same_pid, same_text, _)) = found.first() else {
         return;
     };
@@ -354,9 +451,10 @@ fn exchange(
     };
     let x = &trace.exchanges[best];
     out.ruled_out = ruled_out(allowed, &cause, x);
-    out.retried = retry_after(trace, best);
     let x = &mut trace.exchanges[best];
     x.used = true;
+    x.conn = line.conn.map(|c| (line.pid, c));
+    out.matched_at = Some(best);
     out.matched = Some(x.event.clone());
     out.evidence = evidence;
     out.advice = Some(causes::advice(&cause, line));
@@ -374,8 +472,8 @@ fn family(message: &str) -> String {
         .split(" while ")
         .next()
         .unwrap_or(message);
-    match head.split_once(" to ") {
-        Some((call, _)) if call.ends_with("()") => call.to_string(),
+    match head.split(' ').next() {
+        Some(call) if call.ends_with("()") => call.to_string(),
         _ => head.to_string(),
     }
 }
@@ -494,9 +592,20 @@ fn ruled_out(allowed: &[Cause], chosen: &Cause, x: &Traced) -> Vec<RuledOut> {
         .collect()
 }
 
-/// The same worker's next exchange right after exchange `i` failed:
-/// nginx retrying the request on the next server.
-fn retry_after(trace: &Trace, i: usize) -> Option<Retry> {
+/// Fills `retried` in `explained` (lines with their explanations), once
+/// the lines near them are explained too: an exchange that explains a line
+/// of another request is never this one's retry.
+pub fn add_retries(trace: &Trace, explained: &mut [(LogLine, ExplainEvent)]) {
+    for (line, e) in explained {
+        if let Some(i) = e.matched_at {
+            e.retried = retry_after(trace, i, line.conn.map(|c| (line.pid, c)));
+        }
+    }
+}
+
+/// The same worker's next exchange right after exchange `i` (of request
+/// `conn`) failed: nginx retrying the request on the next server.
+fn retry_after(trace: &Trace, i: usize, conn: Option<(u32, u64)>) -> Option<Retry> {
     let failed = &trace.exchanges[i];
     let until = failed.end + RETRY_WITHIN;
     trace
@@ -512,6 +621,7 @@ fn retry_after(trace: &Trace, i: usize) -> Option<Retry> {
                         .checked_sub(Duration::from_millis(1))
                         .unwrap_or(failed.end)
                 && x.start <= until
+                && (x.conn.is_none() || x.conn == conn)
         })
         .min_by_key(|(_, x)| x.start)
         .map(|(_, x)| Retry {
@@ -728,6 +838,7 @@ mod tests {
             utc_offset_s: 3600,
             since: humantime::parse_rfc3339("2026-11-27T00:00:00Z").ok(),
             pid_map: BTreeMap::new(),
+            config: Config::default(),
         }
     }
 
@@ -776,6 +887,28 @@ mod tests {
     }
 
     #[test]
+    fn both_forms_of_a_connect_failure_are_one_message() {
+        assert_eq!(
+            family("connect() failed (111: Connection refused) while connecting to upstream"),
+            "connect()"
+        );
+        assert_eq!(
+            family("connect() to unix:/run/x.sock failed (2: No such file or directory)"),
+            "connect()"
+        );
+        assert_eq!(
+            family(
+                "upstream timed out (110: Connection timed out) while sending request to upstream"
+            ),
+            "upstream timed out"
+        );
+        assert_ne!(
+            family("upstream prematurely closed connection while reading upstream"),
+            family("upstream timed out")
+        );
+    }
+
+    #[test]
     fn a_line_before_the_recording_is_marked() {
         let mut j = join();
         j.since = humantime::parse_rfc3339("2026-11-27T01:00:00Z").ok();
@@ -799,13 +932,42 @@ mod tests {
         );
         let line = parse(LINE).unwrap();
         let e = explain(&line, &mut trace, &join());
+        let mut batch = vec![(line, e)];
+        add_retries(&trace, &mut batch);
+        let (line, e) = &batch[0];
         let r = e.retried.as_ref().unwrap();
         assert_eq!(
             (r.upstream.as_str(), r.outcome.as_str()),
             ("127.0.0.1:4000", "ok")
         );
         let mut tally = Tally::default();
-        tally.add(&line, &e);
+        tally.add(line, e);
         assert!(tally.to_text().contains("1 retried and answered elsewhere"));
+    }
+
+    #[test]
+    fn the_next_request_failing_right_after_is_not_a_retry() {
+        // Two requests back to back on one worker, both refused: the second
+        // exchange explains its own line (*18), so it is no retry of *17.
+        let mut trace = Trace::default();
+        trace.add(refused(
+            "2026-11-27T00:02:03.400000Z",
+            4243,
+            "RST in reply to SYN after 0.2 ms",
+        ));
+        trace.add(refused(
+            "2026-11-27T00:02:03.401000Z",
+            4243,
+            "RST in reply to SYN after 0.2 ms",
+        ));
+        let first = parse(LINE).unwrap();
+        let second = parse(&LINE.replace("*17", "*18")).unwrap();
+        let mut batch = Vec::new();
+        for line in [first, second] {
+            let e = explain(&line, &mut trace, &join());
+            batch.push((line, e));
+        }
+        add_retries(&trace, &mut batch);
+        assert!(batch.iter().all(|(_, e)| e.retried.is_none()), "{batch:?}");
     }
 }

@@ -13,9 +13,10 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
+    configs::Configs,
     errorlog::{self, LogLine},
     exit::{self, UserError},
-    explain::{self, Join, Tally, Trace},
+    explain::{self, ExplainEvent, Join, Tally, Trace},
     localtime,
     logfollow::{self, Follower},
     output::{Output, notice},
@@ -32,12 +33,15 @@ const PROBE_LINES: usize = 50;
 const LINE_WAIT: Duration = Duration::from_millis(1500);
 /// How long exchanges are kept for lines still to come.
 const KEEP: Duration = Duration::from_secs(30);
+/// How much later lines are read before an explained line is printed: its
+/// retry is judged against the lines of the next seconds.
+const SETTLE: Duration = Duration::from_secs(3);
 /// How often new error logs are looked for (a new nginx instance).
 const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 
 /// Explains `log` (`-`: standard input) with the recording `from`, or with
 /// no trace at all (`None`).
-pub fn offline(log: &Path, from: Option<&Path>, json: bool) -> Result<()> {
+pub fn offline(log: &Path, from: Option<&Path>, config: Option<&Path>, json: bool) -> Result<()> {
     let out = Output::new(json);
     let (mut trace, join) = match from {
         Some(path) => {
@@ -56,6 +60,7 @@ pub fn offline(log: &Path, from: Option<&Path>, json: bool) -> Result<()> {
                 utc_offset_s: rec.utc_offset_s,
                 since: Some(rec.started),
                 pid_map: BTreeMap::new(),
+                config: config_file(config),
             };
             (trace, join)
         }
@@ -65,6 +70,7 @@ pub fn offline(log: &Path, from: Option<&Path>, json: bool) -> Result<()> {
                 utc_offset_s: localtime::utc_offset_s(None),
                 since: None,
                 pid_map: BTreeMap::new(),
+                config: config_file(config),
             },
         ),
     };
@@ -78,6 +84,9 @@ pub fn offline(log: &Path, from: Option<&Path>, json: bool) -> Result<()> {
     let mut tally = Tally::default();
     let mut probed = 0;
     let mut records = false;
+    // Lines explained, printed once the lines of the next seconds are too
+    // (a retry is told from the next request by the lines they explain).
+    let mut pending: VecDeque<(LogLine, ExplainEvent)> = VecDeque::new();
     for line in lossy_lines(reader) {
         let line = line.with_context(|| format!("failed to read {}", log.display()))?;
         match errorlog::parse(&line) {
@@ -92,13 +101,30 @@ pub fn offline(log: &Path, from: Option<&Path>, json: bool) -> Result<()> {
             }
             Some(parsed) => {
                 records = true;
-                explain_line(&parsed, &mut trace, &join, &mut tally, &out)?;
+                if !parsed.is_upstream() {
+                    tally.other();
+                    continue;
+                }
+                let now = parsed.time(join.utc_offset_s);
+                let e = explain::explain(&parsed, &mut trace, &join);
+                pending.push_back((parsed, e));
+                let settled = pending
+                    .iter()
+                    .take_while(|(l, _)| {
+                        matches!((l.time(join.utc_offset_s), now), (Some(t), Some(n)) if t + SETTLE < n)
+                    })
+                    .count();
+                if settled > 0 {
+                    let done: Vec<_> = pending.drain(..settled).collect();
+                    print_explained(done, &trace, &mut tally, &out)?;
+                }
             }
         }
     }
     if !records && probed > 0 {
         return Err(not_an_error_log(log, probed).into());
     }
+    print_explained(pending.into_iter().collect(), &trace, &mut tally, &out)?;
     let summary = tally.to_event();
     out.event(&summary, || tally.to_text())?;
     Ok(())
@@ -116,6 +142,15 @@ fn not_an_error_log(log: &Path, lines: usize) -> UserError {
     )
 }
 
+/// The configuration in a saved `nginx -T` dump (`--config`), else none.
+fn config_file(path: Option<&Path>) -> crate::nginx_conf::Config {
+    let Some(path) = path else {
+        return Default::default();
+    };
+    let configs = Configs::load(Some(path), &BTreeSet::new());
+    configs.config().clone()
+}
+
 /// Lines of `reader`, invalid UTF-8 replaced (a log may hold any bytes).
 fn lossy_lines(mut reader: Box<dyn BufRead>) -> impl Iterator<Item = io::Result<String>> {
     std::iter::from_fn(move || {
@@ -130,20 +165,19 @@ fn lossy_lines(mut reader: Box<dyn BufRead>) -> impl Iterator<Item = io::Result<
     })
 }
 
-fn explain_line(
-    line: &LogLine,
-    trace: &mut Trace,
-    join: &Join,
+/// Adds nginx's retries to lines explained, counts and prints them.
+fn print_explained(
+    mut done: Vec<(LogLine, ExplainEvent)>,
+    trace: &Trace,
     tally: &mut Tally,
     out: &Output,
 ) -> io::Result<()> {
-    if !line.is_upstream() {
-        tally.other();
-        return Ok(());
+    explain::add_retries(trace, &mut done);
+    for (line, e) in &done {
+        tally.add(line, e);
+        out.event(e, || e.to_text())?;
     }
-    let e = explain::explain(line, trace, join);
-    tally.add(line, &e);
-    out.event(&e, || e.to_text())
+    Ok(())
 }
 
 /// Live explanation, driven by the tracing loop.
@@ -156,12 +190,15 @@ pub struct Live {
     tally: Tally,
     out: Output,
     discovered_at: Option<Instant>,
+    configs: Option<Configs>,
+    config_file: Option<PathBuf>,
+    traced_seen: BTreeSet<u32>,
 }
 
 impl Live {
     /// Explains the log at `given` (else the traced instances' error logs)
     /// as it is written, printing JSON if `json`.
-    pub fn new(given: Option<PathBuf>, json: bool) -> Self {
+    pub fn new(given: Option<PathBuf>, config_file: Option<PathBuf>, json: bool) -> Self {
         Self {
             given,
             followers: BTreeMap::new(),
@@ -171,31 +208,15 @@ impl Live {
                 utc_offset_s: 0,
                 since: None,
                 pid_map: BTreeMap::new(),
+                config: Default::default(),
             },
+            configs: None,
+            config_file,
+            traced_seen: BTreeSet::new(),
             tally: Tally::default(),
             out: Output::new(json),
             discovered_at: None,
         }
-    }
-
-    /// Tracing has started: the clock of the traced nginx, the logs.
-    pub fn start(&mut self, session: &Session) -> Result<()> {
-        self.join.since = Some(SystemTime::now());
-        self.join.utc_offset_s = localtime::utc_offset_s(session.traced().first().copied());
-        if let Some(path) = self.given.clone() {
-            if !path.is_file() {
-                return Err(UserError::new(
-                    exit::USAGE,
-                    format!("{} is not a file: give nginx's error log", path.display()),
-                )
-                .into());
-            }
-            notice(&format!("following {}", path.display()));
-            self.followers
-                .insert(path.clone(), Follower::from_end(path));
-        }
-        self.discover(session.traced());
-        Ok(())
     }
 
     fn discover(&mut self, traced: &BTreeSet<u32>) {
@@ -223,14 +244,48 @@ impl Live {
             self.discovered_at = Some(Instant::now() + Duration::from_secs(60));
         }
     }
+}
+
+impl crate::Watcher for Live {
+    /// Tracing has started: the clock of the traced nginx, the logs.
+    fn start(&mut self, session: &Session) -> Result<()> {
+        self.join.since = Some(SystemTime::now());
+        self.join.utc_offset_s = localtime::utc_offset_s(session.traced().first().copied());
+        let configs = Configs::load(self.config_file.as_deref(), session.traced());
+        self.join.config = configs.config().clone();
+        self.configs = Some(configs);
+        self.traced_seen = session.traced().clone();
+        if let Some(path) = self.given.clone() {
+            if !path.is_file() {
+                return Err(UserError::new(
+                    exit::USAGE,
+                    format!("{} is not a file: give nginx's error log", path.display()),
+                )
+                .into());
+            }
+            notice(&format!("following {}", path.display()));
+            self.followers
+                .insert(path.clone(), Follower::from_end(path));
+        }
+        self.discover(session.traced());
+        Ok(())
+    }
 
     /// Takes the new events and lines, and explains the lines whose
     /// exchanges have had time to arrive (all of them when `all`).
-    pub fn tick(&mut self, session: &Session, all: bool) -> io::Result<()> {
+    fn tick(&mut self, session: &Session, all: bool) -> io::Result<()> {
         for event in session.output().take_captured() {
             self.trace.add(event);
         }
         self.discover(session.traced());
+        if let Some(configs) = self.configs.as_mut()
+            && self.traced_seen != *session.traced()
+        {
+            // New processes (a reload, a restart): the configuration may be new.
+            configs.refresh(session.traced());
+            self.join.config = configs.config().clone();
+            self.traced_seen = session.traced().clone();
+        }
         self.join.pid_map = namespace_pids(session.traced());
         let now = Instant::now();
         for follower in self.followers.values_mut() {
@@ -246,6 +301,7 @@ impl Live {
                 }
             }
         }
+        let mut done = Vec::new();
         while let Some((read_at, _)) = self.waiting.front() {
             if !all && read_at.elapsed() < LINE_WAIT {
                 break;
@@ -253,14 +309,10 @@ impl Live {
             let Some((_, line)) = self.waiting.pop_front() else {
                 break;
             };
-            explain_line(
-                &line,
-                &mut self.trace,
-                &self.join,
-                &mut self.tally,
-                &self.out,
-            )?;
+            let e = explain::explain(&line, &mut self.trace, &self.join);
+            done.push((line, e));
         }
+        print_explained(done, &self.trace, &mut self.tally, &self.out)?;
         if let Some(old) = SystemTime::now().checked_sub(KEEP) {
             self.trace.forget_before(old);
         }
@@ -268,7 +320,7 @@ impl Live {
     }
 
     /// Tracing stops: the lines left, then the summary.
-    pub fn finish(&mut self, session: &Session) -> io::Result<()> {
+    fn finish(&mut self, session: &Session) -> io::Result<()> {
         self.tick(session, true)?;
         let summary = self.tally.to_event();
         self.out.event(&summary, || self.tally.to_text())

@@ -12,6 +12,7 @@ mod causes;
 mod check;
 mod cli;
 mod clock;
+mod configs;
 #[cfg(test)]
 mod contract;
 mod errorlog;
@@ -31,6 +32,7 @@ mod load_error;
 mod localtime;
 mod logfollow;
 mod memcg;
+mod nginx_conf;
 mod output;
 mod preflight;
 mod proc_net;
@@ -41,6 +43,7 @@ mod session;
 mod summary;
 mod timings;
 mod tracefs;
+mod tune;
 mod verdict;
 
 use std::{collections::BTreeSet, io, time::Duration};
@@ -88,10 +91,32 @@ fn main() {
     let result = match mode {
         Mode::Trace(args) => runtime.block_on(trace(args, None)),
         Mode::Explain(args) => match (&args.log, args.follow) {
-            (Some(log), false) => explain_mode::offline(log, args.from.as_deref(), args.trace.json),
+            (Some(log), false) => explain_mode::offline(
+                log,
+                args.from.as_deref(),
+                args.trace.config.as_deref(),
+                args.trace.json,
+            ),
             _ => {
-                let live = Live::new(args.log.clone(), args.trace.json);
-                runtime.block_on(trace(args.trace, Some(live)))
+                let live = Live::new(args.log.clone(), args.trace.config.clone(), args.trace.json);
+                runtime.block_on(trace(args.trace, Some(Box::new(live))))
+            }
+        },
+        Mode::Tune(args) => match &args.from {
+            Some(from) => tune::from_recording(
+                from,
+                args.trace.config.as_deref(),
+                &args.trace.comm,
+                args.false_timeout_rate,
+                args.trace.json,
+            ),
+            None => {
+                let watcher = tune::TuneLive::new(
+                    args.false_timeout_rate,
+                    args.trace.config.clone(),
+                    args.trace.json,
+                );
+                runtime.block_on(trace(args.trace, Some(Box::new(watcher))))
             }
         },
     };
@@ -205,9 +230,19 @@ fn memory_cgrp_id() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-/// Traces; with `live`, explains error-log lines meanwhile instead of
-/// printing events.
-async fn trace(args: TraceArgs, mut live: Option<Live>) -> Result<()> {
+/// Something that runs beside tracing on the events it captures instead of
+/// printing them (live `explain`, `tune`).
+pub trait Watcher {
+    /// Tracing has started.
+    fn start(&mut self, session: &Session) -> Result<()>;
+    /// About four times a second (`all`: tracing stops, take everything).
+    fn tick(&mut self, session: &Session, all: bool) -> io::Result<()>;
+    /// Tracing has stopped.
+    fn finish(&mut self, session: &Session) -> io::Result<()>;
+}
+
+/// Traces; with `live`, hands the events to it instead of printing them.
+async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()> {
     // Taken from the start: a stop asked for while the programs load (some
     // seconds on a slow host) ends the run cleanly once they are attached,
     // with its summary, instead of killing it half attached.
@@ -330,7 +365,7 @@ async fn pump(
     session: &mut Session,
     args: &TraceArgs,
     stops: Stops,
-    mut live: Option<&mut Live>,
+    mut live: Option<&mut Box<dyn Watcher>>,
 ) -> Result<()> {
     let Stops {
         mut sigterm,

@@ -60,6 +60,8 @@ pub struct Facts {
     pub resp_bytes: u64,
     /// How long a kept-alive connection sat idle before this request.
     pub idle_ns: u64,
+    /// The longest wait between two response reads with data.
+    pub read_gap_max_ns: u64,
     /// Smoothed RTT, µs (TCP, once a segment came back).
     pub srtt_us: Option<u32>,
     /// Exchanges finished on this connection before this one.
@@ -191,6 +193,7 @@ pub fn facts(ex: &Exchange) -> Result<Facts, String> {
         peer_retransmits: ex.peer_retransmits,
         resp_bytes: ex.resp_bytes,
         idle_ns: ex.idle_ns,
+        read_gap_max_ns: ex.read_gap_max_ns,
         srtt_us: (ex.srtt_us != 0).then_some(ex.srtt_us),
         index: ex.index,
         acked_live: false,

@@ -27,6 +27,13 @@ pub struct Timings {
     /// request (a backend closing idle connections first shows here).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_before: Option<u64>,
+    /// First to last request byte written (what `*_send_timeout` bounds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_write: Option<u64>,
+    /// The longest wait between two response reads with data (what
+    /// `*_read_timeout` bounds once the answer started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub longest_read_gap: Option<u64>,
 }
 
 /// `to_ns - from_ns` in µs, when `from_ns` was seen and precedes `to_ns`.
@@ -60,5 +67,7 @@ pub fn timings(x: &Finished) -> Timings {
         nginx_read_delay: span_us(f.resp_kernel_ns, f.resp_first_read_ns),
         total: span_us(f.start_ns, x.end_ns),
         idle_before: (f.reused && f.idle_ns != 0).then_some(f.idle_ns / 1000),
+        request_write: span_us(f.req_first_ns, f.req_last_ns),
+        longest_read_gap: (f.read_gap_max_ns != 0).then_some(f.read_gap_max_ns / 1000),
     }
 }

@@ -760,6 +760,8 @@ mod tests {
                 nginx_read_delay: Some(20),
                 total: Some(2_200),
                 idle_before: None,
+                request_write: Some(50),
+                longest_read_gap: None,
             }
         );
     }

@@ -249,14 +249,21 @@ fn first_byte_histogram_matches_a_known_backend_delay() {
     assert_eq!(histogram("total")["count"], 10);
 }
 
-#[test]
-fn packet_loss_is_network_never_backend_slow() {
-    require_root();
+/// `requests` through nginx to a backend whose port `lose` makes lossy
+/// (30%), traced with `--all` and `tracer_args`: the upstream events, none
+/// of them blaming the backend for the loss.
+fn through_loss(
+    lose: fn(u16, f64) -> LoopbackRule,
+    tracer_args: &[&str],
+    requests: usize,
+) -> Vec<Value> {
     let backend = HttpBackend::start();
-    let _loss = LoopbackRule::lose(backend.port(), 0.3);
+    let _loss = lose(backend.port(), 0.3);
     let nginx = Nginx::proxying_to(backend.port(), "");
-    let tracer = Tracer::attach_to(&nginx, &["--all"]);
-    for _ in 0..50 {
+    let mut args = vec!["--all"];
+    args.extend(tracer_args);
+    let tracer = Tracer::attach_to(&nginx, &args);
+    for _ in 0..requests {
         nginx.get("/");
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -265,12 +272,19 @@ fn packet_loss_is_network_never_backend_slow() {
         .into_iter()
         .filter(|e| e["event"] == "upstream")
         .collect();
-    assert!(events.len() >= 50, "{} events", events.len());
+    assert!(events.len() >= requests, "{} events", events.len());
     let slow: Vec<&Value> = events
         .iter()
         .filter(|e| e["verdict"] == "backend_slow")
         .collect();
     assert!(slow.is_empty(), "loss blamed on the backend: {slow:#?}");
+    events
+}
+
+#[test]
+fn packet_loss_is_network_never_backend_slow() {
+    require_root();
+    let events = through_loss(LoopbackRule::lose, &[], 50);
     let lossy: Vec<&Value> = events
         .iter()
         .filter(|e| {
@@ -304,28 +318,8 @@ fn response_loss_from_a_local_backend_is_network_with_the_backends_retransmits()
 /// their way back: every late answer is the network's, with the
 /// retransmissions of the backend's own socket as the evidence.
 fn response_loss_is_network(tracer_args: &[&str], requests: usize) {
-    let backend = HttpBackend::start();
     // Loss on the way back: nginx's socket resends nothing, the backend's does.
-    let _loss = LoopbackRule::lose_from(backend.port(), 0.3);
-    let nginx = Nginx::proxying_to(backend.port(), "");
-    let mut args = vec!["--all"];
-    args.extend(tracer_args);
-    let tracer = Tracer::attach_to(&nginx, &args);
-    for _ in 0..requests {
-        nginx.get("/");
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let events: Vec<Value> = tracer
-        .stop()
-        .into_iter()
-        .filter(|e| e["event"] == "upstream")
-        .collect();
-    assert!(events.len() >= requests, "{} events", events.len());
-    let slow: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["verdict"] == "backend_slow")
-        .collect();
-    assert!(slow.is_empty(), "loss blamed on the backend: {slow:#?}");
+    let events = through_loss(LoopbackRule::lose_from, tracer_args, requests);
     let resent: Vec<&Value> = events
         .iter()
         .filter(|e| e["tcp"]["peer_retransmits"].as_u64().unwrap_or(0) > 0)

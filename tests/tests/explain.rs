@@ -10,7 +10,8 @@ use std::{
 };
 
 use ngx_trace_tests::{
-    backend::{Behavior, HttpBackend},
+    TempDir,
+    backend::{Behavior, HttpBackend, UnixSocketFile},
     fault_backend::{FaultBackend, Mode},
     firewall::LoopbackRule,
     free_port,
@@ -89,6 +90,11 @@ fn every_upstream_line_of_the_error_log_is_explained_from_a_recording() {
     let (dead, dead2, rejected) = (free_port(), free_port(), free_port());
     let _reject = LoopbackRule::reject_syn(rejected);
     let okp = ok.port();
+    // UNIX faults: a socket file missing, one nginx's user may not open.
+    let sockets = TempDir::new("explain-unix");
+    let missing = sockets.path().join("missing.sock");
+    let private = sockets.path().join("private.sock");
+    let _private = UnixSocketFile::listening(&private, 0o600);
     let nginx = Nginx::start(
         &format!(
             "upstream pair {{ server 127.0.0.1:{dead}; server 127.0.0.1:{okp}; }}\n\
@@ -100,9 +106,13 @@ fn every_upstream_line_of_the_error_log_is_explained_from_a_recording() {
              location /slow {{ proxy_read_timeout 1s; proxy_pass http://127.0.0.1:{}; }}\n\
              location /pair {{ proxy_pass http://pair; }}\n\
              location /gone {{ proxy_pass http://gone; }}\n\
-             location /crash {{ proxy_pass {}; }}",
+             location /crash {{ proxy_pass {}; }}\n\
+             location /missing {{ proxy_pass http://unix:{}:; }}\n\
+             location /private {{ proxy_pass http://unix:{}:; }}",
             slow.port(),
-            crashing.proxy_pass()
+            crashing.proxy_pass(),
+            missing.display(),
+            private.display()
         ),
     );
     let recording = nginx.dir().join("trace.jsonl");
@@ -118,7 +128,26 @@ fn every_upstream_line_of_the_error_log_is_explained_from_a_recording() {
         assert_eq!(nginx.get("/gone"), 502);
     }
     kill_backend_holding(&nginx, &mut crashing, "/crash");
-    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(nginx.get("/missing"), 502);
+    assert_eq!(nginx.get("/private"), 502);
+    // A worker crashing: its master writes the line.
+    let worker = nginx.workers()[0];
+    assert!(
+        Command::new("kill")
+            .args(["-SEGV", &worker.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    while nginx.error_log_lines("exited on signal 11").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no worker exit line"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(800));
     tracer.stop();
     let log = nginx.dir().join("error.log");
     let log = log.to_str().unwrap();
@@ -193,6 +222,35 @@ fn every_upstream_line_of_the_error_log_is_explained_from_a_recording() {
         "{crash:#}"
     );
     assert_eq!(crash["match"]["peer"]["pid"], crashing.pid());
+
+    let missing_line = of_line(&events, &["(2: No such file or directory)", "GET /missing"]);
+    assert_eq!(
+        cause(missing_line),
+        ("backend_down", "no_socket_file", "exact"),
+        "{missing_line:#}"
+    );
+    let private_line = of_line(&events, &["(13: Permission denied)", "GET /private"]);
+    assert_eq!(
+        cause(private_line),
+        ("permission", "permission", "exact"),
+        "{private_line:#}"
+    );
+    assert!(
+        private_line["advice"]
+            .as_str()
+            .unwrap()
+            .contains("listen.mode")
+    );
+    let crashed = of_line(
+        &events,
+        &[&format!("worker process {worker} exited on signal 11")],
+    );
+    assert_eq!(
+        cause(crashed),
+        ("proxy_crashed", "worker_died", "exact"),
+        "{crashed:#}"
+    );
+    assert_eq!(crashed["match"]["signal"], 11, "{crashed:#}");
 
     // Every upstream line nginx wrote is explained, none left undecided.
     let undecided: Vec<&Value> = events
@@ -465,4 +523,47 @@ fn a_stale_kept_alive_connection_is_told_from_a_crash_and_its_retry_shown() {
     );
     // nginx tried again on a new connection, which was answered.
     assert_eq!(stale["retried"]["outcome"], "ok", "{stale:#}");
+}
+
+#[test]
+fn advice_names_the_timeout_in_effect_with_its_file_and_line() {
+    require_root();
+    let slow = HttpBackend::with(Behavior::Answer(Duration::from_secs(3)));
+    // One setting at http level in an included file, overridden for one
+    // location in another.
+    let nginx = Nginx::start(
+        "include {dir}/conf.d/*.conf;",
+        &format!(
+            "location /slow {{ include {{dir}}/loc.d/*.inc; proxy_pass http://127.0.0.1:{}; }}",
+            slow.port()
+        ),
+    );
+    let dir = nginx.dir().to_path_buf();
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    std::fs::create_dir_all(dir.join("loc.d")).unwrap();
+    std::fs::write(
+        dir.join("conf.d/timeouts.conf"),
+        "proxy_read_timeout 30s;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("loc.d/slow.inc"),
+        "# the slow API\nproxy_read_timeout 1s;\n",
+    )
+    .unwrap();
+    nginx.reload();
+    let master = nginx.master_pid().to_string();
+    let live = LiveExplain::start(&["--pid", &master]);
+    assert_eq!(nginx.get("/slow"), 504);
+    std::thread::sleep(Duration::from_secs(3));
+    let (events, stderr) = live.stop();
+    assert!(!stderr.contains("nginx configuration"), "{stderr}");
+    let line = of_line(&events, &["upstream timed out (110", "GET /slow"]);
+    assert_eq!(cause(line), ("backend_slow", "slow", "exact"), "{line:#}");
+    let advice = line["advice"].as_str().unwrap();
+    let expected = format!(
+        "proxy_read_timeout 1s ({}:2, location /slow)",
+        dir.join("loc.d/slow.inc").display()
+    );
+    assert!(advice.contains(&expected), "{advice}");
 }

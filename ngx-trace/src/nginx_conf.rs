@@ -1,0 +1,882 @@
+//! nginx's configuration as nginx itself sees it: the `nginx -T` dump of a
+//! running instance (its own binary, its own `-c`, `-p` and `-g`, in its
+//! mount namespace), or a saved one. Parsed into directives with file and
+//! line, `include`s spliced in from the dump, then resolved into what
+//! ngx-trace needs: for each upstream server, its group and every location
+//! passing to it, with the timeouts and retry settings in effect there
+//! (nginx's defaults where none is set). A problem names its file and line
+//! and never stops tracing.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr, ToSocketAddrs as _},
+    process::Command,
+};
+
+/// The modules that pass requests to upstreams, as directive prefixes.
+pub const MODULES: [&str; 5] = ["proxy", "fastcgi", "uwsgi", "scgi", "grpc"];
+
+/// One directive, with its block if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directive {
+    /// Its name.
+    pub name: String,
+    /// Its arguments, quotes removed.
+    pub args: Vec<String>,
+    /// The file it is in.
+    pub file: String,
+    /// Its line there.
+    pub line: u32,
+    /// The directives of its `{ }` block.
+    pub block: Option<Vec<Directive>>,
+}
+
+/// A problem met reading the configuration: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `file:line`.
+    pub at: String,
+    /// What.
+    pub what: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.what)
+    }
+}
+
+/// The files of an `nginx -T` dump, in order: path and text.
+pub fn split_dump(dump: &str) -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = Vec::new();
+    for line in dump.lines() {
+        if let Some(path) = line
+            .strip_prefix("# configuration file ")
+            .and_then(|rest| rest.strip_suffix(':'))
+        {
+            files.push((path.to_string(), String::new()));
+        } else if let Some((_, text)) = files.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    files
+}
+
+/// One token of the configuration language.
+#[derive(Debug, PartialEq)]
+enum Token {
+    Word(String),
+    Open,
+    Close,
+    End,
+}
+
+/// Splits `text` into tokens with their lines: words (quotes removed,
+/// escapes kept as nginx does), `{`, `}`, `;`; `#` comments dropped.
+fn tokens(text: &str) -> Result<Vec<(Token, u32)>, (u32, String)> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => line += 1,
+            c if c.is_whitespace() => {}
+            '#' => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+            }
+            '{' => out.push((Token::Open, line)),
+            '}' => out.push((Token::Close, line)),
+            ';' => out.push((Token::End, line)),
+            '"' | '\'' => {
+                let start = line;
+                let mut word = String::new();
+                loop {
+                    match chars.next() {
+                        None => return Err((start, "unterminated quoted string".into())),
+                        Some('\\') => {
+                            if let Some(next) = chars.next() {
+                                if next != c {
+                                    word.push('\\');
+                                }
+                                word.push(next);
+                            }
+                        }
+                        Some(q) if q == c => break,
+                        Some(other) => {
+                            if other == '\n' {
+                                line += 1;
+                            }
+                            word.push(other);
+                        }
+                    }
+                }
+                out.push((Token::Word(word), start));
+            }
+            _ => {
+                let mut word = String::from(c);
+                while let Some(&next) = chars.peek() {
+                    if next.is_whitespace() || matches!(next, ';' | '{' | '}') {
+                        break;
+                    }
+                    // `${var}` keeps its braces inside a word.
+                    if next == '{' && word.ends_with('$') {
+                        break;
+                    }
+                    word.push(next);
+                    chars.next();
+                }
+                out.push((Token::Word(word), line));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses one file's text into its directives.
+pub fn parse_file(file: &str, text: &str) -> Result<Vec<Directive>, Problem> {
+    let problem = |line: u32, what: String| Problem {
+        at: format!("{file}:{line}"),
+        what,
+    };
+    let tokens = tokens(text).map_err(|(line, what)| problem(line, what))?;
+    let mut stack: Vec<(Directive, Vec<Directive>)> = Vec::new();
+    let mut top: Vec<Directive> = Vec::new();
+    let mut words: Vec<(String, u32)> = Vec::new();
+    for (token, line) in tokens {
+        match token {
+            Token::Word(w) => words.push((w, line)),
+            Token::End | Token::Open => {
+                let Some(((name, at), rest)) = words.split_first() else {
+                    return Err(problem(line, "a `;` or `{` without a directive".into()));
+                };
+                let directive = Directive {
+                    name: name.clone(),
+                    args: rest.iter().map(|(w, _)| w.clone()).collect(),
+                    file: file.to_string(),
+                    line: *at,
+                    block: None,
+                };
+                words.clear();
+                if token == Token::Open {
+                    stack.push((directive, Vec::new()));
+                } else {
+                    match stack.last_mut() {
+                        Some((_, children)) => children.push(directive),
+                        None => top.push(directive),
+                    }
+                }
+            }
+            Token::Close => {
+                if !words.is_empty() {
+                    return Err(problem(line, "a directive without its `;`".into()));
+                }
+                let Some((mut directive, children)) = stack.pop() else {
+                    return Err(problem(line, "a `}` without its `{`".into()));
+                };
+                directive.block = Some(children);
+                match stack.last_mut() {
+                    Some((_, siblings)) => siblings.push(directive),
+                    None => top.push(directive),
+                }
+            }
+        }
+    }
+    if let Some((open, _)) = stack.last() {
+        return Err(problem(
+            open.line,
+            format!("`{}` block never closed", open.name),
+        ));
+    }
+    if !words.is_empty() {
+        return Err(problem(words[0].1, "a directive without its `;`".into()));
+    }
+    Ok(top)
+}
+
+/// Whether `path` matches the glob `pattern` (`*`, `?`; `/` matched only
+/// by itself), as nginx's `include` does.
+fn glob_match(pattern: &[u8], path: &[u8]) -> bool {
+    match (pattern.first(), path.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob_match(&pattern[1..], path)
+                || (path.first().is_some_and(|&c| c != b'/') && glob_match(pattern, &path[1..]))
+        }
+        (Some(b'?'), Some(&c)) if c != b'/' => glob_match(&pattern[1..], &path[1..]),
+        (Some(p), Some(c)) if p == c => glob_match(&pattern[1..], &path[1..]),
+        _ => false,
+    }
+}
+
+/// The whole configuration from a dump: the first file's directives with
+/// every `include` replaced by the directives of the dumped files it
+/// matches (relative patterns from the first file's directory). Problems
+/// are collected, never fatal: what parsed is kept.
+pub fn load(dump: &str) -> (Vec<Directive>, Vec<Problem>) {
+    let files = split_dump(dump);
+    let mut problems = Vec::new();
+    let Some((main, _)) = files.first() else {
+        problems.push(Problem {
+            at: "nginx -T".into(),
+            what: "no `# configuration file` in the dump".into(),
+        });
+        return (Vec::new(), problems);
+    };
+    let base = main.rsplit_once('/').map_or("", |(dir, _)| dir).to_string();
+    let mut parsed: BTreeMap<&str, Vec<Directive>> = BTreeMap::new();
+    for (path, text) in &files {
+        match parse_file(path, text) {
+            Ok(directives) => {
+                parsed.insert(path, directives);
+            }
+            Err(p) => problems.push(p),
+        }
+    }
+    let order: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    let root = parsed.get(main.as_str()).cloned().unwrap_or_default();
+    let root = splice(root, &parsed, &order, &base, 0, &mut problems);
+    (root, problems)
+}
+
+fn splice(
+    directives: Vec<Directive>,
+    parsed: &BTreeMap<&str, Vec<Directive>>,
+    order: &[&str],
+    base: &str,
+    depth: u32,
+    problems: &mut Vec<Problem>,
+) -> Vec<Directive> {
+    let mut out = Vec::new();
+    for mut d in directives {
+        if d.name == "include" && d.block.is_none() {
+            let Some(pattern) = d.args.first() else {
+                continue;
+            };
+            if depth > 16 {
+                problems.push(Problem {
+                    at: format!("{}:{}", d.file, d.line),
+                    what: "includes nest too deeply (a loop?)".into(),
+                });
+                continue;
+            }
+            let pattern = if pattern.starts_with('/') {
+                pattern.clone()
+            } else {
+                format!("{base}/{pattern}")
+            };
+            let mut matched: Vec<&str> = order
+                .iter()
+                .copied()
+                .filter(|p| glob_match(pattern.as_bytes(), p.as_bytes()))
+                .collect();
+            // nginx includes a pattern's files in name order.
+            matched.sort_unstable();
+            for file in matched {
+                if let Some(inner) = parsed.get(file) {
+                    out.extend(splice(
+                        inner.clone(),
+                        parsed,
+                        order,
+                        base,
+                        depth + 1,
+                        problems,
+                    ));
+                }
+            }
+            continue;
+        }
+        if let Some(block) = d.block.take() {
+            d.block = Some(splice(block, parsed, order, base, depth, problems));
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// A time as nginx reads it (`ngx_parse_time`): `500ms`, `30s`, `1m30s`,
+/// `2h`, a bare number of seconds; in ms.
+pub fn parse_time_ms(value: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    let mut chars = value.chars().peekable();
+    if value.is_empty() {
+        return None;
+    }
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().ok()?;
+        number.clear();
+        let unit = match c {
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                1
+            }
+            'y' => 365 * 86_400_000,
+            'M' => 30 * 86_400_000,
+            'w' => 7 * 86_400_000,
+            'd' => 86_400_000,
+            'h' => 3_600_000,
+            'm' => 60_000,
+            's' => 1000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    if !number.is_empty() {
+        total = total.checked_add(number.parse::<u64>().ok()?.checked_mul(1000)?)?;
+    }
+    Some(total)
+}
+
+/// A setting in effect, and where it was set (`None`: nginx's default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The value as written (or nginx's default).
+    pub value: String,
+    /// `file:line` of the directive, `None` for the default.
+    pub at: Option<(String, u32)>,
+}
+
+impl Setting {
+    fn default(value: &str) -> Self {
+        Self {
+            value: value.to_string(),
+            at: None,
+        }
+    }
+
+    /// The value as a time, ms.
+    pub fn ms(&self) -> Option<u64> {
+        parse_time_ms(&self.value)
+    }
+}
+
+/// A location that passes requests to upstreams, with its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// `location` argument(s) (`/api`, `~ \.php$`); `server` for a pass at
+    /// server level.
+    pub name: String,
+    /// The first `server_name` of its server, or its first `listen`.
+    pub server: String,
+    /// Where its pass directive is.
+    pub file: String,
+    /// Its line.
+    pub line: u32,
+    /// `proxy`, `fastcgi`, `uwsgi`, `scgi` or `grpc`.
+    pub module: &'static str,
+    /// The pass directive's argument.
+    pub target: String,
+    /// The upstream group it passes to, if it names one.
+    pub group: Option<String>,
+    /// The servers it reaches, as ngx-trace names them (`127.0.0.1:8080`,
+    /// `[::1]:80`, `unix:/path`): a group's, or its own address.
+    pub servers: Vec<String>,
+    /// `<module>_connect_timeout`, `_send_timeout`, `_read_timeout`,
+    /// `_next_upstream`, `_next_upstream_tries`, `_next_upstream_timeout`,
+    /// by directive name.
+    pub settings: BTreeMap<String, Setting>,
+}
+
+/// One `server` of an upstream group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupServer {
+    /// As ngx-trace names it (each address a name resolves to).
+    pub addrs: Vec<String>,
+    /// `max_fails` (1 by default).
+    pub max_fails: u32,
+    /// `fail_timeout`, ms (10 s by default).
+    pub fail_timeout_ms: u64,
+    /// Where.
+    pub at: (String, u32),
+}
+
+/// An `upstream` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// Its name.
+    pub name: String,
+    /// Its servers.
+    pub servers: Vec<GroupServer>,
+    /// `keepalive` (connections cached per worker), if set.
+    pub keepalive: Option<Setting>,
+    /// `keepalive_timeout` (60 s by default).
+    pub keepalive_timeout: Setting,
+    /// Where the block starts.
+    pub at: (String, u32),
+}
+
+/// What ngx-trace needs of a configuration.
+#[derive(Debug, Default, Clone)]
+pub struct Config {
+    /// The upstream groups.
+    pub groups: Vec<Group>,
+    /// The locations that pass to upstreams.
+    pub locations: Vec<Location>,
+    /// Problems met (parse errors, passes that name no resolvable server).
+    pub problems: Vec<Problem>,
+}
+
+/// The directives inherited from `http` to `server` to `location`.
+fn inherited_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for m in MODULES {
+        for suffix in [
+            "connect_timeout",
+            "send_timeout",
+            "read_timeout",
+            "next_upstream",
+            "next_upstream_tries",
+            "next_upstream_timeout",
+        ] {
+            names.push(format!("{m}_{suffix}"));
+        }
+    }
+    names
+}
+
+/// nginx's default for an inherited directive.
+fn default_of(name: &str) -> &'static str {
+    if name.ends_with("_next_upstream") {
+        "error timeout"
+    } else if name.ends_with("_tries") || name.ends_with("_next_upstream_timeout") {
+        "0"
+    } else {
+        "60s"
+    }
+}
+
+/// ngx-trace's name of the address `host[:port]` (`default_port` when none);
+/// a name is resolved (every address it gives).
+fn addresses(host_port: &str, default_port: u16) -> Vec<String> {
+    if let Some(path) = host_port.strip_prefix("unix:") {
+        return vec![format!("unix:{path}")];
+    }
+    let with_port = if host_port.starts_with('[') {
+        if host_port.contains("]:") {
+            host_port.to_string()
+        } else {
+            format!("{host_port}:{default_port}")
+        }
+    } else if host_port.contains(':') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:{default_port}")
+    };
+    if let Ok(addr) = with_port.parse::<SocketAddr>() {
+        return vec![name_of(addr)];
+    }
+    let mut found: Vec<String> = with_port
+        .to_socket_addrs()
+        .map(|it| it.map(name_of).collect())
+        .unwrap_or_default();
+    found.sort();
+    found.dedup();
+    found
+}
+
+fn name_of(addr: SocketAddr) -> String {
+    match addr.ip() {
+        IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
+        IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
+    }
+}
+
+/// The group name or address a pass directive's argument names: scheme
+/// and URI dropped (`http://unix:/p.sock:/x` → `unix:/p.sock`).
+fn pass_target(module: &str, arg: &str) -> (String, u16) {
+    let (scheme, rest) = arg.split_once("://").unwrap_or(("", arg));
+    let port = match scheme {
+        "https" | "grpcs" => 443,
+        _ if module == "grpc" => 80,
+        _ => 80,
+    };
+    if let Some(path) = rest.strip_prefix("unix:") {
+        let path = if module == "proxy" || module == "grpc" {
+            path.split(':').next().unwrap_or(path)
+        } else {
+            path
+        };
+        return (format!("unix:{path}"), port);
+    }
+    (rest.split('/').next().unwrap_or(rest).to_string(), port)
+}
+
+/// Resolves a whole configuration (`root`: the spliced directives).
+pub fn resolve(root: &[Directive], mut problems: Vec<Problem>) -> Config {
+    let mut config = Config::default();
+    let names = inherited_names();
+    for http in root.iter().filter(|d| d.name == "http") {
+        let Some(block) = &http.block else { continue };
+        for d in block.iter().filter(|d| d.name == "upstream") {
+            config.groups.push(group_of(d));
+        }
+        let mut settings: BTreeMap<String, Setting> = names
+            .iter()
+            .map(|n| (n.clone(), Setting::default(default_of(n))))
+            .collect();
+        apply(&mut settings, block, &names);
+        for server in block.iter().filter(|d| d.name == "server") {
+            let Some(sblock) = &server.block else {
+                continue;
+            };
+            let label = sblock
+                .iter()
+                .find(|d| d.name == "server_name")
+                .or_else(|| sblock.iter().find(|d| d.name == "listen"))
+                .and_then(|d| d.args.first().cloned())
+                .unwrap_or_else(|| "_".into());
+            let mut inner = settings.clone();
+            apply(&mut inner, sblock, &names);
+            walk(sblock, "server", &label, &inner, &names, &mut config);
+        }
+    }
+    for loc in &mut config.locations {
+        let (target, port) = pass_target(loc.module, &loc.target);
+        if target.contains('$') {
+            problems.push(Problem {
+                at: format!("{}:{}", loc.file, loc.line),
+                what: format!(
+                    "{}_pass {} names its upstream with a variable: not mapped",
+                    loc.module, loc.target
+                ),
+            });
+            continue;
+        }
+        if let Some(group) = config.groups.iter().find(|g| g.name == target) {
+            loc.group = Some(group.name.clone());
+            loc.servers = group.servers.iter().flat_map(|s| s.addrs.clone()).collect();
+        } else {
+            loc.servers = addresses(&target, port);
+            if loc.servers.is_empty() {
+                problems.push(Problem {
+                    at: format!("{}:{}", loc.file, loc.line),
+                    what: format!("`{target}` does not resolve here"),
+                });
+            }
+        }
+    }
+    config.problems = problems;
+    config
+}
+
+/// Overrides `settings` with the inherited directives set in `block`.
+fn apply(settings: &mut BTreeMap<String, Setting>, block: &[Directive], names: &[String]) {
+    for d in block
+        .iter()
+        .filter(|d| d.block.is_none() && names.contains(&d.name))
+    {
+        settings.insert(
+            d.name.clone(),
+            Setting {
+                value: d.args.join(" "),
+                at: Some((d.file.clone(), d.line)),
+            },
+        );
+    }
+}
+
+/// Records the passes in `block` (a server's or a location's), then its
+/// nested locations.
+fn walk(
+    block: &[Directive],
+    name: &str,
+    server: &str,
+    settings: &BTreeMap<String, Setting>,
+    names: &[String],
+    config: &mut Config,
+) {
+    for d in block {
+        if let Some(module) = MODULES.iter().find(|m| d.name == format!("{m}_pass"))
+            && let Some(target) = d.args.first()
+        {
+            let prefix = format!("{module}_");
+            config.locations.push(Location {
+                name: name.to_string(),
+                server: server.to_string(),
+                file: d.file.clone(),
+                line: d.line,
+                module,
+                target: target.clone(),
+                group: None,
+                servers: Vec::new(),
+                settings: settings
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            });
+        }
+        if d.name == "location"
+            && let Some(inner_block) = &d.block
+        {
+            let mut inner = settings.clone();
+            apply(&mut inner, inner_block, names);
+            walk(
+                inner_block,
+                &d.args.join(" "),
+                server,
+                &inner,
+                names,
+                config,
+            );
+        }
+    }
+}
+
+fn group_of(d: &Directive) -> Group {
+    let mut group = Group {
+        name: d.args.first().cloned().unwrap_or_default(),
+        servers: Vec::new(),
+        keepalive: None,
+        keepalive_timeout: Setting::default("60s"),
+        at: (d.file.clone(), d.line),
+    };
+    for inner in d.block.iter().flatten() {
+        match inner.name.as_str() {
+            "server" => {
+                let Some(addr) = inner.args.first() else {
+                    continue;
+                };
+                let mut server = GroupServer {
+                    addrs: addresses(addr, 80),
+                    max_fails: 1,
+                    fail_timeout_ms: 10_000,
+                    at: (inner.file.clone(), inner.line),
+                };
+                for arg in &inner.args[1..] {
+                    if let Some(n) = arg.strip_prefix("max_fails=") {
+                        server.max_fails = n.parse().unwrap_or(1);
+                    } else if let Some(t) = arg.strip_prefix("fail_timeout=") {
+                        server.fail_timeout_ms = parse_time_ms(t).unwrap_or(10_000);
+                    }
+                }
+                group.servers.push(server);
+            }
+            "keepalive" | "keepalive_timeout" => {
+                let setting = Setting {
+                    value: inner.args.join(" "),
+                    at: Some((inner.file.clone(), inner.line)),
+                };
+                if inner.name == "keepalive" {
+                    group.keepalive = Some(setting);
+                } else {
+                    group.keepalive_timeout = setting;
+                }
+            }
+            _ => {}
+        }
+    }
+    group
+}
+
+impl Config {
+    /// From an `nginx -T` dump.
+    pub fn from_dump(dump: &str) -> Self {
+        let (root, problems) = load(dump);
+        resolve(&root, problems)
+    }
+
+    /// The locations that reach upstream server `server`.
+    pub fn locations_of<'a>(&'a self, server: &'a str) -> impl Iterator<Item = &'a Location> {
+        self.locations
+            .iter()
+            .filter(move |l| l.servers.iter().any(|s| s == server))
+    }
+}
+
+/// Runs the instance's own binary (`/proc/<master>/exe`, in its mount
+/// namespace) with `-T` and the master's `-c`, `-p` and `-g`: the dump of
+/// the configuration as nginx reads it now.
+pub fn dump_of(master: u32) -> Result<String, String> {
+    let cmdline = std::fs::read(format!("/proc/{master}/cmdline"))
+        .map_err(|e| format!("cannot read nginx {master}'s command line: {e}"))?;
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    // The master's title (`nginx: master process /usr/sbin/nginx -c x`)
+    // keeps its arguments after the binary.
+    let words: Vec<&str> = args.iter().flat_map(|a| a.split(' ')).collect();
+    let mut pass = Vec::new();
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        if matches!(*w, "-c" | "-p" | "-g")
+            && let Some(v) = it.next()
+        {
+            pass.push(w.to_string());
+            pass.push(v.to_string());
+        }
+    }
+    let exe = std::fs::read_link(format!("/proc/{master}/exe"))
+        .map_err(|e| format!("cannot find nginx {master}'s binary: {e}"))?;
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let theirs = std::fs::read_link(format!("/proc/{master}/ns/mnt")).ok();
+    let mut command = if ours == theirs {
+        Command::new(&exe)
+    } else {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &master.to_string(), "-m", "--"]).arg(&exe);
+        c
+    };
+    let out = command
+        .arg("-T")
+        .args(&pass)
+        .output()
+        .map_err(|e| format!("cannot run {} -T: {e}", exe.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} -T failed: {}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DUMP: &str = "# configuration file /etc/nginx/nginx.conf:
+user www-data;
+events { worker_connections 768; }
+http {
+    proxy_read_timeout 30s;
+    include /etc/nginx/conf.d/*.conf;
+    include sites-enabled/*;
+}
+
+# configuration file /etc/nginx/conf.d/upstreams.conf:
+upstream app {
+    server 127.0.0.1:8001 max_fails=3 fail_timeout=30s;
+    server [::1]:8002;
+    keepalive 16;
+    keepalive_timeout 5s;
+}
+
+# configuration file /etc/nginx/sites-enabled/default:
+server {
+    listen 80;
+    server_name example.com;
+    proxy_connect_timeout 2s; # a comment { ; }
+    location / {
+        proxy_pass http://app/;
+    }
+    location /slow {
+        proxy_read_timeout 2m;
+        proxy_pass http://127.0.0.1:9000;
+        location /slow/inner { proxy_read_timeout \"500ms\"; proxy_pass http://unix:/run/app.sock:/x; }
+    }
+    location ~ \\.php$ {
+        fastcgi_pass unix:/run/php/php8.2-fpm.sock;
+    }
+}
+";
+
+    fn loc<'a>(c: &'a Config, name: &str) -> &'a Location {
+        c.locations.iter().find(|l| l.name == name).unwrap()
+    }
+
+    #[test]
+    fn includes_and_inheritance_give_each_location_its_settings() {
+        let c = Config::from_dump(DUMP);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let root = loc(&c, "/");
+        assert_eq!(root.group.as_deref(), Some("app"));
+        assert_eq!(root.servers, ["127.0.0.1:8001", "[::1]:8002"]);
+        let read = &root.settings["proxy_read_timeout"];
+        assert_eq!(
+            (read.value.as_str(), read.at.clone()),
+            ("30s", Some(("/etc/nginx/nginx.conf".to_string(), 4)))
+        );
+        assert_eq!(root.settings["proxy_connect_timeout"].ms(), Some(2000));
+        assert_eq!(root.settings["proxy_send_timeout"], Setting::default("60s"));
+        assert_eq!(
+            loc(&c, "/slow").settings["proxy_read_timeout"].ms(),
+            Some(120_000)
+        );
+        let inner = loc(&c, "/slow/inner");
+        assert_eq!(inner.servers, ["unix:/run/app.sock"]);
+        assert_eq!(inner.settings["proxy_read_timeout"].ms(), Some(500));
+        assert_eq!(
+            inner.settings["proxy_read_timeout"].at,
+            Some(("/etc/nginx/sites-enabled/default".to_string(), 11))
+        );
+        let php = loc(&c, "~ \\.php$");
+        assert_eq!(
+            (php.module, php.servers.clone()),
+            ("fastcgi", vec!["unix:/run/php/php8.2-fpm.sock".to_string()])
+        );
+        assert_eq!(php.settings["fastcgi_read_timeout"].ms(), Some(60_000));
+        assert_eq!(php.server, "example.com");
+        let app = &c.groups[0];
+        assert_eq!(
+            (app.servers[0].max_fails, app.servers[0].fail_timeout_ms),
+            (3, 30_000)
+        );
+        assert_eq!(app.keepalive_timeout.ms(), Some(5000));
+        assert_eq!(c.locations_of("127.0.0.1:8001").count(), 1);
+    }
+
+    #[test]
+    fn times_parse_as_nginx_reads_them() {
+        for (text, ms) in [
+            ("60s", 60_000),
+            ("500ms", 500),
+            ("1m30s", 90_000),
+            ("2h", 7_200_000),
+            ("5", 5000),
+        ] {
+            assert_eq!(parse_time_ms(text), Some(ms), "{text}");
+        }
+        for bad in ["", "s", "5x", "1.5s"] {
+            assert_eq!(parse_time_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_broken_file_is_named_with_its_line_and_the_rest_still_read() {
+        let dump = "# configuration file /etc/nginx/nginx.conf:
+http {
+    include conf.d/*.conf;
+    server { location / { proxy_pass http://127.0.0.1:81; } }
+}
+# configuration file /etc/nginx/conf.d/bad.conf:
+upstream x {
+    server 127.0.0.1:1
+";
+        let c = Config::from_dump(dump);
+        assert_eq!(c.locations.len(), 1);
+        assert_eq!(c.problems.len(), 1);
+        assert_eq!(c.problems[0].at, "/etc/nginx/conf.d/bad.conf:1");
+        let c = Config::from_dump("user nobody;");
+        assert!(c.problems[0].what.contains("no `# configuration file`"));
+    }
+
+    #[test]
+    fn globs_match_like_include() {
+        assert!(glob_match(
+            b"/etc/nginx/conf.d/*.conf",
+            b"/etc/nginx/conf.d/a.conf"
+        ));
+        assert!(!glob_match(
+            b"/etc/nginx/conf.d/*.conf",
+            b"/etc/nginx/conf.d/sub/a.conf"
+        ));
+        assert!(glob_match(
+            b"/etc/nginx/sites-enabled/*",
+            b"/etc/nginx/sites-enabled/default"
+        ));
+        assert!(!glob_match(b"/etc/nginx/x?.conf", b"/etc/nginx/x.conf"));
+    }
+}

@@ -1,0 +1,569 @@
+//! `ngx-trace tune`: for each location passing to upstreams, each timeout
+//! in effect (from nginx's configuration) against the phase it governs,
+//! measured: what it cut, and the value that would have cut no more than
+//! the chosen share of exchanges. Rules: an exchange nginx ended at its own
+//! timeout is censored (its latency is unknown above the timeout: a timeout
+//! that cut more than the allowed share is never lowered); a connect
+//! timeout never goes below the kernel's first SYN retransmission (1 s)
+//! plus the RTT; `*_next_upstream_tries` no more than the group's servers;
+//! an upstream `keepalive_timeout` below the backend's own idle close; too
+//! few samples for the rate give no number.
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::nginx_conf::{Config, Location, Setting};
+
+/// Recommended values are the measured quantile times this margin.
+const MARGIN: f64 = 1.5;
+/// The kernel's first SYN retransmission, ms.
+const FIRST_SYN_RETRANSMIT_MS: u64 = 1000;
+/// Values a person writes, seconds.
+const LADDER_S: [u64; 20] = [
+    1, 2, 3, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 600, 900, 1200, 1800, 3600,
+];
+
+/// Measurements of one upstream server, µs.
+#[derive(Debug, Default, Clone)]
+pub struct Measured {
+    /// Handshake times of connects that completed.
+    connect: Vec<u64>,
+    /// Connects nginx gave up on at its connect timeout.
+    connect_censored: u64,
+    /// Waits the read timeout governs: the first byte, or the longest gap
+    /// between reads once the answer started, whichever is longer.
+    read: Vec<u64>,
+    /// Exchanges nginx gave up on at its read timeout.
+    read_censored: u64,
+    /// Request writes.
+    send: Vec<u64>,
+    /// Smoothed RTTs.
+    rtt: Vec<u64>,
+    /// How long kept-alive connections the backend closed as nginx reused
+    /// them had been idle: the backend's own idle close is about there.
+    idle_closed: Vec<u64>,
+}
+
+/// Outcomes of a connect that failed on its own (not delayed: not samples).
+const CONNECT_FAILURES: [&str; 8] = [
+    "refused",
+    "not_found",
+    "permission_denied",
+    "backlog_full",
+    "addr_unavailable",
+    "unreachable",
+    "fd_limit",
+    "worker_died",
+];
+
+/// Adds the measurements of `e`, if it is an upstream event, to those of
+/// its server in `by`.
+pub fn measure(by: &mut BTreeMap<String, Measured>, e: &Value) {
+    if e["event"] != "upstream" {
+        return;
+    }
+    let Some(upstream) = e["upstream"].as_str() else {
+        return;
+    };
+    let m = by.entry(upstream.to_string()).or_default();
+    let t = &e["timings_us"];
+    let us = |k: &str| t[k].as_u64();
+    let outcome = e["outcome"].as_str().unwrap_or("");
+    match outcome {
+        "connect_timeout" => m.connect_censored += 1,
+        o if CONNECT_FAILURES.contains(&o) => {}
+        _ => {
+            if let Some(c) = us("connect") {
+                m.connect.push(c);
+            }
+        }
+    }
+    match outcome {
+        // nginx's own read timeout (not the kernel's retransmissions
+        // running out, which nginx logs as `recv() failed (110`).
+        "no_response"
+            if e["nginx_error"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("upstream timed out")) =>
+        {
+            m.read_censored += 1
+        }
+        "ok" => {
+            let wait = us("first_byte")
+                .unwrap_or(0)
+                .max(us("longest_read_gap").unwrap_or(0));
+            m.read.push(wait);
+        }
+        _ => {}
+    }
+    if let Some(w) = us("request_write") {
+        m.send.push(w);
+    }
+    if let Some(rtt) = e["tcp"]["srtt_us"].as_u64() {
+        m.rtt.push(rtt);
+    }
+    if e["reused"] == true
+        && matches!(outcome, "closed_early" | "reset")
+        && t["first_byte"].is_null()
+        && let Some(idle) = us("idle_before")
+    {
+        m.idle_closed.push(idle);
+    }
+}
+
+/// `{"event":"tune",...}`: one directive of one location.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TuneEvent {
+    /// Always `"tune"`.
+    pub event: &'static str,
+    /// The upstream the location passes to (its group, or its server).
+    pub upstream: String,
+    /// Its group, if it is one.
+    pub group: Option<String>,
+    /// The location (`server` for a pass at server level).
+    pub location: String,
+    /// The directive.
+    pub directive: String,
+    /// Where it is set, or null for nginx's default.
+    pub file: Option<String>,
+    /// Its line.
+    pub line: Option<u32>,
+    /// Its value now (seconds; tries and counts as they are).
+    pub current_s: f64,
+    /// The value to set, null when the data is insufficient.
+    pub recommended_s: Option<f64>,
+    /// Exchanges measured.
+    pub samples: u64,
+    /// Exchanges the current value cut (censored ones included).
+    pub cut_now: u64,
+    /// Exchanges the recommended value would have cut.
+    pub cut_recommended: Option<u64>,
+    /// Exchanges nginx ended at this timeout: their latency is unknown.
+    pub censored: u64,
+    /// Why.
+    pub reason: String,
+}
+
+impl TuneEvent {
+    /// One text line: the directive, where, now, and the advice.
+    pub fn to_text(&self) -> String {
+        let at = match (&self.file, self.line) {
+            (Some(f), Some(l)) => format!("{f}:{l}"),
+            _ => "nginx's default".to_string(),
+        };
+        let value = match self.recommended_s {
+            Some(v) => format!("set {}", human_s(v)),
+            None => "no recommendation".to_string(),
+        };
+        format!(
+            "{} (location {}) {} {} [{at}]: {value}: {}",
+            self.upstream,
+            self.location,
+            self.directive,
+            human_s(self.current_s),
+            self.reason
+        )
+    }
+}
+
+/// `5s`, `500ms`, `2m`: as one writes it in nginx.
+fn human_s(s: f64) -> String {
+    if s < 1.0 && s > 0.0 {
+        format!("{}ms", (s * 1000.0).round())
+    } else if s >= 60.0 && (s % 60.0) == 0.0 {
+        format!("{}m", s / 60.0)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The value a person would write at or above `ms`, seconds.
+fn round_up_s(ms: u64) -> u64 {
+    let s = ms.div_ceil(1000).max(1);
+    LADDER_S
+        .iter()
+        .copied()
+        .find(|&v| v >= s)
+        .unwrap_or_else(|| s.div_ceil(60) * 60)
+}
+
+/// A recommendation for a timeout from `values` (µs, not censored) and
+/// `censored` exchanges cut at the `current` value (ms): the value, the
+/// exchanges it and the current one cut, and why.
+#[derive(Debug, PartialEq)]
+struct Advice {
+    recommended_ms: Option<u64>,
+    cut_now: u64,
+    cut_recommended: Option<u64>,
+    reason: String,
+}
+
+fn recommend(values: &[u64], censored: u64, current_ms: u64, rate: f64, floor_ms: u64) -> Advice {
+    let n = values.len() as u64 + censored;
+    let over = |limit_ms: u64| values.iter().filter(|&&v| v > limit_ms * 1000).count() as u64;
+    // 0 ms: no limit (`*_next_upstream_timeout 0` style); timeouts are never 0.
+    let cut_now = over(current_ms) + censored;
+    let needed = (10.0 / rate).ceil() as u64;
+    if n < needed {
+        return Advice {
+            recommended_ms: None,
+            cut_now,
+            cut_recommended: None,
+            reason: format!(
+                "insufficient data (n={n}; {needed} exchanges are needed for a rate of {rate})"
+            ),
+        };
+    }
+    let allowed = (rate * n as f64).floor() as u64;
+    if censored > allowed {
+        return Advice {
+            recommended_ms: Some(current_ms),
+            cut_now,
+            cut_recommended: Some(cut_now),
+            reason: format!(
+                "{censored} of {n} exchanges ran into the current value: how long they would \
+                 have taken is unknown, so it is not lowered (raise it to measure them)"
+            ),
+        };
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    // The longest wait that must pass: at most `allowed` exchanges cut,
+    // the censored ones among them.
+    let may_cut = (allowed - censored) as usize;
+    let keep = sorted.len().saturating_sub(may_cut + 1);
+    let q_us = sorted.get(keep).copied().unwrap_or(0);
+    let target_ms = ((q_us as f64 * MARGIN) / 1000.0).ceil() as u64;
+    let recommended_ms = round_up_s(target_ms.max(floor_ms)) * 1000;
+    let cut = over(recommended_ms) + censored;
+    let pct = 100.0 * (1.0 - rate);
+    let mut reason = format!(
+        "p{pct} of {n} is {}; × {MARGIN} margin, rounded",
+        crate::human::human_us(q_us)
+    );
+    if floor_ms > target_ms {
+        reason.push_str(&format!(
+            "; not below the first SYN retransmission plus the RTT ({} ms)",
+            floor_ms
+        ));
+    }
+    Advice {
+        recommended_ms: Some(recommended_ms),
+        cut_now,
+        cut_recommended: Some(cut),
+        reason,
+    }
+}
+
+/// The measurements of the servers `location` reaches, together.
+fn of_location(location: &Location, measured: &BTreeMap<String, Measured>) -> Measured {
+    let mut all = Measured::default();
+    for server in &location.servers {
+        if let Some(m) = measured.get(server) {
+            all.connect.extend(&m.connect);
+            all.connect_censored += m.connect_censored;
+            all.read.extend(&m.read);
+            all.read_censored += m.read_censored;
+            all.send.extend(&m.send);
+            all.rtt.extend(&m.rtt);
+            all.idle_closed.extend(&m.idle_closed);
+        }
+    }
+    all
+}
+
+fn median(values: &[u64]) -> u64 {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// The tune events for `config` given `measured`, at `rate`.
+pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -> Vec<TuneEvent> {
+    let mut out = Vec::new();
+    for loc in &config.locations {
+        let m = of_location(loc, measured);
+        let upstream = loc
+            .group
+            .clone()
+            .unwrap_or_else(|| loc.servers.first().cloned().unwrap_or_default());
+        let row = |directive: &str,
+                   setting: &Setting,
+                   current_s: f64,
+                   samples: u64,
+                   censored: u64,
+                   advice: Advice| TuneEvent {
+            event: "tune",
+            upstream: upstream.clone(),
+            group: loc.group.clone(),
+            location: loc.name.clone(),
+            directive: directive.to_string(),
+            file: setting.at.as_ref().map(|a| a.0.clone()),
+            line: setting.at.as_ref().map(|a| a.1),
+            current_s,
+            recommended_s: advice.recommended_ms.map(|ms| ms as f64 / 1000.0),
+            samples,
+            cut_now: advice.cut_now,
+            cut_recommended: advice.cut_recommended,
+            censored,
+            reason: advice.reason,
+        };
+        let phases: [(&str, &Vec<u64>, u64, u64); 3] = [
+            (
+                "connect_timeout",
+                &m.connect,
+                m.connect_censored,
+                FIRST_SYN_RETRANSMIT_MS + median(&m.rtt).div_ceil(1000),
+            ),
+            ("read_timeout", &m.read, m.read_censored, 0),
+            ("send_timeout", &m.send, 0, 0),
+        ];
+        for (suffix, values, censored, floor_ms) in phases {
+            let directive = format!("{}_{suffix}", loc.module);
+            let Some(setting) = loc.settings.get(&directive) else {
+                continue;
+            };
+            let Some(current_ms) = setting.ms() else {
+                continue;
+            };
+            let advice = recommend(values, censored, current_ms, rate, floor_ms);
+            out.push(row(
+                &directive,
+                setting,
+                current_ms as f64 / 1000.0,
+                values.len() as u64 + censored,
+                censored,
+                advice,
+            ));
+        }
+        // Retries: no more tries than servers to try.
+        let directive = format!("{}_next_upstream_tries", loc.module);
+        if let Some(setting) = loc.settings.get(&directive) {
+            let current: u64 = setting.value.parse().unwrap_or(0);
+            let servers = loc.servers.len().max(1) as u64;
+            let (recommended, reason) = if current == 0 || current > servers {
+                (
+                    servers,
+                    format!(
+                        "{} tries{}: more than the {servers} servers there are to try",
+                        if current == 0 {
+                            "unlimited".to_string()
+                        } else {
+                            current.to_string()
+                        },
+                        if current == 0 { " (0)" } else { "" }
+                    ),
+                )
+            } else {
+                (
+                    current,
+                    format!("within the {servers} servers of the group"),
+                )
+            };
+            out.push(TuneEvent {
+                event: "tune",
+                upstream: upstream.clone(),
+                group: loc.group.clone(),
+                location: loc.name.clone(),
+                directive,
+                file: setting.at.as_ref().map(|a| a.0.clone()),
+                line: setting.at.as_ref().map(|a| a.1),
+                current_s: current as f64,
+                recommended_s: Some(recommended as f64),
+                samples: 0,
+                cut_now: 0,
+                cut_recommended: None,
+                censored: 0,
+                reason,
+            });
+        }
+        // Kept-alive connections: closed by nginx before the backend does.
+        if let Some(group) = config
+            .groups
+            .iter()
+            .find(|g| Some(&g.name) == loc.group.as_ref() && g.keepalive.is_some())
+            && let Some(current_ms) = group.keepalive_timeout.ms()
+        {
+            let (recommended, reason) = match m.idle_closed.iter().min() {
+                Some(&idle_us) => {
+                    let below_s = (idle_us / 1_000_000).saturating_sub(1).max(1);
+                    let value = LADDER_S
+                        .iter()
+                        .rev()
+                        .copied()
+                        .find(|&v| v <= below_s)
+                        .unwrap_or(1);
+                    (
+                        Some(value.min(current_ms / 1000) as f64),
+                        format!(
+                            "the backend closed kept-alive connections idle for {}: close them first",
+                            crate::human::human_us(idle_us)
+                        ),
+                    )
+                }
+                None => (
+                    Some(current_ms as f64 / 1000.0),
+                    "no kept-alive connection closed by the backend was seen".to_string(),
+                ),
+            };
+            out.push(TuneEvent {
+                event: "tune",
+                upstream: upstream.clone(),
+                group: loc.group.clone(),
+                location: loc.name.clone(),
+                directive: "keepalive_timeout".into(),
+                file: group.keepalive_timeout.at.as_ref().map(|a| a.0.clone()),
+                line: group.keepalive_timeout.at.as_ref().map(|a| a.1),
+                current_s: current_ms as f64 / 1000.0,
+                recommended_s: recommended,
+                samples: m.idle_closed.len() as u64,
+                cut_now: 0,
+                cut_recommended: None,
+                censored: 0,
+                reason,
+            });
+        }
+    }
+    out
+}
+
+/// Tuning beside live tracing: measures the exchanges as they come, then
+/// advises when tracing stops.
+pub struct TuneLive {
+    measured: BTreeMap<String, Measured>,
+    rate: f64,
+    config_file: Option<std::path::PathBuf>,
+    json: bool,
+}
+
+impl TuneLive {
+    /// At `rate`, with the configuration in `config_file` (else the traced
+    /// instances'), printing JSON if `json`.
+    pub fn new(rate: f64, config_file: Option<std::path::PathBuf>, json: bool) -> Self {
+        Self {
+            measured: BTreeMap::new(),
+            rate,
+            config_file,
+            json,
+        }
+    }
+}
+
+impl crate::Watcher for TuneLive {
+    fn start(&mut self, _session: &crate::session::Session) -> anyhow::Result<()> {
+        crate::output::notice("measuring upstream exchanges until the duration ends or Ctrl-C");
+        Ok(())
+    }
+
+    fn tick(&mut self, session: &crate::session::Session, _all: bool) -> std::io::Result<()> {
+        for e in session.output().take_captured() {
+            measure(&mut self.measured, &e);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, session: &crate::session::Session) -> std::io::Result<()> {
+        self.tick(session, true)?;
+        let configs = crate::configs::Configs::load(self.config_file.as_deref(), session.traced());
+        print(
+            &tune(configs.config(), &self.measured, self.rate),
+            configs.config(),
+            self.json,
+        )
+    }
+}
+
+/// Prints the tune events (JSON) or their lines.
+pub fn print(events: &[TuneEvent], config: &Config, json: bool) -> std::io::Result<()> {
+    let out = crate::output::Output::new(json);
+    if config.locations.is_empty() {
+        crate::output::notice(
+            "no location passing to an upstream in nginx's configuration: nothing to tune \
+             (give a saved `nginx -T` with --config FILE)",
+        );
+    }
+    for e in events {
+        out.event(e, || e.to_text())?;
+    }
+    Ok(())
+}
+
+/// `tune --from RECORDING`: the recording's exchanges against the
+/// configuration in `config_file`, else the running instances'.
+pub fn from_recording(
+    path: &std::path::Path,
+    config_file: Option<&std::path::Path>,
+    comm: &str,
+    rate: f64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (rec, _) = crate::recording::load(path)?;
+    let mut measured = BTreeMap::new();
+    for e in &rec.events {
+        measure(&mut measured, e);
+    }
+    let traced = crate::procs::all_instances(comm);
+    let configs = crate::configs::Configs::load(config_file, &traced);
+    print(
+        &tune(configs.config(), &measured, rate),
+        configs.config(),
+        json,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_is_set_above_the_quantile_with_a_margin_and_rounded() {
+        // 1,000 waits: 990 of 50 ms, 10 of 2 s; at 1%, the p99 is 50 ms.
+        let mut values = vec![50_000; 990];
+        values.extend([2_000_000; 10]);
+        let a = recommend(&values, 0, 60_000, 0.01, 0);
+        assert_eq!(a.recommended_ms, Some(1000), "{a:?}");
+        assert_eq!((a.cut_now, a.cut_recommended), (0, Some(10)));
+        // At 0.1% the 2 s waits must pass: 3 s.
+        let a = recommend(&values, 0, 60_000, 0.001, 0);
+        assert!(a.reason.starts_with("insufficient data (n=1000"), "{a:?}");
+        // 10,000 waits with 20 of 2 s: at 0.1% (10 may be cut) they must
+        // pass: 2 s × 1.5 is 3 s.
+        let mut more = vec![50_000; 9980];
+        more.extend([2_000_000; 20]);
+        let a = recommend(&more, 0, 60_000, 0.001, 0);
+        assert_eq!(
+            (a.recommended_ms, a.cut_recommended),
+            (Some(3000), Some(0)),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn censored_exchanges_keep_a_timeout_that_cut_too_many() {
+        let values = vec![50_000; 950];
+        let a = recommend(&values, 50, 1000, 0.01, 0);
+        assert_eq!(a.recommended_ms, Some(1000));
+        assert_eq!(a.cut_now, 50);
+        assert!(a.reason.contains("not lowered"), "{a:?}");
+    }
+
+    #[test]
+    fn a_connect_timeout_stays_above_the_first_syn_retransmission() {
+        let values = vec![100; 1000];
+        let a = recommend(&values, 0, 60_000, 0.01, 1001);
+        assert_eq!(a.recommended_ms, Some(2000), "{a:?}");
+        assert!(a.reason.contains("first SYN retransmission"));
+    }
+
+    #[test]
+    fn values_round_to_what_a_person_writes() {
+        assert_eq!(round_up_s(1), 1);
+        assert_eq!(round_up_s(2400), 3);
+        assert_eq!(round_up_s(46_000), 60);
+        assert_eq!(round_up_s(4_000_000), 4020);
+        assert_eq!(human_s(120.0), "2m");
+        assert_eq!(human_s(0.5), "500ms");
+    }
+}
