@@ -174,6 +174,19 @@ impl Nginx {
         self.workers()
     }
 
+    /// Writes `files` (paths relative to its directory, parents created),
+    /// then reloads: a configuration split over included files.
+    pub fn write_and_reload(&self, files: &[(&str, &str)]) -> Vec<u32> {
+        for (name, text) in files {
+            let path = self.dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("create config directory");
+            }
+            std::fs::write(&path, text).expect("write config file");
+        }
+        self.reload()
+    }
+
     /// GETs `path` through this nginx; returns the status code.
     pub fn get(&self, path: &str) -> u16 {
         crate::http::get(self.port, path)

@@ -538,20 +538,11 @@ fn advice_names_the_timeout_in_effect_with_its_file_and_line() {
             slow.port()
         ),
     );
+    nginx.write_and_reload(&[
+        ("conf.d/timeouts.conf", "proxy_read_timeout 30s;\n"),
+        ("loc.d/slow.inc", "# the slow API\nproxy_read_timeout 1s;\n"),
+    ]);
     let dir = nginx.dir().to_path_buf();
-    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
-    std::fs::create_dir_all(dir.join("loc.d")).unwrap();
-    std::fs::write(
-        dir.join("conf.d/timeouts.conf"),
-        "proxy_read_timeout 30s;\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("loc.d/slow.inc"),
-        "# the slow API\nproxy_read_timeout 1s;\n",
-    )
-    .unwrap();
-    nginx.reload();
     let master = nginx.master_pid().to_string();
     let live = LiveExplain::start(&["--pid", &master]);
     assert_eq!(nginx.get("/slow"), 504);

@@ -52,16 +52,13 @@ fn nginx_with_includes(fast: &HttpBackend, slow: &HttpBackend) -> Nginx {
             slow.port()
         ),
     );
-    let dir = nginx.dir().to_path_buf();
-    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
-    std::fs::create_dir_all(dir.join("loc.d")).unwrap();
-    std::fs::write(
-        dir.join("conf.d/timeouts.conf"),
-        "proxy_connect_timeout 5s;\nproxy_read_timeout 60s;\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("loc.d/slow.inc"), "proxy_read_timeout 1s;\n").unwrap();
-    nginx.reload();
+    nginx.write_and_reload(&[
+        (
+            "conf.d/timeouts.conf",
+            "proxy_connect_timeout 5s;\nproxy_read_timeout 60s;\n",
+        ),
+        ("loc.d/slow.inc", "proxy_read_timeout 1s;\n"),
+    ]);
     nginx
 }
 
