@@ -246,6 +246,32 @@ impl Btf {
         Ok(btf)
     }
 
+    /// The value of enumerator `name` (of any enum: the kernel's
+    /// enumerator names are unique), e.g. `memory_cgrp_id`.
+    pub fn enum_value(&self, name: &str) -> Result<i64, String> {
+        for &at in &self.types {
+            let ty = self.type_at(at as usize)?;
+            let (entry, is64) = match ty.kind {
+                KIND_ENUM => (8, false),
+                KIND_ENUM64 => (12, true),
+                _ => continue,
+            };
+            for i in 0..ty.vlen as usize {
+                let e = ty.extra + i * entry;
+                if self.name(self.read_u32(e)?)? != name.as_bytes() {
+                    continue;
+                }
+                let lo = self.read_u32(e + 4)?;
+                return Ok(if is64 {
+                    (i64::from(self.read_u32(e + 8)?) << 32) | i64::from(lo)
+                } else {
+                    i64::from(lo as i32)
+                });
+            }
+        }
+        Err(format!("no enumerator `{name}` in this kernel's BTF"))
+    }
+
     /// Finds `member` in `struct struct_name`, looking through anonymous
     /// nested structs and unions (the kernel wraps many fields in them, e.g.
     /// cache-line groups and `union { ... }` aliases), and returns its byte
@@ -456,6 +482,18 @@ mod tests {
             Ok(btf) => btf,
             Err(e) => panic!("kernel BTF is required for these tests: {e}"),
         }
+    }
+
+    #[test]
+    fn the_memory_controller_id_is_an_enumerator_of_the_kernel() {
+        let btf = kernel_btf();
+        // `enum cgroup_subsys_id` starts with cpuset (when built in).
+        let memory = btf
+            .enum_value("memory_cgrp_id")
+            .expect("memcg in the kernel");
+        let count = btf.enum_value("CGROUP_SUBSYS_COUNT").unwrap();
+        assert!((0..count).contains(&memory), "{memory} of {count}");
+        assert!(btf.enum_value("no_such_enumerator_xyz").is_err());
     }
 
     #[test]

@@ -31,7 +31,6 @@ mod kretprobe;
 mod load_error;
 mod localtime;
 mod logfollow;
-mod memcg;
 mod nginx_conf;
 mod output;
 mod preflight;
@@ -205,7 +204,7 @@ fn struct_offsets() -> Result<StructOffsets> {
             .member("css_set", "subsys")
             .map_err(kernel_error)?
             .offset,
-        memory_cgrp_id: memory_cgrp_id(),
+        memory_cgrp_id: memory_cgrp_id(&btf),
         css_parent: field("cgroup_subsys_state", "parent", 8)?,
         memcg_memory: btf
             .member("mem_cgroup", "memory")
@@ -220,13 +219,14 @@ fn struct_offsets() -> Result<StructOffsets> {
     })
 }
 
-/// The memory controller's index among the kernel's cgroup subsystems
-/// (`memory_cgrp_id`): its row in `/proc/cgroups`, which lists them in that
-/// order; `u32::MAX` when the kernel has none (OOM kills then name no limit).
-fn memory_cgrp_id() -> u32 {
-    std::fs::read_to_string("/proc/cgroups")
+/// The memory controller's index among the kernel's cgroup subsystems:
+/// the enumerator `memory_cgrp_id` in its BTF (recent kernels leave
+/// controllers out of `/proc/cgroups`: its rows are no index);
+/// `u32::MAX` when the kernel has none (OOM kills then name no limit).
+fn memory_cgrp_id(btf: &btf::Btf) -> u32 {
+    btf.enum_value("memory_cgrp_id")
         .ok()
-        .and_then(|text| memcg::subsys_index(&text, "memory"))
+        .and_then(|id| u32::try_from(id).ok())
         .unwrap_or(u32::MAX)
 }
 
