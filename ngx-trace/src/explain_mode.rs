@@ -254,6 +254,7 @@ impl crate::Watcher for Live {
         let configs = Configs::load(self.config_file.as_deref(), session.traced());
         self.join.config = configs.config().clone();
         self.configs = Some(configs);
+        self.join.pid_map = namespace_pids(session.traced());
         self.traced_seen = session.traced().clone();
         if let Some(path) = self.given.clone() {
             if !path.is_file() {
@@ -278,15 +279,16 @@ impl crate::Watcher for Live {
             self.trace.add(event);
         }
         self.discover(session.traced());
-        if let Some(configs) = self.configs.as_mut()
-            && self.traced_seen != *session.traced()
-        {
-            // New processes (a reload, a restart): the configuration may be new.
-            configs.refresh(session.traced());
-            self.join.config = configs.config().clone();
+        if self.traced_seen != *session.traced() {
+            // New processes (a reload, a restart): the configuration may be
+            // new, and their pids need mapping (a pid's own never changes).
+            if let Some(configs) = self.configs.as_mut() {
+                configs.refresh(session.traced());
+                self.join.config = configs.config().clone();
+            }
+            self.join.pid_map = namespace_pids(session.traced());
             self.traced_seen = session.traced().clone();
         }
-        self.join.pid_map = namespace_pids(session.traced());
         let now = Instant::now();
         for follower in self.followers.values_mut() {
             for raw in follower.read_lines() {

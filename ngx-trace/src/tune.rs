@@ -288,12 +288,15 @@ pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -
             .group
             .clone()
             .unwrap_or_else(|| loc.servers.first().cloned().unwrap_or_default());
+        // One row: the directive, where it is set (`None`: nginx's
+        // default), its value now, and the advice with its counts.
         let row = |directive: &str,
                    setting: &Setting,
                    current_s: f64,
-                   samples: u64,
-                   censored: u64,
-                   advice: Advice| TuneEvent {
+                   recommended_s: Option<f64>,
+                   (samples, censored): (u64, u64),
+                   (cut_now, cut_recommended): (u64, Option<u64>),
+                   reason: String| TuneEvent {
             event: "tune",
             upstream: upstream.clone(),
             group: loc.group.clone(),
@@ -302,12 +305,12 @@ pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -
             file: setting.at.as_ref().map(|a| a.0.clone()),
             line: setting.at.as_ref().map(|a| a.1),
             current_s,
-            recommended_s: advice.recommended_ms.map(|ms| ms as f64 / 1000.0),
+            recommended_s,
             samples,
-            cut_now: advice.cut_now,
-            cut_recommended: advice.cut_recommended,
+            cut_now,
+            cut_recommended,
             censored,
-            reason: advice.reason,
+            reason,
         };
         let phases: [(&str, &Vec<u64>, u64, u64); 3] = [
             (
@@ -332,9 +335,10 @@ pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -
                 &directive,
                 setting,
                 current_ms as f64 / 1000.0,
-                values.len() as u64 + censored,
-                censored,
-                advice,
+                advice.recommended_ms.map(|ms| ms as f64 / 1000.0),
+                (values.len() as u64 + censored, censored),
+                (advice.cut_now, advice.cut_recommended),
+                advice.reason,
             ));
         }
         // Retries: no more tries than servers to try.
@@ -361,22 +365,15 @@ pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -
                     format!("within the {servers} servers of the group"),
                 )
             };
-            out.push(TuneEvent {
-                event: "tune",
-                upstream: upstream.clone(),
-                group: loc.group.clone(),
-                location: loc.name.clone(),
-                directive,
-                file: setting.at.as_ref().map(|a| a.0.clone()),
-                line: setting.at.as_ref().map(|a| a.1),
-                current_s: current as f64,
-                recommended_s: Some(recommended as f64),
-                samples: 0,
-                cut_now: 0,
-                cut_recommended: None,
-                censored: 0,
+            out.push(row(
+                &directive,
+                setting,
+                current as f64,
+                Some(recommended as f64),
+                (0, 0),
+                (0, None),
                 reason,
-            });
+            ));
         }
         // Kept-alive connections: closed by nginx before the backend does.
         if let Some(group) = config
@@ -407,22 +404,15 @@ pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -
                     "no kept-alive connection closed by the backend was seen".to_string(),
                 ),
             };
-            out.push(TuneEvent {
-                event: "tune",
-                upstream: upstream.clone(),
-                group: loc.group.clone(),
-                location: loc.name.clone(),
-                directive: "keepalive_timeout".into(),
-                file: group.keepalive_timeout.at.as_ref().map(|a| a.0.clone()),
-                line: group.keepalive_timeout.at.as_ref().map(|a| a.1),
-                current_s: current_ms as f64 / 1000.0,
-                recommended_s: recommended,
-                samples: m.idle_closed.len() as u64,
-                cut_now: 0,
-                cut_recommended: None,
-                censored: 0,
+            out.push(row(
+                "keepalive_timeout",
+                &group.keepalive_timeout,
+                current_ms as f64 / 1000.0,
+                recommended,
+                (m.idle_closed.len() as u64, 0),
+                (0, None),
                 reason,
-            });
+            ));
         }
     }
     out
