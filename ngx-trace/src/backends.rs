@@ -125,6 +125,37 @@ pub fn accept_queue(pid: u32, addr: &UpstreamAddr) -> Option<AcceptQueue> {
         .max_by_key(|q| q.queued.saturating_sub(q.backlog))
 }
 
+/// How long an accept queue read stays good: a burst of connect timeouts
+/// (thousands a second when a backend stops accepting) reads
+/// `/proc/<pid>/net/tcp` once a second per worker and upstream, not once
+/// each.
+const ACCEPT_QUEUE_FOR: Duration = Duration::from_secs(1);
+
+/// [`accept_queue`] reads, kept for [`ACCEPT_QUEUE_FOR`].
+#[derive(Default)]
+pub struct AcceptQueues {
+    read: HashMap<(u32, UpstreamAddr), (Instant, Option<AcceptQueue>)>,
+}
+
+impl AcceptQueues {
+    /// [`accept_queue`] of `pid` and `addr`, read at most once a second.
+    pub fn get(&mut self, pid: u32, addr: &UpstreamAddr) -> Option<AcceptQueue> {
+        let now = Instant::now();
+        if let Some((at, queue)) = self.read.get(&(pid, *addr))
+            && now.duration_since(*at) < ACCEPT_QUEUE_FOR
+        {
+            return *queue;
+        }
+        if self.read.len() >= 4096 {
+            self.read
+                .retain(|_, (at, _)| now.duration_since(*at) < ACCEPT_QUEUE_FOR);
+        }
+        let queue = accept_queue(pid, addr);
+        self.read.insert((pid, *addr), (now, queue));
+        queue
+    }
+}
+
 /// The IP of a TCP upstream.
 fn ip_of(addr: &UpstreamAddr) -> Option<IpAddr> {
     match addr.family {

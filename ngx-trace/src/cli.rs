@@ -5,7 +5,13 @@ use clap::{Args, Parser, Subcommand};
 
 /// Watches nginx from inside the kernel and explains its upstream failures.
 #[derive(Debug, Parser)]
-#[command(name = "ngx-trace", version, about, after_help = crate::exit::help())]
+#[command(
+    name = "ngx-trace",
+    version,
+    long_version = crate::version::long_version(),
+    about,
+    after_help = crate::exit::help()
+)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -25,6 +31,18 @@ enum Command {
     /// measured (live until the duration ends or Ctrl-C, or from a
     /// recording).
     Tune(TuneArgs),
+    /// A full-screen live view, one row per upstream, refreshed every
+    /// second (keys: s sort, / filter, p pause, q quit); line output when
+    /// stdout is not a terminal.
+    Top(TraceArgs),
+    /// The man page or a shell's completions, generated from this command
+    /// line's definition (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// `man`, `bash`, `zsh` or `fish`.
+        #[arg(value_parser = ["man", "bash", "zsh", "fish"])]
+        what: String,
+    },
 }
 
 /// What to run.
@@ -36,6 +54,10 @@ pub enum Mode {
     Explain(ExplainArgs),
     /// `ngx-trace tune`.
     Tune(TuneArgs),
+    /// `ngx-trace top`.
+    Top(TraceArgs),
+    /// `ngx-trace generate`.
+    Generate(String),
 }
 
 impl TraceArgs {
@@ -52,6 +74,8 @@ impl Cli {
             Some(Command::Trace(args)) => Mode::Trace(args),
             Some(Command::Explain(args)) => Mode::Explain(args),
             Some(Command::Tune(args)) => Mode::Tune(args),
+            Some(Command::Top(args)) => Mode::Top(args),
+            Some(Command::Generate { what }) => Mode::Generate(what),
             None => Mode::Trace(self.trace),
         }
     }
@@ -166,6 +190,23 @@ pub struct TraceArgs {
     )]
     pub avoid_hooks: Option<crate::hooks::HookList>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (OpenMetrics when the
+    /// scraper asks for it, else Prometheus text). A port alone listens on
+    /// 127.0.0.1; any other address must be written out (`0.0.0.0:9438`).
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics_http::parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Write the metrics to FILE every second, atomically, in Prometheus
+    /// text (for node_exporter's textfile collector: name it `*.prom`).
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// Distinct upstream servers labelled in the metrics; later ones are
+    /// counted as `server="other"` (and counted in
+    /// `ngxtrace_folded_servers`).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub metrics_max_servers: usize,
+
     /// Process name of nginx (its task comm), for renamed builds.
     #[arg(long, value_name = "NAME", default_value = "nginx", value_parser = parse_comm)]
     pub comm: String,
@@ -223,6 +264,27 @@ fn parse_comm(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// Writes the man page (`man`) or the completions of shell `what` to
+/// stdout, from the command line's own definition.
+pub fn generate(what: &str) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    let mut command = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what {
+        // The long version describes the kernel it runs on: not the
+        // package's build machine's in a man page.
+        "man" => {
+            return clap_mangen::Man::new(command.long_version(None::<&'static str>))
+                .render(&mut out);
+        }
+        "bash" => clap_complete::Shell::Bash,
+        "zsh" => clap_complete::Shell::Zsh,
+        _ => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut command, "ngx-trace", &mut out);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use ngx_trace_common::Hook;
@@ -236,6 +298,8 @@ mod tests {
             Mode::Trace(args) => args,
             Mode::Explain(args) => args.trace,
             Mode::Tune(args) => args.trace,
+            Mode::Top(args) => args,
+            Mode::Generate(_) => unreachable!("no tracing options"),
         })
     }
 

@@ -46,6 +46,7 @@ impl Configs {
     /// Reads the configuration(s) again (after a reload).
     pub fn refresh(&mut self, traced: &BTreeSet<u32>) {
         let mut merged = Config::default();
+        let mut read = 0;
         let dumps: Vec<(String, Result<String, String>)> = match &self.file {
             Some(file) => vec![(
                 file.display().to_string(),
@@ -59,6 +60,7 @@ impl Configs {
         for (source, dump) in dumps {
             match dump {
                 Ok(text) => {
+                    read += 1;
                     let config = Config::from_dump(&text);
                     for p in &config.problems {
                         self.say(&format!("nginx configuration: {p}"));
@@ -72,10 +74,15 @@ impl Configs {
                 )),
             }
         }
-        self.config = merged;
+        // nginx stopped, or its dump failed (a configuration being
+        // edited): the last one read stays in effect.
+        if read > 0 {
+            self.config = merged;
+        }
     }
 
-    fn say(&mut self, message: &str) {
+    /// Says `message` once (a problem that repeats is said the first time).
+    pub fn say(&mut self, message: &str) {
         if self.said.insert(message.to_string()) {
             notice(message);
         }

@@ -3,7 +3,8 @@
 //! The pipeline, top to bottom: preflight checks (`preflight`, `tracefs`)
 //! → load and attach (`kernel`) → ring-buffer pump (here) → typed decode
 //! (`records`) → join and judge (`session`: `verdict`, `timings`, `human`)
-//! → print (`event`, `output`) and count (`summary`, `histogram`).
+//! → print (`event`, `output`) and count (`summary`, `histogram`,
+//! `metrics`, served by `metrics_http`).
 
 mod adopt;
 mod backends;
@@ -21,6 +22,7 @@ mod exit;
 mod explain;
 mod explain_mode;
 mod fates;
+mod fold;
 #[cfg(test)]
 mod fuzz;
 mod histogram;
@@ -31,6 +33,8 @@ mod kretprobe;
 mod load_error;
 mod localtime;
 mod logfollow;
+mod metrics;
+mod metrics_http;
 mod nginx_conf;
 mod output;
 mod preflight;
@@ -41,11 +45,17 @@ mod records;
 mod session;
 mod summary;
 mod timings;
+mod top;
 mod tracefs;
 mod tune;
 mod verdict;
+mod version;
 
-use std::{collections::BTreeSet, io, time::Duration};
+use std::{
+    collections::BTreeSet,
+    io::{self, IsTerminal as _},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -90,25 +100,41 @@ fn main() {
     let result = match mode {
         Mode::Trace(args) => runtime.block_on(trace(args, None)),
         Mode::Explain(args) => match (&args.log, args.follow) {
-            (Some(log), false) => explain_mode::offline(
-                log,
-                args.from.as_deref(),
-                args.trace.config.as_deref(),
-                args.trace.json,
-            ),
+            (Some(log), false) => no_export(&args.trace, "explain LOG").and_then(|()| {
+                explain_mode::offline(
+                    log,
+                    args.from.as_deref(),
+                    args.trace.config.as_deref(),
+                    args.trace.json,
+                )
+            }),
             _ => {
                 let live = Live::new(args.log.clone(), args.trace.config.clone(), args.trace.json);
                 runtime.block_on(trace(args.trace, Some(Box::new(live))))
             }
         },
+        Mode::Generate(what) => cli::generate(&what).map_err(anyhow::Error::from),
+        Mode::Top(args) => {
+            if io::stdout().is_terminal() {
+                runtime.block_on(trace(args, Some(Box::new(top::Top::new()))))
+            } else {
+                output::notice(
+                    "stdout is not a terminal: printing one line per failure instead of the \
+                     live view",
+                );
+                runtime.block_on(trace(args, None))
+            }
+        }
         Mode::Tune(args) => match &args.from {
-            Some(from) => tune::from_recording(
-                from,
-                args.trace.config.as_deref(),
-                &args.trace.comm,
-                args.false_timeout_rate,
-                args.trace.json,
-            ),
+            Some(from) => no_export(&args.trace, "tune --from").and_then(|()| {
+                tune::from_recording(
+                    from,
+                    args.trace.config.as_deref(),
+                    &args.trace.comm,
+                    args.false_timeout_rate,
+                    args.trace.json,
+                )
+            }),
             None => {
                 let watcher = tune::TuneLive::new(
                     args.false_timeout_rate,
@@ -131,6 +157,22 @@ fn main() {
     }
 }
 
+/// Fails when export options are given to `mode`, which traces nothing.
+fn no_export(args: &TraceArgs, mode: &str) -> Result<()> {
+    if args.metrics_listen.is_some() || args.metrics_file.is_some() {
+        return Err(UserError::new(
+            exit::USAGE,
+            format!(
+                "--metrics-listen and --metrics-file export what tracing measures: `{mode}` \
+                 traces nothing (drop them, or trace with `ngx-trace --record FILE` and export \
+                 meanwhile)"
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain()
         .filter_map(|e| e.downcast_ref::<io::Error>())
@@ -138,7 +180,7 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 /// This kernel's release (`uname -r`), empty when unreadable.
-fn kernel_release() -> String {
+pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|r| r.trim().to_string())
         .unwrap_or_default()
@@ -239,6 +281,10 @@ pub trait Watcher {
     fn tick(&mut self, session: &Session, all: bool) -> io::Result<()>;
     /// Tracing has stopped.
     fn finish(&mut self, session: &Session) -> io::Result<()>;
+    /// Whether it asks tracing to stop (`q` in `top`).
+    fn wants_stop(&self) -> bool {
+        false
+    }
 }
 
 /// Traces; with `live`, hands the events to it instead of printing them.
@@ -251,6 +297,14 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
         sigint: signal(SignalKind::interrupt()).context("failed to handle SIGINT")?,
     };
     preflight::check_privileges()?;
+    if let Some(file) = &args.metrics_file {
+        metrics::check_file(file)?;
+    }
+    // Bound before anything loads: a port in use fails at once.
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(metrics_http::bind(addr).await?),
+        None => None,
+    };
     if let Some(pid) = args.pid {
         // Fail before loading anything when the pid is wrong.
         procs::instance_of(pid, &args.comm)?;
@@ -310,6 +364,21 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
         out = record_to(out, path, initial.first().copied())?;
     }
     let mut session = Session::new(out, args.all, args.slow.saturating_mul(1000), initial);
+    if metrics_listener.is_some() || args.metrics_file.is_some() {
+        let configs = configs::Configs::load(args.config.as_deref(), session.traced());
+        let metrics = metrics::Metrics::new(
+            configs.config(),
+            args.metrics_max_servers,
+            args.metrics_file.clone(),
+        )?;
+        if let Some(listener) = metrics_listener {
+            if let Ok(addr) = listener.local_addr() {
+                notice(&format!("serving metrics at http://{addr}/metrics"));
+            }
+            tokio::spawn(metrics_http::serve(listener, metrics.registry()));
+        }
+        session.export(metrics, configs);
+    }
     session.refresh_workers()?;
     if let Some(live) = live.as_mut() {
         live.start(&session)?;
@@ -326,6 +395,7 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
     .await?;
     session.finish(kernel.conns(), clock::monotonic_ns())?;
     session.output().flush_record()?;
+    session.write_metrics_file();
     if let Some(live) = live.as_mut() {
         live.finish(&session)?;
     }
@@ -417,10 +487,14 @@ async fn pump(
                 _ = lost_tick.tick() => {
                     session.report_lost(kernel.lost()?, kernel.hooks_skipped(), false)?;
                     session.output().flush_record()?;
+                    session.write_metrics_file();
                 }
                 _ = explain_tick.tick() => {
                     if let Some(live) = live.as_deref_mut() {
                         live.tick(session, false)?;
+                        if live.wants_stop() {
+                            break;
+                        }
                     }
                 }
                 _ = pending_tick.tick() => {

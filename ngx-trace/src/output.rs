@@ -120,7 +120,36 @@ impl Output {
     }
 }
 
-/// A notice for the person running ngx-trace (stderr, so JSON stays clean).
+/// Notices held while a full-screen view owns the terminal (`top`):
+/// `None` when they are printed at once.
+static HELD: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
+
+/// A notice for the person running ngx-trace (stderr, so JSON stays clean;
+/// held until [`release_notices`] while a full-screen view is up).
 pub fn notice(message: &str) {
-    eprintln!("ngx-trace: {message}");
+    let line = format!("ngx-trace: {message}");
+    if let Ok(mut held) = HELD.lock()
+        && let Some(lines) = held.as_mut()
+    {
+        if lines.len() < 1000 {
+            lines.push(line);
+        }
+        return;
+    }
+    eprintln!("{line}");
+}
+
+/// Holds notices from now on (a full-screen view took the terminal).
+pub fn hold_notices() {
+    if let Ok(mut held) = HELD.lock() {
+        held.get_or_insert_with(Vec::new);
+    }
+}
+
+/// Prints the notices held, and prints the next ones at once.
+pub fn release_notices() {
+    let lines = HELD.lock().ok().and_then(|mut held| held.take());
+    for line in lines.unwrap_or_default() {
+        eprintln!("{line}");
+    }
 }

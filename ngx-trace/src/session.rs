@@ -9,11 +9,14 @@ use std::{
 use ngx_trace_common::{End, Exchange, Phase, UpstreamAddr};
 
 use crate::{
-    backends::{self, Backends},
+    backends::{AcceptQueues, Backends},
     clock::{Clock, rfc3339_micros},
+    configs::Configs,
     event::{LostEvent, PendingEvent, UpstreamEvent, WorkerExitEvent, WorkersEvent},
     fates::{self, Fact, Fate, FateFacts, FateKind, FateLog, PeerFacts},
+    fold::Folding,
     histogram::Histograms,
+    metrics::Metrics,
     output::{Output, notice},
     proc_net, procs,
     records::{Facts, Finished, ProcessChange, Record, Transport, facts, upstream_name},
@@ -94,6 +97,16 @@ pub struct Session {
     /// Descriptor counts of workers whose `socket()` failed, by worker, with
     /// when they were read (a burst of failures reads them once a second).
     fd_counts: HashMap<u32, (std::time::Instant, String)>,
+    /// The Prometheus metrics and the configuration their labels come
+    /// from, when exported.
+    export: Option<(Metrics, Configs)>,
+    /// Local listeners' accept queues, read when a connect times out.
+    accept_queues: AcceptQueues,
+    /// Repeated failures folded in the text output.
+    folding: Folding,
+    /// The exchanges under way at the last look: transport, upstream and
+    /// how long they have waited (ms).
+    under_way: Vec<(Transport, Rc<str>, u64)>,
 }
 
 impl Session {
@@ -120,6 +133,48 @@ impl Session {
             backends: Backends::default(),
             dead_workers: BTreeMap::new(),
             fd_counts: HashMap::new(),
+            export: None,
+            accept_queues: AcceptQueues::default(),
+            folding: Folding::default(),
+            under_way: Vec::new(),
+        }
+    }
+
+    /// Counts into `metrics` too, their groups and timeouts from `configs`
+    /// (read again when the traced processes change).
+    pub fn export(&mut self, metrics: Metrics, configs: Configs) {
+        self.export = Some((metrics, configs));
+    }
+
+    /// The exchanges under way at the last look (4 times a second), per
+    /// upstream: how many, and the longest wait so far (ms).
+    pub fn under_way(&self) -> BTreeMap<String, (u64, u64)> {
+        let mut per = BTreeMap::new();
+        for (_, name, wait_ms) in &self.under_way {
+            let e: &mut (u64, u64) = per.entry(name.to_string()).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(*wait_ms);
+        }
+        per
+    }
+
+    /// The nginx workers traced now.
+    pub fn workers(&self) -> usize {
+        self.shown_workers.as_ref().map_or(0, BTreeSet::len)
+    }
+
+    /// Records lost so far (as last reported).
+    pub fn lost(&self) -> u64 {
+        self.lost_reported
+    }
+
+    /// Writes `--metrics-file`, if asked; a failure is said (once per
+    /// cause) and tracing goes on.
+    pub fn write_metrics_file(&mut self) {
+        if let Some((metrics, configs)) = &mut self.export
+            && let Err(e) = metrics.write_file()
+        {
+            configs.say(&format!("{e:#}"));
         }
     }
 
@@ -224,6 +279,9 @@ impl Session {
                 self.exchange(&x)?;
             }
         }
+        for line in self.folding.due(now_ns) {
+            self.out.text(&line)?;
+        }
         Ok(())
     }
 
@@ -266,7 +324,9 @@ impl Session {
                 // A local backend that stopped accepting: its kernel drops
                 // SYNs once the accept queue is full, as a lossy network
                 // would (the queue is read now; a stuck backend keeps it full).
-                if let Some(q) = backends::accept_queue(x.facts.worker_pid, &x.facts.addr)
+                if let Some(q) = self
+                    .accept_queues
+                    .get(x.facts.worker_pid, &x.facts.addr)
                     .filter(|q| q.is_full())
                 {
                     explanation.verdict = Verdict::BackendOverloaded;
@@ -306,6 +366,25 @@ impl Session {
                 explanation.timings
             };
             self.histograms.record(&upstream, &timings);
+            if let Some((metrics, _)) = &mut self.export {
+                metrics.exchange(
+                    &upstream,
+                    transport,
+                    explanation.outcome,
+                    explanation.verdict,
+                    &timings,
+                    (x.facts.retransmits, x.facts.peer_retransmits),
+                );
+            }
+        } else if let Some((metrics, _)) = &mut self.export {
+            metrics.exchange(
+                &upstream,
+                transport,
+                explanation.outcome,
+                explanation.verdict,
+                &Timings::default(),
+                (0, 0),
+            );
         }
         let routine = explanation.outcome == Outcome::Ok && explanation.verdict == Verdict::Healthy;
         let shown = !routine || self.all;
@@ -315,7 +394,15 @@ impl Session {
         let time = rfc3339_micros(self.clock.wall(x.end_ns));
         let mut event = UpstreamEvent::new(time, &x.facts, transport, &upstream, explanation);
         event.peer = peer;
-        if shown {
+        if shown && !routine && !self.out.is_json() {
+            // Text: repeats of a failure within a second fold into one line.
+            self.out.keep(&event)?;
+            let kind = (event.upstream.clone(), event.outcome, event.verdict);
+            match self.folding.admit(kind, x.end_ns, event.to_text()) {
+                Some(line) => self.out.text(&line),
+                None => Ok(()),
+            }
+        } else if shown {
             self.out.event(&event, || event.to_text())
         } else {
             // Recorded for `explain` (a retry that succeeded), not printed.
@@ -483,6 +570,25 @@ impl Session {
         let conns: Vec<(u64, Exchange)> = conns.collect();
         self.backends.refresh(conns.iter().map(|(_, ex)| &ex.addr));
         let forget = self.collect_dead_workers(&conns, now_ns)?;
+        let under_way: Vec<(Transport, Rc<str>, u64)> = conns
+            .iter()
+            .filter(|(sk, _)| !forget.contains(sk))
+            .filter_map(|(_, ex)| facts(ex).ok())
+            .filter(|f| !f.connected || f.waiting_for_response())
+            .map(|f| {
+                let since = if f.connected {
+                    f.req_last_ns
+                } else {
+                    f.start_ns
+                };
+                let (transport, name) = self.name(&f.addr);
+                (transport, name, now_ns.saturating_sub(since) / 1_000_000)
+            })
+            .collect();
+        if let Some((metrics, _)) = &mut self.export {
+            metrics.set_pending(under_way.iter().map(|(t, name, _)| (&**name, *t)));
+        }
+        self.under_way = under_way;
         let mut still_waiting = HashSet::new();
         let mut tables = proc_net::Tables::default();
         for (sk, ex) in conns {
@@ -638,6 +744,18 @@ impl Session {
             // Text mode said it on stdout already.
             notice("no nginx worker running: waiting for nginx to start");
         }
+        if let Some((metrics, configs)) = &mut self.export {
+            // A reload forks new workers: read its configuration again
+            // (read at start already for the first set; workers leaving
+            // change nothing).
+            if let Some(shown) = &self.shown_workers
+                && workers.difference(shown).next().is_some()
+            {
+                configs.refresh(&self.traced);
+                metrics.set_config(configs.config());
+            }
+            metrics.set_traced_workers(workers.len());
+        }
         self.shown_workers = Some(workers);
         Ok(true)
     }
@@ -650,6 +768,9 @@ impl Session {
     /// call.
     pub fn report_lost(&mut self, lost: [u64; 2], skipped: u64, last: bool) -> io::Result<()> {
         let total = lost.iter().sum::<u64>() + self.bad_records;
+        if let Some((metrics, _)) = &self.export {
+            metrics.set_lost(total);
+        }
         let skip_due = skipped > self.skipped_reported
             && (last
                 || self
@@ -704,6 +825,9 @@ impl Session {
                 self.summary.add_cut_by_stop(&event.upstream);
                 self.out.event(&event, || event.to_text())?;
             }
+        }
+        for line in self.folding.due(u64::MAX) {
+            self.out.text(&line)?;
         }
         self.report_histograms()?;
         let summary = self.summary.to_event();

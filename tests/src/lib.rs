@@ -10,6 +10,7 @@ pub mod firewall;
 pub mod http;
 pub mod nginx;
 pub mod php_fpm;
+pub mod prometheus;
 pub mod tracer;
 
 /// Fails with a clear message unless running as root: kernel tests never

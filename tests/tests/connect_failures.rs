@@ -388,3 +388,89 @@ fn syslog_datagram_sockets_are_not_upstreams_even_when_their_connect_fails() {
         "nginx's connect to the missing syslog socket failed"
     );
 }
+
+#[test]
+fn a_burst_of_refusals_prints_a_few_folded_lines_and_counts_every_one() {
+    use std::io::{BufRead as _, BufReader};
+    require_root();
+    let port = free_port();
+    let nginx = Nginx::start_with_connections(
+        1024,
+        "",
+        &format!("location / {{ proxy_pass http://127.0.0.1:{port}; }}"),
+    );
+    // Text output, as a person at a terminal reads it.
+    // Killed when dropped (a failed assertion); stops by itself at worst.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Child(
+        std::process::Command::new(ngx_trace_tests::tracer::binary())
+            .args(["--pid", &nginx.master_pid().to_string(), "--interval", "0"])
+            .args(["--duration", "300"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start ngx-trace"),
+    );
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("tracing nginx workers") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "ngx-trace ended");
+    }
+    const THREADS: usize = 8;
+    const EACH: usize = 400;
+    let started = std::time::Instant::now();
+    let senders: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let port = nginx.port();
+            std::thread::spawn(move || {
+                (0..EACH)
+                    .filter(|_| ngx_trace_tests::http::get(port, "/") == 502)
+                    .count()
+            })
+        })
+        .collect();
+    let answered: usize = senders.into_iter().map(|t| t.join().unwrap()).sum();
+    let burst = started.elapsed();
+    assert_eq!(answered, THREADS * EACH);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(child.0.wait().unwrap().success());
+    let refusals: Vec<&str> = rest
+        .lines()
+        .filter(|l| l.contains(" refused(111) "))
+        .collect();
+    // The first at once, then at most one line a second (plus the last).
+    let bound = burst.as_secs() as usize + 5;
+    assert!(
+        !refusals.is_empty() && refusals.len() <= bound,
+        "{} lines for a burst of {burst:?}:\n{rest}",
+        refusals.len()
+    );
+    let shown: u64 = refusals
+        .iter()
+        .map(|l| match l.split_once(" ×") {
+            Some((_, n)) => n.split(' ').next().unwrap().parse::<u64>().unwrap(),
+            None => 1,
+        })
+        .sum();
+    assert_eq!(shown, (THREADS * EACH) as u64, "{rest}");
+    // The summary counts every one.
+    let summary = rest
+        .lines()
+        .find(|l| l.contains(&format!("127.0.0.1:{port}")) && l.contains("refused "))
+        .unwrap_or_else(|| panic!("no summary row:\n{rest}"));
+    assert!(
+        summary.ends_with(&format!("refused {}", THREADS * EACH)),
+        "{summary}"
+    );
+}

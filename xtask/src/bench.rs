@@ -23,6 +23,8 @@ enum Mode {
     None,
     Default,
     AllJson,
+    /// Defaults plus `--metrics-listen`, scraped every second meanwhile.
+    Metrics,
     Bpftrace,
 }
 
@@ -32,6 +34,7 @@ impl Mode {
             Mode::None => "no tracer",
             Mode::Default => "ngx-trace (defaults)",
             Mode::AllJson => "ngx-trace --all --json",
+            Mode::Metrics => "ngx-trace --metrics-listen (scraped every 1 s)",
             Mode::Bpftrace => "bpftrace script",
         }
     }
@@ -65,6 +68,8 @@ struct Bench {
     /// variant.
     pairs: usize,
     dir: TempDir,
+    /// Where `--metrics-listen` serves in [`Mode::Metrics`] runs.
+    metrics_port: u16,
 }
 
 fn parse_duration_us(s: &str) -> Option<f64> {
@@ -283,6 +288,12 @@ impl Bench {
                 .stdout(file)
                 .stderr(Stdio::null())
                 .spawn()?,
+            Mode::Metrics => Command::new(&self.bin)
+                .args(["--pid", &master, "--metrics-listen"])
+                .arg(self.metrics_port.to_string())
+                .stdout(file)
+                .stderr(Stdio::null())
+                .spawn()?,
             Mode::Bpftrace => {
                 let workers = front.workers();
                 Command::new("bpftrace")
@@ -320,7 +331,11 @@ impl Bench {
         let tracer = self.start(mode, front)?;
         let cpu0 = tracer.as_ref().map_or(0.0, |t| proc_cpu_s(t.pid()));
         let started = Instant::now();
+        let scraper = (mode == Mode::Metrics).then(|| Scraper::start(self.metrics_port));
         let load = wrk(front.port(), self.seconds)?;
+        if let Some(scraper) = scraper {
+            scraper.finish()?;
+        }
         let mut cost = TracerCost {
             rps: load.rps,
             ..TracerCost::default()
@@ -504,7 +519,53 @@ impl Bench {
 }
 
 /// The traced modes, in the order of every table.
-const TRACED_MODES: [Mode; 3] = [Mode::Default, Mode::AllJson, Mode::Bpftrace];
+const TRACED_MODES: [Mode; 4] = [Mode::Default, Mode::AllJson, Mode::Metrics, Mode::Bpftrace];
+
+/// Scrapes `/metrics` every second, as Prometheus would, while wrk runs.
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, u32)>,
+}
+
+impl Scraper {
+    fn start(port: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !flag.load(Ordering::Relaxed) {
+                let r = ngx_trace_tests::http::fetch(
+                    "127.0.0.1",
+                    port,
+                    "/metrics",
+                    &["Accept: application/openmetrics-text;version=1.0.0"],
+                );
+                if r.status == 200 && r.body.ends_with("# EOF\n") {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            (ok, failed)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops scraping; fails unless every scrape succeeded.
+    fn finish(self) -> Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed) = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the metrics scraper panicked"))?;
+        if failed > 0 || ok == 0 {
+            bail!("scraping ngx-trace's /metrics: {ok} answers, {failed} failures");
+        }
+        Ok(())
+    }
+}
 
 /// `pairs` ABBA quads of one mode against no tracer.
 struct Abba {
@@ -1079,9 +1140,10 @@ fn write_summary(
     }
     let cost = |r: &VariantResults, f: fn(&CostSummary) -> String| {
         format!(
-            "{} / {}",
+            "{} / {} / {}",
             f(&cost_summary(costs, Mode::Default, r.name)),
-            f(&cost_summary(costs, Mode::AllJson, r.name))
+            f(&cost_summary(costs, Mode::AllJson, r.name)),
+            f(&cost_summary(costs, Mode::Metrics, r.name))
         )
     };
     let rows = [
@@ -1100,19 +1162,19 @@ fn write_summary(
                 .map(|r| format!("{} times", r.bpf.bpftrace_over_ngx().show(2))),
         ),
         row(
-            "tracer CPU per 10k exchanges/s (defaults / `--all --json`)",
+            "tracer CPU per 10k exchanges/s (defaults / `--all --json` / `--metrics-listen`)",
             results
                 .iter()
                 .map(|r| cost(r, |c| format!("{:.2}%", c.cpu_per_10k))),
         ),
         row(
-            "tracer peak RSS (defaults / `--all --json`)",
+            "tracer peak RSS (defaults / `--all --json` / `--metrics-listen`)",
             results
                 .iter()
                 .map(|r| cost(r, |c| format!("{:.1} MB", c.rss_mb))),
         ),
         row(
-            "lost events at the top rate (defaults / `--all --json`)",
+            "lost events at the top rate (defaults / `--all --json` / `--metrics-listen`)",
             results.iter().map(|r| cost(r, |c| c.lost.to_string())),
         ),
     ];
@@ -1190,7 +1252,7 @@ impl<'a> Figures<'a> {
             empty_ns_per_run,
             lost: costs
                 .iter()
-                .filter(|(m, _, _)| matches!(m, Mode::Default | Mode::AllJson))
+                .filter(|(m, _, _)| matches!(m, Mode::Default | Mode::AllJson | Mode::Metrics))
                 .map(|(_, _, c)| c.lost)
                 .sum(),
         }
@@ -1402,6 +1464,7 @@ pub fn runs_here(bin: &Path, workspace: &Path, seconds: u64, out: &Path) -> Resu
         seconds,
         pairs: 1,
         dir: TempDir::new("bench-runs"),
+        metrics_port: ngx_trace_tests::free_port(),
     };
     let (_back, variants) = setup_nginx();
     let mut list = Vec::new();
@@ -1616,6 +1679,7 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
         seconds,
         pairs,
         dir: TempDir::new("bench"),
+        metrics_port: ngx_trace_tests::free_port(),
     };
     // Name, the BPF time per proxied request ngx-trace should stay under
     // (ns), and the front nginx.
@@ -2377,6 +2441,7 @@ Transfer/sec:      7.67MB
             seconds: 1,
             pairs: 1,
             dir: TempDir::new("bench-blocks"),
+            metrics_port: 0,
         };
         let blocks = bench.building_blocks(&back).unwrap();
         assert_eq!(blocks.len(), 3);

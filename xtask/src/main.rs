@@ -7,9 +7,11 @@
 //! - `cargo xtask test --kernel 6.1`: only the integration tests, on Debian's
 //!   6.1 kernel booted under qemu (`--kernels all`: on every kernel).
 //! - `cargo xtask demo`: a throwaway nginx with broken upstreams, traced.
+//! - `cargo xtask deb`: the Debian package, for hosts without a toolchain.
 
 mod bench;
 mod bench_floor;
+mod deb;
 mod demo;
 mod kernels;
 mod setup;
@@ -84,6 +86,9 @@ enum Cmd {
         #[arg(long, hide = true)]
         bin: Option<PathBuf>,
     },
+    /// Build the Debian package (target/deb/ngx-trace_<version>_<arch>.deb):
+    /// the tracer, its man page and completions, and a systemd unit.
+    Deb,
     /// Only install what is missing.
     Setup,
 }
@@ -144,6 +149,12 @@ fn run(command: Cmd) -> Result<()> {
             let xtask = std::env::current_exe().context("failed to find the xtask binary")?;
             let kernels = vm::expand(&runs_per_request);
             bench::runs_per_request(&xtask, &bin, &workspace(), &kernels, seconds)
+        }
+        Cmd::Deb => {
+            setup::toolchain()?;
+            setup::packages(setup::DEB_PACKAGES)?;
+            let bin = build_release()?;
+            deb::build(&bin, &workspace()).map(|_| ())
         }
         Cmd::Demo { seconds } => {
             setup::toolchain()?;
@@ -209,6 +220,9 @@ fn test() -> Result<()> {
         &[("RUSTC_BOOTSTRAP", "1")],
     )?;
     let bin = build_release()?;
+    // The package tests install it.
+    let deb = deb::build(&bin, &workspace())?;
+    let deb = deb.to_str().context("non UTF-8 target path")?;
     let bin = bin.to_str().context("non UTF-8 target path")?;
     cargo(
         "test --workspace --exclude ngx-trace-tests --exclude ngx-trace-ebpf",
@@ -224,7 +238,7 @@ fn test() -> Result<()> {
     // Kernel state (iptables, tracepoints) is shared: one test at a time.
     cargo(
         "test --package ngx-trace-tests -- --test-threads=1",
-        &[("NGX_TRACE_BIN", bin)],
+        &[("NGX_TRACE_BIN", bin), ("NGX_TRACE_DEB", deb)],
     )?;
     // The fallbacks, where they are used for real: Linux 5.10 (fentry and
     // fexit) and 6.1 with kprobes instead (each kernel of production

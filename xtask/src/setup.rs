@@ -11,8 +11,21 @@ use anyhow::{Context as _, Result, bail};
 /// Debian packages the benchmark uses.
 pub const BENCH_PACKAGES: &[&str] = &["nginx", "wrk", "bpftrace", "bpftool"];
 
-/// Debian packages the tests use.
-pub const TEST_PACKAGES: &[&str] = &["nginx", "php-fpm", "iptables", "bpftool"];
+/// Debian packages building the Debian package uses (objdump, for its
+/// dependencies; dpkg-deb and gzip are essential).
+pub const DEB_PACKAGES: &[&str] = &["binutils"];
+
+/// Debian packages the tests use (with the package's: it is built first).
+pub const TEST_PACKAGES: &[&str] = &[
+    "nginx",
+    "php-fpm",
+    "iptables",
+    "bpftool",
+    "prometheus",
+    "tmux",
+    "binutils",
+    "man-db",
+];
 
 /// Debian packages that booting Debian's kernels under qemu needs: virtme-ng
 /// builds its initramfs with busybox and cpio, runs depmod (kmod), reads a

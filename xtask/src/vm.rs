@@ -176,12 +176,25 @@ fn build_tests() -> Result<Vec<PathBuf>> {
     Ok(tests)
 }
 
-/// The test executables among cargo's `--message-format=json` lines.
+/// Integration tests that run on the host only, not in the VMs: installing
+/// the Debian package is no kernel's matter, and a VM shares the host's root.
+pub const HOST_ONLY_TESTS: &[&str] = &["package"];
+
+/// The test executables among cargo's `--message-format=json` lines, but
+/// the [`HOST_ONLY_TESTS`].
 fn test_executables(json: &str) -> Vec<PathBuf> {
     let mut tests: Vec<PathBuf> = json
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|m| m["reason"] == "compiler-artifact" && m["profile"]["test"] == true)
+        .filter(|m| {
+            let name = m["target"]["name"].as_str().unwrap_or("");
+            if HOST_ONLY_TESTS.contains(&name) {
+                eprintln!("xtask: the `{name}` tests run on the host only, not in the VMs");
+                return false;
+            }
+            true
+        })
         .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
         .collect();
     tests.sort();
@@ -776,6 +789,7 @@ mod tests {
         let json = r#"{"reason":"compiler-artifact","package_id":"path+file:///work/main/tests#ngx-trace-tests@0.1.0","target":{"kind":["lib"],"crate_types":["lib"],"name":"ngx_trace_tests","test":false},"profile":{"opt_level":"0","test":false},"filenames":["/work/main/target/debug/deps/libngx_trace_tests-1.rlib"],"executable":null,"fresh":true}
 {"reason":"compiler-artifact","package_id":"path+file:///work/main/tests#ngx-trace-tests@0.1.0","target":{"kind":["test"],"crate_types":["bin"],"name":"cli","test":true},"profile":{"opt_level":"0","test":true},"filenames":["/work/main/target/debug/deps/cli-2"],"executable":"/work/main/target/debug/deps/cli-2","fresh":true}
 {"reason":"compiler-artifact","package_id":"path+file:///work/main/tests#ngx-trace-tests@0.1.0","target":{"kind":["test"],"crate_types":["bin"],"name":"exchanges","test":true},"profile":{"opt_level":"0","test":true},"filenames":["/work/main/target/debug/deps/exchanges-3"],"executable":"/work/main/target/debug/deps/exchanges-3","fresh":false}
+{"reason":"compiler-artifact","package_id":"path+file:///work/main/tests#ngx-trace-tests@0.1.0","target":{"kind":["test"],"crate_types":["bin"],"name":"package","test":true},"profile":{"opt_level":"0","test":true},"filenames":["/work/main/target/debug/deps/package-4"],"executable":"/work/main/target/debug/deps/package-4","fresh":false}
 {"reason":"build-finished","success":true}"#;
         assert_eq!(
             test_executables(json),

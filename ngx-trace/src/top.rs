@@ -1,0 +1,674 @@
+//! `ngx-trace top`: a full-screen live view, one row per upstream, redrawn
+//! every second (ratatui on crossterm). It watches the same events as
+//! `trace` (captured, not printed), plus what the kernel has in flight.
+//! The terminal is restored on every way out: `q`, a signal (the tracer
+//! stops and calls [`Top::finish`]), an error (drop), a panic (ratatui's
+//! hook).
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use ratatui::{
+    DefaultTerminal, Frame,
+    crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
+    layout::{Constraint, Layout},
+    style::{Modifier, Style, Stylize as _},
+    text::{Line, Span},
+    widgets::Paragraph,
+};
+use serde_json::Value;
+
+use crate::session::Session;
+
+/// How often the view is redrawn with new figures.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// The orders rows can be sorted in (`s` cycles through them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// Failures per second now, then since start.
+    Failures,
+    /// Exchanges per second now.
+    Rate,
+    /// First-byte p99 now.
+    Latency,
+    /// Upstream name.
+    Name,
+}
+
+impl Sort {
+    fn next(self) -> Self {
+        match self {
+            Sort::Failures => Sort::Rate,
+            Sort::Rate => Sort::Latency,
+            Sort::Latency => Sort::Name,
+            Sort::Name => Sort::Failures,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Sort::Failures => "failures",
+            Sort::Rate => "exchanges/s",
+            Sort::Latency => "first byte p99",
+            Sort::Name => "name",
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to one hour at 2 significant digits: a few kB per histogram.
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
+}
+
+/// A duration in µs, short, with a unit that fits it (loopback connects
+/// take microseconds, timeouts seconds).
+fn short_us(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} µs"),
+        1_000..10_000 => format!("{:.2} ms", us as f64 / 1e3),
+        10_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+/// p50 / p99 of `h`, µs, or `-` when empty.
+fn p50_p99(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        "-".to_string()
+    } else {
+        format!(
+            "{} / {}",
+            short_us(h.value_at_quantile(0.5)),
+            short_us(h.value_at_quantile(0.99))
+        )
+    }
+}
+
+/// What one interval (about a second) of an upstream showed.
+#[derive(Default, Clone)]
+struct Interval {
+    exchanges: u64,
+    failures: BTreeMap<String, u64>,
+    verdicts: BTreeMap<String, u64>,
+}
+
+/// One upstream's figures.
+#[derive(Clone)]
+struct Upstream {
+    now: Interval,
+    /// The last complete interval, and its length.
+    shown: Interval,
+    shown_secs: f64,
+    connect_now: Histogram<u64>,
+    first_now: Histogram<u64>,
+    connect_shown: Histogram<u64>,
+    first_shown: Histogram<u64>,
+    connect_all: Histogram<u64>,
+    first_all: Histogram<u64>,
+    total: u64,
+    failed: u64,
+    failed_by: BTreeMap<String, u64>,
+    /// The latest failure: outcome (errno) and evidence.
+    latest: Option<(String, String)>,
+}
+
+impl Upstream {
+    fn new() -> Self {
+        Self {
+            now: Interval::default(),
+            shown: Interval::default(),
+            shown_secs: 1.0,
+            connect_now: histogram(),
+            first_now: histogram(),
+            connect_shown: histogram(),
+            first_shown: histogram(),
+            connect_all: histogram(),
+            first_all: histogram(),
+            total: 0,
+            failed: 0,
+            failed_by: BTreeMap::new(),
+            latest: None,
+        }
+    }
+
+    fn rate(&self, n: u64) -> f64 {
+        n as f64 / self.shown_secs
+    }
+
+    fn failures_now(&self) -> u64 {
+        self.shown.failures.values().sum()
+    }
+
+    /// The verdict most exchanges of the last interval had, a failure's
+    /// before `healthy`; `-` when there were none.
+    fn verdict_now(&self) -> String {
+        let failing = self
+            .shown
+            .verdicts
+            .iter()
+            .filter(|(v, _)| v.as_str() != "healthy")
+            .max_by_key(|(_, n)| **n);
+        match failing.or_else(|| self.shown.verdicts.iter().max_by_key(|(_, n)| **n)) {
+            Some((v, _)) => v.clone(),
+            None => "-".to_string(),
+        }
+    }
+}
+
+/// The figures of every upstream, fed with the tracer's events.
+#[derive(Default, Clone)]
+pub struct Board {
+    upstreams: HashMap<String, Upstream>,
+    /// In flight now, per upstream: count and longest wait (ms).
+    pending: BTreeMap<String, (u64, u64)>,
+}
+
+fn us(e: &Value, phase: &str) -> Option<u64> {
+    e["timings_us"][phase].as_u64()
+}
+
+impl Board {
+    /// Counts one `upstream` event.
+    pub fn add(&mut self, e: &Value) {
+        if e["event"] != "upstream" {
+            return;
+        }
+        let Some(name) = e["upstream"].as_str() else {
+            return;
+        };
+        let u = self
+            .upstreams
+            .entry(name.to_string())
+            .or_insert_with(Upstream::new);
+        let outcome = e["outcome"].as_str().unwrap_or("");
+        let verdict = e["verdict"].as_str().unwrap_or("");
+        u.total += 1;
+        u.now.exchanges += 1;
+        *u.now.verdicts.entry(verdict.to_string()).or_default() += 1;
+        if outcome != "ok" {
+            u.failed += 1;
+            *u.failed_by.entry(outcome.to_string()).or_default() += 1;
+            *u.now.failures.entry(outcome.to_string()).or_default() += 1;
+        }
+        if outcome != "ok" || verdict != "healthy" {
+            let errno = e["errno"]
+                .as_u64()
+                .map(|n| format!("({n})"))
+                .unwrap_or_default();
+            let evidence = e["evidence"].as_str().unwrap_or("").to_string();
+            u.latest = Some((format!("{outcome}{errno}"), evidence));
+        }
+        for (value, now, all) in [
+            (us(e, "connect"), &mut u.connect_now, &mut u.connect_all),
+            (us(e, "first_byte"), &mut u.first_now, &mut u.first_all),
+        ] {
+            if let Some(v) = value {
+                let v = v.clamp(1, 3_600_000_000);
+                let _ = now.record(v);
+                let _ = all.record(v);
+            }
+        }
+    }
+
+    /// Ends the current interval (`secs` long): its figures are shown
+    /// until the next one ends.
+    pub fn roll(&mut self, secs: f64) {
+        for u in self.upstreams.values_mut() {
+            u.shown = std::mem::take(&mut u.now);
+            u.shown_secs = secs.max(0.001);
+            std::mem::swap(&mut u.connect_shown, &mut u.connect_now);
+            std::mem::swap(&mut u.first_shown, &mut u.first_now);
+            u.connect_now.reset();
+            u.first_now.reset();
+        }
+    }
+
+    /// Sets what is in flight now.
+    pub fn set_pending(&mut self, pending: BTreeMap<String, (u64, u64)>) {
+        for name in pending.keys() {
+            self.upstreams
+                .entry(name.clone())
+                .or_insert_with(Upstream::new);
+        }
+        self.pending = pending;
+    }
+
+    /// The upstreams whose name contains `filter`, in `sort` order.
+    fn rows(&self, sort: Sort, filter: &str) -> Vec<(&String, &Upstream)> {
+        let mut rows: Vec<(&String, &Upstream)> = self
+            .upstreams
+            .iter()
+            .filter(|(name, _)| name.contains(filter))
+            .collect();
+        let p99 = |u: &Upstream| {
+            if u.first_shown.is_empty() {
+                0
+            } else {
+                u.first_shown.value_at_quantile(0.99)
+            }
+        };
+        rows.sort_by(|(an, a), (bn, b)| {
+            let order = match sort {
+                Sort::Failures => (b.failures_now(), b.failed).cmp(&(a.failures_now(), a.failed)),
+                Sort::Rate => b.shown.exchanges.cmp(&a.shown.exchanges),
+                Sort::Latency => p99(b).cmp(&p99(a)),
+                Sort::Name => std::cmp::Ordering::Equal,
+            };
+            order.then_with(|| an.cmp(bn))
+        });
+        rows
+    }
+}
+
+/// Cuts `s` to `width` characters, marking the cut.
+fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        format!("{s:<width$}")
+    } else {
+        let kept: String = s.chars().take(width.saturating_sub(1)).collect();
+        format!("{kept}…")
+    }
+}
+
+/// What the footer says.
+pub struct Footer {
+    /// Traced workers.
+    pub workers: usize,
+    /// Lost records so far.
+    pub lost: u64,
+}
+
+/// The whole screen.
+fn draw(
+    frame: &mut Frame,
+    board: &Board,
+    view: &View,
+    footer: &Footer,
+    now: std::time::SystemTime,
+) {
+    let [head, body, foot] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(1),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    let rows = board.rows(view.sort, &view.filter);
+    let mut title = vec![
+        Span::from("ngx-trace top").bold(),
+        Span::from(format!(
+            "  {} upstreams  sort: {}",
+            rows.len(),
+            view.sort.label()
+        )),
+    ];
+    match &view.editing {
+        Some(text) => title.push(Span::from(format!("  filter: {text}_")).yellow()),
+        None if !view.filter.is_empty() => {
+            title.push(Span::from(format!("  filter: {}", view.filter)))
+        }
+        None => {}
+    }
+    if view.paused {
+        title.push(Span::from("  [paused]").reversed());
+    }
+    let header = Line::from(format!(
+        "{} {:>7} {:>7} {} {} {} {}",
+        fit("UPSTREAM", 26),
+        "EX/S",
+        "FAIL/S",
+        fit("VERDICT NOW", 18),
+        fit("CONNECT p50/p99", 20),
+        fit("FIRST BYTE p50/p99", 20),
+        "PENDING"
+    ))
+    .add_modifier(Modifier::BOLD | Modifier::REVERSED);
+    frame.render_widget(Paragraph::new(vec![Line::from(title), header]), head);
+
+    let mut lines = Vec::new();
+    for (name, u) in rows {
+        let (pending, wait_ms) = board.pending.get(name).copied().unwrap_or((0, 0));
+        let failing = u.failures_now() > 0;
+        let style = if failing {
+            Style::new().red()
+        } else {
+            Style::new()
+        };
+        lines.push(
+            Line::from(format!(
+                "{} {:>7.0} {:>7.0} {} {} {} {}",
+                fit(name, 26),
+                u.rate(u.shown.exchanges),
+                u.rate(u.failures_now()),
+                fit(&u.verdict_now(), 18),
+                fit(&p50_p99(&u.connect_shown), 20),
+                fit(&p50_p99(&u.first_shown), 20),
+                pending
+            ))
+            .style(style),
+        );
+        let by: Vec<String> = u
+            .failed_by
+            .iter()
+            .map(|(o, n)| format!("{o} {n}"))
+            .collect();
+        let since = if by.is_empty() {
+            format!("{} exchanges, 0 failed", u.total)
+        } else {
+            format!(
+                "{} exchanges, {} failed ({})",
+                u.total,
+                u.failed,
+                by.join(", ")
+            )
+        };
+        let wait = if pending > 0 {
+            format!("longest {}", short_us(wait_ms * 1000))
+        } else {
+            String::new()
+        };
+        lines.push(Line::from(format!(
+            "  since start: {} {} {} {wait}",
+            fit(&since, 46),
+            fit(&p50_p99(&u.connect_all), 20),
+            fit(&p50_p99(&u.first_all), 20),
+        )));
+        if let Some((what, evidence)) = &u.latest {
+            lines.push(Line::from(format!("  {what}: {evidence}")).dim());
+        }
+    }
+    if lines.is_empty() {
+        lines.push(Line::from("no upstream exchange seen yet").dim());
+    }
+    frame.render_widget(Paragraph::new(lines), body);
+    let clock = crate::clock::rfc3339_micros(now);
+    frame.render_widget(
+        Paragraph::new(Line::from(format!(
+            "workers {}  lost {}  {} UTC   q quit  s sort  / filter  p pause",
+            footer.workers,
+            footer.lost,
+            clock.get(11..19).unwrap_or(&clock)
+        )))
+        .reversed(),
+        foot,
+    );
+}
+
+/// What the person at the keyboard chose.
+struct View {
+    sort: Sort,
+    filter: String,
+    /// The filter being typed (after `/`).
+    editing: Option<String>,
+    paused: bool,
+    quit: bool,
+}
+
+impl View {
+    /// Applies one key press; returns whether the screen changed.
+    fn key(&mut self, key: KeyEvent) -> bool {
+        if key.kind != KeyEventKind::Press {
+            return false;
+        }
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return true;
+        }
+        if let Some(text) = &mut self.editing {
+            match key.code {
+                KeyCode::Enter => {
+                    self.filter = std::mem::take(text);
+                    self.editing = None;
+                }
+                KeyCode::Esc => self.editing = None,
+                KeyCode::Backspace => {
+                    text.pop();
+                }
+                KeyCode::Char(c) => text.push(c),
+                _ => return false,
+            }
+            return true;
+        }
+        match key.code {
+            KeyCode::Char('q') | KeyCode::Esc => self.quit = true,
+            KeyCode::Char('s') => self.sort = self.sort.next(),
+            KeyCode::Char('p') => self.paused = !self.paused,
+            KeyCode::Char('/') => self.editing = Some(self.filter.clone()),
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// The live view (a [`crate::Watcher`]).
+pub struct Top {
+    terminal: Option<DefaultTerminal>,
+    board: Board,
+    view: View,
+    rolled: Instant,
+    /// While paused: the figures on screen, and their time.
+    frozen: Option<(Board, std::time::SystemTime)>,
+}
+
+impl Top {
+    /// A view not yet on screen ([`crate::Watcher::start`] takes the
+    /// terminal).
+    pub fn new() -> Self {
+        Self {
+            terminal: None,
+            board: Board::default(),
+            view: View {
+                sort: Sort::Failures,
+                filter: String::new(),
+                editing: None,
+                paused: false,
+                quit: false,
+            },
+            rolled: Instant::now(),
+            frozen: None,
+        }
+    }
+
+    fn redraw(&mut self, session: &Session) -> io::Result<()> {
+        let footer = Footer {
+            workers: session.workers(),
+            lost: session.lost(),
+        };
+        let (board, now) = match &self.frozen {
+            Some((board, at)) => (board, *at),
+            None => (&self.board, std::time::SystemTime::now()),
+        };
+        if let Some(terminal) = self.terminal.as_mut() {
+            terminal.draw(|frame| draw(frame, board, &self.view, &footer, now))?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self) {
+        if self.terminal.take().is_some() {
+            ratatui::restore();
+            crate::output::release_notices();
+        }
+    }
+}
+
+impl Drop for Top {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+impl crate::Watcher for Top {
+    fn start(&mut self, session: &Session) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let terminal = ratatui::try_init().inspect_err(|_| {
+            // Raw mode may be on already: undo what was done.
+            ratatui::restore();
+        });
+        self.terminal = Some(
+            terminal
+                .context("failed to take over the terminal: run `ngx-trace` for line output")?,
+        );
+        // Notices would scribble over the view: they wait for its end.
+        crate::output::hold_notices();
+        self.rolled = Instant::now();
+        self.redraw(session)?;
+        Ok(())
+    }
+
+    fn tick(&mut self, session: &Session, _all: bool) -> io::Result<()> {
+        let mut changed = false;
+        while event::poll(Duration::ZERO)? {
+            if let Event::Key(key) = event::read()? {
+                changed |= self.view.key(key);
+            } else {
+                changed = true; // a resize
+            }
+        }
+        if self.view.quit {
+            return Ok(());
+        }
+        for e in session.output().take_captured() {
+            self.board.add(&e);
+        }
+        self.board.set_pending(session.under_way());
+        let elapsed = self.rolled.elapsed();
+        if elapsed >= REFRESH {
+            self.board.roll(elapsed.as_secs_f64());
+            self.rolled = Instant::now();
+            changed |= !self.view.paused;
+        }
+        if self.view.paused {
+            if self.frozen.is_none() {
+                self.frozen = Some((self.board.clone(), std::time::SystemTime::now()));
+            }
+            if changed {
+                // Keys still redraw (the title shows the pause, the sort).
+                self.redraw(session)?;
+            }
+            return Ok(());
+        }
+        self.frozen = None;
+        if changed {
+            self.redraw(session)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, session: &Session) -> io::Result<()> {
+        self.restore();
+        for e in session.output().take_captured() {
+            self.board.add(&e);
+        }
+        // Something to keep in the scrollback: the counts since start.
+        let mut names: Vec<&String> = self.board.upstreams.keys().collect();
+        names.sort();
+        for name in names {
+            let u = &self.board.upstreams[name];
+            println!(
+                "{name}: {} exchanges, {} failed{}",
+                u.total,
+                u.failed,
+                u.latest
+                    .as_ref()
+                    .map(|(what, _)| format!(", latest {what}"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    fn wants_stop(&self) -> bool {
+        self.view.quit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn exchange(upstream: &str, outcome: &str, verdict: &str, first_us: Option<u64>) -> Value {
+        let mut timings = json!({"connect": 50});
+        if let Some(f) = first_us {
+            timings["first_byte"] = json!(f);
+        }
+        json!({"event": "upstream", "upstream": upstream, "outcome": outcome,
+               "verdict": verdict, "errno": 111, "evidence": "RST in answer to the SYN",
+               "timings_us": timings})
+    }
+
+    #[test]
+    fn rows_sort_by_failures_now_then_by_name() {
+        let mut b = Board::default();
+        for _ in 0..5 {
+            b.add(&exchange("b:1", "ok", "healthy", Some(100)));
+        }
+        for _ in 0..3 {
+            b.add(&exchange("c:1", "refused", "backend_down", None));
+        }
+        b.add(&exchange("a:1", "no_response", "backend_slow", None));
+        b.roll(1.0);
+        let order = |b: &Board, s| -> Vec<String> {
+            b.rows(s, "").iter().map(|(n, _)| (*n).clone()).collect()
+        };
+        assert_eq!(order(&b, Sort::Failures), ["c:1", "a:1", "b:1"]);
+        assert_eq!(order(&b, Sort::Rate), ["b:1", "c:1", "a:1"]);
+        assert_eq!(order(&b, Sort::Name), ["a:1", "b:1", "c:1"]);
+        assert_eq!(b.rows(Sort::Name, "c:").len(), 1);
+        let c = &b.upstreams["c:1"];
+        assert_eq!((c.total, c.failed, c.rate(c.failures_now())), (3, 3, 3.0));
+        assert_eq!(c.verdict_now(), "backend_down");
+        assert_eq!(b.upstreams["b:1"].verdict_now(), "healthy");
+    }
+
+    #[test]
+    fn an_interval_shows_until_the_next_one_ends() {
+        let mut b = Board::default();
+        b.add(&exchange("a:1", "ok", "healthy", Some(2000)));
+        b.roll(0.5);
+        let a = &b.upstreams["a:1"];
+        assert_eq!(a.rate(a.shown.exchanges), 2.0);
+        assert_eq!(p50_p99(&a.first_shown), p50_p99(&a.first_all));
+        b.roll(1.0);
+        let a = &b.upstreams["a:1"];
+        assert_eq!((a.shown.exchanges, a.total), (0, 1));
+        assert_eq!(p50_p99(&a.first_shown), "-");
+        assert_ne!(p50_p99(&a.first_all), "-");
+    }
+
+    #[test]
+    fn durations_are_short_with_the_unit_that_fits() {
+        assert_eq!(short_us(22), "22 µs");
+        assert_eq!(short_us(1_840), "1.84 ms");
+        assert_eq!(short_us(300_412), "300.4 ms");
+        assert_eq!(short_us(2_100_000), "2.10 s");
+    }
+
+    #[test]
+    fn keys_sort_filter_pause_and_quit() {
+        let press = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE);
+        let mut v = View {
+            sort: Sort::Failures,
+            filter: String::new(),
+            editing: None,
+            paused: false,
+            quit: false,
+        };
+        v.key(press('s'));
+        assert_eq!(v.sort, Sort::Rate);
+        v.key(press('/'));
+        v.key(press('8'));
+        v.key(press('1'));
+        v.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+        assert_eq!(v.filter, "81");
+        v.key(press('p'));
+        assert!(v.paused);
+        v.key(press('q'));
+        assert!(v.quit);
+    }
+}
