@@ -351,39 +351,32 @@ impl Session {
         }
         self.summary.add(&upstream, explanation.outcome);
         // A failed socket() made no connect: nothing to time.
-        if x.end != End::SocketFailed {
-            let timings = if matches!(
-                explanation.outcome,
-                Outcome::ClientClosed | Outcome::WorkerDied
-            ) {
-                // Its wait measures the client's patience (or the worker's
-                // death), not the upstream.
-                Timings {
-                    connect: explanation.timings.connect,
-                    ..Timings::default()
-                }
-            } else {
-                explanation.timings
-            };
-            self.histograms.record(&upstream, &timings);
-            if let Some((metrics, _)) = &mut self.export {
-                metrics.exchange(
-                    &upstream,
-                    transport,
-                    explanation.outcome,
-                    explanation.verdict,
-                    &timings,
-                    (x.facts.retransmits, x.facts.peer_retransmits),
-                );
+        let timings = if x.end == End::SocketFailed {
+            Timings::default()
+        } else if matches!(
+            explanation.outcome,
+            Outcome::ClientClosed | Outcome::WorkerDied
+        ) {
+            // Its wait measures the client's patience (or the worker's
+            // death), not the upstream.
+            Timings {
+                connect: explanation.timings.connect,
+                ..Timings::default()
             }
-        } else if let Some((metrics, _)) = &mut self.export {
+        } else {
+            explanation.timings
+        };
+        if x.end != End::SocketFailed {
+            self.histograms.record(&upstream, &timings);
+        }
+        if let Some((metrics, _)) = &mut self.export {
             metrics.exchange(
                 &upstream,
                 transport,
                 explanation.outcome,
                 explanation.verdict,
-                &Timings::default(),
-                (0, 0),
+                &timings,
+                (x.facts.retransmits, x.facts.peer_retransmits),
             );
         }
         let routine = explanation.outcome == Outcome::Ok && explanation.verdict == Verdict::Healthy;

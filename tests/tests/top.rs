@@ -213,8 +213,11 @@ fn top_shows_each_upstream_sorts_filters_and_restores_the_terminal() {
     tmux.keys(&["/"]);
     tmux.keys(&["-l", &slow_port]);
     tmux.keys(&["Enter"]);
+    // Applied once Enter is read (while typed, the title ends with `_`).
     let screen = tmux.wait("the filter", |s| {
-        s.contains(&format!("filter: {slow_port}"))
+        s.lines()
+            .next()
+            .is_some_and(|title| title.trim_end().ends_with(&format!("filter: {slow_port}")))
     });
     assert_eq!(row_order(&screen, &names), [slow_name], "{screen}");
     tmux.keys(&["p"]);
