@@ -376,8 +376,23 @@ fn draw(
             fit(&p50_p99(&u.connect_all), 20),
             fit(&p50_p99(&u.first_all), 20),
         )));
-        if let Some((what, evidence)) = &u.latest {
-            lines.push(Line::from(format!("  {what}: {evidence}")).dim());
+        // Failing now: the rate of each outcome, then the latest evidence.
+        let now: Vec<String> = u
+            .shown
+            .failures
+            .iter()
+            .map(|(o, n)| format!("{o} {:.0}/s", u.rate(*n)))
+            .collect();
+        let latest = u
+            .latest
+            .as_ref()
+            .map(|(what, evidence)| format!("{what}: {evidence}"));
+        match (now.is_empty(), latest) {
+            (false, Some(latest)) => {
+                lines.push(Line::from(format!("  now {} · {latest}", now.join(", "))).dim())
+            }
+            (_, Some(latest)) => lines.push(Line::from(format!("  {latest}")).dim()),
+            (_, None) => {}
         }
     }
     if lines.is_empty() {
