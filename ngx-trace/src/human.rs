@@ -9,6 +9,17 @@ pub fn human_us(us: u64) -> String {
     }
 }
 
+/// A duration in µs, short, with a unit that fits it (loopback connects
+/// take microseconds, timeouts seconds).
+pub fn short_us(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} µs"),
+        1_000..10_000 => format!("{:.2} ms", us as f64 / 1e3),
+        10_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
 /// `1 retransmit`, `2 retransmits`.
 pub fn plural(n: u32, what: &str) -> String {
     if n == 1 {
@@ -37,6 +48,14 @@ mod tests {
         assert_eq!(human_us(999_949), "999.9 ms");
         assert_eq!(human_us(1_000_000), "1.00 s");
         assert_eq!(human_us(60_000_000), "60.00 s");
+    }
+
+    #[test]
+    fn durations_are_short_with_the_unit_that_fits() {
+        assert_eq!(short_us(22), "22 µs");
+        assert_eq!(short_us(1_840), "1.84 ms");
+        assert_eq!(short_us(300_412), "300.4 ms");
+        assert_eq!(short_us(2_100_000), "2.10 s");
     }
 
     #[test]

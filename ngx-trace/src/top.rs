@@ -21,7 +21,7 @@ use ratatui::{
 };
 use serde_json::Value;
 
-use crate::session::Session;
+use crate::{human::short_us, session::Session};
 
 /// How often the view is redrawn with new figures.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -62,17 +62,6 @@ impl Sort {
 fn histogram() -> Histogram<u64> {
     // 1 µs to one hour at 2 significant digits: a few kB per histogram.
     Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
-}
-
-/// A duration in µs, short, with a unit that fits it (loopback connects
-/// take microseconds, timeouts seconds).
-fn short_us(us: u64) -> String {
-    match us {
-        0..1_000 => format!("{us} µs"),
-        1_000..10_000 => format!("{:.2} ms", us as f64 / 1e3),
-        10_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
-        _ => format!("{:.2} s", us as f64 / 1e6),
-    }
 }
 
 /// p50 / p99 of `h`, µs, or `-` when empty.
@@ -654,14 +643,6 @@ mod tests {
         assert_eq!((a.shown.exchanges, a.total), (0, 1));
         assert_eq!(p50_p99(&a.first_shown), "-");
         assert_ne!(p50_p99(&a.first_all), "-");
-    }
-
-    #[test]
-    fn durations_are_short_with_the_unit_that_fits() {
-        assert_eq!(short_us(22), "22 µs");
-        assert_eq!(short_us(1_840), "1.84 ms");
-        assert_eq!(short_us(300_412), "300.4 ms");
-        assert_eq!(short_us(2_100_000), "2.10 s");
     }
 
     #[test]
