@@ -148,13 +148,14 @@ pub struct TraceArgs {
     #[arg(long)]
     pub all: bool,
 
-    /// nginx's configuration as a saved `nginx -T` dump (default: read from
-    /// each traced instance by running its own binary with -T).
+    /// nginx's configuration as a saved `nginx -T` dump (default: each traced
+    /// instance's own files, read as data with its master's rights).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Also write every event, healthy exchanges included, as JSON Lines to
-    /// FILE, for `ngx-trace explain LOG --from FILE` later.
+    /// FILE (a new file, created with mode 0600), for `ngx-trace explain LOG
+    /// --from FILE` later.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 

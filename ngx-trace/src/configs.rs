@@ -1,9 +1,11 @@
 //! The configuration of the traced nginx instances (see `nginx_conf`):
-//! read from each master at start and again when its workers change (a
-//! reload), or taken from `--config FILE` (a saved `nginx -T` dump). A
-//! problem is said once, with its file and line, and never stops tracing.
+//! read from each master's files at start and again when its workers
+//! change (a reload), as data and with the master's own rights
+//! (`nginx_files`), or taken from `--config FILE` (a saved `nginx -T`
+//! dump). A problem is said once, with its file and line, and never stops
+//! tracing.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -17,6 +19,7 @@ use crate::{
 pub struct Configs {
     file: Option<PathBuf>,
     config: Config,
+    per_master: BTreeMap<u32, Config>,
     said: BTreeSet<String>,
 }
 
@@ -45,28 +48,41 @@ impl Configs {
 
     /// Reads the configuration(s) again (after a reload).
     pub fn refresh(&mut self, traced: &BTreeSet<u32>) {
-        let mut merged = Config::default();
-        let mut read = 0;
-        let dumps: Vec<(String, Result<String, String>)> = match &self.file {
+        let read: Vec<(Option<u32>, String, Result<Config, String>)> = match &self.file {
             Some(file) => vec![(
+                None,
                 file.display().to_string(),
-                std::fs::read_to_string(file).map_err(|e| e.to_string()),
+                std::fs::read_to_string(file)
+                    .map(|dump| Config::from_dump(&dump))
+                    .map_err(|e| e.to_string()),
             )],
             None => masters(traced)
                 .into_iter()
-                .map(|m| (format!("nginx {m}"), crate::nginx_conf::dump_of(m)))
+                .map(|m| {
+                    let config = crate::nginx_files::read(m).map(|files| {
+                        let mut config = Config::from_files(&files.files, files.globals.as_deref());
+                        config.problems.splice(0..0, files.problems);
+                        config
+                    });
+                    (Some(m), format!("nginx {m}"), config)
+                })
                 .collect(),
         };
-        for (source, dump) in dumps {
-            match dump {
-                Ok(text) => {
-                    read += 1;
-                    let config = Config::from_dump(&text);
+        let mut merged = Config::default();
+        let mut per_master = BTreeMap::new();
+        let mut any = false;
+        for (master, source, config) in read {
+            match config {
+                Ok(config) => {
+                    any = true;
                     for p in &config.problems {
                         self.say(&format!("nginx configuration: {p}"));
                     }
-                    merged.groups.extend(config.groups);
-                    merged.locations.extend(config.locations);
+                    merged.groups.extend(config.groups.iter().cloned());
+                    merged.locations.extend(config.locations.iter().cloned());
+                    if let Some(m) = master {
+                        per_master.insert(m, config);
+                    }
                 }
                 Err(e) => self.say(&format!(
                     "cannot read the nginx configuration of {source} ({e}): advice names no \
@@ -74,10 +90,11 @@ impl Configs {
                 )),
             }
         }
-        // nginx stopped, or its dump failed (a configuration being
-        // edited): the last one read stays in effect.
-        if read > 0 {
+        // nginx stopped, or its files could not be read (a configuration
+        // being edited): the last one read stays in effect.
+        if any {
             self.config = merged;
+            self.per_master = per_master;
         }
     }
 
@@ -88,9 +105,16 @@ impl Configs {
         }
     }
 
-    /// The configuration in effect (empty when unknown).
+    /// The configuration in effect (empty when unknown): every traced
+    /// instance's together.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Each traced instance's configuration, by master pid (empty with
+    /// `--config FILE`, which belongs to no instance).
+    pub fn per_master(&self) -> &BTreeMap<u32, Config> {
+        &self.per_master
     }
 }
 

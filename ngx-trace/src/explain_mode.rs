@@ -18,8 +18,8 @@ use crate::{
     exit::{self, UserError},
     explain::{self, ExplainEvent, Join, Tally, Trace},
     localtime,
-    logfollow::{self, Follower},
-    output::{Output, notice},
+    logfollow::{self, LineCutter, Logs},
+    output::{Output, Text, notice},
     recording,
     session::Session,
 };
@@ -126,7 +126,7 @@ pub fn offline(log: &Path, from: Option<&Path>, config: Option<&Path>, json: boo
     }
     print_explained(pending.into_iter().collect(), &trace, &mut tally, &out)?;
     let summary = tally.to_event();
-    out.event(&summary, || tally.to_text())?;
+    out.event(&summary, || Text::Lines(tally.to_text()))?;
     Ok(())
 }
 
@@ -151,16 +151,35 @@ fn config_file(path: Option<&Path>) -> crate::nginx_conf::Config {
     configs.config().clone()
 }
 
-/// Lines of `reader`, invalid UTF-8 replaced (a log may hold any bytes).
+/// Lines of `reader`, invalid UTF-8 replaced (a log may hold any bytes),
+/// each at most [`logfollow::MAX_LINE`] bytes (a longer one is cut and
+/// marked: a file with no newline cannot fill the memory).
 fn lossy_lines(mut reader: Box<dyn BufRead>) -> impl Iterator<Item = io::Result<String>> {
+    let mut cutter = LineCutter::default();
+    let mut ready = VecDeque::new();
+    let mut ended = false;
     std::iter::from_fn(move || {
-        let mut buf = Vec::new();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) => None,
-            Ok(_) => Some(Ok(String::from_utf8_lossy(&buf)
-                .trim_end_matches(['\n', '\r'])
-                .to_string())),
-            Err(e) => Some(Err(e)),
+        loop {
+            if let Some(line) = ready.pop_front() {
+                return Some(Ok(line));
+            }
+            if ended {
+                return None;
+            }
+            let buf = match reader.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Some(Err(e)),
+            };
+            if buf.is_empty() {
+                // The last line may lack its newline.
+                ended = true;
+                ready.extend(cutter.finish());
+                continue;
+            }
+            let n = buf.len();
+            ready.extend(cutter.push(buf));
+            reader.consume(n);
         }
     })
 }
@@ -175,7 +194,8 @@ fn print_explained(
     explain::add_retries(trace, &mut done);
     for (line, e) in &done {
         tally.add(line, e);
-        out.event(e, || e.to_text())?;
+        // Several lines: the log line, then the explanation under it.
+        out.event(e, || Text::Lines(e.to_text()))?;
     }
     Ok(())
 }
@@ -183,7 +203,7 @@ fn print_explained(
 /// Live explanation, driven by the tracing loop.
 pub struct Live {
     given: Option<PathBuf>,
-    followers: BTreeMap<PathBuf, Follower>,
+    logs: Logs,
     waiting: VecDeque<(Instant, LogLine)>,
     trace: Trace,
     join: Join,
@@ -201,7 +221,7 @@ impl Live {
     pub fn new(given: Option<PathBuf>, config_file: Option<PathBuf>, json: bool) -> Self {
         Self {
             given,
-            followers: BTreeMap::new(),
+            logs: Logs::default(),
             waiting: VecDeque::new(),
             trace: Trace::default(),
             join: Join {
@@ -228,14 +248,8 @@ impl Live {
             return;
         }
         self.discovered_at = Some(Instant::now());
-        for path in logfollow::discover(traced) {
-            if !self.followers.contains_key(&path) {
-                notice(&format!("following {}", path.display()));
-                self.followers
-                    .insert(path.clone(), Follower::from_end(path));
-            }
-        }
-        if self.followers.is_empty() && !traced.is_empty() {
+        self.logs.update(logfollow::discover(traced));
+        if self.logs.is_empty() && !traced.is_empty() {
             notice(
                 "no error log found among the files nginx holds open (error_log to stderr or \
                  syslog?): give it as `ngx-trace explain LOG --follow`",
@@ -257,16 +271,18 @@ impl crate::Watcher for Live {
         self.join.pid_map = namespace_pids(session.traced());
         self.traced_seen = session.traced().clone();
         if let Some(path) = self.given.clone() {
-            if !path.is_file() {
-                return Err(UserError::new(
+            // Never through a symbolic link, never a FIFO or a device: the
+            // log's directory may be writable by nginx's user.
+            self.logs.follow_path(path.clone()).map_err(|e| {
+                UserError::new(
                     exit::USAGE,
-                    format!("{} is not a file: give nginx's error log", path.display()),
+                    format!(
+                        "cannot follow {}: {e}: give nginx's error log itself (a regular file, \
+                         not a symbolic link to it)",
+                        path.display()
+                    ),
                 )
-                .into());
-            }
-            notice(&format!("following {}", path.display()));
-            self.followers
-                .insert(path.clone(), Follower::from_end(path));
+            })?;
         }
         self.discover(session.traced());
         Ok(())
@@ -290,17 +306,15 @@ impl crate::Watcher for Live {
             self.traced_seen = session.traced().clone();
         }
         let now = Instant::now();
-        for follower in self.followers.values_mut() {
-            for raw in follower.read_lines() {
-                if let Some(line) = errorlog::parse(&raw) {
-                    if line.is_upstream() {
-                        self.waiting.push_back((now, line));
-                    } else {
-                        self.tally.other();
-                    }
+        for raw in self.logs.read_lines() {
+            if let Some(line) = errorlog::parse(&raw) {
+                if line.is_upstream() {
+                    self.waiting.push_back((now, line));
                 } else {
-                    self.tally.unparsed();
+                    self.tally.other();
                 }
+            } else {
+                self.tally.unparsed();
             }
         }
         let mut done = Vec::new();
@@ -325,7 +339,8 @@ impl crate::Watcher for Live {
     fn finish(&mut self, session: &Session) -> io::Result<()> {
         self.tick(session, true)?;
         let summary = self.tally.to_event();
-        self.out.event(&summary, || self.tally.to_text())
+        self.out
+            .event(&summary, || Text::Lines(self.tally.to_text()))
     }
 }
 
@@ -346,4 +361,30 @@ fn namespace_pids(traced: &BTreeSet<u32>) -> BTreeMap<u32, u32> {
             (inner != pid).then_some((inner, pid))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(bytes: Vec<u8>) -> Vec<String> {
+        // A small buffer: lines arrive in pieces, as from a pipe.
+        let reader = io::BufReader::with_capacity(7, io::Cursor::new(bytes));
+        lossy_lines(Box::new(reader))
+            .collect::<io::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn log_lines_are_read_whole_and_bounded() {
+        assert_eq!(lines_of(b"a\r\nb\n\xffc".to_vec()), ["a", "b", "\u{fffd}c"]);
+        // A file with no newline cannot fill the memory.
+        let lines = lines_of(vec![b'x'; 5 * logfollow::MAX_LINE]);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].ends_with(logfollow::CUT_MARK));
+        assert_eq!(
+            lines[0].len(),
+            logfollow::MAX_LINE + logfollow::CUT_MARK.len()
+        );
+    }
 }

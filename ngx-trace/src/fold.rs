@@ -5,7 +5,12 @@
 //! within [`WINDOW_NS`] are counted, and printed as one line with the count
 //! when the window ends. JSON output, the summary and the histograms are
 //! not folded: they count every exchange.
+//!
+//! Each line is a [`Text::Line`]: one event, so the sink escapes any
+//! newline in it (a socket path's) instead of starting a line with it.
 use std::collections::HashMap;
+
+use crate::output::Text;
 
 /// How long a kind's repeats are folded into one line.
 pub const WINDOW_NS: u64 = 1_000_000_000;
@@ -36,7 +41,7 @@ impl Folding {
     /// print now: the failure itself when it is the first of its kind, or
     /// the line of the kind's window that just ended (this failure then
     /// starts the next window, folded); `None` when it is folded.
-    pub fn admit(&mut self, kind: Kind, now_ns: u64, text: String) -> Option<String> {
+    pub fn admit(&mut self, kind: Kind, now_ns: u64, text: String) -> Option<Text> {
         if let Some(w) = self.windows.get_mut(&kind) {
             if now_ns.saturating_sub(w.start_ns) < WINDOW_NS {
                 w.folded += 1;
@@ -51,7 +56,7 @@ impl Folding {
                     folded: 1,
                     last: text,
                 };
-                return Some(line);
+                return Some(Text::Line(line));
             }
         }
         if self.windows.len() >= MAX_KINDS {
@@ -67,7 +72,7 @@ impl Folding {
                 last: String::new(),
             },
         );
-        Some(text)
+        Some(Text::Line(text))
     }
 
     /// The lines of the windows ended by `now_ns` (all of them when
@@ -75,7 +80,7 @@ impl Folding {
     /// starts the kind's next window (failures still coming are folded
     /// again, one line a second); a window with nothing folded ends, so that
     /// the kind's next failure prints at once.
-    pub fn due(&mut self, now_ns: u64) -> Vec<String> {
+    pub fn due(&mut self, now_ns: u64) -> Vec<Text> {
         let mut lines = Vec::new();
         self.windows.retain(|_, w| {
             let age = now_ns.saturating_sub(w.start_ns);
@@ -85,7 +90,7 @@ impl Folding {
             if w.folded == 0 {
                 return false;
             }
-            lines.push(format!("{} ×{} in 1 s", w.last, w.folded));
+            lines.push(Text::Line(format!("{} ×{} in 1 s", w.last, w.folded)));
             w.start_ns = now_ns;
             w.folded = 0;
             now_ns != u64::MAX
@@ -104,6 +109,10 @@ mod tests {
 
     const S: u64 = WINDOW_NS;
 
+    fn raw(lines: Vec<Text>) -> Vec<String> {
+        lines.iter().map(|t| t.raw().into_owned()).collect()
+    }
+
     #[test]
     fn a_burst_prints_its_first_failure_then_one_line_a_second() {
         let mut f = Folding::default();
@@ -112,14 +121,14 @@ mod tests {
         for i in 0..2000u64 {
             let now = 10 * S + i * (S * 5 / 4000);
             if let Some(line) = f.admit(kind("a:1"), now, format!("refused #{i}")) {
-                printed.push(line);
+                printed.push(line.raw().into_owned());
             }
             if i % 40 == 0 {
-                printed.extend(f.due(now));
+                printed.extend(raw(f.due(now)));
             }
         }
-        printed.extend(f.due(20 * S));
-        printed.extend(f.due(u64::MAX));
+        printed.extend(raw(f.due(20 * S)));
+        printed.extend(raw(f.due(u64::MAX)));
         assert_eq!(printed[0], "refused #0");
         // The first, then one folded line per second that had repeats.
         assert!(printed.len() <= 4, "{printed:?}");
@@ -148,8 +157,8 @@ mod tests {
         assert!(f.admit(kind("a:1"), S + 5, "2".into()).is_none());
         // No look at the windows before the next failure, 1.5 s later.
         let line = f.admit(kind("a:1"), 2 * S + S / 2, "3".into());
-        assert_eq!(line.as_deref(), Some("2 ×1 in 1 s"));
-        assert_eq!(f.due(4 * S), ["3 ×1 in 1 s"]);
+        assert_eq!(line, Some(Text::Line("2 ×1 in 1 s".into())));
+        assert_eq!(raw(f.due(4 * S)), ["3 ×1 in 1 s"]);
     }
 
     #[test]
@@ -159,7 +168,7 @@ mod tests {
         assert!(f.admit(kind("a:1"), S + 1, "a".into()).is_none());
         assert_eq!(
             f.admit(kind("b:2"), S + 2, "b".into()),
-            Some("b".to_string())
+            Some(Text::Line("b".into()))
         );
         let other_verdict = ("a:1".to_string(), "refused", "network");
         assert!(f.admit(other_verdict, S + 3, "icmp".into()).is_some());
@@ -171,5 +180,18 @@ mod tests {
         assert!(f.admit(kind("a:1"), S, "1".into()).is_some());
         assert!(f.due(3 * S).is_empty());
         assert!(f.admit(kind("a:1"), 3 * S + 1, "2".into()).is_some());
+    }
+
+    #[test]
+    fn a_folded_line_with_a_newline_in_its_path_prints_as_one_line() {
+        let mut f = Folding::default();
+        let hostile = "w1 unix:/run/x\n12:00:00.000 w1 127.0.0.1:80 ok refused".to_string();
+        let first = f.admit(kind("unix:/run/x"), S, hostile.clone()).unwrap();
+        assert!(f.admit(kind("unix:/run/x"), S + 1, hostile).is_none());
+        for line in [first].into_iter().chain(f.due(3 * S)) {
+            let shown = line.escaped();
+            assert_eq!(shown.lines().count(), 1, "{shown}");
+            assert!(shown.contains("unix:/run/x\\n12:00"), "{shown}");
+        }
     }
 }

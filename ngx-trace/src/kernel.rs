@@ -8,12 +8,14 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, SkStorage},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, SkStorage},
     programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, TracePoint},
+    sys::SyscallError,
 };
 use ngx_trace_common::{
-    Config, Exchange, GLOBAL_CONFIG, Hook, LOST_SLOTS, MAP_CONNS, MAP_EVENTS, MAP_LOST,
-    MAP_NGINX_PIDS, MAP_UPSTREAM_SOCKS, NGINX_PID_TRACED, NGINX_PID_WORKER, ProgramSpec, SockMark,
+    Config, Exchange, GLOBAL_CONFIG, Hook, LOST_MAP_FULL, LOST_SLOTS, MAP_CONNS, MAP_EVENTS,
+    MAP_LOST, MAP_NGINX_PIDS, MAP_UPSTREAM_SOCKS, NGINX_PID_TRACED, NGINX_PID_WORKER, ProgramSpec,
+    SockMark,
 };
 
 use crate::{
@@ -41,6 +43,8 @@ pub struct Kernel {
     lost: PerCpuArray<MapData, u64>,
     /// Traced pids.
     pids: HashMap<MapData, u32, u32>,
+    /// Pids left untraced at start because `pids` was full.
+    pids_skipped: u64,
     /// Upstream connections in flight.
     conns: HashMap<MapData, u64, Exchange>,
     /// Marks on upstream sockets.
@@ -149,6 +153,7 @@ impl Kernel {
             conns,
             upstream_socks,
             pids,
+            pids_skipped: 0,
             attach_time: started.elapsed(),
             chosen,
             config,
@@ -163,15 +168,25 @@ impl Kernel {
     }
 
     /// Starts tracing `pid`; a `worker` already runs its event loop.
-    pub fn trace_pid(&mut self, pid: u32, worker: bool) -> Result<()> {
+    /// `false` when the kernel's set of traced processes is full: `pid` is
+    /// left untraced and counted with the records lost to a full map (as
+    /// the kernel counts a fork it cannot follow), rather than the run
+    /// failing (under systemd, a crash loop while something holds
+    /// thousands of processes named nginx).
+    pub fn trace_pid(&mut self, pid: u32, worker: bool) -> Result<bool> {
         let mark = if worker {
             NGINX_PID_WORKER
         } else {
             NGINX_PID_TRACED
         };
-        self.pids
-            .insert(pid, mark, 0)
-            .with_context(|| format!("failed to add pid {pid} to the traced set"))
+        match self.pids.insert(pid, mark, 0) {
+            Ok(()) => Ok(true),
+            Err(e) if is_full(&e) => {
+                self.pids_skipped += 1;
+                Ok(false)
+            }
+            Err(e) => Err(e).with_context(|| format!("failed to add pid {pid} to the traced set")),
+        }
     }
 
     /// Marks `sock` (this process's copy of a worker's socket fd) for the
@@ -227,7 +242,21 @@ impl Kernel {
                 .context("failed to read the lost-event counters")?;
             *total = values.iter().sum();
         }
+        totals[LOST_MAP_FULL as usize] += self.pids_skipped;
         Ok(totals)
+    }
+}
+
+/// Whether a failed insert into a BPF hash map means it is full
+/// (`E2BIG`), or the kernel lacks the memory for one more entry
+/// (`ENOMEM`, `ENOSPC`): an entry left out, not a broken map.
+fn is_full(e: &MapError) -> bool {
+    match e {
+        MapError::SyscallError(SyscallError { io_error, .. }) => matches!(
+            io_error.raw_os_error(),
+            Some(libc::E2BIG | libc::ENOMEM | libc::ENOSPC)
+        ),
+        _ => false,
     }
 }
 
@@ -478,5 +507,28 @@ impl Attacher<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update_failed(errno: i32) -> MapError {
+        MapError::SyscallError(SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn a_full_pid_map_skips_the_pid_and_anything_else_fails() {
+        for errno in [libc::E2BIG, libc::ENOMEM, libc::ENOSPC] {
+            assert!(is_full(&update_failed(errno)), "errno {errno}");
+        }
+        for errno in [libc::EPERM, libc::EINVAL, libc::EBADF, libc::EEXIST] {
+            assert!(!is_full(&update_failed(errno)), "errno {errno}");
+        }
+        assert!(!is_full(&MapError::KeyNotFound));
     }
 }

@@ -14,6 +14,7 @@ mod check;
 mod cli;
 mod clock;
 mod configs;
+mod confined;
 #[cfg(test)]
 mod contract;
 mod errorlog;
@@ -36,12 +37,14 @@ mod logfollow;
 mod metrics;
 mod metrics_http;
 mod nginx_conf;
+mod nginx_files;
 mod output;
 mod preflight;
 mod proc_net;
 mod procs;
 mod recording;
 mod records;
+mod sanitize;
 mod session;
 mod summary;
 mod timings;
@@ -151,7 +154,9 @@ fn main() {
             if is_broken_pipe(&err) {
                 std::process::exit(exit::OK);
             }
-            eprintln!("ngx-trace: {err:#}");
+            // Errors can quote what a traced process chose (a path, a
+            // name): escaped like every other line for the terminal.
+            eprintln!("ngx-trace: {}", sanitize::line(&format!("{err:#}")));
             std::process::exit(exit::code_of(&err));
         }
     }
@@ -300,6 +305,11 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
     if let Some(file) = &args.metrics_file {
         metrics::check_file(file)?;
     }
+    if let Some(path) = &args.record {
+        // Said before anything loads; the file is created (never reused)
+        // once tracing starts.
+        recording::check_new(path)?;
+    }
     // Bound before anything loads: a port in use fails at once.
     let metrics_listener = match args.metrics_listen {
         Some(addr) => Some(metrics_http::bind(addr).await?),
@@ -315,17 +325,29 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
     let (mut kernel, events) = Kernel::attach(&config, &tracefs, args.avoid())?;
     // Programs are attached first, then processes listed: a process forked
     // in between is seen by both, never by neither.
-    let initial: BTreeSet<u32> = match args.pid {
+    let mut initial: BTreeSet<u32> = match args.pid {
         Some(pid) => procs::instance_of(pid, &args.comm)?,
         None => procs::all_instances(&args.comm),
     };
     let mut workers = BTreeSet::new();
+    let mut untraced = BTreeSet::new();
     for &pid in &initial {
         let worker = procs::is_worker(pid);
-        kernel.trace_pid(pid, worker)?;
-        if worker {
+        if !kernel.trace_pid(pid, worker)? {
+            untraced.insert(pid);
+        } else if worker {
             workers.insert(pid);
         }
+    }
+    if !untraced.is_empty() {
+        initial.retain(|pid| !untraced.contains(pid));
+        notice(&format!(
+            "the kernel's set of traced processes is full: {} processes named {} left \
+             untraced (counted as lost to a full map); is something else naming itself {}?",
+            untraced.len(),
+            args.comm,
+            args.comm
+        ));
     }
     if args.check {
         return check::report(&kernel, &tracefs, &initial);
@@ -367,7 +389,7 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
     if metrics_listener.is_some() || args.metrics_file.is_some() {
         let configs = configs::Configs::load(args.config.as_deref(), session.traced());
         let metrics = metrics::Metrics::new(
-            configs.config(),
+            &metrics::instance_configs(&configs),
             args.metrics_max_servers,
             args.metrics_file.clone(),
         )?;
@@ -402,15 +424,11 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
     Ok(())
 }
 
-/// `out`, also recording to `path` (created or emptied), its header naming
-/// the local time of `nginx` (a traced process), the clock of its log.
+/// `out`, also recording to `path` (a new file, see [`recording::create`]),
+/// its header naming the local time of `nginx` (a traced process), the
+/// clock of its log.
 fn record_to(out: Output, path: &std::path::Path, nginx: Option<u32>) -> Result<Output> {
-    let file = std::fs::File::create(path).with_context(|| {
-        format!(
-            "failed to create the recording {}: check the directory and its permissions",
-            path.display()
-        )
-    })?;
+    let file = recording::create(path)?;
     let header = recording::Header {
         event: "recording",
         version: 1,

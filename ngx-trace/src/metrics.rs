@@ -5,8 +5,14 @@
 //! address when a location passes to one directly), `server` the address;
 //! no pid, no path. Past `--metrics-max-servers` distinct servers, new ones
 //! are counted as `server="other"` and the folded ones are counted.
+//!
+//! A server's group is looked up in the configuration of the nginx instance
+//! whose worker made the exchange: two instances may use one address in
+//! groups of different names.
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    io::Write as _,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -21,6 +27,7 @@ use fastmetrics::{
 };
 
 use crate::{
+    configs::Configs,
     nginx_conf::Config,
     records::Transport,
     timings::Timings,
@@ -55,6 +62,83 @@ const BUCKETS_US: [u64; 21] = [
 
 /// The label the servers past the cap share.
 const OTHER: &str = "other";
+
+/// The master pid of a configuration that applies to every nginx instance
+/// (`--config FILE`, or one merged from every master), and to workers whose
+/// own instance's configuration is unknown.
+pub const ANY_INSTANCE: u32 = 0;
+
+/// The configurations group labels come from, by master pid: each
+/// instance's own; with `--config FILE` (no instance's), that one for all
+/// ([`ANY_INSTANCE`]), as is the only instance's when there is one (for
+/// its workers whose master could not be read).
+pub fn instance_configs(configs: &Configs) -> Vec<(u32, &Config)> {
+    let per_master = configs.per_master();
+    let mut instances: Vec<(u32, &Config)> = per_master.iter().map(|(m, c)| (*m, c)).collect();
+    if per_master.len() <= 1 {
+        instances.push((ANY_INSTANCE, configs.config()));
+    }
+    instances
+}
+
+/// Workers whose master is remembered, at most (past it, only the current
+/// workers' are kept): those gone stay known for their last exchanges.
+const MAX_WORKERS_REMEMBERED: usize = 4096;
+
+/// One exchange's route: the worker that made it (whose master says which
+/// instance's groups apply) and the server it went to.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    /// The nginx worker's pid.
+    pub worker: u32,
+    /// The server, as named in events (`127.0.0.1:8081`, `unix:/run/a.sock`).
+    pub server: &'a str,
+    /// How it is reached.
+    pub transport: Transport,
+}
+
+/// The `upstream{}` group of each server address, per nginx instance.
+#[derive(Default)]
+struct Groups {
+    /// By master pid ([`ANY_INSTANCE`]: every instance), each server
+    /// address's group (the first group that lists it, in that instance).
+    by_master: HashMap<u32, HashMap<String, Arc<str>>>,
+    /// The master of each worker seen.
+    masters: HashMap<u32, u32>,
+}
+
+impl Groups {
+    /// Groups from `configs`, by master pid; the workers' masters stay.
+    fn set(&mut self, configs: &[(u32, &Config)]) {
+        self.by_master.clear();
+        for (master, config) in configs {
+            let groups = self.by_master.entry(*master).or_default();
+            for group in &config.groups {
+                let name: Arc<str> = group.name.as_str().into();
+                for server in &group.servers {
+                    for addr in &server.addrs {
+                        groups
+                            .entry(addr.clone())
+                            .or_insert_with(|| Arc::clone(&name));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The group of `server` for the exchanges of `worker`: from its own
+    /// instance's configuration when known (a server in no group there is
+    /// no other instance's group member), else from [`ANY_INSTANCE`]'s.
+    fn of(&self, worker: u32, server: &str) -> Option<Arc<str>> {
+        let own = self
+            .masters
+            .get(&worker)
+            .and_then(|master| self.by_master.get(master));
+        own.or_else(|| self.by_master.get(&ANY_INSTANCE))?
+            .get(server)
+            .cloned()
+    }
+}
 
 /// µs as the seconds Prometheus wants. Bounds and observations go through
 /// this one conversion: it is monotonic, so an observation equal to a
@@ -198,13 +282,14 @@ pub struct Metrics {
     lost: Counter,
     traced_workers: Gauge,
     folded: Gauge,
-    /// Labels by server name, formatted once.
-    servers: HashMap<Arc<str>, ServerLabels>,
+    /// The servers labelled by name (at most `max_servers`), each name
+    /// allocated once.
+    servers: HashSet<Arc<str>>,
     /// Servers counted as `other`.
     folded_servers: HashSet<String>,
     max_servers: usize,
-    /// The group of each server, from the configuration.
-    groups: HashMap<String, Arc<str>>,
+    /// The group of each server, per instance.
+    groups: Groups,
     file: Option<PathBuf>,
 }
 
@@ -230,10 +315,19 @@ const PHASE_HELP: [(&str, &str); 4] = [
 
 impl Metrics {
     /// Registers every metric, with histogram buckets from 100 µs to 600 s
-    /// plus every timeout `config` sets; `file`, if given, is written by
+    /// plus every timeout the `configs` (by master pid, see
+    /// [`Metrics::set_configs`]) set; `file`, if given, is written by
     /// [`Metrics::write_file`].
-    pub fn new(config: &Config, max_servers: usize, file: Option<PathBuf>) -> Result<Self> {
-        let bounds: Vec<f64> = bucket_bounds_us(&timeout_values_us(config))
+    pub fn new(
+        configs: &[(u32, &Config)],
+        max_servers: usize,
+        file: Option<PathBuf>,
+    ) -> Result<Self> {
+        let configured: BTreeSet<u64> = configs
+            .iter()
+            .flat_map(|(_, config)| timeout_values_us(config))
+            .collect();
+        let bounds: Vec<f64> = bucket_bounds_us(&configured)
             .into_iter()
             .map(seconds)
             .collect();
@@ -263,10 +357,10 @@ impl Metrics {
             lost: Counter::default(),
             traced_workers: Gauge::default(),
             folded: Gauge::default(),
-            servers: HashMap::new(),
+            servers: HashSet::new(),
             folded_servers: HashSet::new(),
             max_servers,
-            groups: HashMap::new(),
+            groups: Groups::default(),
             file,
         };
         let build = Family::<BuildLabels, Gauge>::default();
@@ -343,7 +437,7 @@ impl Metrics {
             .with_context(|| fail("build_info"))?;
         let mut metrics = metrics;
         metrics.registry = Arc::new(registry);
-        metrics.set_config(config);
+        metrics.set_configs(configs);
         Ok(metrics)
     }
 
@@ -352,31 +446,15 @@ impl Metrics {
         Arc::clone(&self.registry)
     }
 
-    /// Takes the configuration (again, after a reload): groups and timeouts.
-    /// Histogram buckets stay as they were at start.
-    pub fn set_config(&mut self, config: &Config) {
-        self.groups.clear();
-        for group in &config.groups {
-            let name: Arc<str> = group.name.as_str().into();
-            for server in &group.servers {
-                for addr in &server.addrs {
-                    self.groups
-                        .entry(addr.clone())
-                        .or_insert_with(|| Arc::clone(&name));
-                }
-            }
-        }
-        // A server's group may have changed: label it again (the servers
-        // labelled stay, so the cap holds across reloads).
-        for (name, labels) in self.servers.iter_mut() {
-            labels.upstream = self
-                .groups
-                .get(&**name)
-                .cloned()
-                .unwrap_or_else(|| Arc::clone(name));
-        }
+    /// Takes the configurations (again, after a reload), each with the pid
+    /// of the master whose instance it configures ([`ANY_INSTANCE`] for
+    /// one that applies to all): groups and timeouts. Histogram buckets
+    /// stay as they were at start; the servers labelled stay too, so the
+    /// cap holds across reloads.
+    pub fn set_configs(&mut self, configs: &[(u32, &Config)]) {
+        self.groups.set(configs);
         let mut shown = HashSet::new();
-        for location in &config.locations {
+        for location in configs.iter().flat_map(|(_, c)| &c.locations) {
             let upstreams: Vec<&str> = match &location.group {
                 Some(group) => vec![group.as_str()],
                 None => location.servers.iter().map(String::as_str).collect(),
@@ -392,8 +470,10 @@ impl Metrics {
                         location: location.name.as_str().into(),
                         directive: directive.as_str().into(),
                     };
+                    // ms as seconds without going through µs: a valid
+                    // `600000y` overflows u64 µs.
                     self.timeouts
-                        .with_or_new(&labels, |g| g.set(seconds(ms * 1000)));
+                        .with_or_new(&labels, |g| g.set(ms as f64 / 1e3));
                     shown.insert(labels);
                 }
             }
@@ -405,47 +485,57 @@ impl Metrics {
         self.timeouts_shown = shown;
     }
 
-    /// The labels of `server`, folded into `other` past the cap.
-    fn labels(&mut self, server: &str, transport: Transport) -> ServerLabels {
-        if let Some(labels) = self.servers.get(server) {
-            return labels.clone();
+    /// Remembers the master of each worker in `workers` (worker pid →
+    /// master pid), whose configuration names its servers' groups.
+    pub fn set_masters(&mut self, workers: &BTreeMap<u32, u32>) {
+        let masters = &mut self.groups.masters;
+        if masters.len() + workers.len() > MAX_WORKERS_REMEMBERED {
+            masters.clear();
         }
-        let group = self.groups.get(server).cloned();
-        let known = self.servers.len();
-        let labels = if known < self.max_servers {
-            let name: Arc<str> = server.into();
-            ServerLabels {
-                upstream: group.unwrap_or_else(|| Arc::clone(&name)),
-                server: name,
-                transport: transport.as_str(),
-            }
-        } else {
-            // Bounded too: past 65,536 the count stops growing.
-            if self.folded_servers.len() < 65_536 && !self.folded_servers.contains(server) {
-                self.folded_servers.insert(server.to_string());
-                self.folded.set(self.folded_servers.len() as i64);
-            }
-            return ServerLabels {
-                upstream: group.unwrap_or_else(|| OTHER.into()),
-                server: OTHER.into(),
-                transport: transport.as_str(),
-            };
-        };
-        self.servers.insert(server.into(), labels.clone());
-        labels
+        masters.extend(workers);
     }
 
-    /// Counts one finished exchange of `server` and its phase durations.
+    /// The labels of `route`'s server, folded into `other` past the cap.
+    fn labels(&mut self, route: Route<'_>) -> ServerLabels {
+        let group = self.groups.of(route.worker, route.server);
+        let name = match self.servers.get(route.server) {
+            Some(name) => Arc::clone(name),
+            None if self.servers.len() < self.max_servers => {
+                let name: Arc<str> = route.server.into();
+                self.servers.insert(Arc::clone(&name));
+                name
+            }
+            None => {
+                // Bounded too: past 65,536 the count stops growing.
+                if self.folded_servers.len() < 65_536 && !self.folded_servers.contains(route.server)
+                {
+                    self.folded_servers.insert(route.server.to_string());
+                    self.folded.set(self.folded_servers.len() as i64);
+                }
+                return ServerLabels {
+                    upstream: group.unwrap_or_else(|| OTHER.into()),
+                    server: OTHER.into(),
+                    transport: route.transport.as_str(),
+                };
+            }
+        };
+        ServerLabels {
+            upstream: group.unwrap_or_else(|| Arc::clone(&name)),
+            server: name,
+            transport: route.transport.as_str(),
+        }
+    }
+
+    /// Counts one finished exchange on `route` and its phase durations.
     pub fn exchange(
         &mut self,
-        server: &str,
-        transport: Transport,
+        route: Route<'_>,
         outcome: Outcome,
         verdict: Verdict,
         timings: &Timings,
         retransmits: (u32, u32),
     ) {
-        let labels = self.labels(server, transport);
+        let labels = self.labels(route);
         for (family, value) in [
             (&self.phases.connect, timings.connect),
             (&self.phases.first_byte, timings.first_byte),
@@ -474,11 +564,11 @@ impl Metrics {
         self.exchanges.with_or_new(&labels, |c| c.inc());
     }
 
-    /// Sets the exchanges under way now, per server.
-    pub fn set_pending<'a>(&mut self, servers: impl Iterator<Item = (&'a str, Transport)>) {
+    /// Sets the exchanges under way now, one route each.
+    pub fn set_pending<'a>(&mut self, routes: impl Iterator<Item = Route<'a>>) {
         let mut counts: HashMap<ServerLabels, i64> = HashMap::new();
-        for (server, transport) in servers {
-            *counts.entry(self.labels(server, transport)).or_default() += 1;
+        for route in routes {
+            *counts.entry(self.labels(route)).or_default() += 1;
         }
         for gone in self
             .pending_shown
@@ -543,7 +633,8 @@ fn is_timeout(directive: &str) -> bool {
         || directive.ends_with("_next_upstream_timeout")
 }
 
-/// Every timeout value `config` sets (defaults included), µs.
+/// Every timeout value `config` sets (defaults included), µs; one too long
+/// for u64 µs (`600000y` is valid nginx) reads `u64::MAX`.
 pub fn timeout_values_us(config: &Config) -> BTreeSet<u64> {
     config
         .locations
@@ -551,7 +642,7 @@ pub fn timeout_values_us(config: &Config) -> BTreeSet<u64> {
         .flat_map(|l| &l.settings)
         .filter(|(name, _)| is_timeout(name))
         .filter_map(|(_, s)| s.ms())
-        .map(|ms| ms * 1000)
+        .map(|ms| ms.saturating_mul(1000))
         .collect()
 }
 
@@ -585,25 +676,73 @@ pub fn encode(registry: &Registry, format: Format) -> Result<String> {
     Ok(body)
 }
 
-/// Writes `bytes` to `path` through a temporary file renamed over it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("--metrics-file {} names no file", path.display()))?;
+/// A value nobody else can guess: the kernel's random bytes (`getrandom`),
+/// else std's hasher keys, also seeded from the OS.
+fn unguessable() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: the kernel writes at most `bytes.len()` bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if usize::try_from(n) == Ok(bytes.len()) {
+        return u64::from_ne_bytes(bytes);
+    }
+    use std::hash::BuildHasher as _;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// The temporary file beside `path` for the write numbered `random`:
+/// `.NAME.PID.RANDOM.tmp`, hidden from textfile collectors (they read
+/// `*.prom`).
+fn temporary_path(path: &Path, random: u64) -> Option<PathBuf> {
     let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .with_context(|| {
-            let _ = std::fs::remove_file(&tmp);
-            format!(
-                "failed to write the metrics file {}: check that its directory exists and is \
-                 writable",
-                path.display()
-            )
-        })
+    tmp_name.push(path.file_name()?);
+    tmp_name.push(format!(".{}.{random:016x}.tmp", std::process::id()));
+    Some(path.with_file_name(tmp_name))
+}
+
+/// Writes `bytes` to `tmp`, a file it creates (never one that exists, nor
+/// through a symbolic link: the directory may be writable by others), then
+/// renames it over `path` (which replaces a link at `path` itself, never
+/// its target).
+fn write_through(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(0o644)
+        .open(tmp)?;
+    // 0644 whatever the umask: textfile collectors (node_exporter) run as
+    // another user and must read it; it holds nothing nginx -T does not.
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| file.write_all(bytes))
+        .and_then(|()| std::fs::rename(tmp, path));
+    if written.is_err() {
+        // Ours: created above, with a name nobody else knows.
+        let _ = std::fs::remove_file(tmp);
+    }
+    written
+}
+
+/// Writes `bytes` to `path` through a temporary file, with an unguessable
+/// name in the same directory, renamed over it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let failed = || {
+        format!(
+            "failed to write the metrics file {}: check that its directory exists and is \
+             writable",
+            path.display()
+        )
+    };
+    let mut tries = 0;
+    loop {
+        let tmp = temporary_path(path, unguessable())
+            .with_context(|| format!("--metrics-file {} names no file", path.display()))?;
+        match write_through(&tmp, path, bytes) {
+            // A name taken (by chance, or planted): draw another.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 3 => tries += 1,
+            written => return written.with_context(failed),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -624,6 +763,18 @@ mod tests {
           }\n\
         }\n";
 
+    /// A worker of the instance configured by `DUMP` (under
+    /// [`ANY_INSTANCE`] in most tests).
+    const WORKER: u32 = 4243;
+
+    fn tcp(worker: u32, server: &str) -> Route<'_> {
+        Route {
+            worker,
+            server,
+            transport: Transport::Tcp,
+        }
+    }
+
     fn scrape(m: &Metrics, format: Format) -> String {
         encode(&m.registry, format).unwrap()
     }
@@ -642,15 +793,14 @@ mod tests {
 
     #[test]
     fn a_value_on_a_bound_is_counted_in_that_bucket() {
-        let mut m = Metrics::new(&config(DUMP), 10, None).unwrap();
+        let mut m = Metrics::new(&[(ANY_INSTANCE, &config(DUMP))], 10, None).unwrap();
         let t = |us| Timings {
             first_byte: Some(us),
             ..Timings::default()
         };
         for us in [1_500_000, 1_500_001, 99] {
             m.exchange(
-                "127.0.0.1:8081",
-                Transport::Tcp,
+                tcp(WORKER, "127.0.0.1:8081"),
                 Outcome::Ok,
                 Verdict::Healthy,
                 &t(us),
@@ -676,19 +826,17 @@ mod tests {
 
     #[test]
     fn exchanges_are_labelled_by_group_server_outcome_and_verdict() {
-        let mut m = Metrics::new(&config(DUMP), 10, None).unwrap();
+        let mut m = Metrics::new(&[(ANY_INSTANCE, &config(DUMP))], 10, None).unwrap();
         let t = Timings::default();
         m.exchange(
-            "127.0.0.1:8082",
-            Transport::Tcp,
+            tcp(WORKER, "127.0.0.1:8082"),
             Outcome::Refused,
             Verdict::BackendDown,
             &t,
             (2, 1),
         );
         m.exchange(
-            "127.0.0.1:9000",
-            Transport::Tcp,
+            tcp(WORKER, "127.0.0.1:9000"),
             Outcome::Ok,
             Verdict::Healthy,
             &t,
@@ -713,12 +861,11 @@ mod tests {
 
     #[test]
     fn servers_past_the_cap_fold_into_other_and_are_counted() {
-        let mut m = Metrics::new(&Config::default(), 2, None).unwrap();
+        let mut m = Metrics::new(&[], 2, None).unwrap();
         for port in 1..=5 {
             let server = format!("10.0.0.1:{port}");
             m.exchange(
-                &server,
-                Transport::Tcp,
+                tcp(WORKER, &server),
                 Outcome::Ok,
                 Verdict::Healthy,
                 &Timings::default(),
@@ -738,8 +885,15 @@ mod tests {
 
     #[test]
     fn pending_servers_that_finish_read_zero() {
-        let mut m = Metrics::new(&Config::default(), 10, None).unwrap();
-        m.set_pending([("unix:/run/php.sock", Transport::Unix); 2].into_iter());
+        let mut m = Metrics::new(&[], 10, None).unwrap();
+        m.set_pending(
+            [Route {
+                worker: WORKER,
+                server: "unix:/run/php.sock",
+                transport: Transport::Unix,
+            }; 2]
+                .into_iter(),
+        );
         let text = scrape(&m, Format::OpenMetrics);
         assert!(
             text.contains(
@@ -761,7 +915,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ngx-trace-metrics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ngx-trace.prom");
-        let m = Metrics::new(&Config::default(), 10, Some(path.clone())).unwrap();
+        let m = Metrics::new(&[], 10, Some(path.clone())).unwrap();
         m.set_traced_workers(4);
         m.write_file().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -769,5 +923,125 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(left.len(), 1, "temporary files left: {left:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_planted_symbolic_link_is_never_followed() {
+        let dir = std::env::temp_dir().join(format!("ngx-trace-symlink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "untouched\n").unwrap();
+        let path = dir.join("ngx-trace.prom");
+        // The name the temporary file had before (pid only), a guess of
+        // the new one, and the target itself, all links to the victim.
+        let old = dir.join(format!(".ngx-trace.prom.{}.tmp", std::process::id()));
+        let guessed = temporary_path(&path, 42).unwrap();
+        for link in [&old, &guessed, &path] {
+            std::os::unix::fs::symlink(&victim, link).unwrap();
+        }
+        let err = write_through(&guessed, &path, b"metrics\n").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+        let m = Metrics::new(&[], 10, Some(path.clone())).unwrap();
+        m.set_traced_workers(7);
+        m.write_file().unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+        // The link at the target was replaced by the file itself, whole.
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file(), "{meta:?}");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("ngxtrace_traced_workers 7"), "{text}");
+        assert_eq!(text, encode(&m.registry, Format::Prometheus).unwrap());
+        // Nothing else was created beside the planted links.
+        let names = |paths: &[&Path]| -> BTreeSet<String> {
+            paths
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        let left: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let left: Vec<&Path> = left.iter().map(PathBuf::as_path).collect();
+        assert_eq!(names(&left), names(&[&old, &guessed, &path, &victim]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One instance's configuration: `server` in group `group`.
+    fn instance(group: &str, server: &str) -> Config {
+        config(&format!(
+            "# configuration file /etc/nginx/nginx.conf:\n\
+             http {{\n\
+               upstream {group} {{ server {server}; }}\n\
+               server {{ listen 80; location / {{ proxy_pass http://{group}; }} }}\n\
+             }}\n"
+        ))
+    }
+
+    #[test]
+    fn each_instance_names_its_own_groups() {
+        // Two nginx instances (masters 100 and 200) send to one address
+        // under groups of different names.
+        let shop = instance("shop", "10.0.0.5:80");
+        let blog = instance("blog", "10.0.0.5:80");
+        let mut m = Metrics::new(&[(100, &shop), (200, &blog)], 10, None).unwrap();
+        m.set_masters(&BTreeMap::from([(101, 100), (201, 200)]));
+        let count = |m: &mut Metrics, worker| {
+            m.exchange(
+                tcp(worker, "10.0.0.5:80"),
+                Outcome::Ok,
+                Verdict::Healthy,
+                &Timings::default(),
+                (0, 0),
+            );
+        };
+        count(&mut m, 101);
+        count(&mut m, 201);
+        count(&mut m, 201);
+        // A worker whose instance is unknown: no instance's group is its.
+        count(&mut m, 301);
+        let line = |upstream: &str, n: u32| {
+            format!(
+                "ngxtrace_exchanges_total{{upstream=\"{upstream}\",server=\"10.0.0.5:80\",\
+                 transport=\"tcp\",outcome=\"ok\",verdict=\"healthy\"}} {n}"
+            )
+        };
+        let text = scrape(&m, Format::Prometheus);
+        for expected in [line("shop", 1), line("blog", 2), line("10.0.0.5:80", 1)] {
+            assert!(text.contains(&expected), "no {expected} in\n{text}");
+        }
+        // A configuration for every instance applies to the unknown one.
+        let any = instance("any", "10.0.0.5:80");
+        m.set_configs(&[(100, &shop), (200, &blog), (ANY_INSTANCE, &any)]);
+        count(&mut m, 301);
+        count(&mut m, 101);
+        let text = scrape(&m, Format::Prometheus);
+        for expected in [line("any", 1), line("shop", 2)] {
+            assert!(text.contains(&expected), "no {expected} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_timeout_of_600000_years_neither_overflows_nor_is_cut() {
+        let huge = config(
+            "# configuration file /etc/nginx/nginx.conf:\n\
+             http {\n\
+               proxy_read_timeout 600000y;\n\
+               server { listen 80; location / { proxy_pass http://127.0.0.1:9000; } }\n\
+             }\n",
+        );
+        assert_eq!(timeout_values_us(&huge).last(), Some(&u64::MAX));
+        let m = Metrics::new(&[(ANY_INSTANCE, &huge)], 10, None).unwrap();
+        let text = scrape(&m, Format::Prometheus);
+        let prefix = "ngxtrace_configured_timeout_seconds{upstream=\"127.0.0.1:9000\",\
+                      location=\"/\",directive=\"proxy_read_timeout\"} ";
+        let seconds: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .parse()
+            .unwrap();
+        assert_eq!(seconds, 600_000.0 * 365.0 * 86_400.0);
     }
 }

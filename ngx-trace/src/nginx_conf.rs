@@ -1,7 +1,7 @@
-//! nginx's configuration as nginx itself sees it: the `nginx -T` dump of a
-//! running instance (its own binary, its own `-c`, `-p` and `-g`, in its
-//! mount namespace), or a saved one. Parsed into directives with file and
-//! line, `include`s spliced in from the dump, then resolved into what
+//! nginx's configuration as nginx itself sees it: the files of a running
+//! instance, read as data (`nginx_files`), or a saved `nginx -T` dump.
+//! Parsed into directives with file and line, `include`s spliced in from
+//! the files read, then resolved into what
 //! ngx-trace needs: for each upstream server, its group and every location
 //! passing to it, with the timeouts and retry settings in effect there
 //! (nginx's defaults where none is set). A problem names its file and line
@@ -9,8 +9,9 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr, ToSocketAddrs as _},
-    process::Command,
 };
+
+use crate::nginx_files::glob_match;
 
 /// The modules that pass requests to upstreams, as directive prefixes.
 pub const MODULES: [&str; 5] = ["proxy", "fastcgi", "uwsgi", "scgi", "grpc"];
@@ -198,27 +199,20 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Directive>, Problem> {
     Ok(top)
 }
 
-/// Whether `path` matches the glob `pattern` (`*`, `?`; `/` matched only
-/// by itself), as nginx's `include` does.
-fn glob_match(pattern: &[u8], path: &[u8]) -> bool {
-    match (pattern.first(), path.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob_match(&pattern[1..], path)
-                || (path.first().is_some_and(|&c| c != b'/') && glob_match(pattern, &path[1..]))
-        }
-        (Some(b'?'), Some(&c)) if c != b'/' => glob_match(&pattern[1..], &path[1..]),
-        (Some(p), Some(c)) if p == c => glob_match(&pattern[1..], &path[1..]),
-        _ => false,
-    }
+/// The whole configuration from a dump: see [`load_files`].
+pub fn load(dump: &str) -> (Vec<Directive>, Vec<Problem>) {
+    load_files(&split_dump(dump), None)
 }
 
-/// The whole configuration from a dump: the first file's directives with
-/// every `include` replaced by the directives of the dumped files it
-/// matches (relative patterns from the first file's directory). Problems
-/// are collected, never fatal: what parsed is kept.
-pub fn load(dump: &str) -> (Vec<Directive>, Vec<Problem>) {
-    let files = split_dump(dump);
+/// The whole configuration from its files (the main one first) and the
+/// `-g` directives: those first (nginx parses them before the file), then
+/// the main file's, with every `include` replaced by the directives of the
+/// files it matches (relative patterns from the main file's directory).
+/// Problems are collected, never fatal: what parsed is kept.
+pub fn load_files(
+    files: &[(String, String)],
+    globals: Option<&str>,
+) -> (Vec<Directive>, Vec<Problem>) {
     let mut problems = Vec::new();
     let Some((main, _)) = files.first() else {
         problems.push(Problem {
@@ -229,7 +223,7 @@ pub fn load(dump: &str) -> (Vec<Directive>, Vec<Problem>) {
     };
     let base = main.rsplit_once('/').map_or("", |(dir, _)| dir).to_string();
     let mut parsed: BTreeMap<&str, Vec<Directive>> = BTreeMap::new();
-    for (path, text) in &files {
+    for (path, text) in files {
         match parse_file(path, text) {
             Ok(directives) => {
                 parsed.insert(path, directives);
@@ -238,7 +232,14 @@ pub fn load(dump: &str) -> (Vec<Directive>, Vec<Problem>) {
         }
     }
     let order: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
-    let root = parsed.get(main.as_str()).cloned().unwrap_or_default();
+    let mut root = Vec::new();
+    if let Some(g) = globals {
+        match parse_file("-g", g) {
+            Ok(directives) => root.extend(directives),
+            Err(p) => problems.push(p),
+        }
+    }
+    root.extend(parsed.get(main.as_str()).cloned().unwrap_or_default());
     let root = splice(root, &parsed, &order, &base, 0, &mut problems);
     (root, problems)
 }
@@ -272,7 +273,7 @@ fn splice(
             let mut matched: Vec<&str> = order
                 .iter()
                 .copied()
-                .filter(|p| glob_match(pattern.as_bytes(), p.as_bytes()))
+                .filter(|p| glob_match(&pattern, p))
                 .collect();
             // nginx includes a pattern's files in name order.
             matched.sort_unstable();
@@ -685,62 +686,18 @@ impl Config {
         resolve(&root, problems)
     }
 
+    /// From a running instance's files (see [`load_files`]).
+    pub fn from_files(files: &[(String, String)], globals: Option<&str>) -> Self {
+        let (root, problems) = load_files(files, globals);
+        resolve(&root, problems)
+    }
+
     /// The locations that reach upstream server `server`.
     pub fn locations_of<'a>(&'a self, server: &'a str) -> impl Iterator<Item = &'a Location> {
         self.locations
             .iter()
             .filter(move |l| l.servers.iter().any(|s| s == server))
     }
-}
-
-/// Runs the instance's own binary (`/proc/<master>/exe`, in its mount
-/// namespace) with `-T` and the master's `-c`, `-p` and `-g`: the dump of
-/// the configuration as nginx reads it now.
-pub fn dump_of(master: u32) -> Result<String, String> {
-    let cmdline = std::fs::read(format!("/proc/{master}/cmdline"))
-        .map_err(|e| format!("cannot read nginx {master}'s command line: {e}"))?;
-    let args: Vec<String> = cmdline
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    // The master's title (`nginx: master process /usr/sbin/nginx -c x`)
-    // keeps its arguments after the binary.
-    let words: Vec<&str> = args.iter().flat_map(|a| a.split(' ')).collect();
-    let mut pass = Vec::new();
-    let mut it = words.iter();
-    while let Some(w) = it.next() {
-        if matches!(*w, "-c" | "-p" | "-g")
-            && let Some(v) = it.next()
-        {
-            pass.push(w.to_string());
-            pass.push(v.to_string());
-        }
-    }
-    let exe = std::fs::read_link(format!("/proc/{master}/exe"))
-        .map_err(|e| format!("cannot find nginx {master}'s binary: {e}"))?;
-    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
-    let theirs = std::fs::read_link(format!("/proc/{master}/ns/mnt")).ok();
-    let mut command = if ours == theirs {
-        Command::new(&exe)
-    } else {
-        let mut c = Command::new("nsenter");
-        c.args(["-t", &master.to_string(), "-m", "--"]).arg(&exe);
-        c
-    };
-    let out = command
-        .arg("-T")
-        .args(&pass)
-        .output()
-        .map_err(|e| format!("cannot run {} -T: {e}", exe.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} -T failed: {}",
-            exe.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
@@ -861,22 +818,5 @@ upstream x {
         assert_eq!(c.problems[0].at, "/etc/nginx/conf.d/bad.conf:1");
         let c = Config::from_dump("user nobody;");
         assert!(c.problems[0].what.contains("no `# configuration file`"));
-    }
-
-    #[test]
-    fn globs_match_like_include() {
-        assert!(glob_match(
-            b"/etc/nginx/conf.d/*.conf",
-            b"/etc/nginx/conf.d/a.conf"
-        ));
-        assert!(!glob_match(
-            b"/etc/nginx/conf.d/*.conf",
-            b"/etc/nginx/conf.d/sub/a.conf"
-        ));
-        assert!(glob_match(
-            b"/etc/nginx/sites-enabled/*",
-            b"/etc/nginx/sites-enabled/default"
-        ));
-        assert!(!glob_match(b"/etc/nginx/x?.conf", b"/etc/nginx/x.conf"));
     }
 }

@@ -1,5 +1,5 @@
 //! Finding nginx processes in /proc.
-use std::{collections::BTreeSet, fs};
+use std::{collections::BTreeSet, fs, io};
 
 use anyhow::Result;
 
@@ -45,15 +45,43 @@ pub fn status(pid: u32) -> Option<Status> {
     parse_status(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
-/// Whether `pid` is a process (not a thread) that still exists.
-pub fn is_process(pid: u32) -> bool {
-    status(pid).is_some_and(|s| s.tgid == pid)
+/// Whether reading `/proc` failed with `e` because this process (or the
+/// host) is out of descriptors (EMFILE, ENFILE): it says nothing about the
+/// process read, which may well be alive.
+pub fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-/// Whether the process title says nginx worker ("nginx: worker process").
+/// Reads `/proc/<pid>/<file>`: `None` when the process is gone (or hides
+/// it), an error only when this process is out of descriptors.
+fn read_proc(pid: u32, file: &str) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(format!("/proc/{pid}/{file}")) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if out_of_descriptors(&e) => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Whether `pid` is a process (not a thread) that still exists; an error
+/// when `/proc` cannot tell for want of descriptors (see
+/// [`out_of_descriptors`]): not a sign it is gone.
+pub fn process_exists(pid: u32) -> io::Result<bool> {
+    Ok(read_proc(pid, "status")?
+        .and_then(|bytes| parse_status(&String::from_utf8_lossy(&bytes)))
+        .is_some_and(|s| s.tgid == pid))
+}
+
+/// Whether the process title says nginx worker ("nginx: worker process");
+/// an error when `/proc` cannot tell for want of descriptors.
+pub fn has_worker_title(pid: u32) -> io::Result<bool> {
+    Ok(read_proc(pid, "cmdline")?
+        .is_some_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("worker process")))
+}
+
+/// Whether the process title says nginx worker (`false` when `/proc`
+/// cannot tell).
 pub fn is_worker(pid: u32) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("worker process"))
+    has_worker_title(pid).unwrap_or(false)
 }
 
 fn all_processes() -> Vec<(u32, Status)> {
@@ -177,9 +205,22 @@ mod tests {
     }
 
     #[test]
+    fn only_running_out_of_descriptors_is_not_a_process_gone() {
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            assert!(out_of_descriptors(&io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [libc::ENOENT, libc::ESRCH, libc::EACCES] {
+            assert!(!out_of_descriptors(&io::Error::from_raw_os_error(errno)));
+        }
+        // pid_max is at most 2^22: no such process.
+        assert!(!process_exists(u32::MAX - 1).unwrap());
+        assert!(!has_worker_title(u32::MAX - 1).unwrap());
+    }
+
+    #[test]
     fn this_process_is_found_and_is_not_nginx() {
         let me = std::process::id();
-        assert!(is_process(me));
+        assert!(process_exists(me).unwrap());
         let err = instance_of(me, "nginx").unwrap_err();
         assert_eq!(crate::exit::code_of(&err), crate::exit::NO_SUCH_NGINX);
         assert!(err.to_string().contains("not nginx"), "{err}");

@@ -2,7 +2,9 @@
 //! has it, healthy exchanges included, after a header line that says when
 //! the recording started and the local time nginx writes its log in.
 use std::{
-    io::{BufRead as _, BufReader},
+    fs::File,
+    io::{self, BufRead as _, BufReader},
+    os::unix::fs::OpenOptionsExt as _,
     path::Path,
     time::SystemTime,
 };
@@ -35,6 +37,56 @@ pub struct Recording {
     pub utc_offset_s: i64,
     /// Its events, in order.
     pub events: Vec<Value>,
+}
+
+/// Creates the recording file `path`, new, readable by root alone (it
+/// holds every upstream exchange: addresses, paths, error lines). ngx-trace
+/// runs as root, perhaps in a directory others can write: it never follows
+/// a symbolic link there, nor reuses a file (a planted link would have root
+/// overwrite its target). Call it before tracing starts, so that a name
+/// taken fails at once.
+pub fn create(path: &Path) -> Result<File> {
+    check_new(path)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        // O_CREAT | O_EXCL, and O_EXCL also refuses a symbolic link there.
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => UserError::new(
+                exit::USAGE,
+                format!(
+                    "the recording {} exists already: remove it, or give --record another name \
+                     (ngx-trace never overwrites a file, nor writes through a symbolic link)",
+                    path.display()
+                ),
+            )
+            .into(),
+            _ => anyhow::Error::new(e).context(format!(
+                "failed to create the recording {}: check the directory and its permissions",
+                path.display()
+            )),
+        })
+}
+
+/// Fails, as [`create`] would, when something is at `path` already (a
+/// file, or a symbolic link, dangling or not): to say so before tracing
+/// starts.
+pub fn check_new(path: &Path) -> Result<()> {
+    if path.symlink_metadata().is_ok() {
+        return Err(UserError::new(
+            exit::USAGE,
+            format!(
+                "the recording {} exists already: remove it, or give --record another name \
+                 (ngx-trace never overwrites a file, nor writes through a symbolic link)",
+                path.display()
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Reads the recording at `path`; its lines that are not events are
@@ -83,4 +135,61 @@ pub fn load(path: &Path) -> Result<(Recording, usize)> {
         },
         bad,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// A new empty directory for one test.
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("ngx-trace-recording-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_new_recording_is_readable_by_root_alone() {
+        let dir = temp_dir("new");
+        let path = dir.join("trace.jsonl");
+        create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_existing_file_is_refused_and_left_as_it_was() {
+        let dir = temp_dir("exists");
+        let path = dir.join("trace.jsonl");
+        std::fs::write(&path, "keep me\n").unwrap();
+        let err = create(&path).unwrap_err();
+        let user = err.downcast_ref::<UserError>().expect("a user error");
+        assert_eq!(user.code, exit::USAGE);
+        assert!(user.message.contains(&path.display().to_string()), "{user}");
+        assert!(user.message.contains("remove it"), "{user}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symbolic_link_is_refused_and_its_target_left_as_it_was() {
+        let dir = temp_dir("link");
+        let target = dir.join("shadow");
+        std::fs::write(&target, "root:x:0:\n").unwrap();
+        let link = dir.join("trace.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(create(&link).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "root:x:0:\n");
+        // A dangling link is not followed to create its target either.
+        let dangling = dir.join("dangling.jsonl");
+        std::os::unix::fs::symlink(dir.join("created"), &dangling).unwrap();
+        assert!(create(&dangling).is_err());
+        assert!(!dir.join("created").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -16,7 +16,7 @@ use crate::{
     fates::{self, Fact, Fate, FateFacts, FateKind, FateLog, PeerFacts},
     fold::Folding,
     histogram::Histograms,
-    metrics::Metrics,
+    metrics::{self, Metrics, Route},
     output::{Output, notice},
     proc_net, procs,
     records::{Facts, Finished, ProcessChange, Record, Transport, facts, upstream_name},
@@ -104,9 +104,11 @@ pub struct Session {
     accept_queues: AcceptQueues,
     /// Repeated failures folded in the text output.
     folding: Folding,
-    /// The exchanges under way at the last look: transport, upstream and
-    /// how long they have waited (ms).
-    under_way: Vec<(Transport, Rc<str>, u64)>,
+    /// The exchanges under way at the last look: transport, upstream, how
+    /// long they have waited (ms) and their worker.
+    under_way: Vec<(Transport, Rc<str>, u64, u32)>,
+    /// Whether reading `/proc` failed for want of descriptors (said once).
+    short_of_fds_said: bool,
 }
 
 impl Session {
@@ -137,6 +139,7 @@ impl Session {
             accept_queues: AcceptQueues::default(),
             folding: Folding::default(),
             under_way: Vec::new(),
+            short_of_fds_said: false,
         }
     }
 
@@ -150,7 +153,7 @@ impl Session {
     /// upstream: how many, and the longest wait so far (ms).
     pub fn under_way(&self) -> BTreeMap<String, (u64, u64)> {
         let mut per = BTreeMap::new();
-        for (_, name, wait_ms) in &self.under_way {
+        for (_, name, wait_ms, _) in &self.under_way {
             let e: &mut (u64, u64) = per.entry(name.to_string()).or_default();
             e.0 += 1;
             e.1 = e.1.max(*wait_ms);
@@ -199,8 +202,10 @@ impl Session {
             }
             Ok(Record::Process(change)) => {
                 match change {
+                    // Unknown for want of descriptors: taken, the next
+                    // look at the workers drops it if it is a thread.
                     ProcessChange::Fork { pid } | ProcessChange::Exec { pid }
-                        if procs::is_process(pid) =>
+                        if procs::process_exists(pid).unwrap_or(true) =>
                     {
                         self.traced.insert(pid);
                     }
@@ -370,9 +375,13 @@ impl Session {
             self.histograms.record(&upstream, &timings);
         }
         if let Some((metrics, _)) = &mut self.export {
-            metrics.exchange(
-                &upstream,
+            let route = Route {
+                worker: x.facts.worker_pid,
+                server: &upstream,
                 transport,
+            };
+            metrics.exchange(
+                route,
                 explanation.outcome,
                 explanation.verdict,
                 &timings,
@@ -563,7 +572,7 @@ impl Session {
         let conns: Vec<(u64, Exchange)> = conns.collect();
         self.backends.refresh(conns.iter().map(|(_, ex)| &ex.addr));
         let forget = self.collect_dead_workers(&conns, now_ns)?;
-        let under_way: Vec<(Transport, Rc<str>, u64)> = conns
+        let under_way: Vec<(Transport, Rc<str>, u64, u32)> = conns
             .iter()
             .filter(|(sk, _)| !forget.contains(sk))
             .filter_map(|(_, ex)| facts(ex).ok())
@@ -575,11 +584,16 @@ impl Session {
                     f.start_ns
                 };
                 let (transport, name) = self.name(&f.addr);
-                (transport, name, now_ns.saturating_sub(since) / 1_000_000)
+                let wait_ms = now_ns.saturating_sub(since) / 1_000_000;
+                (transport, name, wait_ms, f.worker_pid)
             })
             .collect();
         if let Some((metrics, _)) = &mut self.export {
-            metrics.set_pending(under_way.iter().map(|(t, name, _)| (&**name, *t)));
+            metrics.set_pending(under_way.iter().map(|(t, name, _, worker)| Route {
+                worker: *worker,
+                server: name,
+                transport: *t,
+            }));
         }
         self.under_way = under_way;
         let mut still_waiting = HashSet::new();
@@ -721,13 +735,37 @@ impl Session {
     /// after fork, hence a periodic check rather than one per fork.
     /// Returns whether the set changed.
     pub fn refresh_workers(&mut self) -> io::Result<bool> {
-        self.traced.retain(|&pid| procs::is_process(pid));
+        // Out of descriptors (EMFILE, ENFILE), /proc says nothing about a
+        // process: it stays as it was, rather than count as gone for good.
+        let mut short_of_fds = None;
+        self.traced.retain(|&pid| match procs::process_exists(pid) {
+            Ok(exists) => exists,
+            Err(e) => {
+                short_of_fds = Some(e);
+                true
+            }
+        });
+        let shown = self.shown_workers.as_ref();
         let workers: BTreeSet<u32> = self
             .traced
             .iter()
             .copied()
-            .filter(|&pid| procs::is_worker(pid))
+            .filter(|&pid| {
+                procs::has_worker_title(pid).unwrap_or_else(|e| {
+                    short_of_fds = Some(e);
+                    shown.is_some_and(|shown| shown.contains(&pid))
+                })
+            })
             .collect();
+        if let Some(e) = short_of_fds
+            && !self.short_of_fds_said
+        {
+            self.short_of_fds_said = true;
+            notice(&format!(
+                "failed to read /proc ({e}): the traced processes are kept as they were until \
+                 it can be read again"
+            ));
+        }
         if self.shown_workers.as_ref() == Some(&workers) {
             return Ok(false);
         }
@@ -745,8 +783,15 @@ impl Session {
                 && workers.difference(shown).next().is_some()
             {
                 configs.refresh(&self.traced);
-                metrics.set_config(configs.config());
+                metrics.set_configs(&metrics::instance_configs(configs));
             }
+            // A worker's master names its instance, whose groups label
+            // its exchanges.
+            let masters: BTreeMap<u32, u32> = workers
+                .iter()
+                .filter_map(|&worker| Some((worker, procs::status(worker)?.ppid)))
+                .collect();
+            metrics.set_masters(&masters);
             metrics.set_traced_workers(workers.len());
         }
         self.shown_workers = Some(workers);

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::verdict::Outcome;
+use crate::{output::Text, verdict::Outcome};
 
 /// `{"event":"summary",...}`: outcome counts per upstream, printed once
 /// when tracing stops.
@@ -79,12 +79,13 @@ impl Summary {
         }
     }
 
-    /// A table: one line per upstream with its counts.
-    pub fn to_text(&self) -> String {
+    /// A table: one line per upstream with its counts (one row each, so
+    /// that a newline in an upstream's name is escaped, not a new row).
+    pub fn to_text(&self) -> Text {
         if self.counts.is_empty() {
-            return "summary: no upstream connection seen\n".into();
+            return Text::Line("summary: no upstream connection seen".into());
         }
-        let mut text = String::from("summary (outcomes per upstream):\n");
+        let mut rows = vec![String::from("summary (outcomes per upstream):")];
         for (upstream, outcomes) in &self.counts {
             let mut parts: Vec<String> = outcomes
                 .iter()
@@ -93,9 +94,9 @@ impl Summary {
             if let Some(cut) = self.cut.get(upstream) {
                 parts.push(format!("cut by stop {cut}"));
             }
-            text.push_str(&format!("  {upstream:<30} {}\n", parts.join(", ")));
+            rows.push(format!("  {upstream:<30} {}", parts.join(", ")));
         }
-        text
+        Text::Rows(rows)
     }
 }
 
@@ -122,9 +123,28 @@ mod tests {
         assert_eq!(e.upstreams[0].total, 3);
         assert_eq!(e.upstreams[0].outcomes["refused"], 2);
         assert_eq!(e.upstreams[1].outcomes["not_found"], 1);
-        let text = s.to_text();
+        let text = s.to_text().raw().into_owned();
         assert!(text.contains("127.0.0.1:3999"));
         assert!(text.contains("ok 1, refused 2"), "{text}");
+    }
+
+    #[test]
+    fn a_hostile_upstream_name_stays_in_its_row() {
+        let mut s = three_upstreams();
+        s.add(
+            "unix:/run/\x1b]52;c;aGk=\x07\n  127.0.0.1:1 ok 9.sock",
+            Outcome::Refused,
+        );
+        let shown = s.to_text().escaped().into_owned();
+        assert!(
+            !shown.contains('\x1b') && !shown.contains('\x07'),
+            "{shown}"
+        );
+        assert_eq!(shown.lines().count(), 4, "{shown}");
+        assert!(
+            shown.contains("\\x1b]52;c;aGk=\\x07\\n  127.0.0.1:1"),
+            "{shown}"
+        );
     }
 
     #[test]

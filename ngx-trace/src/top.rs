@@ -4,6 +4,11 @@
 //! The terminal is restored on every way out: `q`, a signal (the tracer
 //! stops and calls [`Top::finish`]), an error (drop), a panic (ratatui's
 //! hook).
+//!
+//! Upstream names and evidence are the traced processes' choice: every
+//! piece of them is escaped by [`sanitize`] where it is put on screen
+//! ([`fit`], [`shown`]). ratatui drops control characters itself, but not
+//! bidi controls, and a dropped ESC would leave the rest of its sequence.
 use std::{
     collections::{BTreeMap, HashMap},
     io,
@@ -21,7 +26,7 @@ use ratatui::{
 };
 use serde_json::Value;
 
-use crate::{human::short_us, session::Session};
+use crate::{human::short_us, sanitize, session::Session};
 
 /// How often the view is redrawn with new figures.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -253,8 +258,14 @@ impl Board {
     }
 }
 
-/// Cuts `s` to `width` characters, marking the cut.
+/// `s` escaped for the screen (one line).
+fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    sanitize::line(s)
+}
+
+/// Cuts `s`, escaped, to `width` characters, marking the cut.
 fn fit(s: &str, width: usize) -> String {
+    let s = shown(s);
     if s.chars().count() <= width {
         format!("{s:<width$}")
     } else {
@@ -295,9 +306,9 @@ fn draw(
         )),
     ];
     match &view.editing {
-        Some(text) => title.push(Span::from(format!("  filter: {text}_")).yellow()),
+        Some(text) => title.push(Span::from(format!("  filter: {}_", shown(text))).yellow()),
         None if !view.filter.is_empty() => {
-            title.push(Span::from(format!("  filter: {}", view.filter)))
+            title.push(Span::from(format!("  filter: {}", shown(&view.filter))))
         }
         None => {}
     }
@@ -342,7 +353,7 @@ fn draw(
         let by: Vec<String> = u
             .failed_by
             .iter()
-            .map(|(o, n)| format!("{o} {n}"))
+            .map(|(o, n)| format!("{} {n}", shown(o)))
             .collect();
         let since = if by.is_empty() {
             format!("{} exchanges, 0 failed", u.total)
@@ -370,12 +381,12 @@ fn draw(
             .shown
             .failures
             .iter()
-            .map(|(o, n)| format!("{o} {:.0}/s", u.rate(*n)))
+            .map(|(o, n)| format!("{} {:.0}/s", shown(o), u.rate(*n)))
             .collect();
         let latest = u
             .latest
             .as_ref()
-            .map(|(what, evidence)| format!("{what}: {evidence}"));
+            .map(|(what, evidence)| format!("{}: {}", shown(what), shown(evidence)));
         match (now.is_empty(), latest) {
             (false, Some(latest)) => {
                 lines.push(Line::from(format!("  now {} · {latest}", now.join(", "))).dim())
@@ -573,12 +584,13 @@ impl crate::Watcher for Top {
         for name in names {
             let u = &self.board.upstreams[name];
             println!(
-                "{name}: {} exchanges, {} failed{}",
+                "{}: {} exchanges, {} failed{}",
+                shown(name),
                 u.total,
                 u.failed,
                 u.latest
                     .as_ref()
-                    .map(|(what, _)| format!(", latest {what}"))
+                    .map(|(what, _)| format!(", latest {}", shown(what)))
                     .unwrap_or_default()
             );
         }
@@ -643,6 +655,45 @@ mod tests {
         assert_eq!((a.shown.exchanges, a.total), (0, 1));
         assert_eq!(p50_p99(&a.first_shown), "-");
         assert_ne!(p50_p99(&a.first_all), "-");
+    }
+
+    #[test]
+    fn hostile_names_and_evidence_reach_the_screen_escaped() {
+        use ratatui::{Terminal, backend::TestBackend};
+
+        let mut b = Board::default();
+        let name = "unix:/run/\u{202e}kcos\x1b]52;c;aGk=\x07\u{9b}2A.sock";
+        let mut e = exchange(name, "refused", "backend_down", None);
+        e["evidence"] = json!("RST\x1b[2K\nforged\u{2066}");
+        b.add(&e);
+        b.roll(1.0);
+        let view = View {
+            sort: Sort::Failures,
+            filter: String::new(),
+            editing: None,
+            paused: false,
+            quit: false,
+        };
+        let footer = Footer {
+            workers: 1,
+            lost: 0,
+        };
+        let mut terminal = Terminal::new(TestBackend::new(160, 12)).unwrap();
+        terminal
+            .draw(|f| draw(f, &b, &view, &footer, std::time::SystemTime::UNIX_EPOCH))
+            .unwrap();
+        let screen: String = terminal
+            .backend()
+            .buffer()
+            .content()
+            .iter()
+            .map(|c| c.symbol())
+            .collect();
+        for bad in ['\x1b', '\x07', '\u{9b}', '\u{202e}', '\u{2066}', '\n'] {
+            assert!(!screen.contains(bad), "{bad:?} on screen: {screen}");
+        }
+        assert!(screen.contains("unix:/run/\\u{202e}kcos"), "{screen}");
+        assert!(screen.contains("RST\\x1b[2K\\nforged"), "{screen}");
     }
 
     #[test]

@@ -201,7 +201,13 @@ struct Advice {
 
 fn recommend(values: &[u64], censored: u64, current_ms: u64, rate: f64, floor_ms: u64) -> Advice {
     let n = values.len() as u64 + censored;
-    let over = |limit_ms: u64| values.iter().filter(|&&v| v > limit_ms * 1000).count() as u64;
+    // Saturating: a configured time may be years (`600000y` is valid nginx).
+    let over = |limit_ms: u64| {
+        values
+            .iter()
+            .filter(|&&v| v > limit_ms.saturating_mul(1000))
+            .count() as u64
+    };
     // 0 ms: no limit (`*_next_upstream_timeout 0` style); timeouts are never 0.
     let cut_now = over(current_ms) + censored;
     let needed = (10.0 / rate).ceil() as u64;
@@ -545,6 +551,15 @@ mod tests {
         let a = recommend(&values, 0, 60_000, 0.01, 1001);
         assert_eq!(a.recommended_ms, Some(2000), "{a:?}");
         assert!(a.reason.contains("first SYN retransmission"));
+    }
+
+    #[test]
+    fn a_timeout_of_years_counts_no_cut() {
+        let ms = crate::nginx_conf::parse_time_ms("600000y").unwrap();
+        let values = vec![2_000_000; 1000];
+        let a = recommend(&values, 0, ms, 0.01, 0);
+        assert_eq!(a.cut_now, 0, "{a:?}");
+        assert_eq!(a.recommended_ms, Some(3000), "{a:?}");
     }
 
     #[test]

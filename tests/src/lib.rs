@@ -5,9 +5,12 @@
 
 pub mod backend;
 pub mod cgroup;
+pub mod fake_nginx;
 pub mod fault_backend;
 pub mod firewall;
 pub mod http;
+pub mod live;
+pub mod mount_ns_nginx;
 pub mod nginx;
 pub mod php_fpm;
 pub mod prometheus;

@@ -16,7 +16,7 @@ pub struct Nginx {
 }
 
 /// Processes whose parent is `ppid`, with their titles.
-fn children(ppid: u32) -> Vec<(u32, String)> {
+pub(crate) fn children(ppid: u32) -> Vec<(u32, String)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -33,7 +33,7 @@ fn children(ppid: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");

@@ -18,12 +18,15 @@ const NAME: &str = "ngx-trace";
 
 /// The systemd unit. The capabilities are what the tracer uses and no
 /// more: BPF programs and maps (CAP_BPF), tracepoints, kprobes and reading
-/// kernel memory from them (CAP_PERFMON), mounting tracefs and entering
-/// nginx's mount namespace to read its configuration (CAP_SYS_ADMIN,
-/// CAP_SYS_CHROOT), nginx workers' `/proc` files and copies of their
-/// kept-alive sockets (CAP_SYS_PTRACE), `nginx -T` opening nginx's own log
-/// files (CAP_DAC_OVERRIDE), and the locked-memory limit BPF maps count
-/// against before Linux 5.11 (CAP_SYS_RESOURCE).
+/// kernel memory from them (CAP_PERFMON), mounting tracefs (CAP_SYS_ADMIN),
+/// taking an nginx master's own uid and groups on the thread that reads
+/// its configuration files, so that nothing is read with more rights than
+/// the master has (CAP_SETUID, CAP_SETGID: `setfsuid`, `setfsgid`,
+/// `setgroups`), nginx workers' `/proc` files and copies of their
+/// kept-alive sockets (CAP_SYS_PTRACE), nginx's log files, which its
+/// master opened as root (CAP_DAC_OVERRIDE), and the locked-memory limit
+/// BPF maps count against before Linux 5.11 (CAP_SYS_RESOURCE). It enters
+/// no namespace and runs no program.
 pub const UNIT: &str = "\
 [Unit]
 Description=ngx-trace: nginx upstream failures explained from the kernel, for Prometheus
@@ -36,7 +39,7 @@ EnvironmentFile=-/etc/default/ngx-trace
 ExecStart=/usr/bin/ngx-trace trace --interval 0 $NGX_TRACE_OPTIONS
 Restart=on-failure
 RestartSec=5
-CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_SYS_ADMIN CAP_SYS_CHROOT CAP_SYS_PTRACE CAP_DAC_OVERRIDE CAP_SYS_RESOURCE
+CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SYS_PTRACE CAP_DAC_OVERRIDE CAP_SYS_RESOURCE
 NoNewPrivileges=yes
 ProtectSystem=full
 ProtectHome=read-only
@@ -46,7 +49,7 @@ ProtectKernelModules=yes
 ProtectKernelLogs=yes
 ProtectClock=yes
 ProtectHostname=yes
-RestrictNamespaces=mnt
+RestrictNamespaces=yes
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
