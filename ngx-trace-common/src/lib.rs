@@ -6,6 +6,7 @@
 //! both sides agree on every byte; each has a compile-time size check.
 #![cfg_attr(not(test), no_std)]
 
+pub mod limit;
 mod state;
 
 pub use state::{End, Ending, Next, Phase};
@@ -78,7 +79,7 @@ pub const USER_MAPS: &[MapSpec] = &[
     },
     MapSpec {
         name: MAP_CONNS,
-        kind: MapKind::LruHash,
+        kind: MapKind::Hash,
         key_size: core::mem::size_of::<u64>() as u32,
         value_size: core::mem::size_of::<Exchange>() as u32,
     },
@@ -98,10 +99,15 @@ pub const USER_MAPS: &[MapSpec] = &[
 
 /// Index in [`MAP_LOST`]: records dropped because the ring buffer was full.
 pub const LOST_RINGBUF_FULL: u32 = 0;
-/// Index in [`MAP_LOST`]: state dropped because a bounded map was full.
+/// Index in [`MAP_LOST`]: state dropped because a bounded map was full
+/// (an upstream connection left untraced: [`MAP_CONNS`] never evicts).
 pub const LOST_MAP_FULL: u32 = 1;
+/// Index in [`MAP_LOST`]: facts about processes other than traced nginx
+/// ones (fatal signals, failed exits: sources as busy as the whole host)
+/// dropped over the kernel's rate limit ([`limit`]). Not nginx records.
+pub const LOST_FATES_LIMITED: u32 = 2;
 /// Number of slots in [`MAP_LOST`].
-pub const LOST_SLOTS: u32 = 2;
+pub const LOST_SLOTS: u32 = 3;
 
 /// `Exchange::fd` of a connection adopted mid-life: its fd is not known.
 pub const FD_UNKNOWN: u32 = u32::MAX;
@@ -786,6 +792,51 @@ pub struct StructOffsets {
     /// `struct sock_common.skc_v6_rcv_saddr` (16 bytes): the local IPv6
     /// address.
     pub sk_v6_rcv_saddr: u32,
+    /// Where a task's signal handlers are (see [`SighandOffsets`]).
+    pub sighand: SighandOffsets,
+}
+
+/// Where `task->sighand->action[sig - 1].sa.sa_handler` is: whether a
+/// signal sent to another process would end it (`SIG_DFL`) or is one it
+/// handles. Every field is [`SighandOffsets::UNKNOWN`] when this kernel's
+/// BTF does not tell; then no signal is left out for being handled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SighandOffsets {
+    /// `struct task_struct.sighand` (pointer to `struct sighand_struct`).
+    pub task_sighand: u32,
+    /// `struct sighand_struct.action` (`struct k_sigaction[_NSIG]`).
+    pub action: u32,
+    /// Size of one `struct k_sigaction`.
+    pub action_size: u32,
+    /// Offset of `sa.sa_handler` in a `struct k_sigaction`.
+    pub handler: u32,
+}
+
+impl SighandOffsets {
+    /// A field this kernel's BTF does not give.
+    pub const UNKNOWN: u32 = u32::MAX;
+    /// Offsets not known: handled signals are not told from fatal ones.
+    pub const NONE: Self = Self {
+        task_sighand: Self::UNKNOWN,
+        action: Self::UNKNOWN,
+        action_size: Self::UNKNOWN,
+        handler: Self::UNKNOWN,
+    };
+
+    /// Whether every offset is known.
+    pub const fn known(&self) -> bool {
+        self.task_sighand != Self::UNKNOWN
+            && self.action != Self::UNKNOWN
+            && self.action_size != Self::UNKNOWN
+            && self.handler != Self::UNKNOWN
+    }
+}
+
+impl Default for SighandOffsets {
+    fn default() -> Self {
+        Self::NONE
+    }
 }
 
 /// Configuration set by user space before the programs load.
@@ -1092,8 +1143,8 @@ pub struct FateRecord {
 }
 
 const _: () = assert!(core::mem::size_of::<Offsets>() == 112);
-const _: () = assert!(core::mem::size_of::<StructOffsets>() == 132);
-const _: () = assert!(core::mem::size_of::<Config>() == 268);
+const _: () = assert!(core::mem::size_of::<StructOffsets>() == 148);
+const _: () = assert!(core::mem::size_of::<Config>() == 284);
 const _: () = assert!(core::mem::size_of::<FateRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 128);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);

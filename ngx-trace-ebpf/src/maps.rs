@@ -1,10 +1,13 @@
 //! Every map of the kernel side, and the kernel-only state they hold.
 use aya_ebpf::{
     btf_maps::SkStorage,
+    helpers::bpf_ktime_get_ns,
     macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use ngx_trace_common::{EVENTS_BYTES, Exchange, LOST_SLOTS, NGINX_PID_WORKER, SockMark};
+use ngx_trace_common::{
+    EVENTS_BYTES, Exchange, LOST_FATES_LIMITED, LOST_SLOTS, NGINX_PID_WORKER, SockMark, limit,
+};
 
 /// Records for user space: one per finished connect and per process change.
 #[map]
@@ -29,14 +32,27 @@ pub static UPSTREAM_SOCKS: SkStorage<SockMark> = SkStorage::new();
 #[map]
 pub static CONNECTS: LruHashMap<u64, ConnectCall> = LruHashMap::with_max_entries(1024, 0);
 
+/// Most upstream connections followed at once.
+const MAX_CONNS: u32 = 16384;
+
 /// Upstream connections, by `struct sock` address: connecting, or carrying
-/// exchanges. LRU so a flood of connections cannot exhaust memory.
+/// exchanges. A plain hash, not LRU: when full, an LRU map silently evicts
+/// the entry touched longest ago, which is the exchange waiting longest
+/// for its answer (exactly the one an incident is about), and the socket
+/// is then dropped unseen. Here a full map refuses the *new* connection
+/// instead, counted as `LOST_MAP_FULL` (`sock_mark::follow`). Memory stays
+/// bounded (preallocated); entries leave when the kernel sees the
+/// connection end, and user space forgets those of workers that died. On
+/// Linux 5.10 this map is also the upstream filter: unchanged, a lookup.
 #[map]
-pub static CONNS: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(16384, 0);
+pub static CONNS: HashMap<u64, Exchange> = HashMap::with_max_entries(MAX_CONNS, 0);
 
 /// The `struct sock` of each upstream fd, by `fd_key`: `close()` names an fd.
+/// Twice [`CONNS`]'s size, so entries of connections still followed are
+/// never the ones evicted (an evicted one would leave its connection's
+/// `close()` unseen).
 #[map]
-pub static FD_CONNS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+pub static FD_CONNS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(2 * MAX_CONNS, 0);
 
 /// Established TCP upstream connections by port pair (see `peer`): the
 /// way from a local backend's retransmitting socket to the exchange.
@@ -144,6 +160,38 @@ pub struct ConnectCall {
 #[inline(always)]
 pub fn fd_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
+}
+
+/// [`FATE_LIMITS`] slot of fatal signals sent to untraced processes.
+pub const LIMIT_SIGNALS: u32 = 0;
+/// [`FATE_LIMITS`] slot of failed exits of untraced processes.
+pub const LIMIT_EXITS: u32 = 1;
+
+/// Per-CPU rate limits of the host-wide sources, one slot each
+/// (`LIMIT_*`): see `ngx_trace_common::limit`.
+#[map]
+pub static FATE_LIMITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Whether a record of the host-wide source `slot` fits this CPU's rate
+/// limit now; one that does not is counted as `LOST_FATES_LIMITED`.
+#[inline(always)]
+pub fn within_limit(slot: u32) -> bool {
+    let Some(state) = FATE_LIMITS.get_ptr_mut(slot) else {
+        return true;
+    };
+    // Per-CPU slot: a program nested on this CPU (a signal sent from an
+    // interrupt) may race this update, costing the limit one record of
+    // precision, never a wrong count.
+    match limit::admit(unsafe { *state }, unsafe { bpf_ktime_get_ns() }) {
+        Some(next) => {
+            unsafe { *state = next };
+            true
+        }
+        None => {
+            count_lost(LOST_FATES_LIMITED);
+            false
+        }
+    }
 }
 
 /// Counts a drop in [`LOST`].

@@ -1,7 +1,10 @@
 //! Following the nginx process tree (fork, exec, exit), and the fates of
 //! processes: signals that kill, OOM kills, exits. The fate hooks fire
-//! rarely (no per-socket cost) and for every process: user space ties them
-//! to the backends and workers of failed exchanges.
+//! for every process (no per-socket cost): user space ties them to the
+//! backends and workers of failed exchanges. Any process can make them as
+//! fast as it likes, so those of untraced processes never wake the reader
+//! (the failure record that needs one does) and are rate-limited per CPU
+//! (`maps::within_limit`); traced nginx processes' are always sent.
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_RB_NO_WAKEUP,
@@ -17,7 +20,7 @@ use ngx_trace_common::{
 
 use crate::{
     config::{config, offset},
-    maps::{EVENTS, NGINX_PIDS, count_lost, is_traced},
+    maps::{EVENTS, LIMIT_EXITS, LIMIT_SIGNALS, NGINX_PIDS, count_lost, is_traced, within_limit},
     task,
 };
 
@@ -113,7 +116,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     }
     let current = task::current();
     let exit_code = task::exit_code(current);
-    if traced || exit_code != 0 {
+    if traced || (exit_code != 0 && within_limit(LIMIT_EXITS)) {
         let fate = FateRecord {
             kind: RECORD_FATE,
             what: FATE_EXIT,
@@ -128,8 +131,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
             sender_comm: [0; 16],
         };
-        // Exits of other processes need no hurry: drained on the timer.
-        emit_fate(&fate, if traced { 0 } else { BPF_RB_NO_WAKEUP as u64 });
+        emit_fate(&fate, wakeup(traced));
     }
     if traced {
         emit_process(PROC_EXIT, pid, 0);
@@ -178,6 +180,20 @@ pub fn signal_generate_btf(ctx: BtfTracePointContext) -> u32 {
     }
     let info: u64 = ctx.arg(1);
     let target: u64 = ctx.arg(2);
+    let pid = task::tgid(target);
+    let sender = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let traced = is_traced(pid);
+    // A signal a process sends itself and handles ends nothing (a loop of
+    // them is a flood, from anything, named nginx or not): left out. One
+    // handled but sent by another process is kept: it tells a process to
+    // end (gunicorn's arbiter, PHP-FPM's master, `nginx -s`), and a
+    // handler that re-raises its signal has reset it to the default first.
+    if sender == pid && task::handles(target, sig as u32) {
+        return 0;
+    }
+    if !traced && !within_limit(LIMIT_SIGNALS) {
+        return 0;
+    }
     // SEND_SIG_NOINFO (0) is a process's kill, SEND_SIG_PRIV (1) the
     // kernel's; otherwise `si_code` is the third int of the siginfo.
     let code = match info {
@@ -189,19 +205,27 @@ pub fn signal_generate_btf(ctx: BtfTracePointContext) -> u32 {
     let fate = FateRecord {
         kind: RECORD_FATE,
         what: FATE_SIGNAL,
-        pid: task::tgid(target),
+        pid,
         parent: task::parent_tgid(target),
         signal: sig as u32,
         code,
         exit_code: 0,
-        sender: (bpf_get_current_pid_tgid() >> 32) as u32,
+        sender,
         memory_limit_pages: 0,
         time_ns: unsafe { bpf_ktime_get_ns() },
         comm: task::comm(target),
         sender_comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    emit_fate(&fate, 0);
+    emit_fate(&fate, wakeup(traced));
     0
+}
+
+/// Ring buffer flags of a fate: one of an untraced process is drained on
+/// the reader's timer (order in the ring is kept, and the failure record
+/// that needs it wakes the reader).
+#[inline(always)]
+fn wakeup(traced: bool) -> u64 {
+    if traced { 0 } else { BPF_RB_NO_WAKEUP as u64 }
 }
 
 /// Whether signal `sig`, queued with `result`, is one that ends a process.
@@ -212,7 +236,8 @@ fn kills(sig: i32, result: i32) -> bool {
 
 /// The same through the classic tracepoint (a fallback), whose record has
 /// `si_code` and the target's thread id and name, not its parent (the
-/// target's exit record names it).
+/// target's exit record names it). A signal a thread sends itself and
+/// handles is left out as above (the target is then the current task).
 #[tracepoint]
 pub fn signal_generate(ctx: TracePointContext) -> u32 {
     let _ = try_signal_generate(&ctx);
@@ -226,10 +251,19 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i64> {
     if !kills(sig, result) {
         return Ok(());
     }
+    let pid = unsafe { ctx.read_at::<i32>(offset!(signal_pid)) }? as u32;
+    if pid == bpf_get_current_pid_tgid() as u32 && task::handles(task::current(), sig as u32) {
+        return Ok(());
+    }
+    // The thread's id: traced threads are in the set too.
+    let traced = is_traced(pid);
+    if !traced && !within_limit(LIMIT_SIGNALS) {
+        return Ok(());
+    }
     let fate = FateRecord {
         kind: RECORD_FATE,
         what: FATE_SIGNAL,
-        pid: unsafe { ctx.read_at::<i32>(offset!(signal_pid)) }? as u32,
+        pid,
         parent: 0,
         signal: sig as u32,
         code: unsafe { ctx.read_at::<i32>(offset!(signal_code)) }?,
@@ -240,7 +274,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i64> {
         comm: unsafe { ctx.read_at::<[u8; 16]>(offset!(signal_comm)) }?,
         sender_comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    emit_fate(&fate, 0);
+    emit_fate(&fate, wakeup(traced));
     Ok(())
 }
 

@@ -19,6 +19,9 @@ use crate::{
     maps::{CONNS, FD_CONNS, UPSTREAM_SOCKS, count_lost, fd_key},
 };
 
+/// `EEXIST`, as a map helper returns it (negated).
+const EEXIST: i32 = 17;
+
 #[inline(always)]
 fn storage() -> *mut c_void {
     ptr::from_ref(&UPSTREAM_SOCKS).cast_mut().cast()
@@ -57,7 +60,9 @@ pub fn is_marked(sk: u64) -> bool {
 
 /// Starts following `sk`, a worker's new upstream connection: marks it,
 /// then records its state and its fd. Nothing is recorded when the mark
-/// cannot be made (the hooks would never see the socket): counted as lost.
+/// cannot be made (the hooks would never see the socket), nor when
+/// `CONNS` is full (this new connection goes untraced; the ones followed
+/// already, the longest-waiting first among them, stay): counted as lost.
 #[inline(always)]
 pub fn follow(sk: u64, exchange: &Exchange) {
     let mut value = SockMark {
@@ -117,11 +122,16 @@ pub fn upstream_state(sk: u64) -> Option<*mut Exchange> {
     }
     let (tgid, fd, addr) = unsafe { ((*mark).tgid, (*mark).fd, (*mark).addr) };
     let exchange = Exchange::adopted(tgid, fd, unsafe { bpf_ktime_get_ns() }, addr);
-    // Another CPU may be adopting it at the same instant: the first wins.
-    if CONNS.insert(sk, exchange, BPF_NOEXIST as u64).is_ok()
-        && FD_CONNS.insert(fd_key(tgid, fd), sk, 0).is_err()
-    {
-        count_lost(LOST_MAP_FULL);
+    // Another CPU may be adopting it at the same instant: the first wins
+    // (EEXIST here). Any other failure is a full map: counted.
+    match CONNS.insert(sk, exchange, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            if FD_CONNS.insert(fd_key(tgid, fd), sk, 0).is_err() {
+                count_lost(LOST_MAP_FULL);
+            }
+        }
+        Err(e) if e != -EEXIST => count_lost(LOST_MAP_FULL),
+        Err(_) => {}
     }
     unsafe { (*mark).kind = MARK_FOLLOWED };
     CONNS.get_ptr_mut(sk)

@@ -54,6 +54,30 @@ pub fn comm(task: u64) -> [u8; 16] {
     read::<[u8; 16]>(task, config!(structs.task_comm)).unwrap_or([0; 16])
 }
 
+/// `SIG_DFL`: a signal's default action.
+const SIG_DFL: u64 = 0;
+
+/// Whether `task` handles signal `sig` (1 to 64) itself, or ignores it:
+/// its disposition is not the default. `false` when unknown (no offsets
+/// in this kernel's BTF, or unreadable).
+#[inline(always)]
+pub fn handles(task: u64, sig: u32) -> bool {
+    let at = config!(structs.sighand);
+    if !at.known() || !(1..=64).contains(&sig) {
+        return false;
+    }
+    let Some(sighand) = read::<u64>(task, at.task_sighand) else {
+        return false;
+    };
+    if sighand == 0 {
+        return false;
+    }
+    let action = at.action as u64 + (sig as u64 - 1) * at.action_size as u64 + at.handler as u64;
+    // SAFETY: the probe helper fails cleanly on a bad address.
+    unsafe { bpf_probe_read_kernel((sighand + action) as *const u64) }
+        .is_ok_and(|handler| handler != SIG_DFL)
+}
+
 /// The pid (initial namespace) of the `struct pid` at `pid`, 0 when none.
 #[inline(always)]
 pub fn pid_nr(pid: u64) -> u32 {

@@ -67,7 +67,7 @@ fn file_id(fd: BorrowedFd<'_>) -> std::io::Result<FileId> {
 /// The device of the kernel's socket filesystem (one for every socket of
 /// the host, whatever its namespace), from a socket of our own; `None` if
 /// none can be made (the inode and type are checked still).
-fn sockfs_dev() -> Option<u64> {
+pub(crate) fn sockfs_dev() -> Option<u64> {
     let probe = std::os::unix::net::UnixDatagram::unbound().ok()?;
     file_id(probe.as_fd()).ok().map(|id| id.dev)
 }
@@ -79,6 +79,13 @@ fn is_listed_socket(copy: FileId, inode: u64, sockfs: Option<u64>) -> bool {
     copy.mode & libc::S_IFMT == libc::S_IFSOCK
         && copy.ino == inode
         && sockfs.is_none_or(|dev| copy.dev == dev)
+}
+
+/// Whether `fd` is a socket (on the socket filesystem `sockfs`, when
+/// known): the check of [`is_listed_socket`], for a copy whose inode was
+/// not listed beforehand.
+pub(crate) fn is_socket(fd: BorrowedFd<'_>, sockfs: Option<u64>) -> bool {
+    file_id(fd).is_ok_and(|id| is_listed_socket(id, id.ino, sockfs))
 }
 
 /// A copy of fd `fd` of process `pid`, checked to be the socket

@@ -20,8 +20,50 @@ pub struct Configs {
     file: Option<PathBuf>,
     config: Config,
     per_master: BTreeMap<u32, Config>,
-    said: BTreeSet<String>,
+    said: SaidOnce,
 }
+
+/// Most distinct notices remembered as said: a configuration (or a
+/// process posing as nginx) cannot grow memory by its number of problems.
+const SAID_MAX: usize = 256;
+
+/// Notices said once each, up to [`SAID_MAX`] distinct ones; further ones
+/// are counted, and the count said when it is dropped.
+#[derive(Debug, Default)]
+pub struct SaidOnce {
+    said: BTreeSet<String>,
+    not_shown: u64,
+}
+
+impl SaidOnce {
+    /// Whether `message` is to be said now: the first time, while fewer
+    /// than [`SAID_MAX`] were; a further one is counted.
+    pub fn first(&mut self, message: &str) -> bool {
+        if self.said.contains(message) {
+            return false;
+        }
+        if self.said.len() >= SAID_MAX {
+            self.not_shown += 1;
+            return false;
+        }
+        self.said.insert(message.to_string())
+    }
+}
+
+impl Drop for SaidOnce {
+    fn drop(&mut self) {
+        if self.not_shown > 0 {
+            notice(&format!(
+                "{} further notices not shown (after {SAID_MAX} distinct ones)",
+                self.not_shown
+            ));
+        }
+    }
+}
+
+/// The configurations read from their source, not yet in effect: what
+/// [`Configs::read`] finds, possibly on another thread.
+pub struct ConfigRead(Vec<(Option<u32>, String, Result<Config, String>)>);
 
 /// The masters among `traced` (their title says so).
 fn masters(traced: &BTreeSet<u32>) -> Vec<u32> {
@@ -48,7 +90,20 @@ impl Configs {
 
     /// Reads the configuration(s) again (after a reload).
     pub fn refresh(&mut self, traced: &BTreeSet<u32>) {
-        let read: Vec<(Option<u32>, String, Result<Config, String>)> = match &self.file {
+        let read = Self::read(self.file.as_deref(), traced);
+        self.apply(read);
+    }
+
+    /// The file given with `--config`, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Reads the configuration(s) from `file`, else of the masters among
+    /// `traced`: what may take long (files, host names to resolve), kept
+    /// apart from [`Configs::apply`] to run off the reader's thread.
+    pub fn read(file: Option<&Path>, traced: &BTreeSet<u32>) -> ConfigRead {
+        ConfigRead(match file {
             Some(file) => vec![(
                 None,
                 file.display().to_string(),
@@ -67,7 +122,13 @@ impl Configs {
                     (Some(m), format!("nginx {m}"), config)
                 })
                 .collect(),
-        };
+        })
+    }
+
+    /// Puts configurations read by [`Configs::read`] in effect, saying
+    /// their problems.
+    pub fn apply(&mut self, read: ConfigRead) {
+        let ConfigRead(read) = read;
         let mut merged = Config::default();
         let mut per_master = BTreeMap::new();
         let mut any = false;
@@ -100,7 +161,7 @@ impl Configs {
 
     /// Says `message` once (a problem that repeats is said the first time).
     pub fn say(&mut self, message: &str) {
-        if self.said.insert(message.to_string()) {
+        if self.said.first(message) {
             notice(message);
         }
     }
@@ -127,5 +188,24 @@ pub fn describe(name: &str, setting: &Setting, location: Option<&str>) -> String
     match location {
         Some(l) => format!("{name} {} ({at}, location {l})", setting.value),
         None => format!("{name} {} ({at})", setting.value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_are_said_once_and_their_set_is_capped() {
+        let mut said = SaidOnce::default();
+        assert!(said.first("a"));
+        assert!(!said.first("a"));
+        for i in 1..SAID_MAX {
+            assert!(said.first(&format!("n{i}")));
+        }
+        assert!(!said.first("one too many"));
+        assert!(!said.first("another"));
+        assert!(!said.first("a"), "said already: not counted");
+        assert_eq!((said.said.len(), said.not_shown), (SAID_MAX, 2));
     }
 }

@@ -252,6 +252,11 @@ pub struct LostEvent {
     /// (its recursion guard for that CPU was held). Not in `count`: each may
     /// be an event missed, most are hooks on sockets of other processes.
     pub hooks_skipped: u64,
+    /// Running total: facts about processes other than traced nginx ones
+    /// (fatal signals, failed exits) the kernel dropped over its per-CPU
+    /// rate limit. Not in `count`: not nginx records, but a backend's end
+    /// may be among them.
+    pub fates_limited: u64,
 }
 
 impl LostEvent {
@@ -263,6 +268,7 @@ impl LostEvent {
         map_full: u64,
         undecodable: u64,
         hooks_skipped: u64,
+        fates_limited: u64,
     ) -> Self {
         Self {
             event: "lost",
@@ -271,6 +277,7 @@ impl LostEvent {
             map_full,
             undecodable,
             hooks_skipped,
+            fates_limited,
         }
     }
 
@@ -284,6 +291,12 @@ impl LostEvent {
             text.push_str(&format!(
                 "; the kernel skipped ngx-trace's hooks {} times so far (events may be missing)",
                 self.hooks_skipped
+            ));
+        }
+        if self.fates_limited > 0 {
+            text.push_str(&format!(
+                "; {} signals and exits of other processes over the kernel's rate limit so far",
+                self.fates_limited
             ));
         }
         text
@@ -496,7 +509,7 @@ mod tests {
 
     #[test]
     fn json_schema_and_text_of_lost() {
-        let e = LostEvent::new(3, 5, 1, 0, 2);
+        let e = LostEvent::new(3, 5, 1, 0, 2, 0);
         assert_eq!(
             serde_json::to_value(&e).unwrap(),
             json!({
@@ -506,12 +519,19 @@ mod tests {
                 "map_full": 1,
                 "undecodable": 0,
                 "hooks_skipped": 2,
+                "fates_limited": 0,
             })
         );
         assert_eq!(
             e.to_text(),
             "lost 3 events (so far: ring buffer full 5, map full 1, undecodable 0); \
              the kernel skipped ngx-trace's hooks 2 times so far (events may be missing)"
+        );
+        let flood = LostEvent::new(0, 0, 0, 0, 0, 41_000);
+        assert_eq!(
+            flood.to_text(),
+            "lost 0 events (so far: ring buffer full 0, map full 0, undecodable 0); \
+             41000 signals and exits of other processes over the kernel's rate limit so far"
         );
     }
 
@@ -665,7 +685,7 @@ mod tests {
                     nginx_error: "worker process 13665 exited on signal 9".into(),
                     evidence: "nginx worker 13665 killed by SIGKILL from bash pid 13745".into(),
                 }),
-                "lost" => serde_json::to_value(LostEvent::new(3, 3, 0, 0, 0)),
+                "lost" => serde_json::to_value(LostEvent::new(3, 3, 0, 0, 0, 0)),
                 "summary" => {
                     let mut s = Summary::default();
                     s.add("127.0.0.1:3999", Outcome::Refused);

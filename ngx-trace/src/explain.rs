@@ -4,7 +4,7 @@
 //! explained: the cause, how sure, the causes ruled out and why, and what to
 //! do. The join works on upstream events, live or from a recording.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, VecDeque},
     time::{Duration, SystemTime},
 };
 
@@ -12,11 +12,24 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
+    capped::NameCap,
     causes::{self, Cause},
     configs::describe,
-    errorlog::{Kind, LogLine, Phase},
+    errorlog::{Kind, LogLine, Phase, server_of},
     nginx_conf::Config,
 };
+
+/// Events a live trace window holds at most (about 30 s at 3,300
+/// exchanges/s; about 250 bytes each); past it the oldest go early, counted.
+const LIVE_EVENTS: usize = 100_000;
+/// Of them, whole events (failures nginx logs, worker deaths: about 4 KB
+/// each, 40 MB in all).
+const LIVE_WHOLE: usize = 10_000;
+/// Upstreams tallied by name; later ones are tallied as `other`.
+const TALLY_UPSTREAMS: usize = 256;
+/// Requests whose retry chain is remembered: a request's lines come within
+/// seconds, so only the most recent ones can still gain a line.
+const OPEN_CHAINS: usize = 65_536;
 
 /// How long before a line's second an exchange may have ended: a line is
 /// written from nginx's cached clock, and the kernel's clock runs apart
@@ -35,7 +48,11 @@ const RETRY_WITHIN: Duration = Duration::from_millis(50);
 
 /// An upstream or worker_exit event of the trace.
 struct Traced {
+    /// The event; `Null` for an exchange nginx wrote no line for (about
+    /// 4 KB less: only its outcome and verdict are ever read).
     event: Value,
+    outcome: Box<str>,
+    verdict: Box<str>,
     end: SystemTime,
     start: SystemTime,
     worker_pid: u32,
@@ -47,18 +64,44 @@ struct Traced {
 
 impl Traced {
     fn str(&self, key: &str) -> &str {
-        self.event[key].as_str().unwrap_or("")
+        match key {
+            "outcome" => &self.outcome,
+            "verdict" => &self.verdict,
+            _ => self.event[key].as_str().unwrap_or(""),
+        }
     }
 }
 
 /// What the kernel saw: exchanges and worker deaths, by their events.
 #[derive(Default)]
 pub struct Trace {
-    exchanges: Vec<Traced>,
-    exits: Vec<Traced>,
+    exchanges: VecDeque<Traced>,
+    exits: VecDeque<Traced>,
+    /// Events held at most, and whole events among them (live); `None` for
+    /// a recording, which is in memory whole already.
+    cap: Option<(usize, usize)>,
+    /// Whole events held (not `Null`).
+    whole: usize,
+    /// Events let go before their time because the window was full.
+    dropped: u64,
 }
 
 impl Trace {
+    /// The window of live tracing: at most [`LIVE_EVENTS`] events, of them
+    /// [`LIVE_WHOLE`] whole, the oldest dropped first (and counted) when
+    /// more come.
+    pub fn live() -> Self {
+        Self {
+            cap: Some((LIVE_EVENTS, LIVE_WHOLE)),
+            ..Self::default()
+        }
+    }
+
+    /// Events dropped before their time because the window was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
     /// Adds an event (others than `upstream` and `worker_exit` are ignored).
     pub fn add(&mut self, event: Value) {
         let Some(end) = event["time"]
@@ -70,30 +113,59 @@ impl Trace {
         let worker_pid = event["worker_pid"].as_u64().unwrap_or(0) as u32;
         let total = event["timings_us"]["total"].as_u64().unwrap_or(0);
         let upstream = event["upstream"].as_str().unwrap_or("").to_string();
+        let text = |key: &str| Box::<str>::from(event[key].as_str().unwrap_or(""));
+        let (outcome, verdict) = (text("outcome"), text("verdict"));
+        let exit = match event["event"].as_str() {
+            Some("upstream") => false,
+            Some("worker_exit") => true,
+            _ => return,
+        };
         // An exchange nginx wrote no line for only ever serves as a retry:
         // its outcome is enough (a day's recording holds millions).
-        let event = if event["event"] == "upstream" && !event["nginx_error"].is_string() {
-            serde_json::json!({
-                "event": "upstream",
-                "outcome": event["outcome"],
-                "verdict": event["verdict"],
-            })
+        let event = if !exit && !event["nginx_error"].is_string() {
+            Value::Null
         } else {
+            self.whole += 1;
             event
         };
         let traced = Traced {
             start: end.checked_sub(Duration::from_micros(total)).unwrap_or(end),
             upstream,
+            outcome,
+            verdict,
             end,
             worker_pid,
             used: false,
             conn: None,
             event,
         };
-        match traced.event["event"].as_str() {
-            Some("upstream") => self.exchanges.push(traced),
-            Some("worker_exit") => self.exits.push(traced),
-            _ => {}
+        if exit {
+            self.exits.push_back(traced);
+        } else {
+            self.exchanges.push_back(traced);
+        }
+        if let Some((events, whole)) = self.cap {
+            while self.exchanges.len() + self.exits.len() > events || self.whole > whole {
+                // Worker deaths are few: exchanges go first.
+                let Some(gone) = self
+                    .exchanges
+                    .pop_front()
+                    .or_else(|| self.exits.pop_front())
+                else {
+                    break;
+                };
+                if !gone.event.is_null() {
+                    self.whole -= 1;
+                }
+                if self.dropped == 0 {
+                    crate::output::notice(&format!(
+                        "explain: more than {events} exchanges (or {whole} failures) in the \
+                         last 30 s: the oldest are let go early (counted in the summary's \
+                         trace_dropped); a line written late may find no exchange"
+                    ));
+                }
+                self.dropped += 1;
+            }
         }
     }
 
@@ -101,6 +173,9 @@ impl Trace {
     pub fn forget_before(&mut self, t: SystemTime) {
         self.exchanges.retain(|x| x.end >= t);
         self.exits.retain(|x| x.end >= t);
+        self.whole = (self.exchanges.iter().chain(&self.exits))
+            .filter(|x| !x.event.is_null())
+            .count();
     }
 }
 
@@ -695,7 +770,6 @@ fn worker_exit(line: &LogLine, trace: &mut Trace, t: SystemTime, out: &mut Expla
 }
 
 /// Causes per upstream over the lines explained.
-#[derive(Default)]
 pub struct Tally {
     lines: u64,
     upstream_lines: u64,
@@ -704,7 +778,61 @@ pub struct Tally {
     per_upstream: BTreeMap<String, UpstreamTally>,
     /// Retry chains: the lines of one request (same worker, same `*N`),
     /// and whether another server answered it in the end.
-    chains: BTreeMap<(u32, u64), bool>,
+    chains: Chains,
+    /// Upstreams tallied by name, the first [`TALLY_UPSTREAMS`].
+    names: NameCap,
+    /// Events the live trace window let go early (see [`Trace::dropped`]).
+    trace_dropped: u64,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            lines: 0,
+            upstream_lines: 0,
+            unparsed: 0,
+            explained: 0,
+            per_upstream: BTreeMap::new(),
+            chains: Chains::default(),
+            names: NameCap::new(TALLY_UPSTREAMS),
+            trace_dropped: 0,
+        }
+    }
+}
+
+/// Retry chains counted exactly, while only the most recent
+/// [`OPEN_CHAINS`] are remembered (oldest first out) to join later lines.
+#[derive(Default)]
+struct Chains {
+    /// Requests seen.
+    count: u64,
+    /// Of them, those another server answered in the end.
+    answered: u64,
+    /// Open chains: request (worker, `*N`) → answered yet.
+    open: HashMap<(u32, u64), bool>,
+    order: VecDeque<(u32, u64)>,
+}
+
+impl Chains {
+    /// Counts a line of request `key`; `answered` when its retry was.
+    fn add(&mut self, key: (u32, u64), answered: bool) {
+        if let Some(was) = self.open.get_mut(&key) {
+            if answered && !*was {
+                *was = true;
+                self.answered += 1;
+            }
+            return;
+        }
+        self.count += 1;
+        self.answered += u64::from(answered);
+        self.open.insert(key, answered);
+        self.order.push_back(key);
+        if self.order.len() > OPEN_CHAINS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.open.remove(&old);
+        }
+    }
 }
 
 #[derive(Default, Serialize)]
@@ -725,6 +853,10 @@ pub struct SummaryEvent {
     chains: u64,
     chains_answered: u64,
     upstreams: Vec<Value>,
+    /// Distinct upstreams tallied as `other`.
+    folded_upstreams: u64,
+    /// Exchanges the live trace window let go early (it was full).
+    trace_dropped: u64,
 }
 
 impl Tally {
@@ -743,11 +875,19 @@ impl Tally {
     pub fn add(&mut self, line: &LogLine, e: &ExplainEvent) {
         self.lines += 1;
         self.upstream_lines += 1;
-        let key = line
+        // By address (or group) alone: the field's URI is the client's choice.
+        let name = line
             .upstream()
-            .or_else(|| line.upstream_field.clone())
+            .or_else(|| line.upstream_field.as_deref().and_then(server_of))
             .unwrap_or_else(|| "unknown".into());
-        let t = self.per_upstream.entry(key).or_default();
+        let key = self.names.key(&name, self.per_upstream.contains_key(&name));
+        if !self.per_upstream.contains_key(key) {
+            self.per_upstream
+                .insert(key.to_string(), UpstreamTally::default());
+        }
+        let Some(t) = self.per_upstream.get_mut(key) else {
+            return;
+        };
         t.lines += 1;
         let cause = match (&e.cause, &e.detail) {
             (Some(c), Some(d)) => format!("{c}/{d}"),
@@ -763,8 +903,13 @@ impl Tally {
             t.retried_ok += 1;
         }
         if let Some(conn) = line.conn {
-            *self.chains.entry((line.pid, conn)).or_default() |= answered;
+            self.chains.add((line.pid, conn), answered);
         }
+    }
+
+    /// Notes how many events the live trace window let go early.
+    pub fn trace_dropped(&mut self, dropped: u64) {
+        self.trace_dropped = dropped;
     }
 
     /// The summary event.
@@ -775,8 +920,8 @@ impl Tally {
             upstream_lines: self.upstream_lines,
             unparsed: self.unparsed,
             explained: self.explained,
-            chains: self.chains.len() as u64,
-            chains_answered: self.chains.values().filter(|&&a| a).count() as u64,
+            chains: self.chains.count,
+            chains_answered: self.chains.answered,
             upstreams: self
                 .per_upstream
                 .iter()
@@ -786,6 +931,8 @@ impl Tally {
                     v
                 })
                 .collect(),
+            folded_upstreams: self.names.folded(),
+            trace_dropped: self.trace_dropped,
         }
     }
 
@@ -798,8 +945,8 @@ impl Tally {
             self.upstream_lines,
             self.lines,
             self.unparsed,
-            self.chains.len(),
-            self.chains.values().filter(|&&a| a).count()
+            self.chains.count,
+            self.chains.answered
         );
         for (upstream, t) in &self.per_upstream {
             let causes: Vec<String> = t.causes.iter().map(|(c, n)| format!("{c} x{n}")).collect();
@@ -811,6 +958,16 @@ impl Tally {
                 ));
             }
             out.push('\n');
+        }
+        if let Some(folded) = self.names.folded_text("upstreams") {
+            out.push_str(&format!("  ({folded})\n"));
+        }
+        if self.trace_dropped > 0 {
+            out.push_str(&format!(
+                "  ({} exchanges let go early: more than {LIVE_EVENTS} (or {LIVE_WHOLE} \
+                 failures) in the last 30 s)\n",
+                self.trace_dropped
+            ));
         }
         out
     }
@@ -969,5 +1126,105 @@ mod tests {
         }
         add_retries(&trace, &mut batch);
         assert!(batch.iter().all(|(_, e)| e.retried.is_none()), "{batch:?}");
+    }
+
+    /// LINE for worker `pid`, request `*conn`, to `upstream` (a URL).
+    fn line_to(pid: u32, conn: u64, upstream: &str) -> LogLine {
+        let text = LINE
+            .replace("4243#4243: *17", &format!("{pid}#{pid}: *{conn}"))
+            .replace("http://127.0.0.1:3999/", upstream);
+        parse(&text).unwrap()
+    }
+
+    #[test]
+    fn tallies_key_by_address_not_uri_and_fold_past_the_cap() {
+        let mut trace = Trace::default();
+        let mut tally = Tally::default();
+        // One upstream, a new URI per request: one row.
+        for conn in 0..1_000 {
+            let line = line_to(
+                4243,
+                conn,
+                &format!("http://127.0.0.1:3999/item/{conn}?q=x"),
+            );
+            let e = explain(&line, &mut trace, &join());
+            tally.add(&line, &e);
+        }
+        // A group named in `no live upstreams`-style fields: by its name.
+        let group = line_to(4243, 5_000, "http://backend/search?q=1");
+        let e = explain(&group, &mut trace, &join());
+        tally.add(&group, &e);
+        assert_eq!(
+            tally.per_upstream.keys().collect::<Vec<_>>(),
+            ["127.0.0.1:3999", "backend"]
+        );
+        assert_eq!(tally.per_upstream["127.0.0.1:3999"].lines, 1_000);
+        // A thousand UNIX paths: the first 256 rows, then `other`.
+        for i in 0..1_000 {
+            let line = line_to(4243, 10_000 + i, &format!("http://unix:/tmp/n{i}.sock:/x"));
+            let e = explain(&line, &mut trace, &join());
+            tally.add(&line, &e);
+        }
+        assert_eq!(tally.per_upstream.len(), TALLY_UPSTREAMS + 1);
+        let event = tally.to_event();
+        assert_eq!(event.folded_upstreams, 746);
+        assert_eq!(
+            tally.per_upstream.values().map(|t| t.lines).sum::<u64>(),
+            2_001
+        );
+        assert_eq!((event.upstream_lines, event.chains), (2_001, 2_001));
+        assert!(
+            tally
+                .to_text()
+                .contains("(746 further upstreams (past the first 256) counted as \"other\")"),
+            "{}",
+            tally.to_text()
+        );
+    }
+
+    #[test]
+    fn chains_are_counted_exactly_while_only_recent_ones_are_kept() {
+        let mut chains = Chains::default();
+        for conn in 0..200_000 {
+            chains.add((1, conn), false);
+            // Its retry answered, a line later.
+            chains.add((1, conn), conn % 2 == 0);
+        }
+        assert_eq!((chains.count, chains.answered), (200_000, 100_000));
+        assert_eq!(chains.open.len(), OPEN_CHAINS);
+        assert_eq!(chains.order.len(), OPEN_CHAINS);
+        // A recent chain still joins its later line.
+        chains.add((1, 199_999), true);
+        assert_eq!((chains.count, chains.answered), (200_000, 100_001));
+    }
+
+    #[test]
+    fn a_live_window_holds_at_most_its_cap_and_counts_the_rest() {
+        let mut trace = Trace::live();
+        for i in 0..(LIVE_EVENTS as u64 + 500) {
+            trace.add(
+                json!({"event":"upstream","time":"2026-11-27T00:02:03.400000Z",
+                "worker_pid":4243,"upstream":format!("127.0.0.1:{}", i % 60_000),
+                "outcome":"ok","verdict":"healthy","timings_us":{"total":1500}}),
+            );
+        }
+        assert_eq!(trace.exchanges.len(), LIVE_EVENTS);
+        assert_eq!(trace.dropped(), 500);
+        // Failures are whole events (about 4 KB): fewer are held.
+        let mut failures = Trace::live();
+        for _ in 0..(LIVE_WHOLE + 300) {
+            failures.add(refused("2026-11-27T00:02:03.400000Z", 1, "RST"));
+        }
+        assert_eq!(failures.exchanges.len(), LIVE_WHOLE);
+        assert_eq!((failures.whole, failures.dropped()), (LIVE_WHOLE, 300));
+        // The oldest go first: the newest failure still explains its line.
+        let e = explain(&parse(LINE).unwrap(), &mut failures, &join());
+        assert_eq!(e.confidence, "likely", "{e:?}");
+        // A recording is whole: nothing dropped.
+        let mut whole = Trace::default();
+        for _ in 0..1_000 {
+            whole.add(refused("2026-11-27T00:02:03.400000Z", 1, "RST"));
+        }
+        assert_eq!((whole.exchanges.len(), whole.dropped()), (1_000, 0));
     }
 }

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    configs::Configs,
+    configs::{ConfigRead, Configs},
     errorlog::{self, LogLine},
     exit::{self, UserError},
     explain::{self, ExplainEvent, Join, Tally, Trace},
@@ -22,6 +22,7 @@ use crate::{
     output::{Output, Text, notice},
     recording,
     session::Session,
+    slow::{self, Side},
 };
 
 /// Lines read before the first nginx record that make a file "not an nginx
@@ -213,6 +214,22 @@ pub struct Live {
     configs: Option<Configs>,
     config_file: Option<PathBuf>,
     traced_seen: BTreeSet<u32>,
+    /// The side thread finding logs, configurations and namespace pids
+    /// (`None` when it could not start: then done here).
+    side: Option<Side<LiveDone>>,
+    /// A look for logs is under way on the side thread.
+    discovering: bool,
+    /// Side jobs skipped, as last said.
+    skipped_said: u64,
+}
+
+/// What live explanation's side work gives back.
+enum LiveDone {
+    /// The error logs the traced processes hold open.
+    Logs(Vec<logfollow::Found>, bool),
+    /// After the traced set changed: the configuration read again, and
+    /// the processes' pids in their namespaces.
+    Traced(Option<ConfigRead>, BTreeMap<u32, u32>),
 }
 
 impl Live {
@@ -223,7 +240,7 @@ impl Live {
             given,
             logs: Logs::default(),
             waiting: VecDeque::new(),
-            trace: Trace::default(),
+            trace: Trace::live(),
             join: Join {
                 utc_offset_s: 0,
                 since: None,
@@ -236,6 +253,9 @@ impl Live {
             tally: Tally::default(),
             out: Output::new(json),
             discovered_at: None,
+            side: Side::start("ngx-trace-explain").ok(),
+            discovering: false,
+            skipped_said: 0,
         }
     }
 
@@ -248,8 +268,70 @@ impl Live {
             return;
         }
         self.discovered_at = Some(Instant::now());
-        self.logs.update(logfollow::discover(traced));
-        if self.logs.is_empty() && !traced.is_empty() {
+        // Reading every descriptor of every traced process: on the side
+        // thread, one look at a time.
+        if self.discovering {
+            return;
+        }
+        let pids = traced.clone();
+        self.discovering = self.run(slow::once(move || {
+            LiveDone::Logs(logfollow::discover(&pids), !pids.is_empty())
+        }));
+    }
+
+    /// Gives `job` to the side thread (whether it took it), or does it
+    /// here when there is none.
+    fn run(&mut self, mut job: Box<dyn slow::Job<LiveDone>>) -> bool {
+        match self.side.as_mut() {
+            Some(side) => side.submit(job),
+            None => {
+                if let Some(done) = job.step(Instant::now()) {
+                    self.take(done);
+                }
+                false
+            }
+        }
+    }
+
+    /// Takes what the side thread found.
+    fn side_work(&mut self) {
+        let Some(side) = &self.side else {
+            return;
+        };
+        let done: Vec<LiveDone> = side.results().collect();
+        let skipped = side.skipped();
+        for d in done {
+            self.take(d);
+        }
+        if skipped > self.skipped_said {
+            self.skipped_said = skipped;
+            notice(&format!(
+                "{skipped} looks for logs or configurations skipped so far: the side thread is \
+                 behind (tried again later)"
+            ));
+        }
+    }
+
+    fn take(&mut self, done: LiveDone) {
+        match done {
+            LiveDone::Logs(found, any_traced) => {
+                self.discovering = false;
+                self.found_logs(found, any_traced);
+            }
+            LiveDone::Traced(read, pid_map) => {
+                if let (Some(configs), Some(read)) = (self.configs.as_mut(), read) {
+                    configs.apply(read);
+                    self.join.config = configs.config().clone();
+                }
+                self.join.pid_map = pid_map;
+            }
+        }
+    }
+
+    /// Follows the logs found; says so once when there are none.
+    fn found_logs(&mut self, found: Vec<logfollow::Found>, any_traced: bool) {
+        self.logs.update(found);
+        if self.logs.is_empty() && any_traced {
             notice(
                 "no error log found among the files nginx holds open (error_log to stderr or \
                  syslog?): give it as `ngx-trace explain LOG --follow`",
@@ -284,7 +366,12 @@ impl crate::Watcher for Live {
                 )
             })?;
         }
-        self.discover(session.traced());
+        if self.given.is_none() {
+            // At start, before the first lines: here.
+            self.discovered_at = Some(Instant::now());
+            let traced = session.traced();
+            self.found_logs(logfollow::discover(traced), !traced.is_empty());
+        }
         Ok(())
     }
 
@@ -294,16 +381,23 @@ impl crate::Watcher for Live {
         for event in session.output().take_captured() {
             self.trace.add(event);
         }
+        self.side_work();
         self.discover(session.traced());
         if self.traced_seen != *session.traced() {
             // New processes (a reload, a restart): the configuration may be
             // new, and their pids need mapping (a pid's own never changes).
-            if let Some(configs) = self.configs.as_mut() {
-                configs.refresh(session.traced());
-                self.join.config = configs.config().clone();
+            // Read on the side thread; skipped (and counted) when it is
+            // behind, then tried at the next change.
+            let traced = session.traced().clone();
+            let file = self.config_file.clone();
+            let configs = self.configs.is_some();
+            let job = slow::once(move || {
+                let read = configs.then(|| Configs::read(file.as_deref(), &traced));
+                LiveDone::Traced(read, namespace_pids(&traced))
+            });
+            if self.run(job) || self.side.is_none() {
+                self.traced_seen = session.traced().clone();
             }
-            self.join.pid_map = namespace_pids(session.traced());
-            self.traced_seen = session.traced().clone();
         }
         let now = Instant::now();
         for raw in self.logs.read_lines() {
@@ -338,6 +432,7 @@ impl crate::Watcher for Live {
     /// Tracing stops: the lines left, then the summary.
     fn finish(&mut self, session: &Session) -> io::Result<()> {
         self.tick(session, true)?;
+        self.tally.trace_dropped(self.trace.dropped());
         let summary = self.tally.to_event();
         self.out
             .event(&summary, || Text::Lines(self.tally.to_text()))

@@ -58,53 +58,59 @@ const KEEP_NS: u64 = 15 * 60 * 1_000_000_000;
 /// Most facts kept (a storm of crashing processes cannot grow memory).
 const KEEP_MAX: usize = 16_384;
 
-/// Recent facts, oldest first, with an index by process.
+/// How far out of time order facts may arrive (records of different CPUs
+/// share the ring buffer): [`FateLog::pids_between`] looks this much
+/// beyond its span in the time-ordered list, then filters exactly.
+const DISORDER_NS: u64 = 1_000_000_000;
+
+/// Recent facts, indexed by process: a lookup costs the facts of one
+/// process, not the whole log (a reset looks up every candidate).
 #[derive(Debug, Default)]
 pub struct FateLog {
-    entries: VecDeque<Entry>,
-    /// Facts per process still in `entries`.
-    per_pid: HashMap<u32, usize>,
+    /// (time, pid) of every fact, oldest first: for expiry and spans.
+    order: VecDeque<(u64, u32)>,
+    /// The facts of each process, oldest first.
+    by_pid: HashMap<u32, VecDeque<Entry>>,
 }
 
 impl FateLog {
     /// Adds a fact (facts come in time order).
     pub fn add(&mut self, entry: Entry) {
-        while self.entries.len() >= KEEP_MAX
+        while self.order.len() >= KEEP_MAX
             || self
-                .entries
+                .order
                 .front()
-                .is_some_and(|e| e.time_ns + KEEP_NS < entry.time_ns)
+                .is_some_and(|(t, _)| t + KEEP_NS < entry.time_ns)
         {
             self.pop_oldest();
         }
-        *self.per_pid.entry(entry.pid).or_default() += 1;
-        self.entries.push_back(entry);
+        self.order.push_back((entry.time_ns, entry.pid));
+        self.by_pid.entry(entry.pid).or_default().push_back(entry);
     }
 
     fn pop_oldest(&mut self) {
-        let Some(old) = self.entries.pop_front() else {
+        let Some((_, pid)) = self.order.pop_front() else {
             return;
         };
-        if let Some(n) = self.per_pid.get_mut(&old.pid) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_pid.remove(&old.pid);
+        if let Some(facts) = self.by_pid.get_mut(&pid) {
+            facts.pop_front();
+            if facts.is_empty() {
+                self.by_pid.remove(&pid);
             }
         }
     }
 
-    /// Whether anything is known of `pid`.
-    pub fn knows(&self, pid: u32) -> bool {
-        self.per_pid.contains_key(&pid)
-    }
-
     /// The processes with facts from `from_ns` to `to_ns`, each once.
     pub fn pids_between(&self, from_ns: u64, to_ns: u64) -> Vec<u32> {
+        let first = self
+            .order
+            .partition_point(|(t, _)| t.saturating_add(DISORDER_NS) < from_ns);
         let mut pids: Vec<u32> = self
-            .entries
-            .iter()
-            .filter(|e| (from_ns..=to_ns).contains(&e.time_ns))
-            .map(|e| e.pid)
+            .order
+            .range(first..)
+            .take_while(|(t, _)| t.saturating_sub(DISORDER_NS) <= to_ns)
+            .filter(|(t, _)| (from_ns..=to_ns).contains(t))
+            .map(|(_, pid)| *pid)
             .collect();
         pids.sort_unstable();
         pids.dedup();
@@ -113,13 +119,11 @@ impl FateLog {
 
     /// The fate of `pid` from `from_ns` to `to_ns`, if anything befell it.
     pub fn fate(&self, pid: u32, from_ns: u64, to_ns: u64) -> Option<Fate> {
-        if !self.knows(pid) {
-            return None;
-        }
         let facts: Vec<&Entry> = self
-            .entries
+            .by_pid
+            .get(&pid)?
             .iter()
-            .filter(|e| e.pid == pid && (from_ns..=to_ns).contains(&e.time_ns))
+            .filter(|e| (from_ns..=to_ns).contains(&e.time_ns))
             .collect();
         Fate::from_facts(pid, &facts)
     }
@@ -128,7 +132,7 @@ impl FateLog {
     pub fn identity(&self, pid: u32) -> (u32, String) {
         let mut parent = 0;
         let mut comm = String::new();
-        for e in self.entries.iter().filter(|e| e.pid == pid) {
+        for e in self.by_pid.get(&pid).into_iter().flatten() {
             if e.parent != 0 {
                 parent = e.parent;
             }
@@ -654,7 +658,78 @@ mod tests {
     fn the_log_forgets_old_facts() {
         let mut l = log(vec![exit(1, 0, 256)]);
         l.add(exit(2, KEEP_NS + 1, 256));
-        assert!(!l.knows(1) && l.knows(2));
+        assert!(!l.by_pid.contains_key(&1) && l.by_pid.contains_key(&2));
+    }
+
+    #[test]
+    fn the_index_answers_as_a_scan_of_every_fact_would() {
+        // The facts of the tests above together, some a little out of
+        // order (two CPUs), and many bystanders.
+        let mut entries = vec![
+            signal(4242, 2_000 * MS, 15, 0, 4200, "php-fpm8.2"),
+            signal(77, 10 * MS, 11, 1, 77, "python3"),
+            exit(77, 11 * MS, 11 | 0x80),
+            signal(9, 5 * MS, 6, 0, 8, "gunicorn"),
+            exit(9, 6 * MS, 1 << 8),
+            signal(4242, 2_000 * MS + 200_000, 15, 0, 4242, "php-fpm8.2"),
+            exit(4242, 2_001 * MS, 15),
+        ];
+        for i in 0..500u32 {
+            entries.push(exit(10_000 + i % 50, 2_100 * MS + u64::from(i) * MS, 0));
+        }
+        entries.sort_by_key(|e| e.time_ns);
+        entries.swap(3, 4);
+        let l = log(entries.clone());
+        let scan_pids = |from: u64, to: u64| {
+            let mut p: Vec<u32> = entries
+                .iter()
+                .filter(|e| (from..=to).contains(&e.time_ns))
+                .map(|e| e.pid)
+                .collect();
+            p.sort_unstable();
+            p.dedup();
+            p
+        };
+        let scan_fate = |pid: u32, from: u64, to: u64| {
+            let facts: Vec<&Entry> = entries
+                .iter()
+                .filter(|e| e.pid == pid && (from..=to).contains(&e.time_ns))
+                .collect();
+            Fate::from_facts(pid, &facts)
+        };
+        let spans = [
+            (0, 7 * MS),
+            (6 * MS, 7 * MS),
+            (0, 20 * MS),
+            (0, 2_002 * MS),
+            (2_000 * MS + 1, 2_300 * MS),
+            (2_500 * MS, 3_000 * MS),
+        ];
+        for (from, to) in spans {
+            assert_eq!(
+                l.pids_between(from, to),
+                scan_pids(from, to),
+                "{from}..={to}"
+            );
+            for pid in [9, 77, 4242, 10_003, 10_049, 5] {
+                assert_eq!(l.fate(pid, from, to), scan_fate(pid, from, to));
+            }
+        }
+        assert_eq!(l.identity(4242), (4200, "php-fpm8.2".to_string()));
+        assert_eq!(l.identity(5), (0, String::new()));
+    }
+
+    #[test]
+    fn a_full_log_forgets_its_oldest_facts_first() {
+        let mut l = FateLog::default();
+        for i in 0..KEEP_MAX as u64 + 2 {
+            l.add(exit(1 + (i % 3) as u32, i, 0));
+        }
+        assert_eq!(l.order.len(), KEEP_MAX);
+        let indexed: usize = l.by_pid.values().map(VecDeque::len).sum();
+        assert_eq!(indexed, KEEP_MAX);
+        assert_eq!(l.pids_between(0, 1), Vec::<u32>::new());
+        assert_eq!(l.pids_between(2, 4), vec![1, 2, 3]);
     }
 
     #[test]

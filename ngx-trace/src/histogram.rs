@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::{human::human_us, timings::Timings};
+use crate::{
+    capped::{NameCap, OTHER},
+    human::human_us,
+    timings::Timings,
+};
 
 /// The phases histograms are kept for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,6 +35,11 @@ impl Phase {
 
 /// Highest value tracked: one hour in µs; larger values are clamped to it.
 const HIGHEST_US: u64 = 3_600_000_000;
+/// Upstreams given histograms of their own; later ones are counted under
+/// `other`. A phase's histogram grows with the largest value it holds, up to
+/// 188 KB for an hour: 64 names of 3 phases stay under 40 MB whatever the
+/// traced processes connect to.
+pub const MAX_UPSTREAMS: usize = 64;
 /// Width of the longest bar.
 const BAR_WIDTH: f64 = 40.0;
 
@@ -64,6 +73,10 @@ pub struct HistogramEvent {
     pub p999_us: u64,
     /// Largest value, µs (to 3 significant digits, as every value here).
     pub max_us: u64,
+    /// On the `other` upstream's events only: how many distinct upstreams
+    /// it counts (those past the first [`MAX_UPSTREAMS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folded_upstreams: Option<u64>,
 }
 
 impl HistogramEvent {
@@ -79,37 +92,67 @@ impl HistogramEvent {
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
+            folded_upstreams: None,
         }
     }
 }
 
-/// Histograms (1 µs to 1 h, 3 significant digits) per upstream and phase.
-#[derive(Default)]
+/// Histograms (1 µs to 1 h, 3 significant digits) per upstream and phase,
+/// for at most [`MAX_UPSTREAMS`] upstreams (the rest are `other`).
 pub struct Histograms {
     by: BTreeMap<String, BTreeMap<Phase, Histogram<u64>>>,
+    names: NameCap,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Self {
+            by: BTreeMap::new(),
+            names: NameCap::new(MAX_UPSTREAMS),
+        }
+    }
 }
 
 impl Histograms {
     /// Records the known phases of one exchange of `upstream`.
     pub fn record(&mut self, upstream: &str, t: &Timings) {
-        for (phase, value) in [
+        let phases = [
             (Phase::Connect, t.connect),
             (Phase::FirstByte, t.first_byte),
             (Phase::Total, t.total),
-        ] {
-            let Some(us) = value else { continue };
-            // Look up by &str first: no allocation per exchange.
-            if !self.by.contains_key(upstream) {
-                self.by.insert(upstream.to_string(), BTreeMap::new());
-            }
-            let Some(phases) = self.by.get_mut(upstream) else {
-                continue;
-            };
-            let h = phases.entry(phase).or_insert_with(|| {
-                Histogram::new_with_bounds(1, HIGHEST_US, 3).expect("valid histogram bounds")
-            });
-            h.saturating_record(us.clamp(1, HIGHEST_US));
+        ];
+        if phases.iter().all(|(_, v)| v.is_none()) {
+            return;
         }
+        // Look up by &str first: no allocation per exchange.
+        let key = self.names.key(upstream, self.by.contains_key(upstream));
+        if !self.by.contains_key(key) {
+            self.by.insert(key.to_string(), BTreeMap::new());
+        }
+        let Some(by_phase) = self.by.get_mut(key) else {
+            return;
+        };
+        for (phase, value) in phases {
+            let Some(us) = value else { continue };
+            // Auto-resizing: a histogram costs what its largest value needs
+            // (a few KB for milliseconds), not the 188 KB of an hour.
+            let h = by_phase.entry(phase).or_insert_with(|| {
+                let mut h = Histogram::new(3).expect("valid histogram precision");
+                h.auto(true);
+                h
+            });
+            // `record` resizes (`saturating_record` would clamp to the
+            // current size instead); it fails only if memory runs out.
+            let us = us.clamp(1, HIGHEST_US);
+            if h.record(us).is_err() {
+                h.saturating_record(us);
+            }
+        }
+    }
+
+    /// Distinct upstreams counted under `other`.
+    pub fn folded(&self) -> u64 {
+        self.names.folded()
     }
 
     /// Whether nothing was recorded.
@@ -122,9 +165,11 @@ impl Histograms {
         self.by
             .iter()
             .flat_map(|(upstream, phases)| {
-                phases
-                    .iter()
-                    .map(move |(phase, h)| HistogramEvent::new(upstream, *phase, h))
+                let folded = (upstream == OTHER && self.folded() > 0).then(|| self.folded());
+                phases.iter().map(move |(phase, h)| HistogramEvent {
+                    folded_upstreams: folded,
+                    ..HistogramEvent::new(upstream, *phase, h)
+                })
             })
             .collect()
     }
@@ -138,6 +183,9 @@ impl Histograms {
             for (phase, h) in phases {
                 Self::phase_text(&mut text, *phase, h);
             }
+        }
+        if let Some(folded) = self.names.folded_text("upstreams") {
+            text.push_str(&format!("({folded})\n"));
         }
         text
     }
@@ -253,5 +301,47 @@ mod tests {
         };
         assert!(bar("max") > bar("p50"), "{text}");
         assert_eq!(bar("max"), 40, "{text}");
+    }
+
+    #[test]
+    fn upstreams_past_the_cap_fold_into_other_with_exact_totals() {
+        let mut h = Histograms::default();
+        // A neighbour connecting to a new UNIX path per call.
+        for i in 0..1000u64 {
+            h.record(&format!("unix:/tmp/n{i}.sock"), &first_byte(1000 + i));
+        }
+        let events = h.to_events();
+        let first_bytes: Vec<_> = events.iter().filter(|e| e.phase == "first_byte").collect();
+        assert_eq!(first_bytes.len(), MAX_UPSTREAMS + 1, "{first_bytes:?}");
+        assert_eq!(first_bytes.iter().map(|e| e.count).sum::<u64>(), 1000);
+        let other = first_bytes.iter().find(|e| e.upstream == "other").unwrap();
+        assert_eq!(other.count, 1000 - MAX_UPSTREAMS as u64);
+        assert_eq!(other.folded_upstreams, Some(1000 - MAX_UPSTREAMS as u64));
+        assert_eq!(h.folded(), 1000 - MAX_UPSTREAMS as u64);
+        assert!(
+            h.to_text()
+                .contains("(936 further upstreams (past the first 64) counted as \"other\")"),
+            "{}",
+            h.to_text()
+        );
+        // Only named upstreams' events lack the field.
+        assert!(
+            first_bytes
+                .iter()
+                .filter(|e| e.upstream != "other")
+                .all(|e| e.folded_upstreams.is_none())
+        );
+    }
+
+    #[test]
+    fn a_histogram_grows_only_to_its_largest_value() {
+        let mut h = Histograms::default();
+        h.record("127.0.0.1:8080", &first_byte(1000));
+        let small = h.by["127.0.0.1:8080"][&Phase::FirstByte].distinct_values();
+        h.record("127.0.0.1:8081", &first_byte(3_600_000_000));
+        let large = h.by["127.0.0.1:8081"][&Phase::FirstByte].distinct_values();
+        // 8 bytes a counter: a few KB for 1 ms, the full 188 KB for an hour.
+        assert!(small * 8 < 32 * 1024, "{small} counters for 1 ms");
+        assert!(large > 4 * small, "{large} counters for an hour");
     }
 }

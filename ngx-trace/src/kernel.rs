@@ -1,21 +1,25 @@
 //! Loading the eBPF object, attaching its programs, and the maps user space uses.
+mod batch;
+mod orphans;
+
 use std::{
     os::fd::AsFd as _,
     path::Path,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, SkStorage},
+    maps::{HashMap, IterableMap as _, MapData, MapError, PerCpuArray, RingBuf, SkStorage},
     programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, TracePoint},
     sys::SyscallError,
 };
 use ngx_trace_common::{
     Config, Exchange, GLOBAL_CONFIG, Hook, LOST_MAP_FULL, LOST_SLOTS, MAP_CONNS, MAP_EVENTS,
     MAP_LOST, MAP_NGINX_PIDS, MAP_UPSTREAM_SOCKS, NGINX_PID_TRACED, NGINX_PID_WORKER, ProgramSpec,
-    SockMark,
+    SighandOffsets, SockMark, UpstreamAddr,
 };
 
 use crate::{
@@ -47,6 +51,9 @@ pub struct Kernel {
     pids_skipped: u64,
     /// Upstream connections in flight.
     conns: HashMap<MapData, u64, Exchange>,
+    /// How `conns` is read (a mutex, not a cell: `Kernel` may move to
+    /// another thread).
+    conns_read: Mutex<ConnsRead>,
     /// Marks on upstream sockets.
     upstream_socks: SkStorage<MapData, SockMark>,
     /// How long loading and attaching took.
@@ -151,6 +158,7 @@ impl Kernel {
             ebpf,
             lost,
             conns,
+            conns_read: Mutex::new(ConnsRead::default()),
             upstream_socks,
             pids,
             pids_skipped: 0,
@@ -203,10 +211,66 @@ impl Kernel {
             .context("failed to mark the socket in UPSTREAM_SOCKS")
     }
 
-    /// The upstream connections the kernel tracks now, by socket. Entries
-    /// that change while being read are skipped (the next read sees them).
+    /// The upstream connections the kernel tracks now, by socket (see
+    /// [`Kernel::conns_batch`]).
     pub fn conns(&self) -> impl Iterator<Item = (u64, Exchange)> + '_ {
-        self.conns.iter().filter_map(Result::ok)
+        let mut conns = Vec::new();
+        self.conns_batch(&mut conns);
+        conns.into_iter()
+    }
+
+    /// The upstream connections the kernel tracks now, by socket, into
+    /// `out` (cleared first): in batches of 256 (`BPF_MAP_LOOKUP_BATCH`),
+    /// into buffers kept from one read to the next. Where the kernel
+    /// cannot (said once), entry by entry from then on; entries that
+    /// change while being read that way are skipped (the next read sees
+    /// them). Entries of a process gone for 10 s are dropped from the map
+    /// and left out (see `kernel/orphans.rs`).
+    pub fn conns_batch(&self, out: &mut Vec<(u64, Exchange)>) {
+        let mut guard = self
+            .conns_read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let read = &mut *guard;
+        let fd = self.conns.map().fd().as_fd();
+        let mut done = false;
+        if !read.one_by_one {
+            let batches = read.batches.get_or_insert_with(|| {
+                batch::Batches::new(0, Exchange::new(0, 0, 0, UpstreamAddr::ZERO))
+            });
+            match batches.read(out, |call| batch::lookup_batch(fd, call)) {
+                Ok(()) => done = true,
+                Err(e) => {
+                    read.one_by_one = true;
+                    read.batches = None;
+                    crate::output::notice(&format!(
+                        "reading the in-flight connections (CONNS) in batches failed ({e}): \
+                         reading them entry by entry from now on, two syscalls each"
+                    ));
+                }
+            }
+        }
+        if !done {
+            out.clear();
+            out.extend(self.conns.iter().filter_map(Result::ok));
+        }
+        read.tgids.clear();
+        read.tgids.extend(out.iter().map(|(_, ex)| ex.tgid));
+        read.tgids.sort_unstable();
+        read.tgids.dedup();
+        let gone = read
+            .orphans
+            .sweep(&read.tgids, Instant::now(), orphans::alive);
+        if !gone.is_empty() {
+            out.retain(|(sk, ex)| {
+                if !gone.contains(&ex.tgid) {
+                    return true;
+                }
+                // Already gone is no error.
+                let _ = batch::delete(fd, sk);
+                false
+            });
+        }
     }
 
     /// Forgets the connections `sks` (those of a worker that died: no
@@ -245,6 +309,50 @@ impl Kernel {
         totals[LOST_MAP_FULL as usize] += self.pids_skipped;
         Ok(totals)
     }
+}
+
+/// How [`Kernel::conns_batch`] reads the in-flight map.
+#[derive(Default)]
+struct ConnsRead {
+    /// Buffers of the batch reads (made at the first).
+    batches: Option<batch::Batches<u64, Exchange>>,
+    /// The kernel refused a batch read: entry by entry from then on.
+    one_by_one: bool,
+    /// The processes owning entries at the last read (kept for its room).
+    tgids: Vec<u32>,
+    /// Entries left behind by processes gone.
+    orphans: orphans::Orphans,
+}
+
+/// Entries of `struct sighand_struct.action`: `_NSIG`, 64 on every
+/// architecture ngx-trace builds for (x86_64, arm64).
+const NSIG: u32 = 64;
+
+/// Where the running kernel keeps a task's signal handlers, from its BTF
+/// (`btf`): the kernel side leaves out the signals a process sends itself
+/// and handles. [`SighandOffsets::NONE`] when the BTF does not tell (a
+/// layout not understood): then none is left out, nothing fails.
+pub fn sighand_offsets(btf: &crate::btf::Btf) -> SighandOffsets {
+    let member = |strukt: &str, name: &str| btf.member(strukt, name).ok();
+    let offsets = || {
+        let sighand = member("task_struct", "sighand")?;
+        let action = member("sighand_struct", "action")?;
+        let sa = member("k_sigaction", "sa")?;
+        let handler = member("sigaction", "sa_handler")?;
+        let action_size = action.size / NSIG;
+        let handler_at = sa.offset + handler.offset;
+        let fits = sighand.size == 8
+            && handler.size == 8
+            && action.size % NSIG == 0
+            && handler_at + handler.size <= action_size;
+        fits.then_some(SighandOffsets {
+            task_sighand: sighand.offset,
+            action: action.offset,
+            action_size,
+            handler: handler_at,
+        })
+    };
+    offsets().unwrap_or(SighandOffsets::NONE)
 }
 
 /// Whether a failed insert into a BPF hash map means it is full
@@ -519,6 +627,20 @@ mod tests {
             call: "bpf_map_update_elem",
             io_error: std::io::Error::from_raw_os_error(errno),
         })
+    }
+
+    #[test]
+    fn signal_handlers_are_found_in_this_kernels_btf() {
+        let btf = crate::btf::Btf::from_sys_fs().expect("kernel BTF");
+        let at = sighand_offsets(&btf);
+        assert!(at.known(), "{at:?}");
+        // `struct k_sigaction` starts with `struct sigaction`, which
+        // starts with its handler (x86_64, arm64), and holds at least the
+        // handler, flags and mask.
+        assert_eq!(at.handler, 0, "{at:?}");
+        assert!((24..=64).contains(&at.action_size), "{at:?}");
+        // `action` follows the lock, the count and a wait queue head.
+        assert!(at.action >= 24, "{at:?}");
     }
 
     #[test]

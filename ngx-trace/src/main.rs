@@ -6,9 +6,11 @@
 //! → print (`event`, `output`) and count (`summary`, `histogram`,
 //! `metrics`, served by `metrics_http`).
 
+mod accept_queue;
 mod adopt;
 mod backends;
 mod btf;
+mod capped;
 mod causes;
 mod check;
 mod cli;
@@ -17,6 +19,8 @@ mod configs;
 mod confined;
 #[cfg(test)]
 mod contract;
+mod dns;
+mod drain;
 mod errorlog;
 mod event;
 mod exit;
@@ -26,6 +30,7 @@ mod fates;
 mod fold;
 #[cfg(test)]
 mod fuzz;
+mod held;
 mod histogram;
 mod hooks;
 mod human;
@@ -35,6 +40,7 @@ mod load_error;
 mod localtime;
 mod logfollow;
 mod metrics;
+mod metrics_file;
 mod metrics_http;
 mod nginx_conf;
 mod nginx_files;
@@ -44,15 +50,20 @@ mod proc_net;
 mod procs;
 mod recording;
 mod records;
+mod reservoir;
 mod sanitize;
 mod session;
+mod slow;
+mod sock_diag;
 mod summary;
 mod timings;
 mod top;
 mod tracefs;
 mod tune;
+mod unacked;
 mod verdict;
 mod version;
+mod writer;
 
 use std::{
     collections::BTreeSet,
@@ -64,10 +75,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use clap::Parser as _;
 use ngx_trace_common::{Config, StructOffsets};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{Cli, Mode, TraceArgs},
@@ -263,6 +271,7 @@ fn struct_offsets() -> Result<StructOffsets> {
         sk_dport: field("sock_common", "skc_dport", 2)?,
         sk_rcv_saddr: field("sock_common", "skc_rcv_saddr", 4)?,
         sk_v6_rcv_saddr: field("sock_common", "skc_v6_rcv_saddr", 16)?,
+        sighand: kernel::sighand_offsets(&btf),
     })
 }
 
@@ -386,6 +395,7 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
         out = record_to(out, path, initial.first().copied())?;
     }
     let mut session = Session::new(out, args.all, args.slow.saturating_mul(1000), initial);
+    let mut metrics_file = None;
     if metrics_listener.is_some() || args.metrics_file.is_some() {
         let configs = configs::Configs::load(args.config.as_deref(), session.traced());
         let metrics = metrics::Metrics::new(
@@ -399,6 +409,11 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
             }
             tokio::spawn(metrics_http::serve(listener, metrics.registry()));
         }
+        // Written from its own thread: a slow disk never stalls the drain.
+        metrics_file = metrics
+            .file()
+            .map(|path| metrics_file::MetricsFile::start(metrics.registry(), path.to_path_buf()))
+            .transpose()?;
         session.export(metrics, configs);
     }
     session.refresh_workers()?;
@@ -417,7 +432,9 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
     .await?;
     session.finish(kernel.conns(), clock::monotonic_ns())?;
     session.output().flush_record()?;
-    session.write_metrics_file();
+    if let Some(file) = metrics_file {
+        file.finish();
+    }
     if let Some(live) = live.as_mut() {
         live.finish(&session)?;
     }
@@ -445,8 +462,25 @@ struct Stops {
     sigint: tokio::signal::unix::Signal,
 }
 
-/// Reads records until the duration ends or a signal asks to stop, then
-/// drains what is left.
+/// Records handled per turn of the session's loop at most, so that its
+/// timers run between the records of a long backlog.
+const RECORDS_PER_TURN: usize = 4096;
+
+/// A timer every `period` from `start`; after a stall it waits a full
+/// period (no burst of the passes missed, each of which could stall again).
+fn ticks_at(start: tokio::time::Instant, period: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval_at(start, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
+/// A timer every `period`, its first tick at once (see [`ticks_at`]).
+fn ticks(period: Duration) -> tokio::time::Interval {
+    ticks_at(tokio::time::Instant::now(), period)
+}
+
+/// Handles the records the drain thread (see [`drain`]) hands over until
+/// the duration ends or a signal asks to stop, then every record left.
 async fn pump(
     kernel: &mut Kernel,
     events: RingBuf<MapData>,
@@ -462,41 +496,31 @@ async fn pump(
     let forever = Duration::from_secs(u64::MAX / 4);
     let deadline = tokio::time::sleep(args.duration.unwrap_or(forever));
     tokio::pin!(deadline);
-    let mut workers_tick = tokio::time::interval(Duration::from_millis(200));
-    let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut pending_tick = tokio::time::interval(Duration::from_millis(250));
-    // Answered exchanges are written without waking us (see the kernel's
-    // record.rs): drain them on a timer.
-    let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
-    let mut explain_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut workers_tick = ticks(Duration::from_millis(200));
+    let mut lost_tick = ticks(Duration::from_secs(1));
+    let mut pending_tick = ticks(Duration::from_millis(250));
+    let mut held_tick = ticks(Duration::from_millis(100));
+    let mut explain_tick = ticks(Duration::from_millis(250));
     let interval = match args.interval {
         0 => forever,
         secs => Duration::from_secs(secs),
     };
-    let mut histogram_tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut histogram_tick = ticks_at(tokio::time::Instant::now() + interval, interval);
 
-    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
-    // for as long as the AsyncFd owns the RingBuf.
-    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-        .map_err(io::Error::from)
-        .context("failed to poll the ring buffer")?;
+    let mut drain = drain::Drain::start(events).context("failed to start the ring-buffer drain")?;
     let outcome: Result<()> = async {
         loop {
             tokio::select! {
-                guard = ring.readable_mut() => {
-                    let mut guard = guard.context("failed to poll the ring buffer")?;
-                    let rb = guard.get_inner_mut();
-                    while let Some(item) = rb.next() {
-                        session.record(&item)?;
-                    }
-                    guard.clear_ready();
+                batch = drain.recv(), if drain.wants_batch() => {
+                    drain.take(batch)?;
+                    drain.handle(RECORDS_PER_TURN, |r| session.record(r))?;
                 }
-                _ = drain_tick.tick() => {
-                    let rb = ring.get_mut();
-                    while let Some(item) = rb.next() {
-                        session.record(&item)?;
-                    }
+                // Lets the timers and the runtime run between two parts
+                // of a long batch.
+                () = tokio::task::yield_now(), if drain.has_work() => {
+                    drain.handle(RECORDS_PER_TURN, |r| session.record(r))?;
+                }
+                _ = held_tick.tick() => {
                     session.release_held(clock::monotonic_ns())?;
                 }
                 _ = workers_tick.tick() => {
@@ -505,7 +529,6 @@ async fn pump(
                 _ = lost_tick.tick() => {
                     session.report_lost(kernel.lost()?, kernel.hooks_skipped(), false)?;
                     session.output().flush_record()?;
-                    session.write_metrics_file();
                 }
                 _ = explain_tick.tick() => {
                     if let Some(live) = live.as_deref_mut() {
@@ -529,10 +552,7 @@ async fn pump(
     }
     .await;
     outcome?;
-    let rb = ring.get_mut();
-    while let Some(item) = rb.next() {
-        session.record(&item)?;
-    }
+    drain.finish(|r| session.record(r)).await?;
     session.report_lost(kernel.lost()?, kernel.hooks_skipped(), true)?;
     Ok(())
 }

@@ -596,16 +596,28 @@ impl Metrics {
         self.traced_workers.set(n as i64);
     }
 
-    /// Writes the metrics to `--metrics-file`, if given, atomically: a
-    /// temporary file in the same directory, renamed over it (what
-    /// node_exporter's textfile collector asks for).
+    /// The `--metrics-file`, if given (written by [`crate::metrics_file`]).
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Writes the metrics to `--metrics-file`, if given (see
+    /// [`write_registry`]).
+    #[cfg(test)]
     pub fn write_file(&self) -> Result<()> {
         let Some(path) = &self.file else {
             return Ok(());
         };
-        let body = encode(&self.registry, Format::Prometheus)?;
-        write_atomically(path, body.as_bytes())
+        write_registry(&self.registry, path)
     }
+}
+
+/// Writes the metrics of `registry` to `path` atomically: a temporary file
+/// in the same directory, renamed over it (what node_exporter's textfile
+/// collector asks for).
+pub fn write_registry(registry: &Registry, path: &Path) -> Result<()> {
+    let body = encode(registry, Format::Prometheus)?;
+    write_atomically(path, body.as_bytes())
 }
 
 /// Fails, saying what to do, when `--metrics-file` cannot be written: its

@@ -8,7 +8,7 @@
 //! and never stops tracing.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr, ToSocketAddrs as _},
+    net::{IpAddr, SocketAddr},
 };
 
 use crate::nginx_files::glob_match;
@@ -456,7 +456,8 @@ fn default_of(name: &str) -> &'static str {
 }
 
 /// ngx-trace's name of the address `host[:port]` (`default_port` when none);
-/// a name is resolved (every address it gives).
+/// a name is resolved (every address it gives; none when DNS does not
+/// answer within `dns::DEADLINE`).
 fn addresses(host_port: &str, default_port: u16) -> Vec<String> {
     if let Some(path) = host_port.strip_prefix("unix:") {
         return vec![format!("unix:{path}")];
@@ -475,10 +476,11 @@ fn addresses(host_port: &str, default_port: u16) -> Vec<String> {
     if let Ok(addr) = with_port.parse::<SocketAddr>() {
         return vec![name_of(addr)];
     }
-    let mut found: Vec<String> = with_port
-        .to_socket_addrs()
-        .map(|it| it.map(name_of).collect())
-        .unwrap_or_default();
+    // Under a deadline: a DNS outage must not hold up the tracer.
+    let mut found: Vec<String> = crate::dns::resolve(&with_port)
+        .into_iter()
+        .map(name_of)
+        .collect();
     found.sort();
     found.dedup();
     found

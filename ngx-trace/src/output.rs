@@ -8,15 +8,18 @@
 //! formatter has to remember it. JSON is escaped by its encoder.
 use std::{
     borrow::Cow,
-    cell::RefCell,
+    cell::{Cell, RefCell},
     fs::File,
-    io::{self, BufWriter, Write as _},
+    io::{self, Write as _},
 };
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::sanitize;
+use crate::{
+    sanitize,
+    writer::{self, Sink, Writer},
+};
 
 /// The text of an event or report, and where its lines break: escaping
 /// keeps the program's own line breaks and turns every other newline (one
@@ -98,24 +101,48 @@ fn printed(text: &(impl Printable + ?Sized)) -> String {
     line
 }
 
-/// Prints events as JSON Lines or text; every line is flushed at once so a
-/// reader sees events as they happen.
+/// Events captured for a live view at most between two looks: past it,
+/// events are dropped and counted.
+const MAX_CAPTURED: usize = 65_536;
+/// How often a rising count of dropped lines is said, at most.
+const DROPS_SAID_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long closing waits for a destination that takes nothing.
+const CLOSE_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Prints events as JSON Lines or text through the writer thread (see
+/// [`crate::writer`]): a line reaches stdout within a second, and a
+/// reader that does not keep up loses lines (counted), never the session's
+/// time.
 pub struct Output {
     json: bool,
     /// Whether events go to stdout at all (live `explain` prints its own).
     print: bool,
-    record: Option<RefCell<BufWriter<File>>>,
-    capture: Option<RefCell<Vec<Value>>>,
+    record: bool,
+    writer: Writer,
+    capture: Option<RefCell<Captured>>,
+    /// Lines dropped as last said, and when.
+    drops_said: Cell<(u64, Option<std::time::Instant>)>,
+}
+
+/// Events kept for a live view, and how many did not fit.
+#[derive(Default)]
+struct Captured {
+    events: Vec<Value>,
+    dropped: u64,
 }
 
 impl Output {
     /// JSON Lines if `json`, else text.
     pub fn new(json: bool) -> Self {
+        let writer = Writer::new(writer::QUEUE_BYTES);
+        writer.set(Sink::Stdout, Box::new(io::stdout()));
         Self {
             json,
             print: true,
-            record: None,
+            record: false,
+            writer,
             capture: None,
+            drops_said: Cell::new((0, None)),
         }
     }
 
@@ -124,18 +151,20 @@ impl Output {
         Self {
             json: true,
             print: false,
-            record: None,
-            capture: Some(RefCell::new(Vec::new())),
+            record: false,
+            writer: Writer::new(writer::QUEUE_BYTES),
+            capture: Some(RefCell::new(Captured::default())),
+            drops_said: Cell::new((0, None)),
         }
     }
 
     /// Also writes every event to `file`, after `header`.
-    pub fn recording_to(mut self, file: File, header: &impl Serialize) -> io::Result<Self> {
-        let mut writer = BufWriter::new(file);
-        serde_json::to_writer(&mut writer, header)?;
-        writer.write_all(b"\n")?;
-        writer.flush()?;
-        self.record = Some(RefCell::new(writer));
+    pub fn recording_to(mut self, mut file: File, header: &impl Serialize) -> io::Result<Self> {
+        let mut line = serde_json::to_vec(header)?;
+        line.push(b'\n');
+        file.write_all(&line)?;
+        self.writer.set(Sink::Record, Box::new(file));
+        self.record = true;
         Ok(self)
     }
 
@@ -146,7 +175,7 @@ impl Output {
 
     /// Whether events nobody sees printed are wanted (recorded or captured).
     pub fn keeps_everything(&self) -> bool {
-        self.record.is_some() || self.capture.is_some()
+        self.record || self.capture.is_some()
     }
 
     /// Prints `event` as JSON, or `text` in text mode, and keeps it. The
@@ -163,41 +192,48 @@ impl Output {
         }
         if self.json {
             let json = serde_json::to_string(event).map_err(io::Error::other)?;
-            self.write(json + "\n")
+            self.write(Sink::Stdout, json + "\n")
         } else {
-            self.write(printed(&text().into()))
+            self.write(Sink::Stdout, printed(&text().into()))
         }
     }
 
     /// Keeps `event` in the recording or the capture, without printing it
     /// (a healthy exchange without `--all`).
     pub fn keep(&self, event: &impl Serialize) -> io::Result<()> {
-        if let Some(record) = &self.record {
-            let mut writer = record.borrow_mut();
-            serde_json::to_writer(&mut *writer, event)?;
-            writer.write_all(b"\n")?;
+        if self.record {
+            let json = serde_json::to_string(event).map_err(io::Error::other)?;
+            self.write(Sink::Record, json + "\n")?;
         }
         if let Some(capture) = &self.capture {
-            capture
-                .borrow_mut()
-                .push(serde_json::to_value(event).map_err(io::Error::other)?);
+            let mut capture = capture.borrow_mut();
+            if capture.events.len() < MAX_CAPTURED {
+                let value = serde_json::to_value(event).map_err(io::Error::other)?;
+                capture.events.push(value);
+            } else {
+                capture.dropped += 1;
+                if capture.dropped == 1 {
+                    notice(&format!(
+                        "the live view fell behind: more than {MAX_CAPTURED} events waited; \
+                         the next ones are dropped and counted"
+                    ));
+                }
+            }
         }
         Ok(())
     }
 
-    /// Writes out what the recording holds in memory.
+    /// The error that stopped the recording, if one did (the writer
+    /// thread flushes it at least every 200 ms).
     pub fn flush_record(&self) -> io::Result<()> {
-        match &self.record {
-            Some(record) => record.borrow_mut().flush(),
-            None => Ok(()),
-        }
+        self.writer.failure(Sink::Record)
     }
 
     /// The events captured since the last call.
     pub fn take_captured(&self) -> Vec<Value> {
         self.capture
             .as_ref()
-            .map(|c| std::mem::take(&mut *c.borrow_mut()))
+            .map(|c| std::mem::take(&mut c.borrow_mut().events))
             .unwrap_or_default()
     }
 
@@ -207,14 +243,75 @@ impl Output {
         if !self.print {
             return Ok(());
         }
-        self.write(printed(text))
+        self.write(Sink::Stdout, printed(text))
     }
 
-    fn write(&self, bytes: String) -> io::Result<()> {
-        let mut out = io::stdout().lock();
-        out.write_all(bytes.as_bytes())?;
-        out.flush()
+    /// Writes what is queued and says what was dropped; waits while the
+    /// destinations take lines, and at most [`CLOSE_STALL`] for one that
+    /// takes nothing. Nothing is printed after.
+    pub fn close(&self) {
+        let left = self.writer.close(CLOSE_STALL);
+        let stdout = self.writer.dropped(Sink::Stdout);
+        let record = self.writer.dropped(Sink::Record);
+        if let Some(said) = dropped_notice(stdout, record, left) {
+            notice(&said);
+        }
+        if let Some(capture) = &self.capture {
+            let dropped = capture.borrow().dropped;
+            if dropped > 0 {
+                notice(&format!(
+                    "{dropped} events were dropped because the live view fell behind"
+                ));
+            }
+        }
     }
+
+    /// Queues `line` for `sink`; a dropped line is counted, and the count
+    /// said at the first drop and then at most every [`DROPS_SAID_EVERY`].
+    fn write(&self, sink: Sink, line: String) -> io::Result<()> {
+        if self.writer.push(sink, line)? {
+            return Ok(());
+        }
+        let dropped = self.writer.dropped(Sink::Stdout) + self.writer.dropped(Sink::Record);
+        let (said, at) = self.drops_said.get();
+        if at.is_none_or(|at| at.elapsed() >= DROPS_SAID_EVERY) && dropped > said {
+            self.drops_said
+                .set((dropped, Some(std::time::Instant::now())));
+            notice(&format!(
+                "output does not keep up (stdout not read, or a slow disk): {dropped} lines \
+                 dropped so far rather than wait; tracing goes on"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// What to say at the end of lines dropped for `stdout` and for the
+/// recording, and of `left` unwritten: nothing if none.
+fn dropped_notice(stdout: u64, record: u64, left: u64) -> Option<String> {
+    let mut parts = Vec::new();
+    if stdout > 0 {
+        parts.push(format!(
+            "{stdout} lines dropped because stdout was not read fast enough"
+        ));
+    }
+    if record > 0 {
+        parts.push(format!(
+            "{record} events not recorded because the recording's disk was too slow"
+        ));
+    }
+    if left > 0 {
+        parts.push(format!(
+            "{left} lines left unwritten at exit (the output took nothing)"
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// Notices held while a full-screen view owns the terminal (`top`):
@@ -344,6 +441,36 @@ mod tests {
         );
         let rows = Text::Rows(vec!["head".into(), "  a\nb".into()]);
         assert_eq!(printed(&rows), "head\n  a\\nb\n");
+    }
+
+    #[test]
+    fn drops_are_said_with_their_counts() {
+        assert_eq!(dropped_notice(0, 0, 0), None);
+        assert_eq!(
+            dropped_notice(1200, 0, 3).as_deref(),
+            Some(
+                "1200 lines dropped because stdout was not read fast enough; \
+                 3 lines left unwritten at exit (the output took nothing)"
+            )
+        );
+        assert_eq!(
+            dropped_notice(0, 7, 0).as_deref(),
+            Some("7 events not recorded because the recording's disk was too slow")
+        );
+    }
+
+    #[test]
+    fn a_live_view_that_falls_behind_keeps_a_bounded_number_of_events() {
+        let out = Output::capturing();
+        for n in 0..MAX_CAPTURED + 10 {
+            out.keep(&serde_json::json!({ "n": n })).unwrap();
+        }
+        assert_eq!(out.capture.as_ref().unwrap().borrow().dropped, 10);
+        let events = out.take_captured();
+        assert_eq!(events.len(), MAX_CAPTURED);
+        assert_eq!(events[0]["n"], 0);
+        out.keep(&serde_json::json!({ "n": "next" })).unwrap();
+        assert_eq!(out.take_captured()[0]["n"], "next");
     }
 
     #[test]

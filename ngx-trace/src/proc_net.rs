@@ -1,6 +1,6 @@
 //! What `/proc` says of a process's TCP connections: its socket fds and,
-//! from its network namespace's `/proc/<pid>/net/tcp{,6}`, each established
-//! connection's peer and unacknowledged bytes.
+//! from its network namespace's `/proc/<pid>/net/tcp{,6}` (read once, at
+//! start-up adoption), each established connection's peer.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -19,8 +19,6 @@ pub struct Established {
     pub remote: UpstreamAddr,
     /// The socket's inode (the `socket:[N]` a process's fd links to).
     pub inode: u64,
-    /// Bytes written and not yet acknowledged by the peer.
-    pub unacked: u64,
 }
 
 const TCP_ESTABLISHED: &str = "01";
@@ -60,12 +58,10 @@ pub fn parse_established(text: &str, family: u16) -> Vec<Established> {
                 return None;
             }
             let local = parse_addr(cols.get(1)?, family)?;
-            let (tx_queue, _) = cols.get(4)?.split_once(':')?;
             Some(Established {
                 local_port: u16::from_be(local.port_be),
                 remote: parse_addr(cols.get(2)?, family)?,
                 inode: cols.get(9)?.parse().ok()?,
-                unacked: u64::from_str_radix(tx_queue, 16).ok()?,
             })
         })
         .collect()
@@ -108,46 +104,12 @@ pub fn socket_table(pid: u32) -> SocketTable {
     table
 }
 
-/// The inode of the socket fd `fd` of process `pid` links to.
-fn socket_inode(pid: u32, fd: u32) -> Option<u64> {
-    let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-    parse_socket_link(link.to_str()?)
-}
-
 /// `socket:[12345]` → 12345.
 fn parse_socket_link(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?
         .strip_suffix(']')?
         .parse()
         .ok()
-}
-
-/// The socket tables of the processes asked about, each read once: one
-/// pass of `pending` reports asks about many exchanges of few workers.
-#[derive(Default)]
-pub struct Tables {
-    /// Unacknowledged bytes by socket inode, per process.
-    by_pid: BTreeMap<u32, BTreeMap<u64, u64>>,
-}
-
-impl Tables {
-    /// Bytes that fd `fd` of process `pid`, a TCP connection, has written
-    /// and its peer not yet acknowledged; `None` when it cannot be told (the
-    /// fd is gone or not an established TCP connection).
-    pub fn unacked(&mut self, pid: u32, fd: u32) -> Option<u64> {
-        let inode = socket_inode(pid, fd)?;
-        self.by_pid
-            .entry(pid)
-            .or_insert_with(|| {
-                socket_table(pid)
-                    .established
-                    .into_iter()
-                    .map(|c| (c.inode, c.unacked))
-                    .collect()
-            })
-            .get(&inode)
-            .copied()
-    }
 }
 
 #[cfg(test)]
@@ -208,25 +170,5 @@ mod tests {
             .expect("our connection in /proc/self/net/tcp");
         assert_eq!(upstream_name(&mine.remote).1, format!("127.0.0.1:{port}"));
         assert!(fds.contains_key(&mine.inode), "its inode is one of our fds");
-    }
-
-    #[test]
-    fn unacknowledged_bytes_of_a_real_connection() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let _server = listener.accept().unwrap();
-        use std::os::fd::AsRawFd as _;
-        // Loopback acknowledges at once: nothing is left unacknowledged.
-        std::io::Write::write_all(&mut &client, b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let fd = client.as_raw_fd() as u32;
-        let mut tables = Tables::default();
-        assert_eq!(tables.unacked(std::process::id(), fd), Some(0));
-        assert_eq!(
-            tables.unacked(std::process::id(), 0),
-            None,
-            "stdin is no TCP socket"
-        );
     }
 }

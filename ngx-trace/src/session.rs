@@ -1,7 +1,7 @@
 //! One tracing session: turns kernel records into events, follows the set
 //! of traced workers, reports lost events, and sums up at the end.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     io,
     rc::Rc,
 };
@@ -9,19 +9,23 @@ use std::{
 use ngx_trace_common::{End, Exchange, Phase, UpstreamAddr};
 
 use crate::{
-    backends::{AcceptQueues, Backends},
+    accept_queue::AcceptQueues,
+    backends::{Backends, Lookup},
     clock::{Clock, rfc3339_micros},
     configs::Configs,
     event::{LostEvent, PendingEvent, UpstreamEvent, WorkerExitEvent, WorkersEvent},
     fates::{self, Fact, Fate, FateFacts, FateKind, FateLog, PeerFacts},
     fold::Folding,
+    held::Held,
     histogram::Histograms,
     metrics::{self, Metrics, Route},
     output::{Output, notice},
-    proc_net, procs,
+    procs,
     records::{Facts, Finished, ProcessChange, Record, Transport, facts, upstream_name},
+    slow::{self, Done, Side},
     summary::Summary,
     timings::Timings,
+    unacked::Unacked,
     verdict::{Outcome, Verdict, explain},
 };
 
@@ -61,6 +65,18 @@ fn open_files_limit(limits: &str) -> Option<String> {
 /// bursts; one line per second would bury the events).
 const SKIPPED_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The session's side thread, or `None` (said) when it cannot start.
+fn start_side() -> Option<Side<Done>> {
+    Side::start("ngx-trace-side")
+        .map_err(|e| {
+            notice(&format!(
+                "cannot start the side thread ({e}): configurations are not read again at a \
+                 reload, and crashed backends are not named"
+            ));
+        })
+        .ok()
+}
+
 /// State of a tracing session.
 pub struct Session {
     out: Output,
@@ -74,7 +90,7 @@ pub struct Session {
     pending_shown: HashSet<(u64, u32, u64)>,
     /// Exchanges nginx gave up on, held until the kernel says whether their
     /// client had left (oldest first).
-    held: VecDeque<Finished>,
+    held: Held,
     /// Upstream names by address: formatted once, not per exchange.
     names: HashMap<UpstreamAddr, (Transport, Rc<str>)>,
     /// Traced nginx processes (not threads).
@@ -102,6 +118,9 @@ pub struct Session {
     export: Option<(Metrics, Configs)>,
     /// Local listeners' accept queues, read when a connect times out.
     accept_queues: AcceptQueues,
+    /// Asks waiting exchanges' sockets whether their requests are
+    /// acknowledged.
+    unacked: Unacked,
     /// Repeated failures folded in the text output.
     folding: Folding,
     /// The exchanges under way at the last look: transport, upstream, how
@@ -109,6 +128,11 @@ pub struct Session {
     under_way: Vec<(Transport, Rc<str>, u64, u32)>,
     /// Whether reading `/proc` failed for want of descriptors (said once).
     short_of_fds_said: bool,
+    /// The side thread: configuration reads and backend lookups (`None`
+    /// when it could not start: they are not done).
+    side: Option<Side<Done>>,
+    /// Side jobs skipped as last said, and when.
+    side_skipped_said: (u64, Option<std::time::Instant>),
 }
 
 impl Session {
@@ -123,7 +147,7 @@ impl Session {
             summary: Summary::default(),
             histograms: Histograms::default(),
             pending_shown: HashSet::new(),
-            held: VecDeque::new(),
+            held: Held::default(),
             names: HashMap::new(),
             traced,
             shown_workers: None,
@@ -137,9 +161,12 @@ impl Session {
             fd_counts: HashMap::new(),
             export: None,
             accept_queues: AcceptQueues::default(),
+            unacked: Unacked::default(),
             folding: Folding::default(),
             under_way: Vec::new(),
             short_of_fds_said: false,
+            side: start_side(),
+            side_skipped_said: (0, None),
         }
     }
 
@@ -171,22 +198,12 @@ impl Session {
         self.lost_reported
     }
 
-    /// Writes `--metrics-file`, if asked; a failure is said (once per
-    /// cause) and tracing goes on.
-    pub fn write_metrics_file(&mut self) {
-        if let Some((metrics, configs)) = &mut self.export
-            && let Err(e) = metrics.write_file()
-        {
-            configs.say(&format!("{e:#}"));
-        }
-    }
-
     /// Handles one raw ring-buffer record; one that does not decode is
     /// counted and reported with the lost records.
     pub fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
         match crate::records::decode(bytes) {
             Ok(Record::Upstream(x)) if x.end.is_nginx_giving_up() => {
-                self.held.push_back(x);
+                self.held.push(x);
                 Ok(())
             }
             Ok(Record::Upstream(x)) => self.exchange(&x),
@@ -227,6 +244,7 @@ impl Session {
     /// of the exchanges it took with it.
     fn fate(&mut self, entry: fates::Entry) {
         if matches!(entry.fact, Fact::Exited { .. }) && self.is_worker(entry.pid) {
+            self.unacked.forget_worker(entry.pid);
             self.dead_workers.insert(
                 entry.pid,
                 DeadWorker {
@@ -262,11 +280,7 @@ impl Session {
         }
         // Records of exchanges already judged (the worker was descheduled
         // for long) or lost are not found: nothing to correct.
-        let (left, kept): (VecDeque<Finished>, VecDeque<Finished>) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|x| x.facts.worker_pid == worker_pid && giveups.contains(&x.end_ns));
-        self.held = kept;
-        for mut x in left {
+        for mut x in self.held.claim(worker_pid, giveups) {
             x.client_left = true;
             self.exchange(&x)?;
         }
@@ -276,13 +290,8 @@ impl Session {
     /// Judges the held give-ups that ended before `now_ns` minus the wait
     /// for a client-gone record (all of them when `now_ns` is `u64::MAX`).
     pub fn release_held(&mut self, now_ns: u64) -> io::Result<()> {
-        while let Some(x) = self.held.front() {
-            if x.end_ns.saturating_add(CLIENT_GONE_WAIT_NS) > now_ns {
-                break;
-            }
-            if let Some(x) = self.held.pop_front() {
-                self.exchange(&x)?;
-            }
+        while let Some(x) = self.held.pop_due(now_ns, CLIENT_GONE_WAIT_NS) {
+            self.exchange(&x)?;
         }
         for line in self.folding.due(now_ns) {
             self.out.text(&line)?;
@@ -291,9 +300,11 @@ impl Session {
     }
 
     /// The transport and name of an upstream, cached (bounded: cleared when
-    /// a host has seen more upstreams than any configuration has).
+    /// full, as a neighbour connecting to a new path per call would fill
+    /// it; formatting a name again is cheap, holding 65,536 was 16 MB).
     fn name(&mut self, addr: &UpstreamAddr) -> (Transport, Rc<str>) {
-        if self.names.len() > 65_536 {
+        const NAMES_CACHED: usize = 4_096;
+        if self.names.len() >= NAMES_CACHED {
             self.names.clear();
         }
         self.names
@@ -329,18 +340,12 @@ impl Session {
                 // A local backend that stopped accepting: its kernel drops
                 // SYNs once the accept queue is full, as a lossy network
                 // would (the queue is read now; a stuck backend keeps it full).
-                if let Some(q) = self
-                    .accept_queues
-                    .get(x.facts.worker_pid, &x.facts.addr)
-                    .filter(|q| q.is_full())
-                {
-                    explanation.verdict = Verdict::BackendOverloaded;
-                    explanation.meaning = "backend's accept queue full";
-                    explanation.evidence = format!(
-                        "the local listener's accept queue is full ({} waiting, backlog {}): \
-                         its kernel drops new SYNs; {}",
-                        q.queued, q.backlog, explanation.evidence
-                    );
+                if let Some(o) = self.accept_queues.get(x.facts.worker_pid, &x.facts.addr) {
+                    if o.is_certain() {
+                        explanation.verdict = Verdict::BackendOverloaded;
+                        explanation.meaning = "backend's accept queue full";
+                    }
+                    explanation.evidence = format!("{}; {}", o.evidence(), explanation.evidence);
                 }
             }
             Outcome::FdLimit => {
@@ -434,9 +439,11 @@ impl Session {
         if candidates.is_empty() {
             return None;
         }
-        // Never looked up (a crash within the first moments of a new
-        // upstream): now, when a master still holds the listener.
-        self.backends.refresh(std::iter::once(&f.addr));
+        // Who serves it as last looked up (never waiting for /proc); never
+        // looked up (a crash within the first moments of a new upstream):
+        // asked now, for the next time, the kernel's hint serving now.
+        self.side_work();
+        self.look_up_backends(std::iter::once((&f.addr, f.worker_pid)));
         let fate: Fate = candidates
             .into_iter()
             .filter(|&pid| {
@@ -468,8 +475,10 @@ impl Session {
     }
 
     /// What the worker's descriptors were when its `socket()` failed with
-    /// `errno` (read now, at most once a second per worker): how many it
-    /// holds and its limit, or the host's count for ENFILE.
+    /// `errno` (read now, at most once a second per worker): for EMFILE its
+    /// limit (every descriptor below it is in use: counting them would cost
+    /// one read per descriptor, a million with a raised limit), or the
+    /// host's count for ENFILE.
     fn fd_count(&mut self, pid: u32, errno: u32) -> String {
         if let Some((at, text)) = self.fd_counts.get(&pid)
             && at.elapsed() < std::time::Duration::from_secs(1)
@@ -486,17 +495,15 @@ impl Session {
                 _ => "the host's file table is full (fs.file-max)".to_string(),
             }
         } else {
-            let open = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
             let limit = std::fs::read_to_string(format!("/proc/{pid}/limits"))
                 .ok()
                 .and_then(|text| open_files_limit(&text));
-            match (open, limit) {
-                (Ok(open), Some(limit)) => format!(
-                    "the worker holds {open} descriptors, its limit is {limit} \
+            match limit {
+                Some(limit) => format!(
+                    "the worker holds as many descriptors as its limit, {limit} \
                      (worker_rlimit_nofile)"
                 ),
-                (Ok(open), None) => format!("the worker holds {open} descriptors"),
-                _ => "the worker's descriptors could not be counted (it is gone)".to_string(),
+                None => "the worker's descriptor limit could not be read (it is gone)".to_string(),
             }
         };
         if self.fd_counts.len() > 1024 {
@@ -510,13 +517,7 @@ impl Session {
     /// The `pending` event of an exchange still under way at `now_ns`:
     /// waiting for its answer, or still connecting. Judged as if nginx gave
     /// up now: the verdict so far.
-    fn pending_event(
-        &mut self,
-        f: &Facts,
-        now_ns: u64,
-        cut_by_stop: bool,
-        tables: &mut proc_net::Tables,
-    ) -> PendingEvent {
+    fn pending_event(&mut self, f: &Facts, now_ns: u64, cut_by_stop: bool) -> PendingEvent {
         let (transport, upstream) = self.name(&f.addr);
         let mut f = *f;
         if transport == Transport::Tcp
@@ -524,9 +525,9 @@ impl Session {
             && f.acked_ns == 0
             && let Some(fd) = f.fd
         {
-            // No hook runs on a pure ACK: ask the kernel's socket table
-            // whether anything written is still unacknowledged.
-            f.acked_live = tables.unacked(f.worker_pid, fd) == Some(0);
+            // No hook runs on a pure ACK: ask the kernel, for this socket
+            // alone, whether anything written is still unacknowledged.
+            f.acked_live = self.unacked.get(f.worker_pid, fd, &f.addr) == Some(0);
         }
         let f = &f;
         let (end, since) = if f.connected {
@@ -570,7 +571,8 @@ impl Session {
         now_ns: u64,
     ) -> io::Result<Vec<u64>> {
         let conns: Vec<(u64, Exchange)> = conns.collect();
-        self.backends.refresh(conns.iter().map(|(_, ex)| &ex.addr));
+        self.side_work();
+        self.look_up_backends(conns.iter().map(|(_, ex)| (&ex.addr, ex.tgid)));
         let forget = self.collect_dead_workers(&conns, now_ns)?;
         let under_way: Vec<(Transport, Rc<str>, u64, u32)> = conns
             .iter()
@@ -597,7 +599,7 @@ impl Session {
         }
         self.under_way = under_way;
         let mut still_waiting = HashSet::new();
-        let mut tables = proc_net::Tables::default();
+        self.unacked.new_pass();
         for (sk, ex) in conns {
             if forget.contains(&sk) {
                 continue;
@@ -615,7 +617,7 @@ impl Session {
             if self.pending_shown.contains(&key) {
                 continue;
             }
-            let event = self.pending_event(&f, now_ns, false, &mut tables);
+            let event = self.pending_event(&f, now_ns, false);
             self.out.event(&event, || event.to_text())?;
         }
         // Forget exchanges that ended, keeping the set bounded.
@@ -730,6 +732,53 @@ impl Session {
         }
     }
 
+    /// Takes what the side thread has done: configurations read again (put
+    /// in effect), backend lookups. Says, at most every 10 s, how many side
+    /// jobs were skipped because it was behind.
+    fn side_work(&mut self) {
+        let Some(side) = &self.side else {
+            return;
+        };
+        for done in side.results() {
+            match done {
+                Done::Configs(read) => {
+                    if let Some((metrics, configs)) = &mut self.export {
+                        configs.apply(read);
+                        metrics.set_configs(&metrics::instance_configs(configs));
+                    }
+                }
+                Done::Backends(found) => self.backends.found(found),
+            }
+        }
+        let skipped = side.skipped();
+        let (said, at) = self.side_skipped_said;
+        if skipped > said && at.is_none_or(|at| at.elapsed() >= SKIPPED_REPORT_EVERY) {
+            self.side_skipped_said = (skipped, Some(std::time::Instant::now()));
+            notice(&format!(
+                "{skipped} side jobs skipped so far (configuration reads, backend lookups; \
+                 {} turns over their {} ms budget): the side thread is behind; they are tried \
+                 again later, records are not lost",
+                side.resumed(),
+                slow::BUDGET.as_millis()
+            ));
+        }
+    }
+
+    /// Asks the side thread who serves the upstreams in `addrs` (each with
+    /// a worker connecting to it) not looked up lately.
+    fn look_up_backends<'a>(&mut self, addrs: impl Iterator<Item = (&'a UpstreamAddr, u32)>) {
+        let Some(side) = self.side.as_mut() else {
+            return;
+        };
+        let stale = self.backends.stale(addrs);
+        if stale.is_empty() {
+            return;
+        }
+        if !side.submit(slow::map(Lookup::new(stale.clone()), Done::Backends)) {
+            self.backends.not_asked(&stale);
+        }
+    }
+
     /// Prints the worker set if it changed since last printed. Workers are
     /// told from the master by their title, which a new worker sets a moment
     /// after fork, hence a periodic check rather than one per fork.
@@ -782,8 +831,14 @@ impl Session {
             if let Some(shown) = &self.shown_workers
                 && workers.difference(shown).next().is_some()
             {
-                configs.refresh(&self.traced);
-                metrics.set_configs(&metrics::instance_configs(configs));
+                // Read on the side thread; put in effect by `side_work`.
+                let file = configs.file().map(std::path::Path::to_path_buf);
+                let traced = self.traced.clone();
+                if let Some(side) = self.side.as_mut() {
+                    side.submit(slow::once(move || {
+                        Done::Configs(Configs::read(file.as_deref(), &traced))
+                    }));
+                }
             }
             // A worker's master names its instance, whose groups label
             // its exchanges.
@@ -799,16 +854,27 @@ impl Session {
     }
 
     /// Reports records lost since the last call; `lost` is the kernel's
-    /// running total per cause (ring buffer full, map full), `skipped` of
-    /// the times it skipped a program (events that may be missing, not
-    /// counted as lost: most are hooks on other processes' sockets). A rise
-    /// of `skipped` alone is reported at most every 10 s, and at the `last`
-    /// call.
-    pub fn report_lost(&mut self, lost: [u64; 2], skipped: u64, last: bool) -> io::Result<()> {
-        let total = lost.iter().sum::<u64>() + self.bad_records;
+    /// running total per `LOST_*` slot, `skipped` of the times it skipped
+    /// a program (events that may be missing, not counted as lost: most
+    /// are hooks on other processes' sockets). Facts about other processes
+    /// over the kernel's rate limit are not nginx records either: neither
+    /// is in `count`, and a rise of them alone is reported at most every
+    /// 10 s, and at the `last` call.
+    pub fn report_lost(
+        &mut self,
+        lost: [u64; ngx_trace_common::LOST_SLOTS as usize],
+        skipped: u64,
+        last: bool,
+    ) -> io::Result<()> {
+        use ngx_trace_common::{LOST_FATES_LIMITED, LOST_MAP_FULL, LOST_RINGBUF_FULL};
+        let limited = lost[LOST_FATES_LIMITED as usize];
+        let total =
+            lost[LOST_RINGBUF_FULL as usize] + lost[LOST_MAP_FULL as usize] + self.bad_records;
         if let Some((metrics, _)) = &self.export {
             metrics.set_lost(total);
         }
+        // `skipped_reported` keeps the sum of both uncounted tallies.
+        let skipped = skipped + limited;
         let skip_due = skipped > self.skipped_reported
             && (last
                 || self
@@ -819,10 +885,11 @@ impl Session {
         }
         let event = LostEvent::new(
             total.saturating_sub(self.lost_reported),
-            lost[0],
-            lost[1],
+            lost[LOST_RINGBUF_FULL as usize],
+            lost[LOST_MAP_FULL as usize],
             self.bad_records,
-            skipped,
+            skipped - limited,
+            limited,
         );
         self.lost_reported = total;
         self.skipped_reported = skipped;
@@ -843,7 +910,7 @@ impl Session {
         self.release_held(u64::MAX)?;
         let conns: Vec<(u64, Exchange)> = conns.collect();
         let gone = self.collect_dead_workers(&conns, u64::MAX)?;
-        let mut tables = proc_net::Tables::default();
+        self.unacked.new_pass();
         for (_, ex) in conns.into_iter().filter(|(sk, _)| !gone.contains(sk)) {
             let Ok(f) = facts(&ex) else {
                 self.bad_records += 1;
@@ -859,10 +926,18 @@ impl Session {
                 };
                 self.exchange(&done)?;
             } else if f.waiting_for_response() || (!f.connected && f.phase == Phase::Idle) {
-                let event = self.pending_event(&f, now_ns, true, &mut tables);
+                let event = self.pending_event(&f, now_ns, true);
                 self.summary.add_cut_by_stop(&event.upstream);
                 self.out.event(&event, || event.to_text())?;
             }
+        }
+        if self.unacked.skipped() > 0 {
+            notice(&format!(
+                "{} waiting exchanges were not asked whether their requests were \
+                 acknowledged (more than {} became pending at once)",
+                self.unacked.skipped(),
+                crate::unacked::LOOKUPS_PER_PASS
+            ));
         }
         for line in self.folding.due(u64::MAX) {
             self.out.text(&line)?;
@@ -926,6 +1001,19 @@ mod tests {
         Session::new(Output::new(true), false, 1_000_000, BTreeSet::new())
     }
 
+    #[test]
+    fn the_name_cache_stays_bounded_and_names_stay_right() {
+        let mut s = session();
+        for port in 1..=20_000u16 {
+            let mut addr = UpstreamAddr::ZERO;
+            addr.family = AF_INET;
+            addr.port_be = port.to_be();
+            addr.data[..4].copy_from_slice(&[127, 0, 0, 1]);
+            assert_eq!(&*s.name(&addr).1, format!("127.0.0.1:{port}"));
+            assert!(s.names.len() <= 4_096, "{} names cached", s.names.len());
+        }
+    }
+
     fn outcomes(s: &Session) -> BTreeMap<&'static str, u64> {
         s.summary
             .to_event()
@@ -977,6 +1065,35 @@ mod tests {
         .unwrap();
         s.release_held(u64::MAX).unwrap();
         assert_eq!(outcomes(&s), BTreeMap::from([("no_response", 1)]));
+    }
+
+    #[test]
+    fn many_workers_giving_up_at_once_each_get_their_own_client_closes() {
+        // 40 workers, 50 give-ups each, interleaved; every client leaves
+        // but those of the even give-ups of worker 7.
+        let mut s = session();
+        for i in 0..50u64 {
+            for w in 0..40u32 {
+                s.record(&gave_up(100 + w, 10_000 * MS + i * 1_000 + u64::from(w)))
+                    .unwrap();
+            }
+        }
+        for w in 0..40u32 {
+            for i in 0..50u64 {
+                let end = 10_000 * MS + i * 1_000 + u64::from(w);
+                if w == 7 && i % 2 == 0 {
+                    continue;
+                }
+                s.record(&client_gone(100 + w, end, end, end + 10_000))
+                    .unwrap();
+            }
+        }
+        s.release_held(u64::MAX).unwrap();
+        assert_eq!(
+            outcomes(&s),
+            BTreeMap::from([("client_closed", 1975), ("no_response", 25)])
+        );
+        assert!(s.held.is_empty());
     }
 
     #[test]

@@ -3,7 +3,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{output::Text, verdict::Outcome};
+use crate::{capped::NameCap, output::Text, verdict::Outcome};
+
+/// Upstreams counted by name; later ones are counted under `other` (a few
+/// hundred bytes each: this bounds the summary whatever the traced
+/// processes connect to).
+pub const MAX_UPSTREAMS: usize = 256;
 
 /// `{"event":"summary",...}`: outcome counts per upstream, printed once
 /// when tracing stops.
@@ -13,6 +18,9 @@ pub struct SummaryEvent {
     pub event: &'static str,
     /// One entry per upstream seen, in name order.
     pub upstreams: Vec<UpstreamSummary>,
+    /// Distinct upstreams counted under `other`, past the first
+    /// [`MAX_UPSTREAMS`].
+    pub folded_upstreams: u64,
 }
 
 /// The counts of one upstream in a [`SummaryEvent`].
@@ -30,32 +38,51 @@ pub struct UpstreamSummary {
     pub cut_by_stop: u64,
 }
 
-/// Outcome counts per upstream.
-#[derive(Debug, Default)]
+/// Outcome counts per upstream, for at most [`MAX_UPSTREAMS`] names (the
+/// rest under `other`).
+#[derive(Debug)]
 pub struct Summary {
     counts: BTreeMap<String, BTreeMap<Outcome, u64>>,
     /// Exchanges in flight when tracing stopped, per upstream.
     cut: BTreeMap<String, u64>,
+    names: NameCap,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Self {
+            counts: BTreeMap::new(),
+            cut: BTreeMap::new(),
+            names: NameCap::new(MAX_UPSTREAMS),
+        }
+    }
 }
 
 impl Summary {
+    /// The key of `upstream` (itself or `other`) and its counts, made if new.
+    fn entry<'a>(&mut self, upstream: &'a str) -> (&'a str, &mut BTreeMap<Outcome, u64>) {
+        // Look up by &str first: no allocation per exchange.
+        let key = self.names.key(upstream, self.counts.contains_key(upstream));
+        if !self.counts.contains_key(key) {
+            self.counts.insert(key.to_string(), BTreeMap::new());
+        }
+        let outcomes = self.counts.get_mut(key).expect("inserted above");
+        (key, outcomes)
+    }
+
     /// Counts one outcome for `upstream`.
     pub fn add(&mut self, upstream: &str, outcome: Outcome) {
-        // Look up by &str first: no allocation per exchange.
-        if !self.counts.contains_key(upstream) {
-            self.counts.insert(upstream.to_string(), BTreeMap::new());
-        }
-        if let Some(outcomes) = self.counts.get_mut(upstream) {
-            *outcomes.entry(outcome).or_default() += 1;
-        }
+        *self.entry(upstream).1.entry(outcome).or_default() += 1;
     }
 
     /// Counts an exchange of `upstream` still in flight when tracing stopped.
     pub fn add_cut_by_stop(&mut self, upstream: &str) {
-        if !self.counts.contains_key(upstream) {
-            self.counts.insert(upstream.to_string(), BTreeMap::new());
+        let key = self.entry(upstream).0;
+        if let Some(n) = self.cut.get_mut(key) {
+            *n += 1;
+        } else {
+            self.cut.insert(key.to_string(), 1);
         }
-        *self.cut.entry(upstream.to_string()).or_default() += 1;
     }
 
     /// The `summary` event of the counts so far.
@@ -76,6 +103,7 @@ impl Summary {
         SummaryEvent {
             event: "summary",
             upstreams,
+            folded_upstreams: self.names.folded(),
         }
     }
 
@@ -95,6 +123,9 @@ impl Summary {
                 parts.push(format!("cut by stop {cut}"));
             }
             rows.push(format!("  {upstream:<30} {}", parts.join(", ")));
+        }
+        if let Some(folded) = self.names.folded_text("upstreams") {
+            rows.push(format!("  ({folded})"));
         }
         Text::Rows(rows)
     }
@@ -169,6 +200,7 @@ mod tests {
                         "cut_by_stop": 1,
                     },
                 ],
+                "folded_upstreams": 0,
             })
         );
     }
@@ -177,7 +209,36 @@ mod tests {
     fn an_empty_summary_has_no_upstreams() {
         assert_eq!(
             serde_json::to_value(Summary::default().to_event()).unwrap(),
-            json!({"event": "summary", "upstreams": []})
+            json!({"event": "summary", "upstreams": [], "folded_upstreams": 0})
+        );
+    }
+
+    #[test]
+    fn upstreams_past_the_cap_fold_into_other_with_exact_totals() {
+        let mut s = Summary::default();
+        for i in 0..10_000 {
+            let name = format!("unix:/tmp/hostile/{i}.sock");
+            s.add(&name, Outcome::Refused);
+            s.add(&name, Outcome::Ok);
+        }
+        s.add_cut_by_stop("unix:/tmp/hostile/9999.sock");
+        s.add_cut_by_stop("unix:/tmp/hostile/0.sock");
+        let e = s.to_event();
+        assert_eq!(e.upstreams.len(), MAX_UPSTREAMS + 1);
+        assert_eq!(e.folded_upstreams, 10_000 - MAX_UPSTREAMS as u64);
+        assert_eq!(e.upstreams.iter().map(|u| u.total).sum::<u64>(), 20_002);
+        let other = e.upstreams.iter().find(|u| u.upstream == "other").unwrap();
+        assert_eq!(other.outcomes["refused"], 10_000 - MAX_UPSTREAMS as u64);
+        assert_eq!(other.cut_by_stop, 1);
+        let zero = e
+            .upstreams
+            .iter()
+            .find(|u| u.upstream == "unix:/tmp/hostile/0.sock");
+        assert_eq!(zero.unwrap().cut_by_stop, 1);
+        let text = s.to_text().raw().into_owned();
+        assert!(
+            text.ends_with("(9744 further upstreams (past the first 256) counted as \"other\")"),
+            "{text}"
         );
     }
 }

@@ -26,7 +26,12 @@ use ratatui::{
 };
 use serde_json::Value;
 
-use crate::{human::short_us, sanitize, session::Session};
+use crate::{capped::NameCap, human::short_us, sanitize, session::Session};
+
+/// Upstreams given rows of their own; later ones share the `other` row. Six
+/// histograms of up to 26 KB each a row: at most about 20 MB, whatever the
+/// traced processes connect to (and more rows than a screen shows).
+pub const MAX_ROWS: usize = 128;
 
 /// How often the view is redrawn with new figures.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -64,13 +69,44 @@ impl Sort {
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    // 1 µs to one hour at 2 significant digits: a few kB per histogram.
-    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
+/// A histogram (1 µs to one hour, 2 significant digits) made on its first
+/// value and grown only as far as its largest needs: a row that never
+/// connects costs nothing for connects.
+#[derive(Default, Clone)]
+struct Lazy(Option<Histogram<u64>>);
+
+impl Lazy {
+    fn record(&mut self, us: u64) {
+        let h = self.0.get_or_insert_with(|| {
+            let mut h = Histogram::new(2).expect("valid histogram precision");
+            h.auto(true);
+            h
+        });
+        // `record` resizes (`saturating_record` would clamp to the current
+        // size instead); it fails only if memory runs out.
+        let us = us.clamp(1, 3_600_000_000);
+        if h.record(us).is_err() {
+            h.saturating_record(us);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(Histogram::is_empty)
+    }
+
+    fn value_at_quantile(&self, q: f64) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.value_at_quantile(q))
+    }
+
+    fn reset(&mut self) {
+        if let Some(h) = &mut self.0 {
+            h.reset();
+        }
+    }
 }
 
 /// p50 / p99 of `h`, µs, or `-` when empty.
-fn p50_p99(h: &Histogram<u64>) -> String {
+fn p50_p99(h: &Lazy) -> String {
     if h.is_empty() {
         "-".to_string()
     } else {
@@ -97,12 +133,12 @@ struct Upstream {
     /// The last complete interval, and its length.
     shown: Interval,
     shown_secs: f64,
-    connect_now: Histogram<u64>,
-    first_now: Histogram<u64>,
-    connect_shown: Histogram<u64>,
-    first_shown: Histogram<u64>,
-    connect_all: Histogram<u64>,
-    first_all: Histogram<u64>,
+    connect_now: Lazy,
+    first_now: Lazy,
+    connect_shown: Lazy,
+    first_shown: Lazy,
+    connect_all: Lazy,
+    first_all: Lazy,
     total: u64,
     failed: u64,
     failed_by: BTreeMap<String, u64>,
@@ -116,12 +152,12 @@ impl Upstream {
             now: Interval::default(),
             shown: Interval::default(),
             shown_secs: 1.0,
-            connect_now: histogram(),
-            first_now: histogram(),
-            connect_shown: histogram(),
-            first_shown: histogram(),
-            connect_all: histogram(),
-            first_all: histogram(),
+            connect_now: Lazy::default(),
+            first_now: Lazy::default(),
+            connect_shown: Lazy::default(),
+            first_shown: Lazy::default(),
+            connect_all: Lazy::default(),
+            first_all: Lazy::default(),
             total: 0,
             failed: 0,
             failed_by: BTreeMap::new(),
@@ -153,12 +189,24 @@ impl Upstream {
     }
 }
 
-/// The figures of every upstream, fed with the tracer's events.
-#[derive(Default, Clone)]
+/// The figures of every upstream (the first [`MAX_ROWS`], then `other`),
+/// fed with the tracer's events.
+#[derive(Clone)]
 pub struct Board {
     upstreams: HashMap<String, Upstream>,
     /// In flight now, per upstream: count and longest wait (ms).
     pending: BTreeMap<String, (u64, u64)>,
+    names: NameCap,
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        Self {
+            upstreams: HashMap::new(),
+            pending: BTreeMap::new(),
+            names: NameCap::new(MAX_ROWS),
+        }
+    }
 }
 
 fn us(e: &Value, phase: &str) -> Option<u64> {
@@ -174,9 +222,10 @@ impl Board {
         let Some(name) = e["upstream"].as_str() else {
             return;
         };
+        let key = self.names.key(name, self.upstreams.contains_key(name));
         let u = self
             .upstreams
-            .entry(name.to_string())
+            .entry(key.to_string())
             .or_insert_with(Upstream::new);
         let outcome = e["outcome"].as_str().unwrap_or("");
         let verdict = e["verdict"].as_str().unwrap_or("");
@@ -201,9 +250,8 @@ impl Board {
             (us(e, "first_byte"), &mut u.first_now, &mut u.first_all),
         ] {
             if let Some(v) = value {
-                let v = v.clamp(1, 3_600_000_000);
-                let _ = now.record(v);
-                let _ = all.record(v);
+                now.record(v);
+                all.record(v);
             }
         }
     }
@@ -221,14 +269,24 @@ impl Board {
         }
     }
 
-    /// Sets what is in flight now.
+    /// Sets what is in flight now (upstreams past the cap under `other`).
     pub fn set_pending(&mut self, pending: BTreeMap<String, (u64, u64)>) {
-        for name in pending.keys() {
-            self.upstreams
-                .entry(name.clone())
-                .or_insert_with(Upstream::new);
+        let mut shown: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (name, (count, wait_ms)) in pending {
+            let key = self.names.key(&name, self.upstreams.contains_key(&name));
+            if !self.upstreams.contains_key(key) {
+                self.upstreams.insert(key.to_string(), Upstream::new());
+            }
+            let row = shown.entry(key.to_string()).or_default();
+            row.0 += count;
+            row.1 = row.1.max(wait_ms);
         }
-        self.pending = pending;
+        self.pending = shown;
+    }
+
+    /// `N further upstreams ... counted as "other"`, if any were.
+    fn folded_text(&self) -> Option<String> {
+        self.names.folded_text("upstreams")
     }
 
     /// The upstreams whose name contains `filter`, in `sort` order.
@@ -400,9 +458,13 @@ fn draw(
     }
     frame.render_widget(Paragraph::new(lines), body);
     let clock = crate::clock::rfc3339_micros(now);
+    let folded = match board.names.folded() {
+        0 => String::new(),
+        n => format!("  {n} upstreams in \"other\""),
+    };
     frame.render_widget(
         Paragraph::new(Line::from(format!(
-            "workers {}  lost {}  {} UTC   q quit  s sort  / filter  p pause",
+            "workers {}  lost {}{folded}  {} UTC   q quit  s sort  / filter  p pause",
             footer.workers,
             footer.lost,
             clock.get(11..19).unwrap_or(&clock)
@@ -594,6 +656,9 @@ impl crate::Watcher for Top {
                     .unwrap_or_default()
             );
         }
+        if let Some(folded) = self.board.folded_text() {
+            println!("({folded})");
+        }
         Ok(())
     }
 
@@ -717,5 +782,60 @@ mod tests {
         assert!(v.paused);
         v.key(press('q'));
         assert!(v.quit);
+    }
+
+    #[test]
+    fn upstreams_past_the_cap_share_the_other_row_counted_in_the_footer() {
+        use ratatui::{Terminal, backend::TestBackend};
+
+        let mut b = Board::default();
+        for i in 0..1_000 {
+            b.add(&exchange(
+                &format!("unix:/tmp/n{i}.sock"),
+                "refused",
+                "backend_down",
+                None,
+            ));
+        }
+        let pending: BTreeMap<String, (u64, u64)> = (0..1_000)
+            .map(|i| (format!("unix:/tmp/p{i}.sock"), (2, i)))
+            .collect();
+        b.set_pending(pending);
+        b.roll(1.0);
+        assert_eq!(b.upstreams.len(), MAX_ROWS + 1);
+        let other = &b.upstreams["other"];
+        assert_eq!(
+            (other.total, other.failed),
+            (1_000 - MAX_ROWS as u64, 1_000 - MAX_ROWS as u64)
+        );
+        assert_eq!(b.upstreams.values().map(|u| u.total).sum::<u64>(), 1_000);
+        assert_eq!(b.pending["other"], (2_000, 999));
+        assert_eq!(b.pending.values().map(|p| p.0).sum::<u64>(), 2_000);
+        assert_eq!(b.names.folded(), 2_000 - MAX_ROWS as u64);
+        // Histograms are made on the first value: none for these.
+        assert!(b.upstreams.values().all(|u| u.first_all.0.is_none()));
+        let view = View {
+            sort: Sort::Failures,
+            filter: String::new(),
+            editing: None,
+            paused: false,
+            quit: false,
+        };
+        let footer = Footer {
+            workers: 1,
+            lost: 0,
+        };
+        let mut terminal = Terminal::new(TestBackend::new(160, 12)).unwrap();
+        terminal
+            .draw(|f| draw(f, &b, &view, &footer, std::time::SystemTime::UNIX_EPOCH))
+            .unwrap();
+        let screen: String = terminal
+            .backend()
+            .buffer()
+            .content()
+            .iter()
+            .map(|c| c.symbol())
+            .collect();
+        assert!(screen.contains("1872 upstreams in \"other\""), "{screen}");
     }
 }

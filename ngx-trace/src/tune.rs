@@ -13,7 +13,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::nginx_conf::{Config, Location, Setting};
+use crate::{
+    capped::NameCap,
+    nginx_conf::{Config, Location, Setting},
+    reservoir::{Reservoir, Weighted},
+};
 
 /// Recommended values are the measured quantile times this margin.
 const MARGIN: f64 = 1.5;
@@ -24,25 +28,74 @@ const LADDER_S: [u64; 20] = [
     1, 2, 3, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 600, 900, 1200, 1800, 3600,
 ];
 
-/// Measurements of one upstream server, µs.
-#[derive(Debug, Default, Clone)]
+/// Upstream servers measured by name; later ones are counted under `other`
+/// (no location passes to it: they get no advice, and a notice says so).
+pub const MAX_SERVERS: usize = 64;
+/// Samples kept of the waits timeouts are set from (connect, read): p99.9
+/// still rests on 65 values. 512 KB each at most.
+const SAMPLES: usize = 65_536;
+/// Samples kept of the rest (request writes, RTTs, idle closes): 64 KB each.
+const FEW_SAMPLES: usize = 8_192;
+
+/// Measurements of one upstream server, µs: bounded samples, exact counts.
+#[derive(Debug, Clone)]
 pub struct Measured {
     /// Handshake times of connects that completed.
-    connect: Vec<u64>,
+    connect: Reservoir,
     /// Connects nginx gave up on at its connect timeout.
     connect_censored: u64,
     /// Waits the read timeout governs: the first byte, or the longest gap
     /// between reads once the answer started, whichever is longer.
-    read: Vec<u64>,
+    read: Reservoir,
     /// Exchanges nginx gave up on at its read timeout.
     read_censored: u64,
     /// Request writes.
-    send: Vec<u64>,
+    send: Reservoir,
     /// Smoothed RTTs.
-    rtt: Vec<u64>,
+    rtt: Reservoir,
     /// How long kept-alive connections the backend closed as nginx reused
     /// them had been idle: the backend's own idle close is about there.
-    idle_closed: Vec<u64>,
+    idle_closed: Reservoir,
+}
+
+impl Default for Measured {
+    fn default() -> Self {
+        Self {
+            connect: Reservoir::new(SAMPLES),
+            connect_censored: 0,
+            read: Reservoir::new(SAMPLES),
+            read_censored: 0,
+            send: Reservoir::new(FEW_SAMPLES),
+            rtt: Reservoir::new(FEW_SAMPLES),
+            idle_closed: Reservoir::new(FEW_SAMPLES),
+        }
+    }
+}
+
+/// The measurements of every upstream server, for at most [`MAX_SERVERS`]
+/// names.
+#[derive(Debug, Clone)]
+pub struct Measurements {
+    by: BTreeMap<String, Measured>,
+    names: NameCap,
+}
+
+impl Default for Measurements {
+    fn default() -> Self {
+        Self {
+            by: BTreeMap::new(),
+            names: NameCap::new(MAX_SERVERS),
+        }
+    }
+}
+
+impl Measurements {
+    /// Says how many servers were not measured by name, if any were not.
+    fn notice_folded(&self) {
+        if let Some(folded) = self.names.folded_text("upstream servers") {
+            crate::output::notice(&format!("{folded}: not measured, so not advised on"));
+        }
+    }
 }
 
 /// Outcomes of a connect that failed on its own (not delayed: not samples).
@@ -58,15 +111,18 @@ const CONNECT_FAILURES: [&str; 8] = [
 ];
 
 /// Adds the measurements of `e`, if it is an upstream event, to those of
-/// its server in `by`.
-pub fn measure(by: &mut BTreeMap<String, Measured>, e: &Value) {
+/// its server in `measured`.
+pub fn measure(measured: &mut Measurements, e: &Value) {
     if e["event"] != "upstream" {
         return;
     }
     let Some(upstream) = e["upstream"].as_str() else {
         return;
     };
-    let m = by.entry(upstream.to_string()).or_default();
+    let key = measured
+        .names
+        .key(upstream, measured.by.contains_key(upstream));
+    let m = measured.by.entry(key.to_string()).or_default();
     let t = &e["timings_us"];
     let us = |k: &str| t[k].as_u64();
     let outcome = e["outcome"].as_str().unwrap_or("");
@@ -199,15 +255,16 @@ struct Advice {
     reason: String,
 }
 
-fn recommend(values: &[u64], censored: u64, current_ms: u64, rate: f64, floor_ms: u64) -> Advice {
-    let n = values.len() as u64 + censored;
+fn recommend(
+    values: &Weighted,
+    censored: u64,
+    current_ms: u64,
+    rate: f64,
+    floor_ms: u64,
+) -> Advice {
+    let n = values.seen() + censored;
     // Saturating: a configured time may be years (`600000y` is valid nginx).
-    let over = |limit_ms: u64| {
-        values
-            .iter()
-            .filter(|&&v| v > limit_ms.saturating_mul(1000))
-            .count() as u64
-    };
+    let over = |limit_ms: u64| values.over(limit_ms.saturating_mul(1000));
     // 0 ms: no limit (`*_next_upstream_timeout 0` style); timeouts are never 0.
     let cut_now = over(current_ms) + censored;
     let needed = (10.0 / rate).ceil() as u64;
@@ -233,13 +290,10 @@ fn recommend(values: &[u64], censored: u64, current_ms: u64, rate: f64, floor_ms
             ),
         };
     }
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
     // The longest wait that must pass: at most `allowed` exchanges cut,
     // the censored ones among them.
-    let may_cut = (allowed - censored) as usize;
-    let keep = sorted.len().saturating_sub(may_cut + 1);
-    let q_us = sorted.get(keep).copied().unwrap_or(0);
+    let may_cut = allowed - censored;
+    let q_us = values.at_rank(values.seen().saturating_sub(may_cut + 1));
     let target_ms = ((q_us as f64 * MARGIN) / 1000.0).ceil() as u64;
     let recommended_ms = round_up_s(target_ms.max(floor_ms)) * 1000;
     let cut = over(recommended_ms) + censored;
@@ -254,6 +308,9 @@ fn recommend(values: &[u64], censored: u64, current_ms: u64, rate: f64, floor_ms
             floor_ms
         ));
     }
+    if values.sampled() {
+        reason.push_str("; quantile and cuts estimated from a uniform sample");
+    }
     Advice {
         recommended_ms: Some(recommended_ms),
         cut_now,
@@ -262,31 +319,45 @@ fn recommend(values: &[u64], censored: u64, current_ms: u64, rate: f64, floor_ms
     }
 }
 
-/// The measurements of the servers `location` reaches, together.
-fn of_location(location: &Location, measured: &BTreeMap<String, Measured>) -> Measured {
-    let mut all = Measured::default();
-    for server in &location.servers {
-        if let Some(m) = measured.get(server) {
-            all.connect.extend(&m.connect);
-            all.connect_censored += m.connect_censored;
-            all.read.extend(&m.read);
-            all.read_censored += m.read_censored;
-            all.send.extend(&m.send);
-            all.rtt.extend(&m.rtt);
-            all.idle_closed.extend(&m.idle_closed);
-        }
-    }
-    all
+/// The measurements of the servers a location reaches, together.
+struct Pooled {
+    connect: Weighted,
+    connect_censored: u64,
+    read: Weighted,
+    read_censored: u64,
+    send: Weighted,
+    rtt: Weighted,
+    /// Idle closes seen, and the shortest.
+    idle_closed: (u64, Option<u64>),
 }
 
-fn median(values: &[u64]) -> u64 {
-    let mut v = values.to_vec();
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
+/// The measurements of the servers `location` reaches, together.
+fn of_location(location: &Location, measured: &Measurements) -> Pooled {
+    let ms: Vec<&Measured> = location
+        .servers
+        .iter()
+        .filter_map(|server| measured.by.get(server))
+        .collect();
+    Pooled {
+        connect: Weighted::pool(ms.iter().map(|m| &m.connect)),
+        connect_censored: ms.iter().map(|m| m.connect_censored).sum(),
+        read: Weighted::pool(ms.iter().map(|m| &m.read)),
+        read_censored: ms.iter().map(|m| m.read_censored).sum(),
+        send: Weighted::pool(ms.iter().map(|m| &m.send)),
+        rtt: Weighted::pool(ms.iter().map(|m| &m.rtt)),
+        idle_closed: (
+            ms.iter().map(|m| m.idle_closed.seen()).sum(),
+            ms.iter().filter_map(|m| m.idle_closed.min()).min(),
+        ),
+    }
+}
+
+fn median(values: &Weighted) -> u64 {
+    values.at_rank(values.seen() / 2)
 }
 
 /// The tune events for `config` given `measured`, at `rate`.
-pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -> Vec<TuneEvent> {
+pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEvent> {
     let mut out = Vec::new();
     for loc in &config.locations {
         let m = of_location(loc, measured);
@@ -318,7 +389,7 @@ pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -
             censored,
             reason,
         };
-        let phases: [(&str, &Vec<u64>, u64, u64); 3] = [
+        let phases: [(&str, &Weighted, u64, u64); 3] = [
             (
                 "connect_timeout",
                 &m.connect,
@@ -342,7 +413,7 @@ pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -
                 setting,
                 current_ms as f64 / 1000.0,
                 advice.recommended_ms.map(|ms| ms as f64 / 1000.0),
-                (values.len() as u64 + censored, censored),
+                (values.seen() + censored, censored),
                 (advice.cut_now, advice.cut_recommended),
                 advice.reason,
             ));
@@ -388,8 +459,8 @@ pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -
             .find(|g| Some(&g.name) == loc.group.as_ref() && g.keepalive.is_some())
             && let Some(current_ms) = group.keepalive_timeout.ms()
         {
-            let (recommended, reason) = match m.idle_closed.iter().min() {
-                Some(&idle_us) => {
+            let (recommended, reason) = match m.idle_closed.1 {
+                Some(idle_us) => {
                     let below_s = (idle_us / 1_000_000).saturating_sub(1).max(1);
                     let value = LADDER_S
                         .iter()
@@ -415,7 +486,7 @@ pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -
                 &group.keepalive_timeout,
                 current_ms as f64 / 1000.0,
                 recommended,
-                (m.idle_closed.len() as u64, 0),
+                (m.idle_closed.0, 0),
                 (0, None),
                 reason,
             ));
@@ -427,7 +498,7 @@ pub fn tune(config: &Config, measured: &BTreeMap<String, Measured>, rate: f64) -
 /// Tuning beside live tracing: measures the exchanges as they come, then
 /// advises when tracing stops.
 pub struct TuneLive {
-    measured: BTreeMap<String, Measured>,
+    measured: Measurements,
     rate: f64,
     config_file: Option<std::path::PathBuf>,
     json: bool,
@@ -438,7 +509,7 @@ impl TuneLive {
     /// instances'), printing JSON if `json`.
     pub fn new(rate: f64, config_file: Option<std::path::PathBuf>, json: bool) -> Self {
         Self {
-            measured: BTreeMap::new(),
+            measured: Measurements::default(),
             rate,
             config_file,
             json,
@@ -462,6 +533,7 @@ impl crate::Watcher for TuneLive {
     fn finish(&mut self, session: &crate::session::Session) -> std::io::Result<()> {
         self.tick(session, true)?;
         let configs = crate::configs::Configs::load(self.config_file.as_deref(), session.traced());
+        self.measured.notice_folded();
         print(
             &tune(configs.config(), &self.measured, self.rate),
             configs.config(),
@@ -495,10 +567,11 @@ pub fn from_recording(
     json: bool,
 ) -> anyhow::Result<()> {
     let (rec, _) = crate::recording::load(path)?;
-    let mut measured = BTreeMap::new();
+    let mut measured = Measurements::default();
     for e in &rec.events {
         measure(&mut measured, e);
     }
+    measured.notice_folded();
     let traced = crate::procs::all_instances(comm);
     let configs = crate::configs::Configs::load(config_file, &traced);
     print(
@@ -518,6 +591,7 @@ mod tests {
         // 1,000 waits: 990 of 50 ms, 10 of 2 s; at 1%, the p99 is 50 ms.
         let mut values = vec![50_000; 990];
         values.extend([2_000_000; 10]);
+        let values = Weighted::exact(&values);
         let a = recommend(&values, 0, 60_000, 0.01, 0);
         assert_eq!(a.recommended_ms, Some(1000), "{a:?}");
         assert_eq!((a.cut_now, a.cut_recommended), (0, Some(10)));
@@ -528,7 +602,7 @@ mod tests {
         // pass: 2 s × 1.5 is 3 s.
         let mut more = vec![50_000; 9980];
         more.extend([2_000_000; 20]);
-        let a = recommend(&more, 0, 60_000, 0.001, 0);
+        let a = recommend(&Weighted::exact(&more), 0, 60_000, 0.001, 0);
         assert_eq!(
             (a.recommended_ms, a.cut_recommended),
             (Some(3000), Some(0)),
@@ -538,7 +612,7 @@ mod tests {
 
     #[test]
     fn censored_exchanges_keep_a_timeout_that_cut_too_many() {
-        let values = vec![50_000; 950];
+        let values = Weighted::exact(&[50_000; 950]);
         let a = recommend(&values, 50, 1000, 0.01, 0);
         assert_eq!(a.recommended_ms, Some(1000));
         assert_eq!(a.cut_now, 50);
@@ -547,7 +621,7 @@ mod tests {
 
     #[test]
     fn a_connect_timeout_stays_above_the_first_syn_retransmission() {
-        let values = vec![100; 1000];
+        let values = Weighted::exact(&[100; 1000]);
         let a = recommend(&values, 0, 60_000, 0.01, 1001);
         assert_eq!(a.recommended_ms, Some(2000), "{a:?}");
         assert!(a.reason.contains("first SYN retransmission"));
@@ -556,7 +630,7 @@ mod tests {
     #[test]
     fn a_timeout_of_years_counts_no_cut() {
         let ms = crate::nginx_conf::parse_time_ms("600000y").unwrap();
-        let values = vec![2_000_000; 1000];
+        let values = Weighted::exact(&[2_000_000; 1000]);
         let a = recommend(&values, 0, ms, 0.01, 0);
         assert_eq!(a.cut_now, 0, "{a:?}");
         assert_eq!(a.recommended_ms, Some(3000), "{a:?}");
@@ -570,5 +644,46 @@ mod tests {
         assert_eq!(round_up_s(4_000_000), 4020);
         assert_eq!(human_s(120.0), "2m");
         assert_eq!(human_s(0.5), "500ms");
+    }
+
+    fn answered(upstream: &str, first_byte_us: u64) -> Value {
+        serde_json::json!({"event": "upstream", "upstream": upstream, "outcome": "ok",
+            "timings_us": {"connect": 100, "first_byte": first_byte_us, "request_write": 5},
+            "tcp": {"srtt_us": 40}})
+    }
+
+    #[test]
+    fn servers_past_the_cap_fold_and_samples_stay_bounded_with_exact_counts() {
+        let mut m = Measurements::default();
+        for i in 0..1_000u64 {
+            measure(&mut m, &answered(&format!("unix:/tmp/n{i}.sock"), 1000));
+        }
+        assert_eq!(m.by.len(), MAX_SERVERS + 1);
+        assert_eq!(m.names.folded(), 1_000 - MAX_SERVERS as u64);
+        assert_eq!(m.by["other"].read.seen(), 1_000 - MAX_SERVERS as u64);
+        // One busy server: 200,000 exchanges, 1 in 1,000 waiting 4 s.
+        for i in 0..200_000u64 {
+            let wait = if i % 1000 == 7 {
+                4_000_000
+            } else {
+                20_000 + i % 30_000
+            };
+            measure(&mut m, &answered("10.0.0.1:80", wait));
+        }
+        // Folded: "10.0.0.1:80" came after the cap.
+        let other = &m.by["other"];
+        assert_eq!(other.read.seen(), 200_000 + 1_000 - MAX_SERVERS as u64);
+        assert_eq!(other.read.weighted().count(), SAMPLES);
+        assert_eq!(other.send.weighted().count(), FEW_SAMPLES);
+        // The quantile from the sample: at 0.5%, the 4 s waits (0.1%) are
+        // cut and the recommendation rests on the p99.5 (about 50 ms).
+        let pooled = Weighted::pool([&other.read]);
+        assert_eq!(pooled.seen(), 200_936);
+        let a = recommend(&pooled, 0, 60_000, 0.005, 0);
+        assert_eq!(a.recommended_ms, Some(1000), "{a:?}");
+        let cut = a.cut_recommended.unwrap();
+        // An estimate: 200 ± 25 (one standard deviation).
+        assert!((100..=300).contains(&cut), "about 200 cut: {a:?}");
+        assert!(a.reason.contains("uniform sample"), "{a:?}");
     }
 }

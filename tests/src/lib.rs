@@ -3,16 +3,21 @@
 //! Everything a helper starts or changes is undone when it is dropped, also
 //! when a test fails.
 
+pub mod access_log;
 pub mod backend;
 pub mod cgroup;
 pub mod fake_nginx;
 pub mod fault_backend;
 pub mod firewall;
 pub mod http;
+pub mod idle;
+pub mod lateness;
 pub mod live;
+pub mod load;
 pub mod mount_ns_nginx;
 pub mod nginx;
 pub mod php_fpm;
+pub mod proc_stats;
 pub mod prometheus;
 pub mod tracer;
 

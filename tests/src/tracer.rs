@@ -41,6 +41,16 @@ pub fn avoiding(extra: &str) -> String {
     }
 }
 
+/// The key the harness adds to each event: when its line arrived,
+/// microseconds since the epoch.
+pub const RECEIVED_US: &str = "_received_us";
+
+fn received_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// A running tracer.
 pub struct Tracer {
     child: Child,
@@ -54,6 +64,15 @@ impl Tracer {
     /// Starts `ngx-trace --json <args>` and waits until it is attached (its
     /// first `workers` event).
     pub fn start(args: &[&str]) -> Self {
+        Self::start_keeping(args, |_| true)
+    }
+
+    /// [`Tracer::start`], keeping only the `upstream` events whose line
+    /// passes `keep`; the others are dropped unparsed, so that a flood of
+    /// events the test does not look at (a hostile neighbour's) is read as
+    /// fast as the tracer writes it, not at the pace of a debug-built JSON
+    /// parser.
+    pub fn start_keeping(args: &[&str], keep: impl Fn(&str) -> bool + Send + 'static) -> Self {
         let mut child = Command::new(binary())
             .arg("--json")
             .args(args)
@@ -68,9 +87,17 @@ impl Tracer {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                if line.starts_with(r#"{"event":"upstream""#) && !keep(&line) {
+                    continue;
+                }
+                let mut value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
                     panic!("ngx-trace printed a line that is not JSON ({e}): {line}")
                 });
+                // When the line arrived, for the tests that bound how late a
+                // line may be (not a key ngx-trace prints: it starts with `_`).
+                if let Some(object) = value.as_object_mut() {
+                    object.insert(RECEIVED_US.into(), received_us().into());
+                }
                 if tx.send(value).is_err() {
                     break;
                 }

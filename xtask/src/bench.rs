@@ -1880,6 +1880,7 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
     if !section.is_empty() {
         report = with_runs_section(&report, section);
     }
+    let report = crate::bench_scale::kept(&old, report);
     std::fs::write(&path, &report)?;
     eprintln!("xtask bench: wrote BENCHMARKS.md");
     print!("{report}");

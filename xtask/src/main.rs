@@ -11,6 +11,7 @@
 
 mod bench;
 mod bench_floor;
+mod bench_scale;
 mod deb;
 mod demo;
 mod kernels;
@@ -79,6 +80,17 @@ enum Cmd {
         /// counts only) and write that section of BENCHMARKS.md.
         #[arg(long, value_delimiter = ',', value_parser = vm::parse_name)]
         runs_per_request: Vec<String>,
+        /// Instead, the scale scenario (churn with idle sockets on the host,
+        /// then exchanges in flight at once; use `--seconds 10`), written
+        /// to its section of BENCHMARKS.md.
+        #[arg(long)]
+        scale: bool,
+        /// With --scale: idle sockets on the host, one churn run each.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000, 100_000])]
+        sockets: Vec<usize>,
+        /// With --scale: exchanges in flight at once in the last run (0: none).
+        #[arg(long, default_value_t = 10_000)]
+        in_flight: usize,
         /// Inside such a run: count on this kernel, JSON into this file.
         #[arg(long, hide = true, requires = "bin")]
         runs_here: Option<PathBuf>,
@@ -133,6 +145,9 @@ fn run(command: Cmd) -> Result<()> {
             pairs,
             seconds,
             runs_per_request,
+            scale,
+            sockets,
+            in_flight,
             runs_here,
             bin,
         } => {
@@ -141,6 +156,14 @@ fn run(command: Cmd) -> Result<()> {
                 return bench::runs_here(&bin, &workspace(), seconds, &out);
             }
             setup::toolchain()?;
+            if scale {
+                // No bpftrace to compare with here: nginx and wrk only.
+                setup::packages(&["nginx", "wrk"])?;
+                let bin = build_release()?;
+                // The idle-connection helper, beside this xtask binary.
+                cargo("build --package ngx-trace-tests --bin idle-conns", &[])?;
+                return bench_scale::run(&bin, &workspace(), seconds, &sockets, in_flight);
+            }
             setup::packages(setup::BENCH_PACKAGES)?;
             let bin = build_release()?;
             if runs_per_request.is_empty() {
