@@ -114,7 +114,7 @@ pub fn kept_alive(kernel: &mut Kernel, workers: &BTreeSet<u32>) -> (usize, Optio
         if fds.is_empty() {
             continue;
         }
-        let table = socket_table(pid);
+        let table = socket_table(pid, &fds);
         for conn in table.established {
             let Some(&fd) = fds.get(&conn.inode) else {
                 continue;

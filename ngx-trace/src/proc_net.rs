@@ -8,7 +8,7 @@ use std::{
 
 use ngx_trace_common::{AF_INET, AF_INET6, UpstreamAddr};
 
-use crate::procs::parse_listen_ports;
+use crate::procs::listen_port;
 
 /// An established TCP connection as `/proc/net/tcp{,6}` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,24 +46,29 @@ fn parse_addr(column: &str, family: u16) -> Option<UpstreamAddr> {
     Some(addr)
 }
 
+/// The established connection a row of `/proc/net/tcp` (`family`
+/// AF_INET) or `/proc/net/tcp6` (AF_INET6) lists, if it is one.
+fn established_row(line: &str, family: u16) -> Option<Established> {
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    if cols.get(3) != Some(&TCP_ESTABLISHED) {
+        return None;
+    }
+    let local = parse_addr(cols.get(1)?, family)?;
+    Some(Established {
+        local_port: u16::from_be(local.port_be),
+        remote: parse_addr(cols.get(2)?, family)?,
+        inode: cols.get(9)?.parse().ok()?,
+    })
+}
+
 /// The established connections in the text of `/proc/net/tcp` (`family`
 /// AF_INET) or `/proc/net/tcp6` (AF_INET6); lines that do not parse are
 /// skipped.
+#[cfg(test)]
 pub fn parse_established(text: &str, family: u16) -> Vec<Established> {
     text.lines()
         .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.get(3) != Some(&TCP_ESTABLISHED) {
-                return None;
-            }
-            let local = parse_addr(cols.get(1)?, family)?;
-            Some(Established {
-                local_port: u16::from_be(local.port_be),
-                remote: parse_addr(cols.get(2)?, family)?,
-                inode: cols.get(9)?.parse().ok()?,
-            })
-        })
+        .filter_map(|line| established_row(line, family))
         .collect()
 }
 
@@ -91,15 +96,34 @@ pub struct SocketTable {
     pub established: Vec<Established>,
 }
 
-/// Reads `/proc/<pid>/net/tcp` and `tcp6` once each.
-pub fn socket_table(pid: u32) -> SocketTable {
+/// Reads `/proc/<pid>/net/tcp` and `tcp6` once each, a line at a time,
+/// keeping the established connections whose inode is in `wanted` (the
+/// worker's own sockets): on a host with 100,000 sockets the tables are
+/// megabytes of text, and neither they nor their other rows are held.
+pub fn socket_table(pid: u32, wanted: &BTreeMap<u64, i32>) -> SocketTable {
+    use std::io::BufRead as _;
     let mut table = SocketTable::default();
     for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+        let Ok(f) = fs::File::open(format!("/proc/{pid}/net/{file}")) else {
             continue;
         };
-        table.listening.extend(parse_listen_ports(&text));
-        table.established.extend(parse_established(&text, family));
+        let mut reader = std::io::BufReader::with_capacity(64 << 10, f);
+        let mut line = String::new();
+        // The header line first.
+        let _ = reader.read_line(&mut line);
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            table.listening.extend(listen_port(&line));
+            if let Some(conn) = established_row(&line, family)
+                && wanted.contains_key(&conn.inode)
+            {
+                table.established.push(conn);
+            }
+        }
     }
     table
 }

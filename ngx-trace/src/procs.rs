@@ -147,21 +147,22 @@ pub fn instance_of(pid: u32, comm: &str) -> Result<BTreeSet<u32>> {
 
 /// Local ports of the sockets in LISTEN state in a `/proc/net/tcp` or
 /// `/proc/net/tcp6` text. Lines that do not parse are skipped.
+#[cfg(test)]
 pub fn parse_listen_ports(text: &str) -> BTreeSet<u16> {
+    text.lines().skip(1).filter_map(listen_port).collect()
+}
+
+/// The local port of a `/proc/net/tcp{,6}` row in LISTEN state.
+pub fn listen_port(line: &str) -> Option<u16> {
     const TCP_LISTEN: &str = "0A";
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut cols = line.split_whitespace();
-            let local = cols.nth(1)?;
-            let state = cols.nth(1)?;
-            if state != TCP_LISTEN {
-                return None;
-            }
-            let port = local.rsplit_once(':')?.1;
-            u16::from_str_radix(port, 16).ok()
-        })
-        .collect()
+    let mut cols = line.split_whitespace();
+    let local = cols.nth(1)?;
+    let state = cols.nth(1)?;
+    if state != TCP_LISTEN {
+        return None;
+    }
+    let port = local.rsplit_once(':')?.1;
+    u16::from_str_radix(port, 16).ok()
 }
 
 #[cfg(test)]
