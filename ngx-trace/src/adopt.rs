@@ -8,7 +8,7 @@
 //! The worker runs on between the listing and the copy: a copy is marked
 //! only once it is checked to be the very socket listed.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
@@ -101,6 +101,9 @@ fn steal_socket(pid: u32, fd: i32, inode: u64, sockfs: Option<u64>) -> Result<Ow
     Ok(copy)
 }
 
+/// A worker and its socket inodes (by inode, its fd).
+type WorkerSockets = (u32, BTreeMap<u64, i32>);
+
 /// Marks for adoption the kept-alive upstream connections `workers` hold
 /// now. Returns how many were marked, and the first failure if some could
 /// not be (the rest are still marked; those are reported from their next
@@ -109,34 +112,51 @@ pub fn kept_alive(kernel: &mut Kernel, workers: &BTreeSet<u32>) -> (usize, Optio
     let mut marked = 0;
     let mut failure = None;
     let sockfs = sockfs_dev();
+    // The socket table is read once per network namespace (a busy host's
+    // is megabytes of text), for all of its workers' sockets at once.
+    let mut spaces: BTreeMap<u64, Vec<WorkerSockets>> = BTreeMap::new();
     for &pid in workers {
         let fds = socket_fds(pid);
         if fds.is_empty() {
             continue;
         }
-        let table = socket_table(pid, &fds);
-        for conn in table.established {
-            let Some(&fd) = fds.get(&conn.inode) else {
-                continue;
-            };
-            if table.listening.contains(&conn.local_port) {
-                continue; // a client connection nginx accepted
-            }
-            let mark = SockMark {
-                kind: MARK_ADOPT,
-                tgid: pid,
-                fd: fd as u32,
-                _pad: 0,
-                addr: conn.remote,
-            };
-            match steal_socket(pid, fd, conn.inode, sockfs).and_then(|sock| {
-                kernel
-                    .mark_upstream(&sock, mark)
-                    .map_err(|e| format!("{e:#}"))
-            }) {
-                Ok(()) => marked += 1,
-                Err(e) => {
-                    failure.get_or_insert(format!("fd {fd} of worker {pid}: {e}"));
+        let space = std::fs::metadata(format!("/proc/{pid}/ns/net")).map_or(u64::from(pid), |m| {
+            use std::os::unix::fs::MetadataExt as _;
+            m.ino()
+        });
+        spaces.entry(space).or_default().push((pid, fds));
+    }
+    for members in spaces.values() {
+        let wanted: BTreeMap<u64, i32> = members
+            .iter()
+            .flat_map(|(_, fds)| fds.iter().map(|(&inode, &fd)| (inode, fd)))
+            .collect();
+        let table = socket_table(members[0].0, &wanted);
+        for (pid, fds) in members {
+            let pid = *pid;
+            for conn in &table.established {
+                let Some(&fd) = fds.get(&conn.inode) else {
+                    continue;
+                };
+                if table.listening.contains(&conn.local_port) {
+                    continue; // a client connection nginx accepted
+                }
+                let mark = SockMark {
+                    kind: MARK_ADOPT,
+                    tgid: pid,
+                    fd: fd as u32,
+                    _pad: 0,
+                    addr: conn.remote,
+                };
+                match steal_socket(pid, fd, conn.inode, sockfs).and_then(|sock| {
+                    kernel
+                        .mark_upstream(&sock, mark)
+                        .map_err(|e| format!("{e:#}"))
+                }) {
+                    Ok(()) => marked += 1,
+                    Err(e) => {
+                        failure.get_or_insert(format!("fd {fd} of worker {pid}: {e}"));
+                    }
                 }
             }
         }

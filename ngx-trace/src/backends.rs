@@ -207,9 +207,21 @@ impl Namespace {
     }
 }
 
-/// Who serves each looked-up upstream: its address and the processes
-/// holding its listening sockets (empty: not local, or nothing listens).
-pub type Found = Vec<(UpstreamAddr, BTreeSet<u32>)>;
+/// Who serves each looked-up upstream: its address, its listening
+/// sockets' inodes and the processes holding them (empty: not local, or
+/// nothing listens).
+pub type Found = Vec<(UpstreamAddr, BTreeSet<u64>, BTreeSet<u32>)>;
+
+/// What an earlier lookup found of an upstream: its listeners' inodes and
+/// their holders.
+type Known = HashMap<UpstreamAddr, (BTreeSet<u64>, BTreeSet<u32>)>;
+
+/// Whether process `pid` exists (`kill(pid, 0)`: no `/proc` read).
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let sent = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    sent == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
 
 /// One lookup of the serving processes of some upstreams, done on the
 /// side thread (`slow`) in steps: the listeners first, then the walk of
@@ -225,6 +237,12 @@ pub struct Lookup {
     next: usize,
     /// The holders found so far, by inode.
     found: HashMap<u64, BTreeSet<u32>>,
+    /// What earlier lookups found: an upstream whose listeners are the same
+    /// sockets, all of whose holders are alive, is answered from it without
+    /// the walk (which costs in proportion to the host's descriptors).
+    known: Known,
+    /// The upstreams answered from `known`, once decided.
+    reused: Option<HashSet<UpstreamAddr>>,
 }
 
 impl Lookup {
@@ -236,7 +254,18 @@ impl Lookup {
             pids: None,
             next: 0,
             found: HashMap::new(),
+            known: HashMap::new(),
+            reused: None,
         }
+    }
+
+    /// Whether what was known of `addr` still holds for `inodes`: the same
+    /// listening sockets, every holder alive (a master forking new children
+    /// keeps holding them; `serves` accepts a holder's children).
+    fn still_known(&self, addr: &UpstreamAddr, inodes: &BTreeSet<u64>) -> bool {
+        self.known.get(addr).is_some_and(|(before, holders)| {
+            before == inodes && !holders.is_empty() && holders.iter().all(|&p| alive(p))
+        })
     }
 
     fn done(&mut self) -> Found {
@@ -245,13 +274,17 @@ impl Lookup {
             .unwrap_or_default()
             .into_iter()
             .map(|(addr, inodes)| {
-                let holders = inodes
-                    .iter()
-                    .filter_map(|i| self.found.get(i))
-                    .flatten()
-                    .copied()
-                    .collect();
-                (addr, holders)
+                let reused = self.reused.as_ref().is_some_and(|r| r.contains(&addr));
+                let holders = match self.known.get(&addr) {
+                    Some((_, holders)) if reused => holders.clone(),
+                    _ => inodes
+                        .iter()
+                        .filter_map(|i| self.found.get(i))
+                        .flatten()
+                        .copied()
+                        .collect(),
+                };
+                (addr, inodes, holders)
             })
             .collect()
     }
@@ -272,7 +305,21 @@ impl crate::slow::Job<Found> for Lookup {
                 })
                 .collect()
         });
-        let all: BTreeSet<u64> = wanted.iter().flat_map(|(_, i)| i.iter().copied()).collect();
+        let wanted = wanted.clone();
+        if self.reused.is_none() {
+            let reused = wanted
+                .iter()
+                .filter(|(addr, inodes)| self.still_known(addr, inodes))
+                .map(|(addr, _)| *addr)
+                .collect();
+            self.reused = Some(reused);
+        }
+        let reused = self.reused.clone().unwrap_or_default();
+        let all: BTreeSet<u64> = wanted
+            .iter()
+            .filter(|(addr, _)| !reused.contains(addr))
+            .flat_map(|(_, i)| i.iter().copied())
+            .collect();
         if all.is_empty() {
             return Some(self.done());
         }
@@ -306,6 +353,8 @@ impl crate::slow::Job<Found> for Lookup {
 struct Served {
     /// When they were looked up.
     at: Instant,
+    /// Its listening sockets' inodes.
+    inodes: BTreeSet<u64>,
     /// The processes holding its listening socket (empty: not local, or
     /// nothing listens).
     holders: BTreeSet<u32>,
@@ -355,15 +404,37 @@ impl Backends {
         }
     }
 
+    /// A lookup of `stale` (from [`Backends::stale`]), which reuses what
+    /// was found of them before where it still holds.
+    pub fn lookup(&self, stale: Vec<(UpstreamAddr, u32)>) -> Lookup {
+        let mut lookup = Lookup::new(stale);
+        lookup.known = lookup
+            .asked
+            .iter()
+            .filter_map(|(addr, _)| {
+                let s = self.served.get(addr)?;
+                Some((*addr, (s.inodes.clone(), s.holders.clone())))
+            })
+            .collect();
+        lookup
+    }
+
     /// Takes a lookup's answer.
     pub fn found(&mut self, found: Found) {
         if self.served.len() + found.len() > SERVED_MAX {
             self.served.clear();
         }
         let at = Instant::now();
-        for (addr, holders) in found {
+        for (addr, inodes, holders) in found {
             self.asked.remove(&addr);
-            self.served.insert(addr, Served { at, holders });
+            self.served.insert(
+                addr,
+                Served {
+                    at,
+                    inodes,
+                    holders,
+                },
+            );
         }
     }
 
@@ -391,10 +462,54 @@ mod tests {
         for turn in 1..100_000 {
             if let Some(found) = lookup.step(Instant::now() + budget) {
                 assert_eq!(found.len(), 1);
-                return (found[0].1.clone(), turn);
+                return (found[0].2.clone(), turn);
             }
         }
         panic!("the lookup never ended");
+    }
+
+    #[test]
+    fn the_same_listeners_with_live_holders_are_not_walked_for_again() {
+        use crate::slow::Job as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bound = listener.local_addr().unwrap();
+        let mut addr = UpstreamAddr::ZERO;
+        addr.family = AF_INET;
+        addr.port_be = bound.port().to_be();
+        addr.data[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let me = std::process::id();
+        let mut backends = Backends::default();
+        let stale = backends.stale([(&addr, me)].into_iter());
+        let mut first = backends.lookup(stale);
+        let found = loop {
+            if let Some(found) = first.step(Instant::now() + Duration::from_secs(5)) {
+                break found;
+            }
+        };
+        assert!(first.pids.is_some(), "the first lookup walks the processes");
+        backends.found(found);
+        assert!(backends.serves(&addr, me, 1));
+        // Stale again later: the listener and its holder are unchanged.
+        backends.served.get_mut(&addr).unwrap().at -= REFRESH;
+        let stale = backends.stale([(&addr, me)].into_iter());
+        let mut again = backends.lookup(stale);
+        let found = again.step(Instant::now()).expect("answered at once");
+        assert!(again.pids.is_none(), "no walk of the host's processes");
+        assert_eq!(found[0].2, BTreeSet::from([me]));
+        // Another listener on the port's address is a new socket: walked.
+        drop(listener);
+        let _other = std::net::TcpListener::bind(bound).unwrap();
+        backends.found(found);
+        backends.served.get_mut(&addr).unwrap().at -= REFRESH;
+        let stale = backends.stale([(&addr, me)].into_iter());
+        let mut walked = backends.lookup(stale);
+        let found = loop {
+            if let Some(found) = walked.step(Instant::now() + Duration::from_secs(5)) {
+                break found;
+            }
+        };
+        assert!(walked.pids.is_some());
+        assert_eq!(found[0].2, BTreeSet::from([me]));
     }
 
     #[test]

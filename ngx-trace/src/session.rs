@@ -10,7 +10,7 @@ use ngx_trace_common::{End, Exchange, Phase, UpstreamAddr};
 
 use crate::{
     accept_queue::AcceptQueues,
-    backends::{Backends, Lookup},
+    backends::Backends,
     clock::{Clock, rfc3339_micros},
     configs::Configs,
     event::{LostEvent, PendingEvent, UpstreamEvent, WorkerExitEvent, WorkersEvent},
@@ -774,7 +774,10 @@ impl Session {
         if stale.is_empty() {
             return;
         }
-        if !side.submit(slow::map(Lookup::new(stale.clone()), Done::Backends)) {
+        if !side.submit(slow::map(
+            self.backends.lookup(stale.clone()),
+            Done::Backends,
+        )) {
             self.backends.not_asked(&stale);
         }
     }
