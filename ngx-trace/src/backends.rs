@@ -130,9 +130,8 @@ struct Namespace {
     ours: bool,
     /// `/proc/<worker>/net/<file>` texts read so far.
     texts: HashMap<&'static str, String>,
-    /// sock_diag's TCP listeners by port, and UNIX listeners, asked so far.
+    /// sock_diag's TCP listeners by port, asked so far.
     tcp: HashMap<u16, Vec<crate::sock_diag::TcpListener>>,
-    unix: Option<Vec<crate::sock_diag::UnixListener>>,
 }
 
 impl Namespace {
@@ -142,7 +141,6 @@ impl Namespace {
             ours: crate::sock_diag::same_netns(worker),
             texts: HashMap::new(),
             tcp: HashMap::new(),
-            unix: None,
         }
     }
 
@@ -163,12 +161,9 @@ impl Namespace {
             let (_, name) = crate::records::upstream_name(addr);
             let path = name.trim_start_matches("unix:").to_string();
             if self.ours {
-                let unix = self
-                    .unix
-                    .get_or_insert_with(|| crate::sock_diag::unix_listeners().unwrap_or_default());
-                return unix
+                return crate::sock_diag::unix_listeners(Some(&path))
+                    .unwrap_or_default()
                     .iter()
-                    .filter(|l| l.path == path)
                     .map(|l| l.inode)
                     .collect();
             }

@@ -40,8 +40,17 @@ pub fn parse_credentials(status: &str) -> Option<Credentials> {
             .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
     };
     // `Uid:` and `Gid:` are real, effective, saved and file-system ids.
-    let uid = field("Uid:")?.get(3)?.parse().ok()?;
-    let gid = field("Gid:")?.get(3)?.parse().ok()?;
+    // They differ after a set-user-ID exec (real: the user who ran it, the
+    // others: the file's owner) or a temporary drop (real root, fs not):
+    // the less privileged of real and fs is taken, so a process that only
+    // borrowed root's rights from a setuid program never lends them.
+    let least = |ids: Vec<&str>| -> Option<u32> {
+        let real: u32 = ids.first()?.parse().ok()?;
+        let fs: u32 = ids.get(3)?.parse().ok()?;
+        Some(if real != 0 { real } else { fs })
+    };
+    let uid = least(field("Uid:")?)?;
+    let gid = least(field("Gid:")?)?;
     let groups = field("Groups:")?
         .iter()
         .map(|g| g.parse().ok())
@@ -151,6 +160,70 @@ fn take_credentials(creds: &Credentials) -> io::Result<()> {
             ));
         }
     }
+    drop_capabilities(creds.uid == 0)
+}
+
+/// Drops this thread's capabilities (the tracer's other threads keep
+/// theirs): a non-zero fsuid already drops the file-system ones, but
+/// CAP_SYS_PTRACE would still open `/proc/<pid>/` files of other users'
+/// processes. For a root process only the rights to read any file stay,
+/// which that process has too.
+fn drop_capabilities(root: bool) -> io::Result<()> {
+    /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+    const VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    /// `CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH` (linux/capability.h).
+    const CAP_DAC_OVERRIDE: u32 = 1;
+    const CAP_DAC_READ_SEARCH: u32 = 2;
+    let keep: u32 = if root {
+        (1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH)
+    } else {
+        0
+    };
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut now = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget with a valid header and room for two data words.
+    if unsafe { libc::syscall(libc::SYS_capget, &header, now.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Only what the thread has may be kept (a unit's bounding set may lack
+    // one of them).
+    let keep = keep & now[0].permitted;
+    let data = [
+        Data {
+            effective: keep,
+            permitted: keep,
+            inheritable: 0,
+        },
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: capset with a valid header and two data words, on the
+    // calling thread (pid 0).
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 
@@ -166,7 +239,14 @@ impl Reader<'_> {
         let c = CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: open_how is plain data; zero is valid for every field.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = flags | (libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+        // openat2 refuses O_PATH with any flag but a few (O_NOCTTY among
+        // those it refuses).
+        let noctty = if flags & libc::O_PATH as u64 == 0 {
+            libc::O_NOCTTY as u64
+        } else {
+            0
+        };
+        how.flags = flags | libc::O_CLOEXEC as u64 | noctty;
         how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
         // SAFETY: a valid directory descriptor, C string and open_how of
         // the size passed.
@@ -189,8 +269,31 @@ impl Reader<'_> {
     /// The bytes of the regular file `path` (resolved in the process's
     /// root), at most `limit` of them: a larger file is an error.
     pub fn read(&self, path: &str, limit: u64) -> io::Result<Vec<u8>> {
-        let fd = self.open(path, (libc::O_RDONLY | libc::O_NONBLOCK) as u64)?;
+        // Opened as a path first: opening a device acts (a watchdog arms,
+        // a tty changes state), so only a regular file is opened to read.
+        let handle = File::from(self.open(path, libc::O_PATH as u64)?);
+        if !handle.metadata()?.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let fd = open_at(
+            None,
+            &format!("/proc/self/fd/{}", handle.as_raw_fd()),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+        )?;
         read_regular(File::from(fd), limit)
+    }
+
+    /// The process's command line (through its `/proc` directory, so a
+    /// reused pid cannot pair another process's arguments with these
+    /// credentials).
+    pub fn cmdline(&self) -> io::Result<Vec<u8>> {
+        let fd = open_at(Some(&self.process.proc_dir), "cmdline", libc::O_RDONLY)?;
+        let mut bytes = Vec::new();
+        File::from(fd).take(1 << 20).read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 
     /// The names in directory `dir` (resolved in the process's root),
@@ -294,6 +397,12 @@ mod tests {
             "Uid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65534\t65534\t65534\nGroups:\t\n";
         assert_eq!(parse_credentials(none).unwrap().groups, Vec::<u32>::new());
         assert_eq!(parse_credentials("Uid:\t1\n"), None);
+        // After exec of a setuid-root program by user 1000: that user's.
+        let setuid = "Uid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\nGroups:\t\n";
+        assert_eq!(parse_credentials(setuid).unwrap().uid, 1000);
+        // Root that dropped its file-system id for a while: the dropped one.
+        let dropped = "Uid:\t0\t33\t0\t33\nGid:\t0\t0\t0\t0\nGroups:\t\n";
+        assert_eq!(parse_credentials(dropped).unwrap().uid, 33);
     }
 
     #[test]

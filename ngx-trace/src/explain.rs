@@ -273,34 +273,40 @@ pub struct ExplainEvent {
 impl ExplainEvent {
     /// The line, then the explanation indented under it.
     pub fn to_text(&self) -> String {
-        let mut out = format!("{}\n", self.line);
+        // Each field on its own line(s): a newline inside one (a socket
+        // path a process chose) must not start a line of its own.
+        use crate::sanitize::line as one;
+        let mut out = format!("{}\n", one(&self.line));
         match (&self.cause, &self.detail) {
             (Some(cause), detail) => {
                 let detail = detail
                     .as_deref()
-                    .map(|d| format!(" ({d})"))
+                    .map(|d| format!(" ({})", one(d)))
                     .unwrap_or_default();
                 out.push_str(&format!(
                     "  => {cause}{detail} [{}]: {}\n",
-                    self.confidence, self.evidence
+                    self.confidence,
+                    one(&self.evidence)
                 ));
             }
-            (None, _) => out.push_str(&format!("  => undecided [none]: {}\n", self.evidence)),
+            (None, _) => out.push_str(&format!("  => undecided [none]: {}\n", one(&self.evidence))),
         }
         if let Some(r) = &self.retried {
             out.push_str(&format!(
                 "     retried on {}: {} ({})\n",
-                r.upstream, r.outcome, r.verdict
+                one(&r.upstream),
+                r.outcome,
+                r.verdict
             ));
         }
         for r in &self.ruled_out {
-            out.push_str(&format!("     not {}: {}\n", r.cause, r.why));
+            out.push_str(&format!("     not {}: {}\n", r.cause, one(&r.why)));
         }
         for c in &self.candidates {
-            out.push_str(&format!("     maybe {}: {}\n", c.cause, c.what));
+            out.push_str(&format!("     maybe {}: {}\n", c.cause, one(c.what)));
         }
         if let Some(advice) = &self.advice {
-            out.push_str(&format!("     next: {advice}\n"));
+            out.push_str(&format!("     next: {}\n", one(advice)));
         }
         out
     }
@@ -950,7 +956,11 @@ impl Tally {
         );
         for (upstream, t) in &self.per_upstream {
             let causes: Vec<String> = t.causes.iter().map(|(c, n)| format!("{c} x{n}")).collect();
-            out.push_str(&format!("  {upstream}: {}", causes.join(", ")));
+            out.push_str(&format!(
+                "  {}: {}",
+                crate::sanitize::line(upstream),
+                crate::sanitize::line(&causes.join(", "))
+            ));
             if t.retried_ok > 0 {
                 out.push_str(&format!(
                     "; {} retried and answered elsewhere",

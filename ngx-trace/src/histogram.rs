@@ -179,7 +179,8 @@ impl Histograms {
     pub fn to_text(&self) -> String {
         let mut text = String::new();
         for (upstream, phases) in &self.by {
-            text.push_str(&format!("{upstream}\n"));
+            // A name on its own line: a newline inside it must not start one.
+            text.push_str(&format!("{}\n", crate::sanitize::line(upstream)));
             for (phase, h) in phases {
                 Self::phase_text(&mut text, *phase, h);
             }
@@ -240,6 +241,18 @@ mod tests {
         assert!(
             events.iter().all(|e| e.phase != "connect"),
             "no connect recorded"
+        );
+    }
+
+    #[test]
+    fn a_newline_in_an_upstream_name_starts_no_line() {
+        let mut h = Histograms::default();
+        h.record("unix:/run/x\n2026/01/01 [error] forged", &first_byte(1000));
+        let text = h.to_text();
+        assert!(text.lines().all(|l| !l.starts_with("2026/01/01")), "{text}");
+        assert!(
+            text.contains("unix:/run/x\\n2026/01/01 [error] forged"),
+            "{text}"
         );
     }
 

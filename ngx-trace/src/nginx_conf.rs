@@ -240,63 +240,104 @@ pub fn load_files(
         }
     }
     root.extend(parsed.get(main.as_str()).cloned().unwrap_or_default());
-    let root = splice(root, &parsed, &order, &base, 0, &mut problems);
+    let root = Splice {
+        parsed: &parsed,
+        order: &order,
+        base: &base,
+        stack: vec![main.as_str()],
+        left: MAX_SPLICED,
+        problems: &mut problems,
+    }
+    .run(root);
     (root, problems)
 }
 
-fn splice(
-    directives: Vec<Directive>,
-    parsed: &BTreeMap<&str, Vec<Directive>>,
-    order: &[&str],
-    base: &str,
-    depth: u32,
-    problems: &mut Vec<Problem>,
-) -> Vec<Directive> {
-    let mut out = Vec::new();
-    for mut d in directives {
-        if d.name == "include" && d.block.is_none() {
-            let Some(pattern) = d.args.first() else {
+/// Directives a whole configuration may hold once its includes are
+/// spliced in (real ones have thousands): a file that includes itself many
+/// times over would otherwise grow without bound.
+const MAX_SPLICED: usize = 500_000;
+
+/// One splice of a configuration's includes: the files being included (a
+/// file never includes itself, as nginx refuses a loop), and the
+/// directives still allowed.
+struct Splice<'a> {
+    parsed: &'a BTreeMap<&'a str, Vec<Directive>>,
+    order: &'a [&'a str],
+    base: &'a str,
+    stack: Vec<&'a str>,
+    left: usize,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl<'a> Splice<'a> {
+    fn run(&mut self, directives: Vec<Directive>) -> Vec<Directive> {
+        let mut out = Vec::new();
+        for mut d in directives {
+            if self.left == 0 {
+                break;
+            }
+            if d.name == "include" && d.block.is_none() {
+                self.include(&d, &mut out);
                 continue;
-            };
-            if depth > 16 {
-                problems.push(Problem {
+            }
+            if let Some(block) = d.block.take() {
+                d.block = Some(self.run(block));
+            }
+            self.left -= 1;
+            if self.left == 0 {
+                self.problems.push(Problem {
                     at: format!("{}:{}", d.file, d.line),
-                    what: "includes nest too deeply (a loop?)".into(),
+                    what: format!("more than {MAX_SPLICED} directives: the rest is left out"),
                 });
+            }
+            out.push(d);
+        }
+        out
+    }
+
+    fn include(&mut self, d: &Directive, out: &mut Vec<Directive>) {
+        let Some(pattern) = d.args.first() else {
+            return;
+        };
+        if self.left == 0 {
+            return;
+        }
+        let problem = |what: &str| Problem {
+            at: format!("{}:{}", d.file, d.line),
+            what: what.into(),
+        };
+        if self.stack.len() > 16 {
+            self.problems
+                .push(problem("includes nest too deeply (a loop?)"));
+            return;
+        }
+        let pattern = if pattern.starts_with('/') {
+            pattern.clone()
+        } else {
+            format!("{}/{pattern}", self.base)
+        };
+        let mut matched: Vec<&'a str> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|p| glob_match(&pattern, p))
+            .collect();
+        // nginx includes a pattern's files in name order.
+        matched.sort_unstable();
+        for file in matched {
+            if self.stack.contains(&file) {
+                self.problems
+                    .push(problem("a file includes itself (a loop)"));
                 continue;
             }
-            let pattern = if pattern.starts_with('/') {
-                pattern.clone()
-            } else {
-                format!("{base}/{pattern}")
-            };
-            let mut matched: Vec<&str> = order
-                .iter()
-                .copied()
-                .filter(|p| glob_match(&pattern, p))
-                .collect();
-            // nginx includes a pattern's files in name order.
-            matched.sort_unstable();
-            for file in matched {
-                if let Some(inner) = parsed.get(file) {
-                    out.extend(splice(
-                        inner.clone(),
-                        parsed,
-                        order,
-                        base,
-                        depth + 1,
-                        problems,
-                    ));
-                }
+            if let Some(inner) = self.parsed.get(file) {
+                self.stack.push(file);
+                let spliced = self.run(inner.clone());
+                self.stack.pop();
+                out.extend(spliced);
             }
-            continue;
         }
-        if let Some(block) = d.block.take() {
-            d.block = Some(splice(block, parsed, order, base, depth, problems));
-        }
-        out.push(d);
     }
-    out
 }
 
 /// A time as nginx reads it (`ngx_parse_time`): `500ms`, `30s`, `1m30s`,
@@ -785,6 +826,22 @@ server {
         );
         assert_eq!(app.keepalive_timeout.ms(), Some(5000));
         assert_eq!(c.locations_of("127.0.0.1:8001").count(), 1);
+    }
+
+    #[test]
+    fn a_file_including_itself_many_times_ends_at_once() {
+        let mut dump =
+            String::from("# configuration file /etc/nginx/nginx.conf:\ninclude a.conf;\n");
+        dump.push_str("# configuration file /etc/nginx/a.conf:\nuser nobody;\n");
+        for _ in 0..50 {
+            dump.push_str("include a.conf;\n");
+        }
+        let start = std::time::Instant::now();
+        let (root, problems) = load(&dump);
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(root.len(), 1, "{root:?}");
+        assert_eq!(problems.len(), 50);
+        assert!(problems[0].what.contains("includes itself"), "{problems:?}");
     }
 
     #[test]

@@ -43,22 +43,47 @@ pub struct Invocation {
 
 /// The `-c`, `-p` and `-g` of a master's command line (its title,
 /// `nginx: master process /usr/sbin/nginx -c x`, keeps them after the
-/// binary, space-separated).
+/// binary, joined by spaces). As nginx's option parser does, a value may
+/// be glued to its option (`-c/etc/x.conf`); a `-g` value runs to the next
+/// option, since the title joined its words (`-g daemon off;`).
 pub fn invocation(cmdline: &[u8]) -> Invocation {
     let text = String::from_utf8_lossy(cmdline);
     let words: Vec<&str> = text.split(['\0', ' ']).filter(|w| !w.is_empty()).collect();
+    let option = |w: &str| -> Option<(char, String)> {
+        let rest = w.strip_prefix('-')?;
+        let flag = rest
+            .chars()
+            .next()
+            .filter(|c| matches!(c, 'c' | 'p' | 'g'))?;
+        Some((flag, rest[1..].to_string()))
+    };
     let mut found = Invocation::default();
-    let mut it = words.iter();
-    while let Some(w) = it.next() {
-        let slot = match *w {
-            "-c" => &mut found.conf,
-            "-p" => &mut found.prefix,
-            "-g" => &mut found.globals,
-            _ => continue,
+    let mut i = 0;
+    while i < words.len() {
+        let Some((flag, glued)) = option(words[i]) else {
+            i += 1;
+            continue;
         };
-        if let Some(v) = it.next() {
-            *slot = Some(v.to_string());
-        }
+        i += 1;
+        let value = if !glued.is_empty() {
+            glued
+        } else if flag == 'g' {
+            let start = i;
+            while i < words.len() && option(words[i]).is_none() {
+                i += 1;
+            }
+            words[start..i].join(" ")
+        } else {
+            let Some(v) = words.get(i) else { break };
+            i += 1;
+            v.to_string()
+        };
+        let slot = match flag {
+            'c' => &mut found.conf,
+            'p' => &mut found.prefix,
+            _ => &mut found.globals,
+        };
+        *slot = (!value.is_empty()).then_some(value);
     }
     found
 }
@@ -234,14 +259,22 @@ pub struct Files {
 /// module's comment).
 pub fn read(master: u32) -> Result<Files, String> {
     let process = Process::open(master)?;
-    let cmdline = std::fs::read(format!("/proc/{master}/cmdline"))
-        .map_err(|e| format!("cannot read nginx {master}'s command line: {e}"))?;
-    let args = invocation(&cmdline);
-    process.with_reader(|reader| read_with(reader, &args))?
+    process.with_reader(|reader| {
+        let cmdline = reader
+            .cmdline()
+            .map_err(|e| format!("cannot read nginx {master}'s command line: {e}"))?;
+        read_with(reader, &invocation(&cmdline))
+    })?
 }
 
 fn read_with(reader: &Reader<'_>, args: &Invocation) -> Result<Files, String> {
-    let compiled = if args.prefix.is_none() || args.conf.is_none() {
+    // The built-in paths matter only without an absolute -c (an include is
+    // taken from the main file's directory, never from the prefix).
+    let needs_compiled = match &args.conf {
+        None => true,
+        Some(conf) => !conf.starts_with('/') && args.prefix.is_none(),
+    };
+    let compiled = if needs_compiled {
         match reader.executable(MAX_BINARY) {
             Ok(binary) => compiled_paths(&binary),
             Err(e) => {
@@ -278,6 +311,7 @@ fn read_with(reader: &Reader<'_>, args: &Invocation) -> Result<Files, String> {
         includes(&directives, &mut global_includes);
     }
     let mut first = true;
+    let mut full = false;
     while let Some((path, text, depth)) = queue.pop() {
         let mut found = Vec::new();
         if first {
@@ -294,6 +328,9 @@ fn read_with(reader: &Reader<'_>, args: &Invocation) -> Result<Files, String> {
                 at: format!("{path}:{line}"),
                 what,
             };
+            if full {
+                break;
+            }
             if depth >= MAX_DEPTH {
                 out.problems
                     .push(problem("includes nest too deeply (a loop?)".into()));
@@ -312,11 +349,13 @@ fn read_with(reader: &Reader<'_>, args: &Invocation) -> Result<Files, String> {
                     continue;
                 }
                 if seen.len() > MAX_FILES || total >= MAX_TOTAL {
+                    // What was read is kept; no further file is read.
                     out.problems.push(problem(format!(
                         "more than {MAX_FILES} files or {MAX_TOTAL} bytes of configuration: \
                          the rest is not read"
                     )));
-                    return Ok(out);
+                    full = true;
+                    break;
                 }
                 match reader.read(&file, MAX_FILE.min(MAX_TOTAL - total)) {
                     Ok(bytes) => {

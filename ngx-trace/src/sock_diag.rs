@@ -184,8 +184,9 @@ pub fn tcp_listeners(port: Option<u16>) -> io::Result<Vec<TcpListener>> {
 }
 
 /// The listening UNIX sockets of this network namespace that are bound to
-/// a name.
-pub fn unix_listeners() -> io::Result<Vec<UnixListener>> {
+/// a name (to `only`, when given: filtered before the cap, so that many
+/// other listeners cannot push the one asked for out).
+pub fn unix_listeners(only: Option<&str>) -> io::Result<Vec<UnixListener>> {
     let req = UnixDiagReq {
         family: libc::AF_UNIX as u8,
         states: 1 << TCP_LISTEN,
@@ -201,6 +202,7 @@ pub fn unix_listeners() -> io::Result<Vec<UnixListener>> {
             .find(|(kind, _)| *kind == UNIX_DIAG_NAME)
             .map(|(_, value)| unix_name(value));
         if let Some(path) = name
+            && only.is_none_or(|o| o == path)
             && found.len() < MAX_LISTENERS
         {
             found.push(UnixListener {
@@ -485,7 +487,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let link = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
-        let found = unix_listeners().unwrap();
+        let found = unix_listeners(None).unwrap();
         let mine = found
             .iter()
             .find(|l| l.path == path.to_str().unwrap())

@@ -80,6 +80,17 @@ impl Unacked {
             return None;
         }
         self.used += 1;
+        // Only a socket is copied: closing the copy of anything else could
+        // wait on the session's task (a FUSE file's flush). The link is
+        // read without opening anything (one that cannot be read is left to
+        // the copy, whose refusal is said); the copy is checked again after.
+        let not_socket = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|link| {
+            use std::os::unix::ffi::OsStrExt as _;
+            !link.as_os_str().as_bytes().starts_with(b"socket:[")
+        });
+        if not_socket {
+            return None;
+        }
         let copy = match self.copy_fd(pid, fd) {
             Ok(copy) => copy,
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
