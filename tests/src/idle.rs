@@ -8,9 +8,27 @@ use std::{
     process::{Child, ChildStdin, Command, Stdio},
 };
 
-/// Connections one helper holds: both ends are its own, so 16,000
-/// descriptors, under the hard limit of 20,000.
+/// Connections one helper holds at most: both ends are its own, so 16,000
+/// descriptors, under the hard limit of 20,000; fewer where the hard
+/// limit is lower (4,096 in the test VMs), see [`per_process`].
 pub const PER_PROCESS: usize = 8_000;
+
+/// Connections one helper may hold here: [`PER_PROCESS`], or as many as
+/// the hard `RLIMIT_NOFILE` leaves room for (two descriptors each, and a
+/// margin for the process's own).
+pub fn per_process() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid pointer to an rlimit.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } == 0 {
+        limit.rlim_max as usize
+    } else {
+        1024
+    };
+    PER_PROCESS.min(hard.saturating_sub(128) / 2).max(1)
+}
 
 /// Kernel memory one idle loopback connection costs, bytes: two sockets
 /// (about 2.3 KB of `tcp_sock` each), their files, dentries and inodes:
@@ -100,7 +118,7 @@ impl IdleConnections {
 
     /// [`IdleConnections::spread`] with the `idle-conns` binary at `bin`.
     pub fn spread_with(bin: &std::path::Path, total: usize) -> Self {
-        let processes = total.div_ceil(PER_PROCESS);
+        let processes = total.div_ceil(per_process());
         let mut idle = Self {
             holders: Vec::with_capacity(processes),
             total,
