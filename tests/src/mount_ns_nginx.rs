@@ -125,11 +125,7 @@ impl NamespacedNginx {
     }
 
     fn try_master_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.path().join("nginx.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        crate::nginx::pid_in(self.dir.path())
     }
 
     /// The master's pid.
@@ -139,16 +135,9 @@ impl NamespacedNginx {
 
     /// Pids of the current workers.
     pub fn workers(&self) -> Vec<u32> {
-        let Some(master) = self.try_master_pid() else {
-            return Vec::new();
-        };
-        let mut pids: Vec<u32> = children(master)
-            .into_iter()
-            .filter(|(_, title)| title.contains("worker process"))
-            .map(|(pid, _)| pid)
-            .collect();
-        pids.sort_unstable();
-        pids
+        self.try_master_pid()
+            .map(crate::nginx::workers_of)
+            .unwrap_or_default()
     }
 
     /// GETs `path` through this nginx; returns the status code.

@@ -33,6 +33,26 @@ pub(crate) fn children(ppid: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// The master pid nginx wrote to `dir/nginx.pid`, once written.
+pub(crate) fn pid_in(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("nginx.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The worker processes of `master`, by pid.
+pub(crate) fn workers_of(master: u32) -> Vec<u32> {
+    let mut pids: Vec<u32> = children(master)
+        .into_iter()
+        .filter(|(_, title)| title.contains("worker process"))
+        .map(|(pid, _)| pid)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 pub(crate) fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -132,11 +152,7 @@ impl Nginx {
     }
 
     fn try_master_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.path().join("nginx.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        crate::nginx::pid_in(self.dir.path())
     }
 
     /// The master's pid.
@@ -146,16 +162,9 @@ impl Nginx {
 
     /// Pids of the current workers.
     pub fn workers(&self) -> Vec<u32> {
-        let Some(master) = self.try_master_pid() else {
-            return Vec::new();
-        };
-        let mut pids: Vec<u32> = children(master)
-            .into_iter()
-            .filter(|(_, title)| title.contains("worker process"))
-            .map(|(pid, _)| pid)
-            .collect();
-        pids.sort_unstable();
-        pids
+        self.try_master_pid()
+            .map(crate::nginx::workers_of)
+            .unwrap_or_default()
     }
 
     /// `nginx -s reload`, returning once two new workers replaced the old.
