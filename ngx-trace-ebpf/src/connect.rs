@@ -16,9 +16,9 @@ use crate::{
     config::{config, offset},
     maps::{
         CONNECTS, CONNS, ConnectCall, ERROR_READS, ErrorRead, FD_CONNS, SOCKET_CALLS, UNIX_BIND,
-        count_lost, fd_key, forget, is_worker,
+        count_lost, fd_key, is_worker,
     },
-    record::{apply, clear_giveup, emit},
+    record::{apply, clear_giveup, emit, finish},
 };
 
 const SOCK_STREAM: u16 = 1;
@@ -148,9 +148,9 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         } else if sk == 0 {
             emit(exchange, failed);
         } else if let Some(state) = CONNS.get_ptr_mut(sk) {
-            // Not reported yet by the socket hooks: the syscall's error is it.
-            emit(state, failed);
-            forget(sk, state);
+            // Not reported yet by the socket hooks: the syscall's error is
+            // it (unless a hook on another CPU reports it first).
+            finish(sk, state, failed);
         }
     }
     let _ = CONNECTS.remove(pid_tgid);

@@ -28,6 +28,15 @@ pub static NGINX_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
 #[btf_map]
 pub static UPSTREAM_SOCKS: SkStorage<SockMark> = SkStorage::new();
 
+/// Processes whose exit is reported whatever its status (by tgid): those
+/// that closed or reset an upstream connection of a traced worker, and
+/// those sent a signal that ends a process. A backend that exits with
+/// status 0 moments after its close (from a SIGTERM handler, or shutting
+/// down) is then still known to have died. LRU: a process that never
+/// exits only ages out.
+#[map]
+pub static WATCHED_EXITS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
 /// `connect()` calls in flight, by pid_tgid.
 #[map]
 pub static CONNECTS: LruHashMap<u64, ConnectCall> = LruHashMap::with_max_entries(1024, 0);

@@ -20,7 +20,10 @@ use ngx_trace_common::{
 
 use crate::{
     config::{config, offset},
-    maps::{EVENTS, LIMIT_EXITS, LIMIT_SIGNALS, NGINX_PIDS, count_lost, is_traced, within_limit},
+    maps::{
+        EVENTS, LIMIT_EXITS, LIMIT_SIGNALS, NGINX_PIDS, WATCHED_EXITS, count_lost, is_traced,
+        within_limit,
+    },
     task,
 };
 
@@ -116,7 +119,10 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     }
     let current = task::current();
     let exit_code = task::exit_code(current);
-    if traced || (exit_code != 0 && within_limit(LIMIT_EXITS)) {
+    // A watched process (it closed an upstream connection, or was told to
+    // end) is reported whatever its status: its death joins that close.
+    let watched = WATCHED_EXITS.remove(pid).is_ok();
+    if traced || ((exit_code != 0 || watched) && within_limit(LIMIT_EXITS)) {
         let fate = FateRecord {
             kind: RECORD_FATE,
             what: FATE_EXIT,
@@ -217,6 +223,7 @@ pub fn signal_generate_btf(ctx: BtfTracePointContext) -> u32 {
         sender_comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     emit_fate(&fate, wakeup(traced));
+    let _ = WATCHED_EXITS.insert(pid, 1, 0);
     0
 }
 
@@ -275,6 +282,8 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<(), i64> {
         sender_comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     emit_fate(&fate, wakeup(traced));
+    // The thread's id: a process's own for a signal sent to the process.
+    let _ = WATCHED_EXITS.insert(pid, 1, 0);
     Ok(())
 }
 

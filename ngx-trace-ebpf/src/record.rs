@@ -10,7 +10,7 @@ use ngx_trace_common::{
 };
 
 use crate::{
-    maps::{EVENTS, GIVEUP, GIVEUP_SLOTS, GiveUp, count_lost, forget},
+    maps::{CONNS, EVENTS, FD_CONNS, GIVEUP, GIVEUP_SLOTS, GiveUp, count_lost, fd_key, forget},
     sock_mark::is_marked,
     task, tcp_sock,
 };
@@ -19,16 +19,38 @@ use crate::{
 /// the ring never fills between the reader's periodic drains.
 const WAKEUP_BACKLOG: u64 = EVENTS_BYTES as u64 / 4;
 
-/// Ends the exchange at `state` (a map value) with `ending` and sends it; a
-/// full ring buffer is counted, never silent.
+/// Ends the exchange at `state` with `ending` and sends it, the
+/// connection going on (a kept-alive one's next exchange) or not followed
+/// (a connect that failed in the call); a full ring buffer is counted,
+/// never silent.
+#[inline(always)]
+pub fn emit(state: *mut Exchange, ending: Ending) {
+    send(state, ending, None);
+}
+
+/// Ends the exchange of connection `sk` (`state`, its `CONNS` entry) with
+/// `ending`, sends it and forgets the connection: once, whichever of the
+/// hooks that see the end gets there first. Two can race on two CPUs (the
+/// socket's error report in softirq and the worker's `getsockopt` or
+/// `connect` return): removing the entry decides, a hash map's delete
+/// succeeding for one caller only (no atomic compare-and-swap on 5.10).
+#[inline(always)]
+pub fn finish(sk: u64, state: *mut Exchange, ending: Ending) {
+    send(state, ending, Some(sk));
+}
+
+/// [`emit`], or [`finish`] of connection `forget_sk`.
 ///
 /// Waking the reader costs more than the rest of the program: answered
 /// exchanges (the bulk) do not wake it, user space drains them every 100 ms;
 /// failures, which a person waits for, do.
 #[inline(always)]
-pub fn emit(state: *mut Exchange, mut ending: Ending) {
+fn send(state: *mut Exchange, mut ending: Ending, forget_sk: Option<u64>) {
     let s = unsafe { &mut *state };
     if !s.reportable() {
+        if let Some(sk) = forget_sk {
+            forget(sk, state);
+        }
         return;
     }
     if ending.end.is_nginx_giving_up() && worker_dying(s.tgid) {
@@ -37,16 +59,35 @@ pub fn emit(state: *mut Exchange, mut ending: Ending) {
         ending.end = End::WorkerDied;
     }
     s.finish(ending);
-    let Some(mut entry) = EVENTS.reserve::<UpstreamRecord>(0) else {
+    let tgid = s.tgid;
+    let key = fd_key(tgid, s.fd);
+    // Copied into the record before the entry is removed: a preallocated
+    // map hands a freed entry to the next insert at once.
+    let mut entry = EVENTS.reserve::<UpstreamRecord>(0);
+    if let Some(entry) = &mut entry {
+        let r = entry.as_mut_ptr();
+        unsafe {
+            (*r).kind = RECORD_UPSTREAM;
+            (*r)._pad = 0;
+            (*r).exchange = *state;
+        }
+    }
+    if let Some(sk) = forget_sk {
+        if CONNS.remove(sk).is_err() {
+            // Another hook reported and forgot it first.
+            if let Some(entry) = entry {
+                entry.discard(0);
+            }
+            return;
+        }
+        if FD_CONNS.get_ptr(key).is_some_and(|s| unsafe { *s } == sk) {
+            let _ = FD_CONNS.remove(key);
+        }
+    }
+    let Some(entry) = entry else {
         count_lost(LOST_RINGBUF_FULL);
         return;
     };
-    let r = entry.as_mut_ptr();
-    unsafe {
-        (*r).kind = RECORD_UPSTREAM;
-        (*r)._pad = 0;
-        (*r).exchange = *state;
-    }
     let flags = if ending.end != End::ResponseDone {
         0
     } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BACKLOG {
@@ -56,7 +97,7 @@ pub fn emit(state: *mut Exchange, mut ending: Ending) {
     };
     entry.submit(flags as u64);
     if ending.end.is_nginx_giving_up() {
-        watch_giveup(s.tgid, ending.end_ns);
+        watch_giveup(tgid, ending.end_ns);
     }
 }
 
@@ -75,8 +116,7 @@ pub fn apply(sk: u64, state: *mut Exchange, next: Next) {
         Next::Finish(ending) => {
             // The request's acknowledgement, as of its end.
             tcp_sock::refresh(state, sk);
-            emit(state, ending);
-            forget(sk, state);
+            finish(sk, state, ending);
         }
     }
 }

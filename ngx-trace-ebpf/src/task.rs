@@ -96,6 +96,9 @@ pub fn note_closer(state: *mut ngx_trace_common::Exchange) {
     let me = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
     if me != 0 && me != unsafe { (*state).tgid } {
         unsafe { (*state).peer_pid = me };
+        // Its exit, even with status 0, joins the close (a full map only
+        // evicts the oldest watch).
+        let _ = crate::maps::WATCHED_EXITS.insert(me, 1, 0);
     }
 }
 

@@ -121,13 +121,22 @@ impl Btf {
                  (a kernel built with CONFIG_DEBUG_INFO_BTF=y)"
             )
         })?;
-        Btf::parse(&bytes).map_err(|e| format!("{VMLINUX_PATH}: {e}"))
+        Btf::parse_owned(bytes).map_err(|e| format!("{VMLINUX_PATH}: {e}"))
     }
 
-    /// Parses a BTF blob: validates the header and section bounds, walks the
-    /// type section once to record where each type starts, and indexes the
-    /// struct names.
+    /// [`Btf::parse_owned`] of a copy of `bytes` (tests' blobs).
+    #[cfg(test)]
     pub fn parse(bytes: &[u8]) -> Result<Btf, String> {
+        Self::parse_owned(bytes.to_vec())
+    }
+
+    /// Parses a BTF blob, which it keeps: validates the header and section
+    /// bounds, walks the type section once to record where each type
+    /// starts, and indexes the struct names. Owned, not copied: the
+    /// kernel's is 5 to 6 MB, and a copy of it alive while aya loads the
+    /// programs (and parses the same blob again) raised the tracer's peak
+    /// memory.
+    pub fn parse_owned(bytes: Vec<u8>) -> Result<Btf, String> {
         if bytes.len() < HEADER_LEN {
             return Err(format!(
                 "BTF too short for a header: {} bytes, need {HEADER_LEN}",
@@ -152,8 +161,7 @@ impl Btf {
             types: Vec::new(),
             structs: HashMap::new(),
         };
-        // Header fields are read from the caller's slice before copying it.
-        let field = |at: usize| btf.read_u32_in(bytes, at);
+        let field = |at: usize| btf.read_u32_in(&bytes, at);
         let version = bytes[2];
         if version != 1 {
             return Err(format!("unsupported BTF version {version}"));
@@ -190,7 +198,7 @@ impl Btf {
         if u32::try_from(bytes.len()).is_err() {
             return Err(format!("BTF blob too large: {} bytes", bytes.len()));
         }
-        btf.data = bytes.to_vec();
+        btf.data = bytes;
         btf.str_start = str_start;
         btf.str_end = str_end;
 

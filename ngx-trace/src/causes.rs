@@ -179,6 +179,51 @@ const WORKER_DIED: Cause = cause(
     "worker_died",
     "an nginx worker died, taking its requests with it",
 );
+const CLIENT_LEFT: Cause = cause(
+    "client_aborted",
+    "client_closed",
+    "the client closed its connection first: nginx dropped the upstream request (499)",
+);
+const CLIENT_GONE_MID_RESPONSE: Cause = cause(
+    "client_aborted",
+    "client_gone_mid_response",
+    "the client went away while nginx sent it the response (cut short)",
+);
+const CLIENT_SLOW: Cause = cause(
+    "client_aborted",
+    "client_not_reading",
+    "the client did not read the response within send_timeout",
+);
+const TEMP_PERMISSION: Cause = cause(
+    "permission",
+    "temp_path",
+    "nginx's workers may not write in the module's temporary directory",
+);
+const TEMP_NO_DIR: Cause = cause(
+    "proxy_resources",
+    "temp_path_missing",
+    "the module's temporary directory does not exist",
+);
+const DISK_FULL: Cause = cause(
+    "proxy_resources",
+    "disk_full",
+    "the filesystem of the temporary directory is full",
+);
+const TEMP_FILE: Cause = cause(
+    "proxy_resources",
+    "temp_file",
+    "nginx could not use the temporary file of a response larger than its buffers",
+);
+const BUFFERED: Cause = cause(
+    "buffering",
+    "temp_file_used",
+    "a response larger than the module's buffers went to a temporary file: a warning, not a failure",
+);
+const NO_CONNECTIONS: Cause = cause(
+    "proxy_resources",
+    "worker_connections",
+    "the worker had no connection left for the upstream (worker_connections)",
+);
 const UNKNOWN: Cause = cause("unknown", "unknown", "a message ngx-trace has no rule for");
 
 /// Every cause `line` allows, most common first.
@@ -205,7 +250,29 @@ pub fn candidates(line: &LogLine) -> Vec<Cause> {
         Kind::Resolver => vec![RESOLVER],
         Kind::Ssl => vec![TLS],
         Kind::WorkerExited => vec![WORKER_DIED],
-        Kind::OtherUpstream | Kind::Unrelated => vec![UNKNOWN],
+        Kind::ClientSide => client_side(line),
+        Kind::TempFile => match line.errno {
+            Some(13 | 1) => vec![TEMP_PERMISSION],
+            Some(2) => vec![TEMP_NO_DIR],
+            Some(28 | 122) => vec![DISK_FULL],
+            // `has written only N of M`: a short write, a full disk.
+            None if line.text.contains(" has written only ") => vec![DISK_FULL],
+            _ => vec![TEMP_FILE],
+        },
+        Kind::BufferedToDisk => vec![BUFFERED],
+        Kind::WorkerConnections => vec![NO_CONNECTIONS],
+        Kind::OtherUpstream | Kind::Debug | Kind::Unrelated => vec![UNKNOWN],
+    }
+}
+
+/// The causes of a line about the client during an upstream exchange.
+fn client_side(line: &LogLine) -> Vec<Cause> {
+    if line.text.starts_with("client timed out") {
+        vec![CLIENT_SLOW]
+    } else if line.action.as_deref() == Some("sending to client") {
+        vec![CLIENT_GONE_MID_RESPONSE]
+    } else {
+        vec![CLIENT_LEFT]
     }
 }
 
@@ -265,6 +332,7 @@ const KNOWN: &[Cause] = &[
     TIMED_OUT_CONN,
     CONSEQUENCE,
     WORKER_DIED,
+    CLIENT_LEFT,
 ];
 
 /// The cause named by `verdict` and `detail`, if it is one of the table's.
@@ -364,6 +432,42 @@ pub fn advice(cause: &Cause, line: &LogLine) -> String {
         ),
         "worker_died" => "an nginx worker died: see the core dump, and memory limits for \
              nginx itself"
+            .to_string(),
+        "client_closed" => format!(
+            "not the upstream's failure: the client gave up first (its own timeout, or a \
+             slow upstream); if the upstream was slow, its exchange shows it; \
+             {m}_ignore_client_abort on lets the upstream request finish"
+        ),
+        "client_gone_mid_response" => "not the upstream's failure: the client went away \
+             while the response was sent to it"
+            .to_string(),
+        "client_not_reading" => "not the upstream's failure: the client read the response \
+             too slowly for send_timeout (a slow or stalled client)"
+            .to_string(),
+        "temp_path" => format!(
+            "give {m}_temp_path to nginx's worker user (the `user` directive; Debian: \
+             www-data): `chown -R www-data {m}_temp_path` and mode 700; or raise {m}_buffers \
+             so responses stay in memory"
+        ),
+        "temp_path_missing" => format!(
+            "create {m}_temp_path (owned by nginx's worker user, mode 700), or point \
+             {m}_temp_path at an existing directory"
+        ),
+        "disk_full" => format!(
+            "free space on the filesystem of {m}_temp_path, or cap {m}_max_temp_file_size \
+             (0: never buffer to disk)"
+        ),
+        "temp_file" => format!(
+            "check {m}_temp_path: it must exist, be writable by nginx's worker user, and \
+             have free space"
+        ),
+        "temp_file_used" => format!(
+            "not a failure; to keep such responses in memory raise {m}_buffers (or \
+             {m}_max_temp_file_size 0 to stream them)"
+        ),
+        "worker_connections" => "raise worker_connections in the events block (each proxied \
+             request takes two: the client's and the upstream's), and worker_rlimit_nofile \
+             with it"
             .to_string(),
         _ => "see the backend's and nginx's logs around this time".to_string(),
     }

@@ -118,8 +118,29 @@ pub enum Kind {
     /// `worker process N exited on signal S` / `exited with code C` (the
     /// master).
     WorkerExited,
+    /// The client left, or would not read, while nginx talked to its
+    /// upstream: `client prematurely closed connection[, so upstream
+    /// connection is closed too]` (also as `epoll_wait()`/`kevent()
+    /// reported that ...`), HTTP/2 `client canceled stream`, `client timed
+    /// out`, and a write failing `while sending to client` (a 499, or a
+    /// response cut short).
+    ClientSide,
+    /// nginx could not use its temporary file for a response larger than
+    /// its buffers: `open() "<proxy_temp>/..." failed (13: ...)`, a
+    /// `mkdir()`, `write()`, `pwritev()`... of such a file failed or wrote
+    /// short (a permission, a missing directory, a full disk).
+    TempFile,
+    /// `an upstream response is buffered to a temporary file`: a warning,
+    /// not a failure (the response went to disk).
+    BufferedToDisk,
+    /// `N worker_connections are not enough`: the worker had no connection
+    /// left for the upstream.
+    WorkerConnections,
     /// Another line about an upstream (its action or context names one).
     OtherUpstream,
+    /// A `[debug]` line: nginx's trace of its own steps, never an
+    /// upstream failure, whatever it names.
+    Debug,
     /// Not about upstreams.
     Unrelated,
 }
@@ -142,7 +163,12 @@ impl Kind {
             Self::Resolver => "resolver",
             Self::Ssl => "ssl",
             Self::WorkerExited => "worker_exited",
+            Self::ClientSide => "client_side",
+            Self::TempFile => "temp_file",
+            Self::BufferedToDisk => "buffered_to_disk",
+            Self::WorkerConnections => "worker_connections",
             Self::OtherUpstream => "other_upstream",
+            Self::Debug => "debug",
             Self::Unrelated => "unrelated",
         }
     }
@@ -152,7 +178,7 @@ impl LogLine {
     /// Whether the line is about an upstream (or a worker's death, which
     /// takes exchanges with it).
     pub fn is_upstream(&self) -> bool {
-        self.kind != Kind::Unrelated
+        !matches!(self.kind, Kind::Unrelated | Kind::Debug)
     }
 
     /// The phase nginx was in.
@@ -369,6 +395,11 @@ fn context_field(context: &str, name: &str) -> Option<String> {
 /// What a parsed line says.
 fn classify(line: &LogLine) -> Kind {
     let text = line.text.as_str();
+    // nginx's own trace (`http upstream request`, `test location`, resolver
+    // steps): never a failure, and written without the `while ...` context.
+    if line.level == "debug" {
+        return Kind::Debug;
+    }
     let upstream_related = line.upstream_field.is_some()
         || line
             .action
@@ -403,8 +434,20 @@ fn classify(line: &LogLine) -> Kind {
     if text.starts_with("FastCGI sent in stderr") {
         return Kind::FastcgiStderr;
     }
+    if text.contains("worker_connections are not enough") {
+        return Kind::WorkerConnections;
+    }
+    if text.starts_with("an upstream response is buffered to a temporary file") {
+        return Kind::BufferedToDisk;
+    }
     if !upstream_related {
         return Kind::Unrelated;
+    }
+    if is_client_side(text, line.action.as_deref()) {
+        return Kind::ClientSide;
+    }
+    if is_temp_file(text) {
+        return Kind::TempFile;
     }
     if text.starts_with("connect() ") && text.contains("failed") {
         return Kind::ConnectFailed;
@@ -440,6 +483,39 @@ fn classify(line: &LogLine) -> Kind {
         return Kind::IoFailed(format!("{call}()"));
     }
     Kind::OtherUpstream
+}
+
+/// Whether `text` (said `while action`) is about the client, not the
+/// upstream: it left, cancelled its stream, or would not read in time.
+fn is_client_side(text: &str, action: Option<&str>) -> bool {
+    let about_client = [
+        "client prematurely closed",
+        "epoll_wait() reported that client prematurely closed",
+        "kevent() reported that client prematurely closed",
+        "client canceled stream",
+        "client terminated stream",
+        "client timed out",
+    ];
+    about_client.iter().any(|p| text.starts_with(p))
+        || action.is_some_and(|a| a == "sending to client") && text.contains("() failed")
+}
+
+/// Whether `text` is a failed call on one of nginx's own files (a quoted
+/// path after the call): the temporary file of a buffered response.
+fn is_temp_file(text: &str) -> bool {
+    const FILE_CALLS: &[&str] = &[
+        "open() \"",
+        "mkdir() \"",
+        "write() \"",
+        "writev() \"",
+        "pwrite() \"",
+        "pwritev() \"",
+        "lseek() \"",
+        "read() \"",
+        "pread() \"",
+    ];
+    FILE_CALLS.iter().any(|c| text.starts_with(c))
+        && (text.contains(" failed") || text.contains(" has written only "))
 }
 
 #[cfg(test)]
@@ -621,5 +697,57 @@ mod tests {
             humantime::format_rfc3339(west).to_string(),
             "2026-11-27T06:02:03Z"
         );
+    }
+
+    /// The README's catalogue of nginx's upstream messages: each row's
+    /// example, written as nginx writes it at the row's level (with the
+    /// request's context, except the master's lines), is parsed to the
+    /// row's kind, and its first cause is the row's.
+    #[test]
+    fn the_readme_catalogue_holds_line_by_line() {
+        const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let table = README
+            .split("<!-- catalogue: start -->")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- catalogue: end -->").next())
+            .expect("the catalogue's markers in README.md");
+        let mut rows = 0;
+        for row in table
+            .lines()
+            .filter(|l| l.starts_with("| ") && l.contains('`'))
+        {
+            let cells: Vec<&str> = row
+                .split(" | ")
+                .map(|c| c.trim_matches(['|', ' ']))
+                .collect();
+            let [level, example, kind, first, _from] = cells[..] else {
+                panic!("a row of 5 cells: {row}");
+            };
+            let message = example.trim_matches('`');
+            let context = if kind == "worker_exited" || level == "debug" {
+                String::new()
+            } else {
+                ", client: 127.0.0.1, server: _, request: \"GET /api HTTP/1.1\", \
+                 upstream: \"http://127.0.0.1:3999/api\", host: \"h\""
+                    .to_string()
+            };
+            let raw = format!("2026/12/07 01:02:03 [{level}] 7#7: *1 {message}{context}");
+            let line = parse(&raw).unwrap_or_else(|| panic!("does not parse: {raw}"));
+            assert_eq!(line.kind.as_str(), kind, "{raw}");
+            let upstream = !matches!(line.kind, Kind::Debug);
+            assert_eq!(line.is_upstream(), upstream, "{raw}");
+            if upstream {
+                let cause = crate::causes::candidates(&line)[0];
+                assert_eq!(
+                    format!("{}/{}", cause.verdict, cause.detail),
+                    first,
+                    "{raw}"
+                );
+            } else {
+                assert_eq!(first, "-", "{raw}");
+            }
+            rows += 1;
+        }
+        assert!(rows >= 40, "{rows} rows read");
     }
 }

@@ -649,6 +649,7 @@ mod tests {
                     exit_status: Some(0),
                     memory_limit_bytes: Some(64 << 20),
                 },
+                exit_after_close_us: Some(-3_000),
             });
             e
         }

@@ -243,8 +243,9 @@ pub struct ExplainEvent {
     /// The upstream event of the exchange it is about, or null.
     #[serde(rename = "match")]
     pub matched: Option<Value>,
-    /// The cause (the verdict vocabulary, `consequence` for a line that
-    /// follows from earlier failures), null when nothing decides.
+    /// The cause (the verdict vocabulary; for `no live upstreams` and
+    /// `server temporarily disabled`, the cause of the failures they follow
+    /// from, with detail `max_fails`), null when nothing decides.
     pub cause: Option<String>,
     /// The finer cause the kernel tells apart (`rst`, `icmp_reject`...).
     pub detail: Option<String>,
@@ -367,11 +368,23 @@ pub fn explain(line: &LogLine, trace: &mut Trace, join: &Join) -> ExplainEvent {
         let pid = join.pid_map.get(&line.pid).copied().unwrap_or(line.pid);
         match &line.kind {
             Kind::NoLiveUpstreams | Kind::ServerDisabled => {
-                consequence(line, trace, t, &mut out);
+                consequence(line, trace, t, &join.config, &mut out);
             }
             Kind::WorkerExited => worker_exit(line, trace, t, &mut out),
+            _ if line_decides(&line.kind) => {}
             _ => exchange(line, &allowed, trace, t, pid, &mut out),
         }
+    }
+    // nginx's own files and limits: the kernel has nothing to add, the
+    // message says which cause it is.
+    if line_decides(&line.kind)
+        && let [cause] = allowed.as_slice()
+    {
+        out.cause = Some(cause.verdict.to_string());
+        out.detail = Some(cause.detail.to_string());
+        out.confidence = "likely";
+        out.evidence = format!("from nginx's message alone: {}", cause.what);
+        out.advice = Some(causes::advice(cause, line));
     }
     if let (Some(advice), Some(detail)) = (out.advice.as_mut(), out.detail.as_deref()) {
         let settings = in_effect(detail, line, &join.config);
@@ -398,6 +411,27 @@ pub fn explain(line: &LogLine, trace: &mut Trace, join: &Join) -> ExplainEvent {
             .collect();
     }
     out
+}
+
+/// Whether the message alone tells its cause, the kernel's records of the
+/// exchange bearing on none of it: nginx's temporary files, its connection
+/// limit, a response buffered to disk; what the answer held (a header too
+/// big, a malformed answer, the application's stderr, a gRPC error, a TLS
+/// failure: the kernel saw bytes arrive, nginx judged them); a name that
+/// did not resolve (no connection was made).
+fn line_decides(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::TempFile
+            | Kind::BufferedToDisk
+            | Kind::WorkerConnections
+            | Kind::TooBigHeader
+            | Kind::InvalidResponse
+            | Kind::FastcgiStderr
+            | Kind::Grpc
+            | Kind::Ssl
+            | Kind::Resolver
+    )
 }
 
 /// The settings in effect that the advice for `detail` is about, for the
@@ -503,6 +537,12 @@ fn exchange(
                 && x.end <= hi
         })
         .filter_map(|(i, x)| {
+            // A client that left: nginx's line is about the client, the
+            // exchange it cut is the kernel's `client_closed` one.
+            if line.kind == Kind::ClientSide {
+                let left = x.str("outcome") == "client_closed";
+                return left.then_some((i, x.worker_pid == pid, true, x.end));
+            }
             let nginx_error = x.event["nginx_error"].as_str()?;
             let same_errno = x.event["errno"].as_u64().map(|e| e as u32) == line.errno;
             let compatible = same_errno && family(nginx_error) == family(&line.message);
@@ -603,6 +643,7 @@ fn cause_of(line: &LogLine, allowed: &[Cause], x: &Traced) -> (Cause, String) {
             _ => "closed",
         },
         "worker_died" => "worker_died",
+        "client_closed" => "client_closed",
         _ => "",
     };
     let cause = causes::find(verdict, detail)
@@ -712,17 +753,68 @@ fn retry_after(trace: &Trace, i: usize, conn: Option<(u32, u64)>) -> Option<Retr
         })
 }
 
-/// `no live upstreams`, `upstream server temporarily disabled`: the
-/// failures in the `fail_timeout` before the line.
-fn consequence(line: &LogLine, trace: &Trace, t: SystemTime, out: &mut ExplainEvent) {
-    let lo = t.checked_sub(FAIL_TIMEOUT).unwrap_or(t);
+/// `no live upstreams`, `upstream server temporarily disabled`: nginx's
+/// consequence of earlier failures. The evidence is the failures of the
+/// servers the line is about (the named group's, from the configuration;
+/// the disabled server's), each within its `fail_timeout`; the cause is
+/// the one they share, or the most frequent with the others listed.
+/// Without the configuration the group's servers are unknown: every
+/// server's failures are listed, marked as such.
+fn consequence(
+    line: &LogLine,
+    trace: &Trace,
+    t: SystemTime,
+    config: &Config,
+    out: &mut ExplainEvent,
+) {
+    let named = line.upstream_field.as_deref().and_then(server_of);
+    let disabled = line.upstream();
+    let group = config
+        .groups
+        .iter()
+        .find(|g| line.kind == Kind::NoLiveUpstreams && Some(&g.name) == named.as_ref())
+        .or_else(|| {
+            let server = disabled.as_ref()?;
+            config
+                .groups
+                .iter()
+                .find(|g| g.servers.iter().any(|s| s.addrs.contains(server)))
+        });
+    // The servers looked at, each with how far back its failures count.
+    let window = |ms: u64| Duration::from_millis(ms);
+    let servers: Option<Vec<(String, Duration)>> = match (&disabled, group) {
+        (Some(server), g) => {
+            let ms = g
+                .and_then(|g| g.servers.iter().find(|s| s.addrs.contains(server)))
+                .map_or(FAIL_TIMEOUT, |s| window(s.fail_timeout_ms));
+            Some(vec![(server.clone(), ms)])
+        }
+        (None, Some(g)) => Some(
+            g.servers
+                .iter()
+                .flat_map(|s| {
+                    s.addrs
+                        .iter()
+                        .map(|a| (a.clone(), window(s.fail_timeout_ms)))
+                })
+                .collect(),
+        ),
+        (None, None) => None,
+    };
     let hi = t + AFTER;
-    let server = line.upstream();
     let mut counts: BTreeMap<(String, String), u32> = BTreeMap::new();
     for x in &trace.exchanges {
-        let failed = x.event["nginx_error"].is_string();
-        let ours = server.as_ref().is_none_or(|s| *s == x.upstream);
-        if failed && ours && x.end >= lo && x.end <= hi {
+        if !x.event["nginx_error"].is_string() || x.end > hi {
+            continue;
+        }
+        let since = match &servers {
+            Some(list) => match list.iter().find(|(s, _)| *s == x.upstream) {
+                Some((_, w)) => *w,
+                None => continue,
+            },
+            None => FAIL_TIMEOUT,
+        };
+        if x.end >= t.checked_sub(since).unwrap_or(t) {
             *counts
                 .entry((x.upstream.clone(), x.str("verdict").to_string()))
                 .or_default() += 1;
@@ -731,19 +823,60 @@ fn consequence(line: &LogLine, trace: &Trace, t: SystemTime, out: &mut ExplainEv
     if counts.is_empty() {
         return;
     }
+    // The cause the failures share, else the most frequent.
+    let mut by_verdict: BTreeMap<&str, u32> = BTreeMap::new();
+    for ((_, verdict), n) in &counts {
+        *by_verdict.entry(verdict.as_str()).or_default() += n;
+    }
+    let (verdict, _) = by_verdict
+        .iter()
+        .max_by_key(|(v, n)| (**n, std::cmp::Reverse(**v)))
+        .map(|(v, n)| (v.to_string(), *n))
+        .unwrap_or_default();
     let list: Vec<String> = counts
         .iter()
         .map(|((upstream, verdict), n)| format!("{upstream} {verdict} x{n}"))
         .collect();
+    let what = match (group, &disabled) {
+        (_, Some(server)) => format!("server {server} reached max_fails"),
+        (Some(g), None) => format!("every server of upstream {} reached max_fails", g.name),
+        (None, None) => "its servers reached max_fails".to_string(),
+    };
+    let seen = match (&servers, group) {
+        (Some(_), Some(g)) => format!(
+            "{what}; failures of upstream {}'s servers within fail_timeout: {}",
+            g.name,
+            list.join(", ")
+        ),
+        (Some(_), None) => format!(
+            "{what}; its failures within fail_timeout: {}",
+            list.join(", ")
+        ),
+        (None, _) => format!(
+            "{what}; the group's servers are unknown (no configuration): the failures \
+             of every server in the {} s before: {}",
+            FAIL_TIMEOUT.as_secs(),
+            list.join(", ")
+        ),
+    };
+    out.evidence = if by_verdict.len() > 1 {
+        let others: Vec<String> = by_verdict
+            .iter()
+            .filter(|(v, _)| **v != verdict)
+            .map(|(v, n)| format!("{v} x{n}"))
+            .collect();
+        format!("{seen} (mostly {verdict}; also {})", others.join(", "))
+    } else {
+        seen
+    };
     let cause = causes::candidates(line)[0];
-    out.evidence = format!(
-        "follows the failures of the {} s before: {}",
-        FAIL_TIMEOUT.as_secs(),
-        list.join(", ")
-    );
-    out.confidence = "likely";
+    out.confidence = if servers.is_some() {
+        "likely"
+    } else {
+        "ambiguous"
+    };
     out.advice = Some(causes::advice(&cause, line));
-    out.cause = Some(cause.verdict.to_string());
+    out.cause = Some(verdict);
     out.detail = Some(cause.detail.to_string());
 }
 
@@ -779,6 +912,8 @@ fn worker_exit(line: &LogLine, trace: &mut Trace, t: SystemTime, out: &mut Expla
 pub struct Tally {
     lines: u64,
     upstream_lines: u64,
+    /// `[debug]` lines: never upstream lines.
+    debug_lines: u64,
     unparsed: u64,
     explained: u64,
     per_upstream: BTreeMap<String, UpstreamTally>,
@@ -796,6 +931,7 @@ impl Default for Tally {
         Self {
             lines: 0,
             upstream_lines: 0,
+            debug_lines: 0,
             unparsed: 0,
             explained: 0,
             per_upstream: BTreeMap::new(),
@@ -854,6 +990,8 @@ pub struct SummaryEvent {
     event: &'static str,
     lines: u64,
     upstream_lines: u64,
+    /// `[debug]` lines: never upstream lines.
+    debug_lines: u64,
     unparsed: u64,
     explained: u64,
     chains: u64,
@@ -872,9 +1010,13 @@ impl Tally {
         self.unparsed += 1;
     }
 
-    /// Counts a parsed line that is not about upstreams.
-    pub fn other(&mut self) {
+    /// Counts a parsed line that is not about upstreams (a `[debug]` one
+    /// apart: it may name an upstream, it is no failure).
+    pub fn other(&mut self, line: &LogLine) {
         self.lines += 1;
+        if line.kind == Kind::Debug {
+            self.debug_lines += 1;
+        }
     }
 
     /// Counts an explained line.
@@ -924,6 +1066,7 @@ impl Tally {
             event: "explain_summary",
             lines: self.lines,
             upstream_lines: self.upstream_lines,
+            debug_lines: self.debug_lines,
             unparsed: self.unparsed,
             explained: self.explained,
             chains: self.chains.count,
@@ -945,12 +1088,13 @@ impl Tally {
     /// The summary as text.
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "explained {} of {} upstream lines ({} lines read, {} not nginx records); \
-             {} requests ({} answered by another server in the end)\n",
+            "explained {} of {} upstream lines ({} lines read, {} not nginx records, {} \
+             debug lines); {} requests ({} answered by another server in the end)\n",
             self.explained,
             self.upstream_lines,
             self.lines,
             self.unparsed,
+            self.debug_lines,
             self.chains.count,
             self.chains.answered
         );

@@ -103,7 +103,7 @@ pub fn offline(log: &Path, from: Option<&Path>, config: Option<&Path>, json: boo
             Some(parsed) => {
                 records = true;
                 if !parsed.is_upstream() {
-                    tally.other();
+                    tally.other(&parsed);
                     continue;
                 }
                 let now = parsed.time(join.utc_offset_s);
@@ -405,7 +405,7 @@ impl crate::Watcher for Live {
                 if line.is_upstream() {
                     self.waiting.push_back((now, line));
                 } else {
-                    self.tally.other();
+                    self.tally.other(&line);
                 }
             } else {
                 self.tally.unparsed();

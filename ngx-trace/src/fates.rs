@@ -197,6 +197,8 @@ pub struct Fate {
     pub memory_limit: Option<u64>,
     /// When it happened: the OOM kill, the signal, or the exit.
     pub time_ns: u64,
+    /// When it exited, if it did within the span looked at.
+    pub exit_ns: Option<u64>,
 }
 
 /// Signals whose default action dumps core: a process dying of one that
@@ -239,6 +241,7 @@ impl Fate {
             exit_status: None,
             memory_limit: None,
             time_ns: 0,
+            exit_ns: exit.map(|(t, _)| t),
         };
         if let Some((time_ns, memory_limit)) = oom {
             fate.kind = FateKind::OomKilled;
@@ -419,12 +422,18 @@ pub struct PeerFacts {
     /// What befell it.
     #[serde(flatten)]
     pub fate: FateFacts,
+    /// When it exited relative to the connection's end, µs (negative:
+    /// before, as a SIGKILL does; positive: a process that closed its
+    /// connections on its way out). Absent when it did not exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_after_close_us: Option<i64>,
 }
 
 impl PeerFacts {
     /// The object for `fate` of the process named `comm` (empty: unknown)
-    /// whose parent is `parent` (pid 0: unknown).
-    pub fn new(fate: &Fate, comm: &str, parent: (u32, &str), exited: bool) -> Self {
+    /// whose parent is `parent` (pid 0: unknown), for a connection that
+    /// ended at `end_ns`.
+    pub fn new(fate: &Fate, comm: &str, parent: (u32, &str), exited: bool, end_ns: u64) -> Self {
         let known = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Self {
             pid: fate.pid,
@@ -432,6 +441,9 @@ impl PeerFacts {
             parent_pid: (parent.0 != 0).then_some(parent.0),
             parent_comm: known(parent.1),
             fate: FateFacts::of(fate, exited),
+            exit_after_close_us: fate.exit_ns.map(|t| {
+                (t as i128 - end_ns as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64 / 1000
+            }),
         }
     }
 }
@@ -472,11 +484,20 @@ pub fn describe(fate: &Fate, comm: &str, parent: u32, since_ns: u64, until_ns: u
     } else {
         format!("{comm} pid {}", fate.pid)
     };
+    // A death may come just after the close it caused (the exit of a
+    // process that closed its sockets on its way out).
     let before_end = || {
-        format!(
-            "{} before the connection closed",
-            human_us(until_ns.saturating_sub(fate.time_ns) / 1000)
-        )
+        if fate.time_ns > until_ns {
+            format!(
+                "{} after the connection closed",
+                human_us((fate.time_ns - until_ns) / 1000)
+            )
+        } else {
+            format!(
+                "{} before the connection closed",
+                human_us((until_ns - fate.time_ns) / 1000)
+            )
+        }
     };
     let signal = fate.signal.map(signal_name).unwrap_or_default();
     let core = if fate.core_dumped {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     capped::{NameCap, OTHER},
-    human::human_us,
+    human::Unit,
     timings::Timings,
 };
 
@@ -194,6 +194,8 @@ impl Histograms {
     fn phase_text(text: &mut String, phase: Phase, h: &Histogram<u64>) {
         text.push_str(&format!("  {:<10} n={}\n", phase.as_str(), h.len()));
         let scale = ((h.max() + 1) as f64).ln().max(1.0);
+        // One unit for the block: a microsecond connect must not read 0.0 ms.
+        let unit = Unit::for_max(h.max());
         for (name, pct) in PERCENTILES {
             let v = if pct >= 100.0 {
                 h.max()
@@ -203,7 +205,7 @@ impl Histograms {
             let len = (((v + 1) as f64).ln() / scale * BAR_WIDTH).round() as usize;
             text.push_str(&format!(
                 "    {name:<5} {:>9} {}\n",
-                human_us(v),
+                unit.format(v),
                 "█".repeat(len.max(1))
             ));
         }
@@ -314,6 +316,41 @@ mod tests {
         };
         assert!(bar("max") > bar("p50"), "{text}");
         assert_eq!(bar("max"), 40, "{text}");
+    }
+
+    #[test]
+    fn each_phase_block_has_one_unit_fitting_its_largest_value() {
+        let mut h = Histograms::default();
+        // A loopback connect of 35 µs and one of 180 µs: no "0.0 ms".
+        for us in [35, 180] {
+            h.record(
+                "127.0.0.1:9",
+                &Timings {
+                    connect: Some(us),
+                    ..Timings::default()
+                },
+            );
+        }
+        for us in [4_000, 1_500_000] {
+            h.record("127.0.0.1:9", &first_byte(us));
+        }
+        let text = h.to_text();
+        let rows = |phase: &str| -> Vec<String> {
+            text.lines()
+                .skip_while(|l| !l.trim_start().starts_with(phase))
+                .skip(1)
+                .take(PERCENTILES.len())
+                .map(|l| l.split_whitespace().nth(2).unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(rows("connect"), ["µs"; PERCENTILES.len()], "{text}");
+        assert!(text.contains(" 35 µs "), "{text}");
+        assert!(text.contains(" 180 µs "), "{text}");
+        assert_eq!(rows("first_byte"), ["s"; PERCENTILES.len()], "{text}");
+        // The small value of a block in seconds still reads as non-zero.
+        assert!(text.contains(" 0.004 s "), "{text}");
+        assert!(text.contains(" 1.500 s "), "{text}");
+        assert_eq!(Unit::for_max(999_999).format(2_500), "2.50 ms");
     }
 
     #[test]

@@ -20,6 +20,40 @@ pub fn short_us(us: u64) -> String {
     }
 }
 
+/// One unit for a set of durations (µs, ms or s, chosen by the largest),
+/// so values printed one under another compare digit for digit. Decimals
+/// down to 10 µs in ms and 1 ms in s: the small values of a block whose
+/// largest is seconds still read as more than zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Whole microseconds: loopback connects, UNIX sockets.
+    Micros,
+    /// Milliseconds, two decimals.
+    Millis,
+    /// Seconds, three decimals.
+    Seconds,
+}
+
+impl Unit {
+    /// The unit that prints `max_us` with 1 to 3 digits before the point.
+    pub fn for_max(max_us: u64) -> Self {
+        match max_us {
+            0..1_000 => Self::Micros,
+            1_000..1_000_000 => Self::Millis,
+            _ => Self::Seconds,
+        }
+    }
+
+    /// `us` in this unit, with its symbol.
+    pub fn format(self, us: u64) -> String {
+        match self {
+            Self::Micros => format!("{us} µs"),
+            Self::Millis => format!("{:.2} ms", us as f64 / 1e3),
+            Self::Seconds => format!("{:.3} s", us as f64 / 1e6),
+        }
+    }
+}
+
 /// `1 retransmit`, `2 retransmits`.
 pub fn plural(n: u32, what: &str) -> String {
     if n == 1 {

@@ -45,6 +45,7 @@ mod metrics_http;
 mod nginx_conf;
 mod nginx_files;
 mod output;
+mod peer_wait;
 mod preflight;
 mod proc_net;
 mod procs;

@@ -413,6 +413,10 @@ pub struct Location {
     pub file: String,
     /// Its line.
     pub line: u32,
+    /// `file:line` of its `location` block (of its `server` block for a
+    /// pass at server level): where a directive left at nginx's default
+    /// is to be added.
+    pub block_at: (String, u32),
     /// `proxy`, `fastcgi`, `uwsgi`, `scgi` or `grpc`.
     pub module: &'static str,
     /// The pass directive's argument.
@@ -580,7 +584,8 @@ pub fn resolve(root: &[Directive], mut problems: Vec<Problem>) -> Config {
                 .unwrap_or_else(|| "_".into());
             let mut inner = settings.clone();
             apply(&mut inner, sblock, &names);
-            walk(sblock, "server", &label, &inner, &names, &mut config);
+            let at = (server.file.clone(), server.line);
+            walk(sblock, ("server", &at), &label, &inner, &names, &mut config);
         }
     }
     for loc in &mut config.locations {
@@ -628,11 +633,11 @@ fn apply(settings: &mut BTreeMap<String, Setting>, block: &[Directive], names: &
     }
 }
 
-/// Records the passes in `block` (a server's or a location's), then its
-/// nested locations.
+/// Records the passes in `block` (a server's or a location's, `name`d and
+/// starting at `block_at`), then its nested locations.
 fn walk(
     block: &[Directive],
-    name: &str,
+    (name, block_at): (&str, &(String, u32)),
     server: &str,
     settings: &BTreeMap<String, Setting>,
     names: &[String],
@@ -648,6 +653,7 @@ fn walk(
                 server: server.to_string(),
                 file: d.file.clone(),
                 line: d.line,
+                block_at: block_at.clone(),
                 module,
                 target: target.clone(),
                 group: None,
@@ -666,7 +672,7 @@ fn walk(
             apply(&mut inner, inner_block, names);
             walk(
                 inner_block,
-                &d.args.join(" "),
+                (&d.args.join(" "), &(d.file.clone(), d.line)),
                 server,
                 &inner,
                 names,
@@ -801,6 +807,10 @@ server {
         );
         assert_eq!(root.settings["proxy_connect_timeout"].ms(), Some(2000));
         assert_eq!(root.settings["proxy_send_timeout"], Setting::default("60s"));
+        // Where a directive left at its default goes: the location's block.
+        let sites = "/etc/nginx/sites-enabled/default".to_string();
+        assert_eq!(root.block_at, (sites.clone(), 5));
+        assert_eq!(loc(&c, "/slow/inner").block_at, (sites, 11));
         assert_eq!(
             loc(&c, "/slow").settings["proxy_read_timeout"].ms(),
             Some(120_000)

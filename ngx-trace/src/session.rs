@@ -20,6 +20,7 @@ use crate::{
     histogram::Histograms,
     metrics::{self, Metrics, Route},
     output::{Output, notice},
+    peer_wait::{PEER_EXIT_WAIT_NS, PeerWait, SIGNALLED_PEER_WAIT_NS},
     procs,
     records::{Facts, Finished, ProcessChange, Record, Transport, facts, upstream_name},
     slow::{self, Done, Side},
@@ -91,6 +92,8 @@ pub struct Session {
     /// Exchanges nginx gave up on, held until the kernel says whether their
     /// client had left (oldest first).
     held: Held,
+    /// Exchanges a local backend ended, held for its exit to arrive.
+    peer_wait: PeerWait,
     /// Upstream names by address: formatted once, not per exchange.
     names: HashMap<UpstreamAddr, (Transport, Rc<str>)>,
     /// Traced nginx processes (not threads).
@@ -148,6 +151,7 @@ impl Session {
             histograms: Histograms::default(),
             pending_shown: HashSet::new(),
             held: Held::default(),
+            peer_wait: PeerWait::default(),
             names: HashMap::new(),
             traced,
             shown_workers: None,
@@ -206,17 +210,20 @@ impl Session {
                 self.held.push(x);
                 Ok(())
             }
-            Ok(Record::Upstream(x)) => self.exchange(&x),
+            Ok(Record::Upstream(x)) => match self.peer_exit_wait(&x) {
+                Some(wait_ns) => match self.peer_wait.push(x, wait_ns) {
+                    Some(oldest) => self.exchange(&oldest),
+                    None => Ok(()),
+                },
+                None => self.exchange(&x),
+            },
             Ok(Record::ClientGone {
                 worker_pid,
                 first_giveup_ns,
                 last_giveup_ns,
                 closed_ns,
             }) => self.client_gone(worker_pid, first_giveup_ns..=last_giveup_ns, closed_ns),
-            Ok(Record::Fate(entry)) => {
-                self.fate(entry);
-                Ok(())
-            }
+            Ok(Record::Fate(entry)) => self.fate(entry),
             Ok(Record::Process(change)) => {
                 match change {
                     // Unknown for want of descriptors: taken, the next
@@ -240,9 +247,48 @@ impl Session {
         }
     }
 
+    /// How long `x` waits for its peer's exit: `x` ended by its peer's
+    /// close or reset, the peer is a local process (the kernel named it),
+    /// and no death of it (or of a child of the process named, for a UNIX
+    /// listener's creator) is known yet. Longer when it was told to end.
+    fn peer_exit_wait(&self, x: &Finished) -> Option<u64> {
+        let by_peer = matches!(x.end, End::PeerClosed | End::PeerReset)
+            && x.errno != Some(crate::verdict::ETIMEDOUT);
+        let peer = x.facts.peer_pid.filter(|_| by_peer)?;
+        let mut signalled = false;
+        for pid in self.fates.pids_between(x.facts.start_ns, x.end_ns) {
+            if pid != peer && self.fates.identity(pid).0 != peer {
+                continue;
+            }
+            match self.fates.fate(pid, x.facts.start_ns, x.end_ns) {
+                Some(f) if f.kind.is_death() => return None,
+                Some(_) => signalled = true,
+                None => {}
+            }
+        }
+        Some(if signalled {
+            SIGNALLED_PEER_WAIT_NS
+        } else {
+            PEER_EXIT_WAIT_NS
+        })
+    }
+
     /// Keeps a fact about a process; a worker's exit starts the collection
-    /// of the exchanges it took with it.
-    fn fate(&mut self, entry: fates::Entry) {
+    /// of the exchanges it took with it, and a process's exit releases the
+    /// exchanges held for it (or for its parent) to be judged now.
+    fn fate(&mut self, entry: fates::Entry) -> io::Result<()> {
+        let exited = matches!(entry.fact, Fact::Exited { .. });
+        let (pid, parent) = (entry.pid, entry.parent);
+        self.record_fate(entry);
+        if exited {
+            for x in self.peer_wait.take_for([pid, parent]) {
+                self.exchange(&x)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record_fate(&mut self, entry: fates::Entry) {
         if matches!(entry.fact, Fact::Exited { .. }) && self.is_worker(entry.pid) {
             self.unacked.forget_worker(entry.pid);
             self.dead_workers.insert(
@@ -291,6 +337,9 @@ impl Session {
     /// for a client-gone record (all of them when `now_ns` is `u64::MAX`).
     pub fn release_held(&mut self, now_ns: u64) -> io::Result<()> {
         while let Some(x) = self.held.pop_due(now_ns, CLIENT_GONE_WAIT_NS) {
+            self.exchange(&x)?;
+        }
+        while let Some(x) = self.peer_wait.pop_due(now_ns) {
             self.exchange(&x)?;
         }
         for line in self.folding.due(now_ns) {
@@ -435,7 +484,9 @@ impl Session {
     /// a death before a mere signal, the latest first.
     fn peer_fate(&mut self, x: &Finished) -> Option<(PeerFacts, String, bool)> {
         let f = &x.facts;
-        let candidates = self.fates.pids_between(f.start_ns, x.end_ns);
+        // A death just after the close counts: it was waited for.
+        let until = x.end_ns.saturating_add(SIGNALLED_PEER_WAIT_NS);
+        let candidates = self.fates.pids_between(f.start_ns, until);
         if candidates.is_empty() {
             return None;
         }
@@ -453,7 +504,7 @@ impl Session {
                 let hinted = f.peer_pid.is_some_and(|p| p == pid || p == parent);
                 hinted || self.backends.serves(&f.addr, pid, parent)
             })
-            .filter_map(|pid| self.fates.fate(pid, f.start_ns, x.end_ns))
+            .filter_map(|pid| self.fates.fate(pid, f.start_ns, until))
             .max_by_key(|fate| (fate.kind.is_death(), fate.time_ns))?;
         let (parent, mut comm) = self.fates.identity(fate.pid);
         if comm.is_empty() {
@@ -468,7 +519,7 @@ impl Session {
         let sentence = fates::describe(&fate, &comm, parent, since, x.end_ns);
         let dead = fate.kind.is_death();
         Some((
-            PeerFacts::new(&fate, &comm, (parent, &parent_comm), dead),
+            PeerFacts::new(&fate, &comm, (parent, &parent_comm), dead, x.end_ns),
             sentence,
             dead,
         ))
@@ -954,8 +1005,8 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use ngx_trace_common::{
-        AF_INET, ClientGoneRecord, FLAG_CONNECTED, RECORD_CLIENT_GONE, RECORD_UPSTREAM,
-        UpstreamRecord,
+        AF_INET, ClientGoneRecord, FATE_EXIT, FATE_SIGNAL, FLAG_CONNECTED, FateRecord,
+        RECORD_CLIENT_GONE, RECORD_FATE, RECORD_UPSTREAM, UpstreamRecord,
     };
 
     use super::*;
@@ -1002,6 +1053,87 @@ mod tests {
 
     fn session() -> Session {
         Session::new(Output::new(true), false, 1_000_000, BTreeSet::new())
+    }
+
+    /// The record of worker `tgid`'s exchange that local process `peer`
+    /// ended with a FIN at `end_ns`, before any response byte.
+    fn closed_by(tgid: u32, peer: u32, end_ns: u64) -> Vec<u8> {
+        let mut addr = UpstreamAddr::ZERO;
+        addr.family = AF_INET;
+        addr.port_be = 8000u16.to_be();
+        addr.data[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut ex = Exchange::new(tgid, 9, end_ns - 1_001 * MS, addr);
+        ex.flags = FLAG_CONNECTED;
+        ex.connect_ns = 100_000;
+        ex.req_first_ns = end_ns - 1_000 * MS;
+        ex.req_last_ns = end_ns - 1_000 * MS;
+        ex.phase = Phase::Sending.code();
+        ex.end = End::PeerClosed.code();
+        ex.end_ns = end_ns;
+        ex.peer_pid = peer;
+        bytes_of(&UpstreamRecord {
+            kind: RECORD_UPSTREAM,
+            _pad: 0,
+            exchange: ex,
+        })
+    }
+
+    /// A fate record: `signal` (from `sender`) when `exit_code` is `None`,
+    /// else the exit.
+    fn fate_of(
+        pid: u32,
+        parent: u32,
+        time_ns: u64,
+        signal: Option<(u32, u32)>,
+        exit: u32,
+    ) -> Vec<u8> {
+        bytes_of(&FateRecord {
+            kind: RECORD_FATE,
+            what: if signal.is_some() {
+                FATE_SIGNAL
+            } else {
+                FATE_EXIT
+            },
+            pid,
+            parent,
+            signal: signal.map_or(0, |s| s.0),
+            code: 0,
+            exit_code: exit,
+            sender: signal.map_or(0, |s| s.1),
+            memory_limit_pages: 0,
+            time_ns,
+            comm: *b"gunicorn\0\0\0\0\0\0\0\0",
+            sender_comm: *b"gunicorn\0\0\0\0\0\0\0\0",
+        })
+    }
+
+    #[test]
+    fn a_close_by_a_local_backend_waits_for_its_exit_and_no_longer() {
+        let mut s = session();
+        // Told to end (SIGABRT from its parent 700), then its close...
+        s.record(&fate_of(777, 0, 9_500 * MS, Some((6, 700)), 0))
+            .unwrap();
+        s.record(&closed_by(42, 777, 10_000 * MS)).unwrap();
+        assert!(!s.peer_wait.is_empty(), "held for the exit");
+        // Told to end: its exit is expected, and waited for longer.
+        s.release_held(10_000 * MS + PEER_EXIT_WAIT_NS).unwrap();
+        assert!(outcomes(&s).is_empty(), "not judged yet");
+        // ...and its exit 3 ms later: judged at once, not at the deadline.
+        s.record(&fate_of(777, 700, 10_003 * MS, None, 1 << 8))
+            .unwrap();
+        assert!(s.peer_wait.is_empty());
+        assert_eq!(outcomes(&s).get("closed_early"), Some(&1));
+        // A backend that lives on: judged when the wait is over.
+        s.record(&closed_by(42, 888, 20_000 * MS)).unwrap();
+        s.release_held(20_000 * MS + PEER_EXIT_WAIT_NS - 1).unwrap();
+        assert_eq!(outcomes(&s).get("closed_early"), Some(&1));
+        s.release_held(20_000 * MS + PEER_EXIT_WAIT_NS).unwrap();
+        assert_eq!(outcomes(&s).get("closed_early"), Some(&2));
+        // Already known dead (a SIGKILL's exit comes before the close): no wait.
+        s.record(&fate_of(999, 700, 29_999 * MS, None, 9)).unwrap();
+        s.record(&closed_by(42, 999, 30_000 * MS)).unwrap();
+        assert!(s.peer_wait.is_empty());
+        assert_eq!(outcomes(&s).get("closed_early"), Some(&3));
     }
 
     #[test]

@@ -181,10 +181,14 @@ pub struct TuneEvent {
     pub location: String,
     /// The directive.
     pub directive: String,
-    /// Where it is set, or null for nginx's default.
-    pub file: Option<String>,
-    /// Its line.
-    pub line: Option<u32>,
+    /// `"change"`: set at `file:line`; `"add"`: not written anywhere,
+    /// nginx's default in effect, to be added in the block at `file:line`
+    /// (the location's, or the upstream block's for `keepalive_timeout`).
+    pub action: &'static str,
+    /// Where it is set, or the block to add it to.
+    pub file: String,
+    /// Its line, or the block's.
+    pub line: u32,
     /// Its value now (seconds; tries and counts as they are).
     pub current_s: f64,
     /// The value to set, null when the data is insufficient.
@@ -202,24 +206,46 @@ pub struct TuneEvent {
 }
 
 impl TuneEvent {
-    /// One text line: the directive, where, now, and the advice.
+    /// One text line: the directive, its value and where, and the advice
+    /// as an edit (`add `proxy_read_timeout 2s;` to location /fast at
+    /// conf.d/app.conf:12`).
     pub fn to_text(&self) -> String {
-        let at = match (&self.file, self.line) {
-            (Some(f), Some(l)) => format!("{f}:{l}"),
-            _ => "nginx's default".to_string(),
+        let at = format!("{}:{}", self.file, self.line);
+        let now = if self.action == "add" {
+            format!("{} (nginx's default)", self.value_text(self.current_s))
+        } else {
+            format!("{} at {at}", self.value_text(self.current_s))
         };
-        let value = match self.recommended_s {
-            Some(v) => format!("set {}", human_s(v)),
+        let advice = match self.recommended_s {
+            Some(v) if v == self.current_s => "keep it".to_string(),
+            Some(v) => {
+                let edit = format!("`{} {};`", self.directive, self.value_text(v));
+                let block = if self.directive == "keepalive_timeout" {
+                    format!("upstream {}", self.upstream)
+                } else {
+                    format!("location {}", self.location)
+                };
+                if self.action == "add" {
+                    format!("add {edit} to {block} at {at}")
+                } else {
+                    format!("change it to {edit}")
+                }
+            }
             None => "no recommendation".to_string(),
         };
         format!(
-            "{} (location {}) {} {} [{at}]: {value}: {}",
-            self.upstream,
-            self.location,
-            self.directive,
-            human_s(self.current_s),
-            self.reason
+            "{} (location {}) {} {now}: {advice}: {}",
+            self.upstream, self.location, self.directive, self.reason
         )
+    }
+
+    /// A value as written in nginx: a time, or a count of tries.
+    fn value_text(&self, v: f64) -> String {
+        if self.directive.ends_with("_tries") {
+            format!("{v}")
+        } else {
+            human_s(v)
+        }
     }
 }
 
@@ -300,7 +326,7 @@ fn recommend(
     let pct = 100.0 * (1.0 - rate);
     let mut reason = format!(
         "p{pct} of {n} is {}; × {MARGIN} margin, rounded",
-        crate::human::human_us(q_us)
+        crate::human::short_us(q_us)
     );
     if floor_ms > target_ms {
         reason.push_str(&format!(
@@ -365,10 +391,11 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
             .group
             .clone()
             .unwrap_or_else(|| loc.servers.first().cloned().unwrap_or_default());
-        // One row: the directive, where it is set (`None`: nginx's
-        // default), its value now, and the advice with its counts.
+        // One row: the directive, where it is set (or the block it is to
+        // be added to, `block_at`), its value now, and the advice with its
+        // counts.
         let row = |directive: &str,
-                   setting: &Setting,
+                   (setting, block_at): (&Setting, &(String, u32)),
                    current_s: f64,
                    recommended_s: Option<f64>,
                    (samples, censored): (u64, u64),
@@ -379,8 +406,13 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
             group: loc.group.clone(),
             location: loc.name.clone(),
             directive: directive.to_string(),
-            file: setting.at.as_ref().map(|a| a.0.clone()),
-            line: setting.at.as_ref().map(|a| a.1),
+            action: if setting.at.is_some() {
+                "change"
+            } else {
+                "add"
+            },
+            file: setting.at.as_ref().unwrap_or(block_at).0.clone(),
+            line: setting.at.as_ref().unwrap_or(block_at).1,
             current_s,
             recommended_s,
             samples,
@@ -410,7 +442,7 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
             let advice = recommend(values, censored, current_ms, rate, floor_ms);
             out.push(row(
                 &directive,
-                setting,
+                (setting, &loc.block_at),
                 current_ms as f64 / 1000.0,
                 advice.recommended_ms.map(|ms| ms as f64 / 1000.0),
                 (values.seen() + censored, censored),
@@ -444,7 +476,7 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
             };
             out.push(row(
                 &directive,
-                setting,
+                (setting, &loc.block_at),
                 current as f64,
                 Some(recommended as f64),
                 (0, 0),
@@ -483,7 +515,7 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
             };
             out.push(row(
                 "keepalive_timeout",
-                &group.keepalive_timeout,
+                (&group.keepalive_timeout, &group.at),
                 current_ms as f64 / 1000.0,
                 recommended,
                 (m.idle_closed.0, 0),

@@ -149,7 +149,8 @@ pub struct Explanation {
     pub timings: Timings,
 }
 
-const ETIMEDOUT: u32 = 110;
+/// `ETIMEDOUT`: a connect or an established connection timed out.
+pub const ETIMEDOUT: u32 = 110;
 const ECONNRESET: u32 = 104;
 
 /// Outcome, verdict and meaning of a connect error.

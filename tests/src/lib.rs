@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod fake_nginx;
 pub mod fault_backend;
 pub mod firewall;
+pub mod gunicorn;
 pub mod http;
 pub mod idle;
 pub mod lateness;

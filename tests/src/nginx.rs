@@ -141,6 +141,20 @@ impl Nginx {
         cmd
     }
 
+    /// Its configuration as `nginx -T` prints it, saved in its directory
+    /// as an operator saves one for `explain --config`; returns the path.
+    pub fn save_dump(&self) -> PathBuf {
+        let out = self.command(&["-T", "-q"]).output().expect("run nginx -T");
+        assert!(
+            out.status.success(),
+            "nginx -T failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = self.dir().join("nginx-T.txt");
+        std::fs::write(&path, &out.stdout).expect("save nginx -T");
+        path
+    }
+
     /// The port of its loopback server.
     pub fn port(&self) -> u16 {
         self.port

@@ -202,17 +202,55 @@ fn every_upstream_line_of_the_error_log_is_explained_from_a_recording() {
     );
     assert_eq!(pair["retried"]["outcome"], "ok", "{pair:#}");
 
+    // Without the configuration the group's servers are unknown: every
+    // server's failures, so marked.
     let no_live = of_line(&events, &["no live upstreams"]);
     assert_eq!(
         cause(no_live),
-        ("consequence", "max_fails", "likely"),
+        ("backend_down", "max_fails", "ambiguous"),
         "{no_live:#}"
     );
     let evidence = no_live["evidence"].as_str().unwrap();
     assert!(
-        evidence.contains(&format!("127.0.0.1:{dead} backend_down")),
+        evidence.contains("servers are unknown (no configuration)")
+            && evidence.contains(&format!("127.0.0.1:{rejected} network")),
         "{no_live:#}"
     );
+    // With it (`nginx -T` saved, as an operator would): nginx's consequence
+    // of the group's own failures, their shared cause, the group's two
+    // servers as evidence and none of the other failing upstreams (the
+    // rejected port, the UNIX sockets, the slow backend).
+    let dump = nginx.save_dump();
+    let (code, with_config, stderr) = explain(&[
+        log,
+        "--from",
+        recording.to_str().unwrap(),
+        "--config",
+        dump.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let no_live = of_line(&with_config, &["no live upstreams"]);
+    assert_eq!(
+        cause(no_live),
+        ("backend_down", "max_fails", "likely"),
+        "{no_live:#}"
+    );
+    let evidence = no_live["evidence"].as_str().unwrap();
+    for server in [dead, dead2] {
+        assert!(
+            evidence.contains(&format!("127.0.0.1:{server} backend_down x")),
+            "{no_live:#}"
+        );
+    }
+    assert!(evidence.contains("upstream gone"), "{no_live:#}");
+    for other in [
+        format!("127.0.0.1:{rejected}"),
+        format!("127.0.0.1:{}", slow.port()),
+        "unix:".to_string(),
+    ] {
+        assert!(!evidence.contains(&other), "{other} in {no_live:#}");
+    }
 
     // A FIN or a reset, as the kill found the socket: either way the crash.
     let crash = of_line(&events, &["GET /crash"]);

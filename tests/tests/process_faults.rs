@@ -1,6 +1,8 @@
 //! Processes dying under nginx's exchanges, for real: a backend killed by a
-//! signal (TCP and UNIX socket), OOM-killed in a memory cgroup, or killed by
-//! PHP-FPM's `request_terminate_timeout`; a backend hanging up while alive;
+//! signal (TCP and UNIX socket), OOM-killed in a memory cgroup, killed by
+//! PHP-FPM's `request_terminate_timeout`, or told to end by gunicorn's
+//! arbiter (`--timeout`) and closing its connection on its way out; a
+//! backend hanging up while alive;
 //! an nginx worker killed mid-exchange; a worker out of descriptors. Each
 //! checks what ngx-trace says against what nginx (and the kernel, and
 //! PHP-FPM) logged. Run as root through `cargo xtask test`.
@@ -15,7 +17,9 @@ use ngx_trace_tests::{
     backend::{Behavior, HttpBackend},
     cgroup::MemoryCgroup,
     fault_backend::{FaultBackend, Mode},
-    free_port, http,
+    free_port,
+    gunicorn::Gunicorn,
+    http,
     nginx::Nginx,
     php_fpm::PhpFpm,
     require_root,
@@ -324,6 +328,79 @@ fn php_fpm_child_killed_by_request_terminate_timeout_is_backend_crashed_killed_b
             .as_str()
             .is_some_and(|s| s.contains("request_terminate_timeout")),
         "{e}"
+    );
+    // For the record: PHP-FPM's child re-raises SIGTERM, so it is dead
+    // before its socket closes (negative) or just after.
+    let after = peer["exit_after_close_us"]
+        .as_i64()
+        .expect("the exit's time");
+    eprintln!("php-fpm child {child} exited {after} µs after nginx saw its close");
+    tracer.stop();
+}
+
+/// A WSGI application whose every request outlasts gunicorn's timeout.
+const SLEEPING_WSGI_APP: &str = concat!(
+    "import time\n",
+    "def application(environ, start_response):\n",
+    "    time.sleep(30)\n",
+    "    start_response('200 OK', [('Content-Type', 'text/plain')])\n",
+    "    return [b'too late\\n']\n",
+);
+
+#[test]
+fn gunicorn_worker_ended_by_its_arbiter_closing_first_is_backend_crashed_killed_by_its_master() {
+    require_root();
+    // The arbiter sends SIGABRT to a worker silent for 1 s; the sync
+    // worker's handler raises SystemExit, which closes the client
+    // connection (a FIN to nginx) before the process exits.
+    let g = Gunicorn::start(SLEEPING_WSGI_APP, 1, 1);
+    let worker = g.worker_pids()[0];
+    let nginx = Nginx::start(
+        "",
+        &format!("location / {{ proxy_pass http://127.0.0.1:{}; }}", g.port()),
+    );
+    let workers = nginx.workers();
+    let mut tracer = Tracer::attach_to(&nginx, &[]);
+    let start = Instant::now();
+    assert_eq!(nginx.get("/"), 502);
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "ended by gunicorn's timeout, not by the application: {:?}",
+        start.elapsed()
+    );
+    // gunicorn's side: which worker it ended.
+    wait_until(
+        "gunicorn to log the worker's timeout",
+        Duration::from_secs(10),
+        || g.log().contains(&format!("WORKER TIMEOUT (pid:{worker})")),
+    );
+    let e = the_exchange(&mut tracer, &format!("127.0.0.1:{}", g.port()));
+    assert_ended_early(&nginx, &e, &workers);
+    assert_eq!(
+        e["verdict"], "backend_crashed",
+        "dead a moment after its close: {e}"
+    );
+    let peer = &e["peer"];
+    assert_eq!(peer["pid"], worker, "the worker gunicorn's log names: {e}");
+    assert_eq!(peer["parent_pid"], g.pid(), "{e}");
+    assert_eq!(peer["fate"], "killed", "told to end, and it did: {e}");
+    assert_eq!(peer["signal"], libc::SIGABRT, "{e}");
+    assert_eq!(peer["sender_pid"], g.pid(), "its arbiter sent it: {e}");
+    assert!(
+        e["evidence"]
+            .as_str()
+            .is_some_and(|s| s.contains("gunicorn --timeout")),
+        "{e}"
+    );
+    // The measurement the wait is chosen from: how long after its close
+    // the worker exited (printed for the record).
+    let after = peer["exit_after_close_us"]
+        .as_i64()
+        .expect("the exit's time");
+    eprintln!("gunicorn worker {worker} exited {after} µs after nginx saw its close");
+    assert!(
+        (0..2_000_000).contains(&after),
+        "closed first, then died within the wait (2 s for a process told to end): {e}"
     );
     tracer.stop();
 }

@@ -100,7 +100,24 @@ fn check_advice(events: &[Value], nginx: &Nginx, fast_requests: u64) {
         (Some(0.0), Some(1.0)),
         "{tries:#}"
     );
-    assert!(tries["file"].is_null(), "nginx's default: {tries:#}");
+    // Written nowhere: to be added to the location's block, at its line.
+    let conf = dir.join("nginx.conf");
+    let block_line = std::fs::read_to_string(&conf)
+        .unwrap()
+        .lines()
+        .position(|l| l.contains("location /fast"))
+        .expect("location /fast in nginx.conf")
+        + 1;
+    assert_eq!(
+        (&tries["action"], &tries["file"], &tries["line"]),
+        (
+            &Value::from("add"),
+            &Value::from(conf.display().to_string()),
+            &Value::from(block_line)
+        ),
+        "nginx's default: {tries:#}"
+    );
+    assert_eq!(read["action"], "change", "{read:#}");
     // The slow location's override: its 504s are censored, too few to advise.
     let slow = row(events, "/slow", "proxy_read_timeout");
     assert_eq!(slow["current_s"], 1.0, "{slow:#}");
@@ -148,6 +165,25 @@ fn tune_advises_each_location_from_its_config_and_a_recording() {
     ]);
     assert!(!stderr.contains("nginx configuration:"), "{stderr}");
     check_advice(&events, &nginx, 120);
+    // The text says the edit to make, and where.
+    let out = Command::new(binary())
+        .args(["tune", "--from", recording.to_str().unwrap()])
+        .args(["--false-timeout-rate", "0.1"])
+        .output()
+        .expect("run ngx-trace tune");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tries = row(&events, "/fast", "proxy_next_upstream_tries");
+    let add = format!(
+        "add `proxy_next_upstream_tries 1;` to location /fast at {}:{}",
+        tries["file"].as_str().unwrap(),
+        tries["line"]
+    );
+    assert!(text.contains(&add), "no {add:?} in:\n{text}");
+    assert!(
+        text.contains("proxy_read_timeout 1m at ")
+            && text.contains("change it to `proxy_read_timeout 1s;`"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -19,6 +19,7 @@ pub const DEB_PACKAGES: &[&str] = &["binutils"];
 pub const TEST_PACKAGES: &[&str] = &[
     "nginx",
     "php-fpm",
+    "gunicorn",
     "iptables",
     "bpftool",
     "prometheus",
