@@ -61,33 +61,30 @@ fn send(state: *mut Exchange, mut ending: Ending, forget_sk: Option<u64>) {
     s.finish(ending);
     let tgid = s.tgid;
     let key = fd_key(tgid, s.fd);
-    // Copied into the record before the entry is removed: a preallocated
-    // map hands a freed entry to the next insert at once.
-    let mut entry = EVENTS.reserve::<UpstreamRecord>(0);
-    if let Some(entry) = &mut entry {
-        let r = entry.as_mut_ptr();
-        unsafe {
-            (*r).kind = RECORD_UPSTREAM;
-            (*r)._pad = 0;
-            (*r).exchange = *state;
+    // The record is written before the entry is removed: a preallocated
+    // map hands a freed entry to the next insert at once. (One straight
+    // path per outcome: 5.10's verifier loses a reservation carried in an
+    // `Option` across branches.)
+    let Some(mut entry) = EVENTS.reserve::<UpstreamRecord>(0) else {
+        // Lost, counted once: by the hook that wins the entry.
+        if forget_sk.is_none_or(|sk| won(sk, key)) {
+            count_lost(LOST_RINGBUF_FULL);
         }
-    }
-    if let Some(sk) = forget_sk {
-        if CONNS.remove(sk).is_err() {
-            // Another hook reported and forgot it first.
-            if let Some(entry) = entry {
-                entry.discard(0);
-            }
-            return;
-        }
-        if FD_CONNS.get_ptr(key).is_some_and(|s| unsafe { *s } == sk) {
-            let _ = FD_CONNS.remove(key);
-        }
-    }
-    let Some(entry) = entry else {
-        count_lost(LOST_RINGBUF_FULL);
         return;
     };
+    let r = entry.as_mut_ptr();
+    unsafe {
+        (*r).kind = RECORD_UPSTREAM;
+        (*r)._pad = 0;
+        (*r).exchange = *state;
+    }
+    if let Some(sk) = forget_sk
+        && !won(sk, key)
+    {
+        // Another hook reported and forgot it first.
+        entry.discard(0);
+        return;
+    }
     let flags = if ending.end != End::ResponseDone {
         0
     } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BACKLOG {
@@ -99,6 +96,19 @@ fn send(state: *mut Exchange, mut ending: Ending, forget_sk: Option<u64>) {
     if ending.end.is_nginx_giving_up() {
         watch_giveup(tgid, ending.end_ns);
     }
+}
+
+/// Removes connection `sk` (its fd entry `key` too): whether this caller
+/// removed it, so reports it.
+#[inline(always)]
+fn won(sk: u64, key: u64) -> bool {
+    if CONNS.remove(sk).is_err() {
+        return false;
+    }
+    if FD_CONNS.get_ptr(key).is_some_and(|s| unsafe { *s } == sk) {
+        let _ = FD_CONNS.remove(key);
+    }
+    true
 }
 
 /// Whether the current task is worker `tgid` exiting (closing its files).

@@ -417,6 +417,9 @@ pub struct Location {
     /// pass at server level): where a directive left at nginx's default
     /// is to be added.
     pub block_at: (String, u32),
+    /// `file:line` of its `server` block: where a value several of the
+    /// server's locations need goes once.
+    pub server_at: (String, u32),
     /// `proxy`, `fastcgi`, `uwsgi`, `scgi` or `grpc`.
     pub module: &'static str,
     /// The pass directive's argument.
@@ -585,7 +588,14 @@ pub fn resolve(root: &[Directive], mut problems: Vec<Problem>) -> Config {
             let mut inner = settings.clone();
             apply(&mut inner, sblock, &names);
             let at = (server.file.clone(), server.line);
-            walk(sblock, ("server", &at), &label, &inner, &names, &mut config);
+            walk(
+                sblock,
+                ("server", &at),
+                (&label, &at),
+                &inner,
+                &names,
+                &mut config,
+            );
         }
     }
     for loc in &mut config.locations {
@@ -638,7 +648,7 @@ fn apply(settings: &mut BTreeMap<String, Setting>, block: &[Directive], names: &
 fn walk(
     block: &[Directive],
     (name, block_at): (&str, &(String, u32)),
-    server: &str,
+    (server, server_at): (&str, &(String, u32)),
     settings: &BTreeMap<String, Setting>,
     names: &[String],
     config: &mut Config,
@@ -654,6 +664,7 @@ fn walk(
                 file: d.file.clone(),
                 line: d.line,
                 block_at: block_at.clone(),
+                server_at: server_at.clone(),
                 module,
                 target: target.clone(),
                 group: None,
@@ -673,7 +684,7 @@ fn walk(
             walk(
                 inner_block,
                 (&d.args.join(" "), &(d.file.clone(), d.line)),
-                server,
+                (server, server_at),
                 &inner,
                 names,
                 config,
@@ -810,7 +821,8 @@ server {
         // Where a directive left at its default goes: the location's block.
         let sites = "/etc/nginx/sites-enabled/default".to_string();
         assert_eq!(root.block_at, (sites.clone(), 5));
-        assert_eq!(loc(&c, "/slow/inner").block_at, (sites, 11));
+        assert_eq!(loc(&c, "/slow/inner").block_at, (sites.clone(), 11));
+        assert_eq!(loc(&c, "/slow/inner").server_at, (sites, 1));
         assert_eq!(
             loc(&c, "/slow").settings["proxy_read_timeout"].ms(),
             Some(120_000)

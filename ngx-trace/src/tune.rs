@@ -185,6 +185,10 @@ pub struct TuneEvent {
     /// nginx's default in effect, to be added in the block at `file:line`
     /// (the location's, or the upstream block's for `keepalive_timeout`).
     pub action: &'static str,
+    /// The block `file:line` starts when the directive is to be added:
+    /// `location /api`, `server example.com` (a value several of the
+    /// server's locations need, added once), `upstream app`.
+    pub block: String,
     /// Where it is set, or the block to add it to.
     pub file: String,
     /// Its line, or the block's.
@@ -220,13 +224,8 @@ impl TuneEvent {
             Some(v) if v == self.current_s => "keep it".to_string(),
             Some(v) => {
                 let edit = format!("`{} {};`", self.directive, self.value_text(v));
-                let block = if self.directive == "keepalive_timeout" {
-                    format!("upstream {}", self.upstream)
-                } else {
-                    format!("location {}", self.location)
-                };
                 if self.action == "add" {
-                    format!("add {edit} to {block} at {at}")
+                    format!("add {edit} to {} at {at}", self.block)
                 } else {
                     format!("change it to {edit}")
                 }
@@ -385,7 +384,9 @@ fn median(values: &Weighted) -> u64 {
 /// The tune events for `config` given `measured`, at `rate`.
 pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEvent> {
     let mut out = Vec::new();
-    for loc in &config.locations {
+    // The location of each event in `out`, by index.
+    let mut owners = Vec::new();
+    for (index, loc) in config.locations.iter().enumerate() {
         let m = of_location(loc, measured);
         let upstream = loc
             .group
@@ -406,6 +407,13 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
             group: loc.group.clone(),
             location: loc.name.clone(),
             directive: directive.to_string(),
+            block: if directive == "keepalive_timeout" {
+                format!("upstream {upstream}")
+            } else if loc.name == "server" {
+                format!("server {}", loc.server)
+            } else {
+                format!("location {}", loc.name)
+            },
             action: if setting.at.is_some() {
                 "change"
             } else {
@@ -523,8 +531,51 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
                 reason,
             ));
         }
+        owners.resize(out.len(), index);
     }
+    to_server_blocks(config, &mut out, &owners);
     out
+}
+
+/// A value written nowhere that every location of a server passing with
+/// the module needs alike: added once, to the server block, rather than to
+/// each location (`owners`: each event's location).
+fn to_server_blocks(config: &Config, out: &mut [TuneEvent], owners: &[usize]) {
+    /// A server block, a directive, and the value advised (its bits).
+    type Shared<'a> = (&'a (String, u32), &'a str, u64);
+    let mut shared: BTreeMap<Shared, Vec<usize>> = BTreeMap::new();
+    for (i, e) in out.iter().enumerate() {
+        let loc = &config.locations[owners[i]];
+        let Some(value) = e.recommended_s.filter(|v| *v != e.current_s) else {
+            continue;
+        };
+        if e.action != "add" || e.directive == "keepalive_timeout" || loc.name == "server" {
+            continue;
+        }
+        shared
+            .entry((&loc.server_at, e.directive.as_str(), value.to_bits()))
+            .or_default()
+            .push(i);
+    }
+    let mut moved = Vec::new();
+    for ((server_at, directive, _), events) in shared {
+        let of_server = config
+            .locations
+            .iter()
+            .filter(|l| {
+                &l.server_at == server_at && directive.starts_with(&format!("{}_", l.module))
+            })
+            .count();
+        if events.len() >= 2 && events.len() == of_server {
+            moved.extend(events.into_iter().map(|i| (i, server_at.clone())));
+        }
+    }
+    for (i, (file, line)) in moved {
+        let e = &mut out[i];
+        e.block = format!("server {}", config.locations[owners[i]].server);
+        e.file = file;
+        e.line = line;
+    }
 }
 
 /// Tuning beside live tracing: measures the exchanges as they come, then
@@ -682,6 +733,58 @@ mod tests {
         serde_json::json!({"event": "upstream", "upstream": upstream, "outcome": "ok",
             "timings_us": {"connect": 100, "first_byte": first_byte_us, "request_write": 5},
             "tcp": {"srtt_us": 40}})
+    }
+
+    #[test]
+    fn a_value_every_location_of_a_server_needs_is_added_once_to_the_server() {
+        let config = Config::from_dump(
+            "# configuration file /etc/nginx/nginx.conf:
+http {
+    server {
+        server_name app.example;
+        location /a { proxy_pass http://127.0.0.1:8001; }
+        location /b { proxy_pass http://127.0.0.1:8001; }
+    }
+    server {
+        server_name other.example;
+        location /c { proxy_read_timeout 30s; proxy_pass http://127.0.0.1:8002; }
+        location /d { proxy_pass http://127.0.0.1:8002; }
+    }
+}
+",
+        );
+        let mut m = Measurements::default();
+        for _ in 0..2_000 {
+            measure(&mut m, &answered("127.0.0.1:8001", 20_000));
+            measure(&mut m, &answered("127.0.0.1:8002", 20_000));
+        }
+        let events = tune(&config, &m, 0.01);
+        let read = |location: &str| {
+            events
+                .iter()
+                .find(|e| e.location == location && e.directive == "proxy_read_timeout")
+                .unwrap()
+        };
+        // /a and /b share the server's default and the advice: the server.
+        for location in ["/a", "/b"] {
+            let e = read(location);
+            assert_eq!(
+                (e.action, e.block.as_str(), e.line),
+                ("add", "server app.example", 2),
+                "{e:?}"
+            );
+            assert!(
+                e.to_text()
+                    .contains("to server app.example at /etc/nginx/nginx.conf:2")
+            );
+        }
+        // /c sets its own; /d alone is at the default: its location.
+        assert_eq!((read("/c").action, read("/c").line), ("change", 9));
+        let d = read("/d");
+        assert_eq!(
+            (d.action, d.block.as_str(), d.line),
+            ("add", "location /d", 10)
+        );
     }
 
     #[test]

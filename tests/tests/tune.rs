@@ -100,22 +100,47 @@ fn check_advice(events: &[Value], nginx: &Nginx, fast_requests: u64) {
         (Some(0.0), Some(1.0)),
         "{tries:#}"
     );
-    // Written nowhere: to be added to the location's block, at its line.
+    // Written nowhere: to be added where it applies. Both locations need
+    // one try: once, in their server block; the send timeout only /fast
+    // has the data for: in its location block.
     let conf = dir.join("nginx.conf");
-    let block_line = std::fs::read_to_string(&conf)
-        .unwrap()
-        .lines()
-        .position(|l| l.contains("location /fast"))
-        .expect("location /fast in nginx.conf")
-        + 1;
+    let line_of = |needle: &str| {
+        std::fs::read_to_string(&conf)
+            .unwrap()
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} in nginx.conf"))
+            + 1
+    };
+    let conf_name = Value::from(conf.display().to_string());
     assert_eq!(
         (&tries["action"], &tries["file"], &tries["line"]),
         (
             &Value::from("add"),
-            &Value::from(conf.display().to_string()),
-            &Value::from(block_line)
+            &conf_name,
+            &Value::from(line_of("server {"))
         ),
-        "nginx's default: {tries:#}"
+        "nginx's default, shared by the server's locations: {tries:#}"
+    );
+    assert!(
+        tries["block"].as_str().unwrap().starts_with("server "),
+        "{tries:#}"
+    );
+    let send = row(events, "/fast", "proxy_send_timeout");
+    assert_eq!(
+        (
+            &send["action"],
+            &send["block"],
+            &send["file"],
+            &send["line"]
+        ),
+        (
+            &Value::from("add"),
+            &Value::from("location /fast"),
+            &conf_name,
+            &Value::from(line_of("location /fast"))
+        ),
+        "{send:#}"
     );
     assert_eq!(read["action"], "change", "{read:#}");
     // The slow location's override: its 504s are censored, too few to advise.
@@ -174,7 +199,8 @@ fn tune_advises_each_location_from_its_config_and_a_recording() {
     let text = String::from_utf8_lossy(&out.stdout);
     let tries = row(&events, "/fast", "proxy_next_upstream_tries");
     let add = format!(
-        "add `proxy_next_upstream_tries 1;` to location /fast at {}:{}",
+        "add `proxy_next_upstream_tries 1;` to {} at {}:{}",
+        tries["block"].as_str().unwrap(),
         tries["file"].as_str().unwrap(),
         tries["line"]
     );
