@@ -120,9 +120,14 @@ impl Trace {
             Some("worker_exit") => true,
             _ => return,
         };
-        // An exchange nginx wrote no line for only ever serves as a retry:
-        // its outcome is enough (a day's recording holds millions).
-        let event = if !exit && !event["nginx_error"].is_string() {
+        // An exchange nginx wrote no error line for only ever serves as a
+        // retry: its outcome is enough (a day's recording holds millions).
+        // A client's leaving is kept whole: nginx's `info` line about it
+        // matches it.
+        let keep = exit
+            || event["nginx_error"].is_string()
+            || event["outcome"].as_str() == Some("client_closed");
+        let event = if !keep {
             Value::Null
         } else {
             self.whole += 1;

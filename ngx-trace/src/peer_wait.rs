@@ -1,8 +1,8 @@
 //! Exchanges a local backend ended by its close or reset, held a moment
 //! for that backend's exit: a process that closes its connections on its
 //! way out (a worker leaving from a signal handler, an application
-//! server's child shutting down) dies a few milliseconds after nginx sees
-//! the close, and judged at the close it would read as a backend that
+//! server's child shutting down) dies tens of milliseconds after nginx
+//! sees the close, and judged at the close it would read as a backend that
 //! chose to hang up. Holding is not waiting: the reader goes on draining,
 //! and a held exchange is judged when the exit arrives or its time is up.
 use std::collections::VecDeque;
@@ -50,26 +50,34 @@ impl PeerWait {
     /// Takes the exchanges whose peer (as the kernel named it) is one of
     /// `pids`: a process that died, or its parent.
     pub fn take_for(&mut self, pids: [u32; 2]) -> Vec<Finished> {
-        if self.queue.is_empty() {
+        // Any process's exit comes here: most concern nothing held.
+        let held_for = |x: &Finished| x.facts.peer_pid.is_some_and(|p| pids.contains(&p));
+        if !self.queue.iter().any(|(_, x)| held_for(x)) {
             return Vec::new();
         }
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for (due, x) in self.queue.drain(..) {
-            match x.facts.peer_pid {
-                Some(peer) if pids.contains(&peer) => taken.push(x),
-                _ => kept.push_back((due, x)),
+            if held_for(&x) {
+                taken.push(x);
+            } else {
+                kept.push_back((due, x));
             }
         }
         self.queue = kept;
         taken
     }
 
-    /// An exchange due at `now_ns`, if any (waits differ: not only the
-    /// oldest; the queue is short, and only looked at on the reader's tick).
-    pub fn pop_due(&mut self, now_ns: u64) -> Option<Finished> {
-        let at = self.queue.iter().position(|(due, _)| *due <= now_ns)?;
-        self.queue.remove(at).map(|(_, x)| x)
+    /// The exchanges due at `now_ns`, in arrival order (waits differ: not
+    /// only the oldest).
+    pub fn take_due(&mut self, now_ns: u64) -> Vec<Finished> {
+        if !self.queue.iter().any(|(due, _)| *due <= now_ns) {
+            return Vec::new();
+        }
+        let (due, kept): (VecDeque<_>, VecDeque<_>) =
+            self.queue.drain(..).partition(|(due, _)| *due <= now_ns);
+        self.queue = kept;
+        due.into_iter().map(|(_, x)| x).collect()
     }
 
     /// Whether nothing is held.
@@ -109,11 +117,9 @@ mod tests {
             taken.iter().map(|x| x.end_ns).collect::<Vec<_>>(),
             [1_000, 3_000]
         );
-        assert!(w.pop_due(2_000 + PEER_EXIT_WAIT_NS - 1).is_none());
-        assert_eq!(
-            w.pop_due(2_000 + PEER_EXIT_WAIT_NS).map(|x| x.end_ns),
-            Some(2_000)
-        );
+        assert!(w.take_due(2_000 + PEER_EXIT_WAIT_NS - 1).is_empty());
+        let due = w.take_due(2_000 + PEER_EXIT_WAIT_NS);
+        assert_eq!(due.iter().map(|x| x.end_ns).collect::<Vec<_>>(), [2_000]);
         assert!(w.is_empty());
     }
 

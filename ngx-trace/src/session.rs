@@ -339,7 +339,7 @@ impl Session {
         while let Some(x) = self.held.pop_due(now_ns, CLIENT_GONE_WAIT_NS) {
             self.exchange(&x)?;
         }
-        while let Some(x) = self.peer_wait.pop_due(now_ns) {
+        for x in self.peer_wait.take_due(now_ns) {
             self.exchange(&x)?;
         }
         for line in self.folding.due(now_ns) {
@@ -497,14 +497,21 @@ impl Session {
         self.look_up_backends(std::iter::once((&f.addr, f.worker_pid)));
         let fate: Fate = candidates
             .into_iter()
-            .filter(|&pid| {
+            .filter_map(|pid| {
                 let (parent, _) = self.fates.identity(pid);
                 // The kernel's word first: the listener's creator (UNIX),
-                // the process that closed (TCP on loopback).
+                // the process that closed (TCP on loopback). Only its
+                // death may come after the close: another process serving
+                // the upstream that dies then is not this exchange's end.
                 let hinted = f.peer_pid.is_some_and(|p| p == pid || p == parent);
-                hinted || self.backends.serves(&f.addr, pid, parent)
+                if hinted {
+                    self.fates.fate(pid, f.start_ns, until)
+                } else if self.backends.serves(&f.addr, pid, parent) {
+                    self.fates.fate(pid, f.start_ns, x.end_ns)
+                } else {
+                    None
+                }
             })
-            .filter_map(|pid| self.fates.fate(pid, f.start_ns, until))
             .max_by_key(|fate| (fate.kind.is_death(), fate.time_ns))?;
         let (parent, mut comm) = self.fates.identity(fate.pid);
         if comm.is_empty() {

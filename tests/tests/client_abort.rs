@@ -132,7 +132,10 @@ fn check(
         .iter()
         .filter_map(|e| e["timings_us"]["total"].as_u64())
         .collect();
-    for (patience, range) in [("0.3 s", 250_000..1_000_000), ("2 s", 1_900_000..2_700_000)] {
+    // From nginx's upstream connect to the client's close: the client's
+    // patience less the time nginx took to connect (up to a few hundred ms
+    // when the host, or an emulated VM, keeps the worker waiting).
+    for (patience, range) in [("0.3 s", 50_000..1_000_000), ("2 s", 1_500_000..2_700_000)] {
         assert!(
             waited.iter().any(|w| range.contains(w)),
             "the client that left after {patience}: {aborted:#?}"

@@ -596,3 +596,89 @@ fn advice_names_the_timeout_in_effect_with_its_file_and_line() {
     );
     assert!(advice.contains(&expected), "{advice}");
 }
+
+#[test]
+fn client_aborts_logged_at_info_are_the_kernels_client_closed_and_debug_lines_stay_apart() {
+    require_root();
+    let slow = HttpBackend::with(Behavior::Answer(Duration::from_secs(3)));
+    // nginx's info lines (a client leaving) and its debug trace (Debian
+    // builds nginx `--with-debug`) in the log `explain` reads.
+    let nginx = Nginx::start(
+        "error_log {dir}/error.log debug;",
+        &format!(
+            "location /slow {{ proxy_pass http://127.0.0.1:{}; }}",
+            slow.port()
+        ),
+    );
+    let recording = nginx.dir().join("trace.jsonl");
+    let tracer = Tracer::attach_to(&nginx, &["--record", recording.to_str().unwrap()]);
+    // Two clients give up while nginx waits for the answer.
+    for _ in 0..2 {
+        ngx_trace_tests::http::get_then_leave(nginx.port(), "/slow", Duration::from_millis(300));
+    }
+    let start = Instant::now();
+    while nginx
+        .error_log_lines("client prematurely closed connection")
+        .len()
+        < 2
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nginx logged no client abort"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    tracer.stop();
+    let log = nginx.dir().join("error.log");
+    let (code, events, stderr) = explain(&[
+        log.to_str().unwrap(),
+        "--from",
+        recording.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let aborts: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["event"] == "explain"
+                && e["line"]
+                    .as_str()
+                    .is_some_and(|l| l.contains("client prematurely closed connection"))
+        })
+        .collect();
+    assert_eq!(aborts.len(), 2, "{events:#?}");
+    for e in aborts {
+        assert_eq!(e["log"]["level"], "info", "{e:#}");
+        assert_eq!(e["kind"], "client_side", "{e:#}");
+        assert_eq!(
+            (e["cause"].as_str(), e["detail"].as_str()),
+            (Some("client_aborted"), Some("client_closed")),
+            "{e:#}"
+        );
+        assert_eq!(e["match"]["outcome"], "client_closed", "{e:#}");
+    }
+    // The debug trace names the upstream on many lines: none of them is
+    // an upstream line, all are counted apart.
+    let summary = events
+        .iter()
+        .find(|e| e["event"] == "explain_summary")
+        .expect("a summary");
+    let debug = summary["debug_lines"].as_u64().unwrap();
+    let written = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" [debug] "))
+        .count() as u64;
+    assert!(
+        written > 0 && debug == written,
+        "{debug} of {written}: {summary:#}"
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "explain")
+            .all(|e| e["log"]["level"] != "debug"),
+        "a debug line explained"
+    );
+}
