@@ -379,10 +379,13 @@ impl Exchange {
     }
 
     /// Whether a finished exchange is worth a record: not one joined half
-    /// over on an adopted connection (its request was never seen).
+    /// over on an adopted connection (its request was never seen). A new
+    /// connection reset before its request's write was seen is: on
+    /// loopback the backend can read the request and reset the connection
+    /// on another CPU before the worker's write hook has run.
     #[inline(always)]
     pub fn reportable(&self) -> bool {
-        !(self.is_connected() && self.req_first_ns == 0)
+        !(self.is_connected() && self.req_first_ns == 0 && !self.is_in(Phase::Idle))
     }
 
     /// Stamps `ending` on the exchange, as its record carries it.
@@ -625,6 +628,19 @@ mod tests {
         waiting.request_written(waiting.start_ns + 1_000);
         assert_eq!(end(waiting.socket_error(104, 50)), End::PeerReset);
         assert_eq!(connected().destroyed(9), Next::Forget);
+    }
+
+    #[test]
+    fn a_reset_before_the_requests_write_was_seen_is_reported() {
+        // The backend read the request and reset the connection before the
+        // worker's write hook ran (loopback, another CPU).
+        let mut e = connected();
+        let ending = {
+            let next = e.socket_error(104, e.start_ns + 200_000);
+            finish(&mut e, next)
+        };
+        assert_eq!((ending.end, ending.errno), (End::PeerReset, 104));
+        assert!(e.reportable());
     }
 
     #[test]

@@ -88,16 +88,6 @@ impl Gunicorn {
 impl Drop for Gunicorn {
     fn drop(&mut self) {
         // SIGTERM: graceful stop of the arbiter and its workers.
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::stop_child(&mut self.child, libc::SIGTERM);
     }
 }

@@ -34,6 +34,22 @@ pub fn require_root() {
     );
 }
 
+/// Stops our `child` (a server run in the foreground) with `signal`, its
+/// graceful stop, then kills it if it is still there after 5 s.
+pub fn stop_child(child: &mut std::process::Child, signal: i32) {
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A loopback TCP port nothing listens on right now.
 /// Never one handed out before in this process: the kernel may give the same
 /// port to two binds in a row, and an nginx listening on its own upstream's

@@ -111,16 +111,6 @@ impl PhpFpm {
 impl Drop for PhpFpm {
     fn drop(&mut self) {
         // SIGQUIT: graceful stop of the master and its children.
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::stop_child(&mut self.child, libc::SIGQUIT);
     }
 }
