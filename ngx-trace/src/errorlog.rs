@@ -86,7 +86,8 @@ impl Phase {
 /// What a line says about an upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
-    /// `connect() failed (N: ...)` or `connect() to ADDR failed (N: ...)`.
+    /// `connect() failed (N: ...)` or `connect() to ADDR failed (N: ...)`,
+    /// or `bind(ADDR) failed (N: ...)` (`proxy_bind`) before it.
     ConnectFailed,
     /// `socket() failed (N: ...)` (the worker out of descriptors).
     SocketFailed,
@@ -449,7 +450,9 @@ fn classify(line: &LogLine) -> Kind {
     if is_temp_file(text) {
         return Kind::TempFile;
     }
-    if text.starts_with("connect() ") && text.contains("failed") {
+    // `bind(ADDR) failed`: `proxy_bind`'s address before the connect (no
+    // free local port, an address not on the host): a connect that failed.
+    if (text.starts_with("connect() ") || text.starts_with("bind(")) && text.contains("failed") {
         return Kind::ConnectFailed;
     }
     if text.starts_with("socket() failed") {
