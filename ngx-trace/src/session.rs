@@ -78,6 +78,23 @@ fn start_side() -> Option<Side<Done>> {
         .ok()
 }
 
+/// Whether `addr` is surely served on this host (a UNIX socket, a
+/// loopback address): only there is the process the kernel saw close the
+/// connection the backend (a remote FIN arrives in whichever process the
+/// CPU was running).
+fn on_this_host(addr: &UpstreamAddr) -> bool {
+    match addr.family {
+        ngx_trace_common::AF_UNIX => true,
+        ngx_trace_common::AF_INET => addr.data[0] == 127,
+        ngx_trace_common::AF_INET6 => {
+            let ip =
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&addr.data[..16]).unwrap_or([0; 16]));
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        _ => false,
+    }
+}
+
 /// State of a tracing session.
 pub struct Session {
     out: Output,
@@ -253,7 +270,8 @@ impl Session {
     /// listener's creator) is known yet. Longer when it was told to end.
     fn peer_exit_wait(&self, x: &Finished) -> Option<u64> {
         let by_peer = matches!(x.end, End::PeerClosed | End::PeerReset)
-            && x.errno != Some(crate::verdict::ETIMEDOUT);
+            && x.errno != Some(crate::verdict::ETIMEDOUT)
+            && on_this_host(&x.facts.addr);
         let peer = x.facts.peer_pid.filter(|_| by_peer)?;
         let mut signalled = false;
         for pid in self.fates.pids_between(x.facts.start_ns, x.end_ns) {
@@ -1112,6 +1130,26 @@ mod tests {
             comm: *b"gunicorn\0\0\0\0\0\0\0\0",
             sender_comm: *b"gunicorn\0\0\0\0\0\0\0\0",
         })
+    }
+
+    #[test]
+    fn only_a_backend_on_this_host_is_waited_for() {
+        let mut addr = UpstreamAddr::ZERO;
+        addr.family = AF_INET;
+        addr.data[..4].copy_from_slice(&[127, 0, 0, 2]);
+        assert!(on_this_host(&addr));
+        addr.data[..4].copy_from_slice(&[10, 1, 2, 3]);
+        assert!(!on_this_host(&addr));
+        let mut s = session();
+        let mut remote = closed_by(42, 777, 10_000 * MS);
+        // The same record with a remote address: judged at once.
+        let at = std::mem::offset_of!(UpstreamRecord, exchange)
+            + std::mem::offset_of!(Exchange, addr)
+            + std::mem::offset_of!(UpstreamAddr, data);
+        remote[at..at + 4].copy_from_slice(&[10, 1, 2, 3]);
+        s.record(&remote).unwrap();
+        assert!(s.peer_wait.is_empty());
+        assert_eq!(outcomes(&s).get("closed_early"), Some(&1));
     }
 
     #[test]
