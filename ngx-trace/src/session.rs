@@ -521,7 +521,8 @@ impl Session {
                 // the process that closed (TCP on loopback). Only its
                 // death may come after the close: another process serving
                 // the upstream that dies then is not this exchange's end.
-                let hinted = f.peer_pid.is_some_and(|p| p == pid || p == parent);
+                let hinted =
+                    on_this_host(&f.addr) && f.peer_pid.is_some_and(|p| p == pid || p == parent);
                 if hinted {
                     self.fates.fate(pid, f.start_ns, until)
                 } else if self.backends.serves(&f.addr, pid, parent) {
