@@ -494,10 +494,11 @@ fn explain_exchange(x: &Finished, transport: Transport, slow_us: u64, t: Timings
                 Outcome::Reset,
                 Verdict::BackendAborted,
                 Some(errno),
-                Some(format!(
-                    "recv() failed ({errno}: {}) {read_phase}",
-                    strerror(errno)
-                )),
+                // Reset before the request's write was seen: nginx's write
+                // may have failed (`writev() failed ... while sending`) as
+                // well as its read; no line is predicted.
+                (ex.req_first_ns != 0)
+                    .then(|| format!("recv() failed ({errno}: {}) {read_phase}", strerror(errno))),
                 "backend reset the connection",
             )
         }
