@@ -224,6 +224,76 @@ const NO_CONNECTIONS: Cause = cause(
     "worker_connections",
     "the worker had no connection left for the upstream (worker_connections)",
 );
+const NOT_IN_MEMCACHED: Cause = cause(
+    "backend_response",
+    "not_found",
+    "memcached holds no value for the key: nginx answers 404 (a miss, not a failure)",
+);
+const CACHE_BAD_FILE: Cause = cause(
+    "cache",
+    "bad_file",
+    "a cache file nginx could not use (cut short, written by another nginx version, a key's md5 collision): it asks the upstream again",
+);
+const CACHE_LOCK: Cause = cause(
+    "cache",
+    "lock_timeout",
+    "the request waited the cache lock's timeout for another request to fill the cache, then went to the upstream itself (a slow upstream behind the cache)",
+);
+const CACHE_ZONE_FULL: Cause = cause(
+    "cache",
+    "keys_zone_full",
+    "the cache's keys_zone is full: nginx evicts entries early, or does not cache the response",
+);
+const CACHE_STALLED: Cause = cause(
+    "cache",
+    "stalled",
+    "a cache entry stayed locked: the request filling it never finished (a worker that died, a stalled upstream)",
+);
+const CACHE_KEY_BUFFER: Cause = cause(
+    "cache",
+    "key_buffer",
+    "the cache key and its header do not fit the module's buffer_size",
+);
+const TRANSPARENT: Cause = cause(
+    "permission",
+    "transparent_proxy",
+    "proxy_bind ... transparent needs privileges the worker lacks (CAP_NET_ADMIN or CAP_NET_RAW)",
+);
+const SOCKET_OPTION: Cause = cause(
+    "proxy_config",
+    "socket_option",
+    "the kernel refused a socket option nginx sets on upstream connections (buffers, keepalive, bind options)",
+);
+const UPSTREAM_URL: Cause = cause(
+    "proxy_config",
+    "upstream_address",
+    "the upstream address nginx made from variables at run time is not valid (no host, no port, a bad prefix)",
+);
+const BIND_ADDRESS: Cause = cause(
+    "proxy_config",
+    "bind_address",
+    "proxy_bind's address, made from a variable, is not an address",
+);
+const REQUEST_CONFIG: Cause = cause(
+    "proxy_config",
+    "request",
+    "the configuration gives nginx no way to build this upstream request (a memcached key not set, an upgrade in a subrequest, no upstream)",
+);
+const REQUEST_TOO_BIG: Cause = cause(
+    "client_request",
+    "too_big_for_protocol",
+    "the client's request (its URI or headers) is too long for the upstream protocol's limits",
+);
+const SLOW_DISK: Cause = cause(
+    "proxy_resources",
+    "slow_disk",
+    "a file operation of nginx's thread pool or aio took too long (a slow or overloaded disk)",
+);
+const NGINX_BUG: Cause = cause(
+    "proxy_internal",
+    "inconsistency",
+    "nginx found its own state inconsistent (a bug, often in a third-party module)",
+);
 const UNKNOWN: Cause = cause("unknown", "unknown", "a message ngx-trace has no rule for");
 
 /// Every cause `line` allows, most common first.
@@ -244,6 +314,9 @@ pub fn candidates(line: &LogLine) -> Vec<Cause> {
         },
         Kind::NoLiveUpstreams | Kind::ServerDisabled => vec![CONSEQUENCE],
         Kind::TooBigHeader => vec![BIG_HEADER],
+        Kind::InvalidResponse if line.text.ends_with(" was not found by memcached") => {
+            vec![NOT_IN_MEMCACHED]
+        }
         Kind::InvalidResponse => vec![INVALID],
         Kind::FastcgiStderr => vec![STDERR],
         Kind::Grpc => vec![GRPC],
@@ -257,11 +330,67 @@ pub fn candidates(line: &LogLine) -> Vec<Cause> {
             Some(28 | 122) => vec![DISK_FULL],
             // `has written only N of M`: a short write, a full disk.
             None if line.text.contains(" has written only ") => vec![DISK_FULL],
+            // A cache file shorter than its header said: cut short.
+            None if line.text.contains(" read only ") => vec![CACHE_BAD_FILE],
             _ => vec![TEMP_FILE],
         },
         Kind::BufferedToDisk => vec![BUFFERED],
         Kind::WorkerConnections => vec![NO_CONNECTIONS],
+        Kind::Cache => vec![cache(&line.text)],
+        Kind::SocketOption => {
+            if line.text.contains("TRANSPARENT") || line.text.contains("BINDANY") {
+                vec![TRANSPARENT]
+            } else {
+                vec![SOCKET_OPTION]
+            }
+        }
+        Kind::RequestBuild => vec![request_build(&line.text)],
+        Kind::NginxInternal => {
+            if line.text.ends_with("operation took too long") {
+                vec![SLOW_DISK]
+            } else if line.text.starts_with("thread pool \"") {
+                vec![REQUEST_CONFIG]
+            } else {
+                vec![NGINX_BUG]
+            }
+        }
         Kind::OtherUpstream | Kind::Debug | Kind::Unrelated => vec![UNKNOWN],
+    }
+}
+
+/// The cause of a line about the response cache.
+fn cache(text: &str) -> Cause {
+    if text.starts_with("cache lock timeout") {
+        CACHE_LOCK
+    } else if text.contains(" in cache keys zone \"") {
+        CACHE_ZONE_FULL
+    } else if text.contains("is not enough for cache key") {
+        CACHE_KEY_BUFFER
+    } else if text.starts_with("stalled cache updating") || text.starts_with("ignore long locked") {
+        CACHE_STALLED
+    } else if text.starts_with("cache \"") {
+        REQUEST_CONFIG
+    } else {
+        CACHE_BAD_FILE
+    }
+}
+
+/// The cause of a request nginx could not build.
+fn request_build(text: &str) -> Cause {
+    if text.starts_with("too long http2 ")
+        || text.contains(" request is too ")
+        || text.contains("record is too big")
+    {
+        REQUEST_TOO_BIG
+    } else if text.starts_with("invalid local address") {
+        BIND_ADDRESS
+    } else if text.contains(" in upstream \"")
+        || text.starts_with("invalid URL prefix")
+        || text.starts_with("zero length URI")
+    {
+        UPSTREAM_URL
+    } else {
+        REQUEST_CONFIG
     }
 }
 
@@ -468,6 +597,54 @@ pub fn advice(cause: &Cause, line: &LogLine) -> String {
         "worker_connections" => "raise worker_connections in the events block (each proxied \
              request takes two: the client's and the upstream's), and worker_rlimit_nofile \
              with it"
+            .to_string(),
+        "not_found" => "a miss, not a failure: fill memcached for this key, or send \
+             misses to the application (error_page 404 = @fallback)"
+            .to_string(),
+        "bad_file" => "nginx replaces the file itself; if it recurs, make sure one nginx \
+             instance alone writes each proxy_cache_path, and check the disk"
+            .to_string(),
+        "lock_timeout" => format!(
+            "the upstream is slow to fill the cache: see why (its exchanges show it); \
+             {m}_cache_lock_timeout (default 5s) bounds the wait of the other requests"
+        ),
+        "keys_zone_full" => format!(
+            "raise the keys_zone size in {m}_cache_path (1 MB holds about 8,000 keys), or \
+             lower inactive / max_size"
+        ),
+        "stalled" => format!(
+            "a request filling the cache never ended: look for an nginx worker that died or \
+             an upstream that stalled; {m}_cache_lock_age bounds how long others wait"
+        ),
+        "key_buffer" => format!("raise {m}_buffer_size above the cache key's length"),
+        "transparent_proxy" => "proxy_bind transparent: start nginx's master as root (it \
+             keeps CAP_NET_RAW for its workers, Linux), and route the answers back to nginx"
+            .to_string(),
+        "socket_option" => format!(
+            "the option comes from {m}_bind, {m}_socket_keepalive or the buffers nginx \
+             sets: check it against the kernel's limits (net.core.rmem_max, wmem_max)"
+        ),
+        "upstream_address" => format!(
+            "{m}_pass made from variables gave an invalid address: check the variables' \
+             values for this request (and give a port where the scheme has none)"
+        ),
+        "bind_address" => format!(
+            "{m}_bind made from a variable gave no address: check the variable's value \
+             for this request"
+        ),
+        "request" => format!(
+            "the configuration cannot serve this request through {m}_pass: check the \
+             directives the message names"
+        ),
+        "too_big_for_protocol" => "not the upstream's failure: the client's request is \
+             too long for the upstream protocol; shorten it, or refuse such requests earlier \
+             (large_client_header_buffers)"
+            .to_string(),
+        "slow_disk" => "nginx's disk is too slow for its thread pool or aio: check the \
+             disk holding the cache or temporary files (iostat), and the pool's size"
+            .to_string(),
+        "inconsistency" => "an nginx alert about itself: note the version and third-party \
+             modules, and report it upstream if it recurs"
             .to_string(),
         _ => "see the backend's and nginx's logs around this time".to_string(),
     }

@@ -127,8 +127,9 @@ pub enum Kind {
     /// response cut short).
     ClientSide,
     /// nginx could not use its temporary file for a response larger than
-    /// its buffers: `open() "<proxy_temp>/..." failed (13: ...)`, a
-    /// `mkdir()`, `write()`, `pwritev()`... of such a file failed or wrote
+    /// its buffers (or the cache or `proxy_store` file it is renamed to):
+    /// `open() "<proxy_temp>/..." failed (13: ...)`, a `mkdir()`,
+    /// `write()`, `pwritev()`, `rename()`... of such a file failed or wrote
     /// short (a permission, a missing directory, a full disk).
     TempFile,
     /// `an upstream response is buffered to a temporary file`: a warning,
@@ -137,6 +138,24 @@ pub enum Kind {
     /// `N worker_connections are not enough`: the worker had no connection
     /// left for the upstream.
     WorkerConnections,
+    /// The response cache: a cache file nginx could not use (`cache file
+    /// "..." has too long header`...), the keys zone full (`could not
+    /// allocate node in cache keys zone`), `cache lock timeout`, a stalled
+    /// update, a cache key larger than the buffer.
+    Cache,
+    /// The kernel refused a socket option nginx sets on an upstream
+    /// connection: `setsockopt(IP_TRANSPARENT) failed` (`proxy_bind ...
+    /// transparent`), `setsockopt(SO_KEEPALIVE) failed, ignored`...
+    SocketOption,
+    /// nginx could not build the request to the upstream: an address made
+    /// from variables at run time (`invalid host in upstream "..."`, `no
+    /// port in upstream`), a `proxy_bind` address, a memcached key, or a
+    /// client's request too long for the protocol (`too long http2 header`,
+    /// `uwsgi request is too big`).
+    RequestBuild,
+    /// nginx's own alert about itself: a length mismatch, a recycled
+    /// buffer, a thread-pool or aio operation that took too long.
+    NginxInternal,
     /// Another line about an upstream (its action or context names one).
     OtherUpstream,
     /// A `[debug]` line: nginx's trace of its own steps, never an
@@ -168,6 +187,10 @@ impl Kind {
             Self::TempFile => "temp_file",
             Self::BufferedToDisk => "buffered_to_disk",
             Self::WorkerConnections => "worker_connections",
+            Self::Cache => "cache",
+            Self::SocketOption => "socket_option",
+            Self::RequestBuild => "request_build",
+            Self::NginxInternal => "nginx_internal",
             Self::OtherUpstream => "other_upstream",
             Self::Debug => "debug",
             Self::Unrelated => "unrelated",
@@ -249,6 +272,7 @@ pub fn server_of(field: &str) -> Option<String> {
 /// Parses one line; `None` when it holds no nginx error-log record.
 pub fn parse(line: &str) -> Option<LogLine> {
     let line = line.trim_end_matches(['\n', '\r']);
+    let line = &*without_queries(line);
     let unwrapped = docker_json_log(line);
     let text = unwrapped.as_deref().unwrap_or(line);
     let start = find_record(text)?;
@@ -376,6 +400,29 @@ fn split_errno(message: &str) -> (&str, Option<u32>) {
     }
 }
 
+/// `line` without the query strings it quotes: nginx writes the client's
+/// request line, the upstream URL and the referrer whole, and ngx-trace
+/// keeps of a request its method and path only. A query runs from `?` to
+/// the next space, quote or backslash (a Docker JSON log's escaped quote).
+pub fn without_queries(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.contains('?') {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut in_query = false;
+    for c in line.chars() {
+        if c == '?' {
+            in_query = true;
+        } else if in_query && matches!(c, ' ' | '"' | '\\') {
+            in_query = false;
+        }
+        if !in_query {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The value of `, name: value` in `context` (quotes removed). Values are
 /// cut at the next field, so a line cut short keeps the fields before.
 fn context_field(context: &str, name: &str) -> Option<String> {
@@ -441,8 +488,26 @@ fn classify(line: &LogLine) -> Kind {
     if text.starts_with("an upstream response is buffered to a temporary file") {
         return Kind::BufferedToDisk;
     }
+    // Written before the upstream is chosen, or with the cycle's log: no
+    // `upstream:` field nor `while ...` to go by, but the text is nginx's
+    // upstream and cache code's alone.
+    if is_cache(text) {
+        return Kind::Cache;
+    }
+    if is_request_build(text) {
+        return Kind::RequestBuild;
+    }
     if !upstream_related {
         return Kind::Unrelated;
+    }
+    if text.starts_with("setsockopt(")
+        || text.starts_with("ioctl(FIONBIO) failed")
+        || text.starts_with("could not enable transparent proxying")
+    {
+        return Kind::SocketOption;
+    }
+    if is_nginx_internal(text) {
+        return Kind::NginxInternal;
     }
     if is_client_side(text, line.action.as_deref()) {
         return Kind::ClientSide;
@@ -461,13 +526,18 @@ fn classify(line: &LogLine) -> Kind {
     if text.starts_with("upstream timed out") {
         return Kind::TimedOut;
     }
-    if text.starts_with("upstream prematurely closed") {
+    if text.starts_with("upstream prematurely closed")
+        || text.starts_with("kevent() reported that upstream closed")
+    {
         return Kind::PrematurelyClosed;
     }
     if text.starts_with("upstream sent too big header") {
         return Kind::TooBigHeader;
     }
-    if text.starts_with("SSL_") || text.contains("SSL") && line.phase() == Phase::SslHandshake {
+    if text.starts_with("SSL_")
+        || text.starts_with("upstream SSL certificate")
+        || text.contains("SSL") && line.phase() == Phase::SslHandshake
+    {
         return Kind::Ssl;
     }
     if text.contains("grpc")
@@ -476,7 +546,16 @@ fn classify(line: &LogLine) -> Kind {
     {
         return Kind::Grpc;
     }
-    if text.starts_with("upstream sent") || text.starts_with("upstream response") {
+    // Answers that break the protocol: a malformed header or body, HTTP/2
+    // flow control, data before the TLS handshake, a memcached reply.
+    if text.starts_with("upstream sent")
+        || text.starts_with("upstream response")
+        || text.starts_with("upstream violated")
+        || text.starts_with("upstream prematurely sent response")
+        || text.starts_with("invalid header after joining FastCGI records")
+        || text.starts_with("memcached sent")
+        || text.ends_with(" was not found by memcached")
+    {
         return Kind::InvalidResponse;
     }
     if let Some((call, _)) = text.split_once("() failed")
@@ -503,8 +582,57 @@ fn is_client_side(text: &str, action: Option<&str>) -> bool {
         || action.is_some_and(|a| a == "sending to client") && text.contains("() failed")
 }
 
+/// Whether `text` is about the response cache (`ngx_http_file_cache.c`,
+/// the cache parts of `ngx_http_upstream.c`).
+fn is_cache(text: &str) -> bool {
+    text.starts_with("cache file \"")
+        || text.starts_with("cache lock timeout")
+        || text.starts_with("stalled cache updating")
+        || text.starts_with("ignore long locked inactive cache entry")
+        || text.contains(" in cache keys zone \"")
+        || text.contains("is not enough for cache key")
+        || text.starts_with("cache \"") && text.ends_with("\" not found")
+}
+
+/// Whether `text` says nginx could not build the request to the upstream
+/// (its address, bind address or key from variables; a request too long
+/// for the upstream's protocol).
+fn is_request_build(text: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "invalid URL prefix in \"",
+        "zero length URI to proxy",
+        "no port in upstream \"",
+        "invalid local address \"",
+        "the \"$memcached_key\" variable is not set",
+        "no upstream configuration",
+        "connection upgrade in subrequest",
+        "suwsgi protocol requires SSL support",
+        "too long http2 ",
+        "uwsgi request is too ",
+        "fastcgi request record is too big",
+        // `fastcgi_split_path_info`'s regular expression failed to run.
+        "pcre2_match() failed",
+        "pcre_exec() failed",
+    ];
+    PREFIXES.iter().any(|p| text.starts_with(p))
+        // `ngx_parse_url`'s reasons: `invalid host in upstream "..."`...
+        || text.contains(" in upstream \"") && !text.starts_with("upstream ")
+}
+
+/// Whether `text` is an alert nginx raises about its own state or its
+/// thread pool, not about the upstream's answer.
+fn is_nginx_internal(text: &str) -> bool {
+    text.ends_with("request length mismatch")
+        || text.starts_with("recycled buffer in pipe out chain")
+        || text.starts_with("no buffer space in HTTP/2 create request")
+        || text.starts_with("no connection data found for keepalive http2 connection")
+        || text.ends_with("operation took too long")
+        || text.starts_with("thread pool \"")
+}
+
 /// Whether `text` is a failed call on one of nginx's own files (a quoted
-/// path after the call): the temporary file of a buffered response.
+/// path after the call): the temporary file of a buffered response, the
+/// cache file or `proxy_store` file it becomes.
 fn is_temp_file(text: &str) -> bool {
     const FILE_CALLS: &[&str] = &[
         "open() \"",
@@ -516,9 +644,15 @@ fn is_temp_file(text: &str) -> bool {
         "lseek() \"",
         "read() \"",
         "pread() \"",
+        "rename() \"",
+        "unlink() \"",
+        "fstat() \"",
+        "close() \"",
     ];
     FILE_CALLS.iter().any(|c| text.starts_with(c))
         && (text.contains(" failed") || text.contains(" has written only "))
+        // A short read of a cache file: `pread() read only N of M from "..."`.
+        || (text.starts_with("pread() read only ") || text.starts_with("read() read only "))
 }
 
 #[cfg(test)]
@@ -538,7 +672,13 @@ mod tests {
         assert_eq!(l.phase(), Phase::Connecting);
         assert_eq!(l.client.as_deref(), Some("127.0.0.1"));
         assert_eq!(l.server.as_deref(), Some("localhost"));
-        assert_eq!(l.request.as_deref(), Some("GET /api?x=1 HTTP/1.1"));
+        // The query strings are gone from every part, the line included.
+        assert_eq!(l.request.as_deref(), Some("GET /api HTTP/1.1"));
+        assert_eq!(
+            l.upstream_field.as_deref(),
+            Some("http://127.0.0.1:3999/api")
+        );
+        assert!(!l.raw.contains("x=1"), "{}", l.raw);
         assert_eq!(l.host.as_deref(), Some("127.0.0.1:8080"));
         assert_eq!(l.upstream().as_deref(), Some("127.0.0.1:3999"));
         assert_eq!(l.module(), Some("proxy"));
@@ -597,7 +737,8 @@ mod tests {
         let cut = &REFUSED[..REFUSED.find(", host").unwrap() - 10];
         let l = parse(cut).unwrap();
         assert_eq!((l.errno, l.kind.clone()), (Some(111), Kind::ConnectFailed));
-        assert_eq!(l.request.as_deref(), Some("GET /api?x=1 HTTP/1.1"));
+        // The query strings are gone from every part, the line included.
+        assert_eq!(l.request.as_deref(), Some("GET /api HTTP/1.1"));
         assert!(l.host.is_none());
     }
 
@@ -685,6 +826,19 @@ mod tests {
         ] {
             assert!(parse(line).is_none(), "{line}");
         }
+    }
+
+    #[test]
+    fn queries_are_cut_from_every_quoted_url_and_docker_records() {
+        let referred = format!("{REFUSED}, referrer: \"https://site/?token=abc&b=1\"");
+        let cut = without_queries(&referred);
+        assert!(!cut.contains("token") && !cut.contains("x=1"), "{cut}");
+        assert!(cut.ends_with(", referrer: \"https://site/\""), "{cut}");
+        let docker = serde_json::json!({"log": format!("{REFUSED}\n"), "stream": "stderr"});
+        let l = parse(&docker.to_string()).unwrap();
+        assert!(!l.raw.contains("x=1"), "{}", l.raw);
+        assert_eq!(l.upstream().as_deref(), Some("127.0.0.1:3999"));
+        assert_eq!(l.kind, Kind::ConnectFailed);
     }
 
     #[test]

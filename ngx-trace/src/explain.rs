@@ -436,6 +436,10 @@ fn line_decides(kind: &Kind) -> bool {
             | Kind::Grpc
             | Kind::Ssl
             | Kind::Resolver
+            | Kind::Cache
+            | Kind::SocketOption
+            | Kind::RequestBuild
+            | Kind::NginxInternal
     )
 }
 

@@ -420,6 +420,9 @@ pub struct Location {
     /// `file:line` of its `server` block: where a value several of the
     /// server's locations need goes once.
     pub server_at: (String, u32),
+    /// `file:line` of its `http` block: where a value every server's
+    /// locations need goes once.
+    pub http_at: (String, u32),
     /// `proxy`, `fastcgi`, `uwsgi`, `scgi` or `grpc`.
     pub module: &'static str,
     /// The pass directive's argument.
@@ -575,6 +578,7 @@ pub fn resolve(root: &[Directive], mut problems: Vec<Problem>) -> Config {
             .map(|n| (n.clone(), Setting::default(default_of(n))))
             .collect();
         apply(&mut settings, block, &names);
+        let first = config.locations.len();
         for server in block.iter().filter(|d| d.name == "server") {
             let Some(sblock) = &server.block else {
                 continue;
@@ -596,6 +600,9 @@ pub fn resolve(root: &[Directive], mut problems: Vec<Problem>) -> Config {
                 &names,
                 &mut config,
             );
+        }
+        for loc in &mut config.locations[first..] {
+            loc.http_at = (http.file.clone(), http.line);
         }
     }
     for loc in &mut config.locations {
@@ -665,6 +672,8 @@ fn walk(
                 line: d.line,
                 block_at: block_at.clone(),
                 server_at: server_at.clone(),
+                // Set by `resolve` once the http block is walked.
+                http_at: server_at.clone(),
                 module,
                 target: target.clone(),
                 group: None,
@@ -823,6 +832,10 @@ server {
         assert_eq!(root.block_at, (sites.clone(), 5));
         assert_eq!(loc(&c, "/slow/inner").block_at, (sites.clone(), 11));
         assert_eq!(loc(&c, "/slow/inner").server_at, (sites, 1));
+        assert_eq!(
+            loc(&c, "/slow/inner").http_at,
+            ("/etc/nginx/nginx.conf".to_string(), 3)
+        );
         assert_eq!(
             loc(&c, "/slow").settings["proxy_read_timeout"].ms(),
             Some(120_000)

@@ -537,11 +537,50 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
     out
 }
 
-/// A value written nowhere that every location of a server passing with
-/// the module needs alike: added once, to the server block, rather than to
-/// each location (`owners`: each event's location).
+/// A value written nowhere that every location passing with the module
+/// needs alike: added once, to the `http` block when the locations of
+/// several servers share it, else to each server block whose locations
+/// all do, rather than to each location (`owners`: each event's location).
 fn to_server_blocks(config: &Config, out: &mut [TuneEvent], owners: &[usize]) {
-    /// A server block, a directive, and the value advised (its bits).
+    let to_http = shared_by_a_whole_block(config, out, owners, |l| &l.http_at);
+    // Advice for one server's locations alone belongs to that server.
+    let to_http: Vec<_> = to_http
+        .into_iter()
+        .filter(|(i, _)| {
+            let at = &config.locations[owners[*i]].http_at;
+            let mut servers = config.locations.iter().filter(|l| &l.http_at == at);
+            let first = servers.next().map(|l| &l.server_at);
+            servers.any(|l| Some(&l.server_at) != first)
+        })
+        .collect();
+    for (i, (file, line)) in &to_http {
+        let e = &mut out[*i];
+        e.block = "http".to_string();
+        e.file = file.clone();
+        e.line = *line;
+    }
+    let in_http: Vec<usize> = to_http.iter().map(|(i, _)| *i).collect();
+    for (i, (file, line)) in shared_by_a_whole_block(config, out, owners, |l| &l.server_at) {
+        if in_http.contains(&i) {
+            continue;
+        }
+        let e = &mut out[i];
+        e.block = format!("server {}", config.locations[owners[i]].server);
+        e.file = file;
+        e.line = line;
+    }
+}
+
+/// The events (by index, with the block's place) whose value, added where
+/// nginx's default is in effect, is the same for every location of the
+/// module in the block `block_of` names, two locations at least.
+fn shared_by_a_whole_block<'c>(
+    config: &'c Config,
+    out: &[TuneEvent],
+    owners: &[usize],
+    block_of: impl Fn(&'c Location) -> &'c (String, u32),
+) -> Vec<(usize, (String, u32))> {
+    /// A block, a directive, and the value advised (its bits).
     type Shared<'a> = (&'a (String, u32), &'a str, u64);
     let mut shared: BTreeMap<Shared, Vec<usize>> = BTreeMap::new();
     for (i, e) in out.iter().enumerate() {
@@ -553,29 +592,22 @@ fn to_server_blocks(config: &Config, out: &mut [TuneEvent], owners: &[usize]) {
             continue;
         }
         shared
-            .entry((&loc.server_at, e.directive.as_str(), value.to_bits()))
+            .entry((block_of(loc), e.directive.as_str(), value.to_bits()))
             .or_default()
             .push(i);
     }
     let mut moved = Vec::new();
-    for ((server_at, directive, _), events) in shared {
-        let of_server = config
+    for ((at, directive, _), events) in shared {
+        let in_block = config
             .locations
             .iter()
-            .filter(|l| {
-                &l.server_at == server_at && directive.starts_with(&format!("{}_", l.module))
-            })
+            .filter(|l| block_of(l) == at && directive.starts_with(&format!("{}_", l.module)))
             .count();
-        if events.len() >= 2 && events.len() == of_server {
-            moved.extend(events.into_iter().map(|i| (i, server_at.clone())));
+        if events.len() >= 2 && events.len() == in_block {
+            moved.extend(events.into_iter().map(|i| (i, at.clone())));
         }
     }
-    for (i, (file, line)) in moved {
-        let e = &mut out[i];
-        e.block = format!("server {}", config.locations[owners[i]].server);
-        e.file = file;
-        e.line = line;
-    }
+    moved
 }
 
 /// Tuning beside live tracing: measures the exchanges as they come, then
@@ -785,6 +817,44 @@ http {
             (d.action, d.block.as_str(), d.line),
             ("add", "location /d", 10)
         );
+    }
+
+    #[test]
+    fn a_value_the_locations_of_every_server_need_is_added_once_to_http() {
+        let config = Config::from_dump(
+            "# configuration file /etc/nginx/nginx.conf:
+http {
+    server {
+        server_name app.example;
+        location /a { proxy_pass http://127.0.0.1:8001; }
+        location /b { proxy_pass http://127.0.0.1:8001; }
+    }
+    server {
+        server_name other.example;
+        location /c { proxy_pass http://127.0.0.1:8002; }
+        location /php { fastcgi_pass unix:/run/php.sock; }
+    }
+}
+",
+        );
+        let mut m = Measurements::default();
+        for _ in 0..2_000 {
+            measure(&mut m, &answered("127.0.0.1:8001", 20_000));
+            measure(&mut m, &answered("127.0.0.1:8002", 20_000));
+        }
+        let events = tune(&config, &m, 0.01);
+        for location in ["/a", "/b", "/c"] {
+            let e = events
+                .iter()
+                .find(|e| e.location == location && e.directive == "proxy_read_timeout")
+                .unwrap();
+            assert_eq!(
+                (e.action, e.block.as_str(), e.line),
+                ("add", "http", 1),
+                "{e:?}"
+            );
+            assert!(e.to_text().contains("to http at /etc/nginx/nginx.conf:1"));
+        }
     }
 
     #[test]

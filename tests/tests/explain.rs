@@ -119,7 +119,9 @@ fn every_upstream_line_of_the_error_log_is_explained_from_a_recording() {
     let tracer = Tracer::attach_to(&nginx, &["--record", recording.to_str().unwrap()]);
     assert_eq!(nginx.get("/down"), 502);
     assert_eq!(nginx.get("/reject"), 502);
-    assert_eq!(nginx.get("/slow"), 504);
+    // A query string (nginx writes it whole in its log, and passes it to
+    // the upstream): no output of ngx-trace holds it.
+    assert_eq!(nginx.get("/slow?token=s3cret"), 504);
     // The first request tries the dead server first, then the live one.
     assert_eq!(nginx.get("/pair"), 200);
     // Both servers fail; once a worker marked both down, `no live upstreams`
@@ -148,12 +150,26 @@ fn every_upstream_line_of_the_error_log_is_explained_from_a_recording() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(800));
-    tracer.stop();
+    let traced = tracer.stop();
     let log = nginx.dir().join("error.log");
     let log = log.to_str().unwrap();
 
     let (code, events, stderr) = explain(&[log, "--from", recording.to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !nginx.error_log_lines("s3cret").is_empty(),
+        "nginx's own log holds the query"
+    );
+    for (what, text) in [
+        ("the traced events", format!("{traced:?}")),
+        (
+            "the recording",
+            std::fs::read_to_string(&recording).unwrap(),
+        ),
+        ("explain's output", format!("{events:?}{stderr}")),
+    ] {
+        assert!(!text.contains("s3cret"), "{what} hold the query string");
+    }
     let down = of_line(&events, &["connect() failed (111", "GET /down"]);
     assert_eq!(cause(down), ("backend_down", "rst", "exact"), "{down:#}");
     assert_eq!(down["match"]["upstream"], format!("127.0.0.1:{dead}"));

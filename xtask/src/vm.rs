@@ -78,11 +78,14 @@ const ACCEL: &str = "-accel tcg,thread=single";
 /// The guest reads the clock through the vDSO (the TSC) rather than a system
 /// call and an emulated HPET each time: nginx and the tracer read it often.
 const CLOCK: &str = "clocksource=tsc tsc=reliable";
+/// How many VMs run at once: one per host core, each on one emulation
+/// thread (the CI machine and this one have 2 cores).
+const VMS_AT_ONCE: usize = 2;
 /// How long a VM may stay up once its guest wrote its exit status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
-/// Runs the integration tests on each kernel of `names` in turn; fails when
-/// any kernel's suite failed.
+/// Runs the integration tests on each kernel of `names`: the host first,
+/// then the VMs two at a time; fails when any kernel's suite failed.
 pub fn run(names: &[String], timeout: Duration) -> Result<()> {
     let names = expand(names);
     // SAFETY: geteuid has no preconditions.
@@ -104,8 +107,7 @@ pub fn run(names: &[String], timeout: Duration) -> Result<()> {
     let tests = build_tests()?;
     install_signal_handlers();
 
-    let mut outcomes = Vec::new();
-    for name in &names {
+    let one = |name: &String| {
         let started = Instant::now();
         let results = crate::workspace().join("target/vm-tests").join(name);
         let mut outcome = match run_one(name, vng.as_ref(), cache, &results, &bin, &tests, timeout)
@@ -115,10 +117,33 @@ pub fn run(names: &[String], timeout: Duration) -> Result<()> {
         };
         outcome.took = started.elapsed();
         println!("{}", outcome.line());
-        outcomes.push(outcome);
+        outcome
+    };
+    // The host's run alone (its tests use both cores), then the VMs side by
+    // side: each emulates its CPUs on one host thread (`ACCEL`).
+    let mut outcomes = Vec::new();
+    let (host, vms): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| *n == "host");
+    for name in host {
+        outcomes.push(one(name));
+    }
+    for batch in vms.chunks(VMS_AT_ONCE) {
         if INTERRUPTED.load(Ordering::Relaxed) {
             break;
         }
+        let done: Vec<Outcome> = std::thread::scope(|scope| {
+            let runs: Vec<_> = batch
+                .iter()
+                .map(|name| scope.spawn(|| one(name)))
+                .collect();
+            runs.into_iter()
+                .zip(batch)
+                .map(|(run, name)| {
+                    run.join()
+                        .unwrap_or_else(|_| Outcome::broken(name, "its supervisor panicked".into()))
+                })
+                .collect()
+        });
+        outcomes.extend(done);
     }
 
     println!("\nintegration tests per kernel (output in target/vm-tests/<kernel>/):");
@@ -311,7 +336,12 @@ fn boot(
             .iter()
             .find(|s| s.name == kernel_name)
             .with_context(|| format!("no kernel named {kernel_name}"))?;
-        let kernel = kernels::fetch(spec, cache).context("failed to fetch the kernel")?;
+        // One fetch at a time: two runs of one kernel share its apt folder.
+        static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let kernel = {
+            let _one = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
+            kernels::fetch(spec, cache).context("failed to fetch the kernel")?
+        };
         let (vng, path_dir) = vng.context("virtme-ng is not set up")?;
         eprintln!(
             "xtask: {name}: booting {} ({}) under qemu (emulated, {CPUS} CPUs, {MEMORY})",
