@@ -435,6 +435,15 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
     },
     ProgramSpec {
+        program: "sys_enter_writev",
+        capability: "request paths",
+        hook: Hook::Tracepoint,
+        category: "syscalls",
+        target: "sys_enter_writev",
+        purpose: "copy the start of each request a worker writes upstream (its method and path; off with --no-request-path)",
+        optional: true,
+    },
+    ProgramSpec {
         program: "sock_send_length",
         capability: "request written",
         hook: Hook::BtfTracepoint,
@@ -676,6 +685,10 @@ pub struct Offsets {
     pub fork_child_pid: u32,
     /// `sys_enter_close.fd`
     pub close_fd: u32,
+    /// `sys_enter_writev.fd`
+    pub writev_fd: u32,
+    /// `sys_enter_writev.vec`
+    pub writev_vec: u32,
     /// `mark_victim.pid`
     pub mark_victim_pid: u32,
     /// `sys_enter_socket.family`
@@ -936,6 +949,40 @@ pub const RECORD_CLIENT_GONE: u32 = 3;
 /// `kind` of a [`FateRecord`].
 pub const RECORD_FATE: u32 = 4;
 
+/// `kind` of a [`RequestRecord`].
+pub const RECORD_REQUEST: u32 = 5;
+
+/// The most bytes of a request's start the kernel copies, and one: the
+/// copy's length is masked with `REQUEST_HEAD - 1` (a bound 5.10's
+/// verifier follows). 2047 bytes hold an HTTP request line, and FastCGI's
+/// params up to `DOCUMENT_URI` with a query of several hundred bytes
+/// written twice before it (`QUERY_STRING`, `REQUEST_URI`).
+pub const REQUEST_HEAD: usize = 2048;
+
+/// The start of the request a worker wrote on an upstream connection: the
+/// first buffer of the exchange's first `writev()`, copied once per
+/// exchange. User space takes the method and path from it and drops the
+/// rest; the record is sent `REQUEST_RECORD_FIXED + len` bytes long.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RequestRecord {
+    /// Always [`RECORD_REQUEST`].
+    pub kind: u32,
+    /// The worker process.
+    pub tgid: u32,
+    /// The worker's fd for the connection.
+    pub fd: u32,
+    /// Bytes of `head` copied.
+    pub len: u32,
+    /// `Exchange::req_first_ns` of the exchange it starts.
+    pub req_first_ns: u64,
+    /// The bytes.
+    pub head: [u8; REQUEST_HEAD],
+}
+
+/// The bytes of a [`RequestRecord`] before its `head`.
+pub const REQUEST_RECORD_FIXED: usize = 24;
+
 /// `Exchange::flags`: a reset arrived.
 pub const FLAG_RESET_SEEN: u32 = 1;
 /// `Exchange::flags`: the TCP handshake (or UNIX connect) completed.
@@ -1142,9 +1189,9 @@ pub struct FateRecord {
     pub sender_comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 112);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 120);
 const _: () = assert!(core::mem::size_of::<StructOffsets>() == 148);
-const _: () = assert!(core::mem::size_of::<Config>() == 284);
+const _: () = assert!(core::mem::size_of::<Config>() == 292);
 const _: () = assert!(core::mem::size_of::<FateRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 128);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);
@@ -1152,6 +1199,7 @@ const _: () = assert!(core::mem::size_of::<Exchange>() == 256);
 const _: () = assert!(core::mem::size_of::<UpstreamRecord>() == 264);
 const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<ClientGoneRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<RequestRecord>() == REQUEST_RECORD_FIXED + REQUEST_HEAD);
 
 #[cfg(feature = "user")]
 mod pod {

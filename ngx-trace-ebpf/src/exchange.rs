@@ -22,6 +22,7 @@ use crate::{
         CALL_RECV, CALL_SEND, CONNS, FD_CONNS, SOCK_CALLS, SockCall, UNIX_BIND, fd_key, is_traced,
     },
     record::{apply, clear_giveup, emit, note_close},
+    request,
     sock_mark::{follow, is_unix, is_unix_probed, sk_of, sk_of_probed, upstream_state},
     task, tcp_sock,
 };
@@ -265,6 +266,11 @@ fn written<const PROBED: bool>(sk: u64, ret: i32) {
         emit(state, previous);
     }
     unsafe { (*state).request_written(now) };
+    // The exchange's first write: its request's start.
+    if unsafe { (*state).req_first_ns } == now {
+        let (tgid, fd) = unsafe { ((*state).tgid, (*state).fd) };
+        request::copy_start(tgid, fd, now);
+    }
 }
 
 /// A worker read from an upstream connection: response bytes, the end of

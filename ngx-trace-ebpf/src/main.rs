@@ -9,6 +9,7 @@ mod maps;
 mod peer;
 mod process;
 mod record;
+mod request;
 mod sock_mark;
 mod task;
 mod tcp_sock;

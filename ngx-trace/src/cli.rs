@@ -61,9 +61,20 @@ pub enum Mode {
 }
 
 impl TraceArgs {
-    /// The hooks not to use (`--avoid-hooks`).
-    pub fn avoid(&self) -> &[crate::hooks::Avoid] {
-        self.avoid_hooks.as_ref().map_or(&[], |list| &list.0)
+    /// The hooks not to use (`--avoid-hooks`; with `--no-request-path`,
+    /// the `writev()` hook the request copy needs).
+    pub fn avoid(&self) -> Vec<crate::hooks::Avoid> {
+        let mut avoid = self
+            .avoid_hooks
+            .as_ref()
+            .map_or_else(Vec::new, |list| list.0.clone());
+        if self.no_request_path {
+            avoid.push(crate::hooks::Avoid {
+                hook: ngx_trace_common::Hook::Tracepoint,
+                target: Some("sys_enter_writev".into()),
+            });
+        }
+        avoid
     }
 }
 
@@ -190,6 +201,13 @@ pub struct TraceArgs {
         value_parser = crate::hooks::parse_avoid
     )]
     pub avoid_hooks: Option<crate::hooks::HookList>,
+
+    /// Copy nothing of the requests nginx writes upstream: exchanges then
+    /// carry no method and path (by default the kernel copies the start of
+    /// each request, and ngx-trace keeps its method and path alone, never
+    /// the query string).
+    #[arg(long)]
+    pub no_request_path: bool,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (OpenMetrics when the
     /// scraper asks for it, else Prometheus text). A port alone listens on

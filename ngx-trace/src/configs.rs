@@ -141,6 +141,7 @@ impl Configs {
                     }
                     merged.groups.extend(config.groups.iter().cloned());
                     merged.locations.extend(config.locations.iter().cloned());
+                    merged.servers.extend(config.servers.iter().cloned());
                     if let Some(m) = master {
                         per_master.insert(m, config);
                     }

@@ -205,6 +205,32 @@ impl LogLine {
         !matches!(self.kind, Kind::Unrelated | Kind::Debug)
     }
 
+    /// The paths the line names for its request: the URI nginx sent
+    /// upstream (the `upstream:` field's, for `proxy_pass`) and the
+    /// client's (`request:`), without queries; an exchange whose request's
+    /// path is none of them served another request.
+    pub fn paths(&self) -> Vec<String> {
+        let mut paths = Vec::new();
+        if let Some(field) = &self.upstream_field
+            && let Some((_, rest)) = field.split_once("://")
+        {
+            let uri = match rest.strip_prefix("unix:") {
+                Some(unix) => unix.split_once(':').map(|(_, uri)| uri),
+                None => rest.find('/').map(|at| &rest[at..]),
+            };
+            if let Some(uri) = uri.filter(|u| u.starts_with('/')) {
+                paths.push(uri.split('?').next().unwrap_or(uri).to_string());
+            }
+        }
+        if let Some(request) = &self.request
+            && let Some(uri) = request.split(' ').nth(1)
+            && uri.starts_with('/')
+        {
+            paths.push(uri.split('?').next().unwrap_or(uri).to_string());
+        }
+        paths
+    }
+
     /// The phase nginx was in.
     pub fn phase(&self) -> Phase {
         Phase::of(self.action.as_deref())
@@ -839,6 +865,19 @@ mod tests {
         assert!(!l.raw.contains("x=1"), "{}", l.raw);
         assert_eq!(l.upstream().as_deref(), Some("127.0.0.1:3999"));
         assert_eq!(l.kind, Kind::ConnectFailed);
+    }
+
+    #[test]
+    fn a_line_names_the_upstream_uri_and_the_clients_path() {
+        let l = parse(REFUSED).unwrap();
+        assert_eq!(l.paths(), ["/api", "/api"]);
+        let unix = parse(
+            "2026/11/27 01:02:03 [error] 7#7: *1 upstream timed out (110: Connection timed out) \
+             while reading response header from upstream, client: a, server: b, request: \
+             \"POST /x.php HTTP/1.1\", upstream: \"fastcgi://unix:/run/php.sock:\", host: \"h\"",
+        )
+        .unwrap();
+        assert_eq!(unix.paths(), ["/x.php"]);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use serde::Serialize;
 use crate::{
     fates::{FateFacts, PeerFacts},
     records::{Facts, Transport},
+    request_head::Request,
     timings::Timings,
     verdict::Explanation,
 };
@@ -65,6 +66,17 @@ pub struct UpstreamEvent {
     /// connection, when it died or was signalled during the exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<PeerFacts>,
+    /// The request it served (left out when the kernel copied none, or its
+    /// protocol is not readable: gRPC, TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
+    /// The `location` that passed it upstream, when the configuration and
+    /// the request's path decide it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<LocationRef>,
+    /// The locations it may have come from, when they do not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub location_candidates: Vec<String>,
     /// Shown in text output only.
     #[serde(skip)]
     pub meaning: &'static str,
@@ -102,6 +114,9 @@ impl UpstreamEvent {
             reused: (!connecting).then_some(ex.reused),
             response_bytes: (!connecting).then_some(ex.resp_bytes),
             peer: None,
+            request: None,
+            location: None,
+            location_candidates: Vec::new(),
             meaning: e.meaning,
         }
     }
@@ -114,8 +129,61 @@ impl UpstreamEvent {
         let head = format!("{clock} w{} ", self.worker_pid);
         let tail = format!(" {}{errno} {}", self.outcome, self.meaning);
         let room = 80usize.saturating_sub(head.len() + tail.len()).max(12);
-        let upstream = shorten_left(&self.upstream, room);
-        format!("{head}{upstream}{tail}")
+        let Some(request) = &self.request else {
+            let upstream = shorten_left(&self.upstream, room);
+            return format!("{head}{upstream}{tail}");
+        };
+        // The upstream and the request share the room, the request's at
+        // least 20 columns.
+        let upstream_room = self
+            .upstream
+            .chars()
+            .count()
+            .min(room.saturating_sub(21).max(12));
+        let upstream = shorten_left(&self.upstream, upstream_room);
+        let request = request.to_text(room.saturating_sub(upstream_room + 1).max(20));
+        format!("{head}{upstream} {request}{tail}")
+    }
+}
+
+/// A `location` block: `{"name":"= /api/export","file":...,"line":14}`
+/// (`name` as written after `location`, modifier included; `server` for a
+/// pass at server level).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LocationRef {
+    /// As written after `location`.
+    pub name: String,
+    /// The file of its block.
+    pub file: String,
+    /// The line its block starts on.
+    pub line: u32,
+}
+
+impl LocationRef {
+    /// Where exchanges with `upstream` whose request had `path` came from,
+    /// in `config`: the location, or the candidates' names.
+    pub fn place(
+        config: &crate::nginx_conf::Config,
+        upstream: &str,
+        path: Option<&str>,
+    ) -> (Option<Self>, Vec<String>) {
+        use crate::nginx_conf::Placed;
+        match config.place(upstream, path) {
+            Placed::One(l) => (
+                Some(Self {
+                    name: l.name.clone(),
+                    file: l.block_at.0.clone(),
+                    line: l.block_at.1,
+                }),
+                Vec::new(),
+            ),
+            Placed::Several(ls) => {
+                let mut names: Vec<String> = ls.iter().map(|l| l.name.clone()).collect();
+                names.dedup();
+                (None, names)
+            }
+            Placed::Unknown => (None, Vec::new()),
+        }
     }
 }
 
@@ -146,6 +214,9 @@ pub struct PendingEvent {
     pub verdict: &'static str,
     /// One sentence with the numbers.
     pub evidence: String,
+    /// The request it serves (as in `upstream` events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
     /// True on the final `pending` event printed when tracing stops while
     /// the exchange still waits for its response (it is then counted in the
     /// summary, as no `upstream` event will follow); false on the ones
@@ -162,8 +233,13 @@ impl PendingEvent {
         } else {
             "pending"
         };
+        let request = self
+            .request
+            .as_ref()
+            .map(|r| format!(" {}", r.to_text(40)))
+            .unwrap_or_default();
         format!(
-            "{clock} w{} {} {state} {} ms: {}",
+            "{clock} w{} {}{request} {state} {} ms: {}",
             self.worker_pid, self.upstream, self.waiting_ms, self.evidence
         )
     }
@@ -317,7 +393,7 @@ pub const EVENT_KINDS: &[&str] = &[
 ];
 
 /// `s` itself if it has at most `max` characters, else `…` and its end.
-fn shorten_left(s: &str, max: usize) -> String {
+pub fn shorten_left(s: &str, max: usize) -> String {
     let count = s.chars().count();
     if count <= max {
         return s.to_string();
@@ -441,6 +517,11 @@ mod tests {
             retransmits: Some(0),
             verdict: "backend_slow",
             evidence: "request acked, 0 retransmits, no response for 654.4 ms".into(),
+            request: Some(Request {
+                method: "GET".into(),
+                path: "/api/export".into(),
+                truncated: true,
+            }),
             cut_by_stop,
         }
     }
@@ -460,6 +541,7 @@ mod tests {
                 "retransmits": 0,
                 "verdict": "backend_slow",
                 "evidence": "request acked, 0 retransmits, no response for 654.4 ms",
+                "request": {"method": "GET", "path": "/api/export", "truncated": true},
                 "cut_by_stop": false,
             })
         );
@@ -478,12 +560,14 @@ mod tests {
         let evidence = "request acked, 0 retransmits, no response for 654.4 ms";
         assert_eq!(
             pending(false).to_text(),
-            format!("07:42:36.211 w28929 127.0.0.1:18082 pending 654 ms: {evidence}")
+            format!(
+                "07:42:36.211 w28929 127.0.0.1:18082 GET /api/export… pending 654 ms: {evidence}"
+            )
         );
         assert_eq!(
             pending(true).to_text(),
             format!(
-                "07:42:36.211 w28929 127.0.0.1:18082 pending cut by stop after 654 ms: {evidence}"
+                "07:42:36.211 w28929 127.0.0.1:18082 GET /api/export… pending cut by stop after 654 ms: {evidence}"
             )
         );
     }
@@ -651,6 +735,17 @@ mod tests {
                 },
                 exit_after_close_us: Some(-3_000),
             });
+            e.request = Some(Request {
+                method: "GET".into(),
+                path: "/api/export".into(),
+                truncated: true,
+            });
+            e.location = Some(LocationRef {
+                name: "= /api/export".into(),
+                file: "/etc/nginx/conf.d/app.conf".into(),
+                line: 14,
+            });
+            e.location_candidates = vec!["/api/".into(), "/api/reports/".into()];
             e
         }
 

@@ -533,8 +533,16 @@ fn exchange(
     };
     let lo = t.checked_sub(BEFORE).unwrap_or(t);
     let hi = t + AFTER;
+    let paths = line.paths();
+    // Whether exchange `x` served the line's request, as far as the paths
+    // tell (`None`: one of them is not known).
+    let same_path = |x: &Traced| -> Option<bool> {
+        let path = x.event["request"]["path"].as_str()?;
+        (!paths.is_empty()).then(|| paths.iter().any(|p| p == path))
+    };
     // Candidates: unused exchanges of that upstream in the window whose
-    // nginx line is this message (same call, same errno).
+    // nginx line is this message (same call, same errno), and whose
+    // request, when both paths are known, is the line's.
     let mut found: Vec<(usize, bool, bool, SystemTime)> = trace
         .exchanges
         .iter()
@@ -544,6 +552,7 @@ fn exchange(
                 && server.as_ref().is_none_or(|s| *s == x.upstream)
                 && x.end >= lo
                 && x.end <= hi
+                && same_path(x) != Some(false)
         })
         .filter_map(|(i, x)| {
             // A client that left: nginx's line is about the client, the
@@ -572,9 +581,14 @@ fn exchange(
             p == same_pid && cause_of(line, allowed, &trace.exchanges[i]).0 != cause
         })
         .count();
+    // Another exchange as good as this one (same worker, text and second,
+    // a path not telling them apart): the join is then likely, not exact.
+    let alike = found[1..]
+        .iter()
+        .any(|&(_, p, text, _)| p == same_pid && text == same_text);
     out.confidence = if rivals > 0 {
         "ambiguous"
-    } else if same_pid && same_text && server.is_some() {
+    } else if same_pid && same_text && server.is_some() && !alike {
         "exact"
     } else {
         "likely"

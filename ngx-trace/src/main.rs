@@ -38,6 +38,7 @@ mod kernel;
 mod kretprobe;
 mod load_error;
 mod localtime;
+mod location_match;
 mod logfollow;
 mod metrics;
 mod metrics_file;
@@ -51,6 +52,7 @@ mod proc_net;
 mod procs;
 mod recording;
 mod records;
+mod request_head;
 mod reservoir;
 mod sanitize;
 mod session;
@@ -330,9 +332,10 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
         procs::instance_of(pid, &args.comm)?;
     }
     let tracefs = preflight::tracefs_root()?;
-    hooks::check_available(&tracefs, args.avoid())?;
+    let avoid = args.avoid();
+    hooks::check_available(&tracefs, &avoid)?;
     let config = config(&args, &tracefs)?;
-    let (mut kernel, events) = Kernel::attach(&config, &tracefs, args.avoid())?;
+    let (mut kernel, events) = Kernel::attach(&config, &tracefs, &avoid)?;
     // Programs are attached first, then processes listed: a process forked
     // in between is seen by both, never by neither.
     let mut initial: BTreeSet<u32> = match args.pid {
@@ -416,6 +419,12 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
             .map(|path| metrics_file::MetricsFile::start(metrics.registry(), path.to_path_buf()))
             .transpose()?;
         session.export(metrics, configs);
+    } else {
+        // The locations exchanges served come from it.
+        session.configure(configs::Configs::load(
+            args.config.as_deref(),
+            session.traced(),
+        ));
     }
     session.refresh_workers()?;
     if let Some(live) = live.as_mut() {

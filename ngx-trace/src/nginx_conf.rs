@@ -475,6 +475,22 @@ pub struct Config {
     pub locations: Vec<Location>,
     /// Problems met (parse errors, passes that name no resolvable server).
     pub problems: Vec<Problem>,
+    /// Every `server` block's locations, to match request paths on.
+    pub servers: Vec<crate::location_match::ServerLocations>,
+}
+
+/// The location an exchange served, as far as the configuration and its
+/// request's path tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed<'a> {
+    /// This one.
+    One(&'a Location),
+    /// One of these (a path nginx rewrote, a server several locations
+    /// reach without a path to tell them apart).
+    Several(Vec<&'a Location>),
+    /// No location passes to this upstream (a configuration not read, an
+    /// upstream named by a variable).
+    Unknown,
 }
 
 /// The directives inherited from `http` to `server` to `location`.
@@ -564,6 +580,21 @@ fn pass_target(module: &str, arg: &str) -> (String, u16) {
     (rest.split('/').next().unwrap_or(rest).to_string(), port)
 }
 
+/// The URI part of a `proxy_pass` or `grpc_pass` (`/v2/` of
+/// `http://app/v2/`), which replaces the location's prefix in the path sent
+/// upstream; `None` without one (the path goes as the client sent it).
+fn pass_uri(location: &Location) -> Option<&str> {
+    if !matches!(location.module, "proxy" | "grpc") {
+        return None;
+    }
+    let (_, rest) = location.target.split_once("://")?;
+    let uri = match rest.strip_prefix("unix:") {
+        Some(unix) => unix.split_once(':')?.1,
+        None => &rest[rest.find('/')?..],
+    };
+    (!uri.is_empty()).then_some(uri)
+}
+
 /// Resolves a whole configuration (`root`: the spliced directives).
 pub fn resolve(root: &[Directive], mut problems: Vec<Problem>) -> Config {
     let mut config = Config::default();
@@ -592,6 +623,9 @@ pub fn resolve(root: &[Directive], mut problems: Vec<Problem>) -> Config {
             let mut inner = settings.clone();
             apply(&mut inner, sblock, &names);
             let at = (server.file.clone(), server.line);
+            config
+                .servers
+                .push(crate::location_match::ServerLocations::of(server));
             walk(
                 sblock,
                 ("server", &at),
@@ -749,6 +783,56 @@ fn group_of(d: &Directive) -> Group {
 }
 
 impl Config {
+    /// The location of an exchange with `upstream` (as ngx-trace names it)
+    /// whose request's path was `path`: nginx's own choice for the path,
+    /// among the locations passing to that upstream; the only such
+    /// location whatever the path; else the candidates, never a guess.
+    pub fn place(&self, upstream: &str, path: Option<&str>) -> Placed<'_> {
+        use crate::location_match::{Found, normalize};
+        let passing: Vec<&Location> = self
+            .locations
+            .iter()
+            .filter(|l| l.servers.iter().any(|s| s == upstream))
+            .collect();
+        // A pass named by a variable could reach this upstream too.
+        let unmapped = self.locations.iter().any(|l| l.servers.is_empty());
+        match passing.as_slice() {
+            [] => return Placed::Unknown,
+            [one] if !unmapped => return Placed::One(one),
+            _ => {}
+        }
+        let Some(path) = path else {
+            return Placed::Several(passing);
+        };
+        let path = normalize(path);
+        let mut hits: Vec<&Location> = Vec::new();
+        for server in &self.servers {
+            let chosen = |l: &&&Location| {
+                l.server_at == server.at
+                    && pass_uri(l).is_none()
+                    && match server.find(&path) {
+                        Found::Location(_, at) => l.block_at == *at && l.name != "server",
+                        Found::None => l.name == "server",
+                        Found::Undecided => false,
+                    }
+            };
+            hits.extend(passing.iter().filter(chosen).copied());
+        }
+        // A pass with a URI part replaced the location's prefix with it.
+        hits.extend(
+            passing
+                .iter()
+                .filter(|l| pass_uri(l).is_some_and(|uri| path.starts_with(uri)))
+                .copied(),
+        );
+        hits.dedup();
+        match hits.len() {
+            1 => Placed::One(hits[0]),
+            0 => Placed::Several(passing),
+            _ => Placed::Several(hits),
+        }
+    }
+
     /// From an `nginx -T` dump.
     pub fn from_dump(dump: &str) -> Self {
         let (root, problems) = load(dump);
@@ -912,5 +996,38 @@ upstream x {
         assert_eq!(c.problems[0].at, "/etc/nginx/conf.d/bad.conf:1");
         let c = Config::from_dump("user nobody;");
         assert!(c.problems[0].what.contains("no `# configuration file`"));
+    }
+}
+
+#[cfg(test)]
+mod place_tests {
+    use super::*;
+
+    #[test]
+    fn two_locations_on_one_server_are_told_apart_by_the_path() {
+        let c = Config::from_dump(
+            "# configuration file /etc/nginx/nginx.conf:
+http {
+    server {
+        listen 127.0.0.1:8080;
+        location /api/ { proxy_pass http://127.0.0.1:9000; }
+        location /api/reports/ { proxy_read_timeout 5s; proxy_pass http://127.0.0.1:9000; }
+        location /v2/ { proxy_pass http://127.0.0.1:9000/backend/; }
+    }
+}
+",
+        );
+        let name = |path: &str| match c.place("127.0.0.1:9000", Some(path)) {
+            Placed::One(l) => l.name.clone(),
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(name("/api/items"), "/api/");
+        assert_eq!(name("/api/reports/q1"), "/api/reports/");
+        // Sent as /backend/x by the location with a URI in its proxy_pass.
+        assert_eq!(name("/backend/x"), "/v2/");
+        let Placed::Several(all) = c.place("127.0.0.1:9000", None) else {
+            panic!("without a path, several")
+        };
+        assert_eq!(all.len(), 3);
     }
 }

@@ -413,6 +413,7 @@ mod tests {
             retransmits: None,
             verdict: "backend_slow",
             evidence: "php-fpm\u{9b}2J pool busy".into(),
+            request: None,
             cut_by_stop: false,
         };
         let shown = printed(&Text::from(event.to_text()));

@@ -9,7 +9,7 @@ use ngx_trace_common::{
     AF_INET, AF_INET6, AF_UNIX, ClientGoneRecord, End, Exchange, FATE_EXIT, FATE_OOM, FATE_SIGNAL,
     FD_UNKNOWN, FLAG_CONNECTED, FLAG_RESET_SEEN, FLAG_REUSED, FateRecord, PROC_EXEC, PROC_EXIT,
     PROC_FORK, Phase, ProcessRecord, RECORD_CLIENT_GONE, RECORD_FATE, RECORD_PROCESS,
-    RECORD_UPSTREAM, UpstreamAddr, UpstreamRecord,
+    RECORD_REQUEST, RECORD_UPSTREAM, REQUEST_RECORD_FIXED, UpstreamAddr, UpstreamRecord,
 };
 
 use crate::fates::{Entry, Fact};
@@ -139,6 +139,16 @@ pub enum Record {
     },
     /// Something befell a process: a signal, an OOM kill, an exit.
     Fate(Entry),
+    /// The start of the request of the exchange worker `worker_pid` began
+    /// at `req_first_ns`, decoded (`None`: not a protocol ngx-trace reads).
+    Request {
+        /// The worker.
+        worker_pid: u32,
+        /// `Facts::req_first_ns` of the exchange.
+        req_first_ns: u64,
+        /// Its method and path.
+        request: Option<crate::request_head::Request>,
+    },
 }
 
 /// The kernel's page size, bytes.
@@ -265,6 +275,22 @@ pub fn decode(bytes: &[u8]) -> Result<Record, String> {
                 time_ns: f.time_ns,
                 fact,
             }))
+        }
+        RECORD_REQUEST => {
+            // `kind, tgid, fd, len` then `req_first_ns`, then `len` bytes.
+            let fixed = bytes
+                .get(..REQUEST_RECORD_FIXED)
+                .ok_or("a request record cut short")?;
+            let word = |at: usize| u32::from_ne_bytes(fixed[at..at + 4].try_into().unwrap());
+            let len = word(12) as usize;
+            let head = bytes
+                .get(REQUEST_RECORD_FIXED..REQUEST_RECORD_FIXED + len)
+                .ok_or("a request record shorter than its length")?;
+            Ok(Record::Request {
+                worker_pid: word(4),
+                req_first_ns: u64::from_ne_bytes(fixed[16..24].try_into().unwrap()),
+                request: crate::request_head::decode(head),
+            })
         }
         other => Err(format!("unknown record kind {other}")),
     }

@@ -13,7 +13,7 @@ use crate::{
     backends::Backends,
     clock::{Clock, rfc3339_micros},
     configs::Configs,
-    event::{LostEvent, PendingEvent, UpstreamEvent, WorkerExitEvent, WorkersEvent},
+    event::{LocationRef, LostEvent, PendingEvent, UpstreamEvent, WorkerExitEvent, WorkersEvent},
     fates::{self, Fact, Fate, FateFacts, FateKind, FateLog, PeerFacts},
     fold::Folding,
     held::Held,
@@ -23,6 +23,7 @@ use crate::{
     peer_wait::{PEER_EXIT_WAIT_NS, PeerWait, SIGNALLED_PEER_WAIT_NS},
     procs,
     records::{Facts, Finished, ProcessChange, Record, Transport, facts, upstream_name},
+    request_head::Waiting,
     slow::{self, Done, Side},
     summary::Summary,
     timings::Timings,
@@ -33,7 +34,9 @@ use crate::{
 /// How long an exchange nginx gave up on waits for the kernel's word that
 /// its client had left (a record written microseconds after it, in the same
 /// worker thread) before it is judged as nginx's own timeout.
-const CLIENT_GONE_WAIT_NS: u64 = 200_000_000;
+/// Longer than the kernel's window for that close (250 ms), with room for
+/// the record's way through the ring buffer.
+const CLIENT_GONE_WAIT_NS: u64 = 500_000_000;
 
 /// How long after a worker's exit its exchanges still in the kernel's map
 /// are taken as lost with it: its TCP sockets are closed by its exit within
@@ -133,9 +136,11 @@ pub struct Session {
     /// Descriptor counts of workers whose `socket()` failed, by worker, with
     /// when they were read (a burst of failures reads them once a second).
     fd_counts: HashMap<u32, (std::time::Instant, String)>,
-    /// The Prometheus metrics and the configuration their labels come
-    /// from, when exported.
-    export: Option<(Metrics, Configs)>,
+    /// The Prometheus metrics, when exported.
+    export: Option<Metrics>,
+    /// The traced instances' configuration (groups, locations, timeouts),
+    /// when read: the metrics' labels and the exchanges' locations.
+    configs: Option<Configs>,
     /// Local listeners' accept queues, read when a connect times out.
     accept_queues: AcceptQueues,
     /// Asks waiting exchanges' sockets whether their requests are
@@ -153,6 +158,9 @@ pub struct Session {
     side: Option<Side<Done>>,
     /// Side jobs skipped as last said, and when.
     side_skipped_said: (u64, Option<std::time::Instant>),
+    /// The requests of exchanges not ended yet (the kernel's copy of each
+    /// request's start, decoded).
+    requests: Waiting,
 }
 
 impl Session {
@@ -181,6 +189,7 @@ impl Session {
             dead_workers: BTreeMap::new(),
             fd_counts: HashMap::new(),
             export: None,
+            configs: None,
             accept_queues: AcceptQueues::default(),
             unacked: Unacked::default(),
             folding: Folding::default(),
@@ -188,13 +197,21 @@ impl Session {
             short_of_fds_said: false,
             side: start_side(),
             side_skipped_said: (0, None),
+            requests: Waiting::default(),
         }
+    }
+
+    /// Places exchanges in the locations of `configs` (read again when the
+    /// traced processes change).
+    pub fn configure(&mut self, configs: Configs) {
+        self.configs = Some(configs);
     }
 
     /// Counts into `metrics` too, their groups and timeouts from `configs`
     /// (read again when the traced processes change).
     pub fn export(&mut self, metrics: Metrics, configs: Configs) {
-        self.export = Some((metrics, configs));
+        self.export = Some(metrics);
+        self.configs = Some(configs);
     }
 
     /// The exchanges under way at the last look (4 times a second), per
@@ -241,6 +258,16 @@ impl Session {
                 closed_ns,
             }) => self.client_gone(worker_pid, first_giveup_ns..=last_giveup_ns, closed_ns),
             Ok(Record::Fate(entry)) => self.fate(entry),
+            Ok(Record::Request {
+                worker_pid,
+                req_first_ns,
+                request,
+            }) => {
+                if let Some(request) = request {
+                    self.requests.insert(worker_pid, req_first_ns, request);
+                }
+                Ok(())
+            }
             Ok(Record::Process(change)) => {
                 match change {
                     // Unknown for want of descriptors: taken, the next
@@ -427,6 +454,7 @@ impl Session {
             _ => {}
         }
         self.summary.add(&upstream, explanation.outcome);
+        let request = self.requests.take(x.facts.worker_pid, x.facts.req_first_ns);
         // A failed socket() made no connect: nothing to time.
         let timings = if x.end == End::SocketFailed {
             Timings::default()
@@ -446,7 +474,7 @@ impl Session {
         if x.end != End::SocketFailed {
             self.histograms.record(&upstream, &timings);
         }
-        if let Some((metrics, _)) = &mut self.export {
+        if let Some(metrics) = &mut self.export {
             let route = Route {
                 worker: x.facts.worker_pid,
                 server: &upstream,
@@ -468,6 +496,14 @@ impl Session {
         let time = rfc3339_micros(self.clock.wall(x.end_ns));
         let mut event = UpstreamEvent::new(time, &x.facts, transport, &upstream, explanation);
         event.peer = peer;
+        if let Some(configs) = &self.configs {
+            (event.location, event.location_candidates) = LocationRef::place(
+                configs.config(),
+                &upstream,
+                request.as_ref().map(|r| r.path.as_str()),
+            );
+        }
+        event.request = request;
         if shown && !routine && !self.out.is_json() {
             // Text: repeats of a failure within a second fold into one line.
             self.out.keep(&event)?;
@@ -633,6 +669,7 @@ impl Session {
             retransmits: tcp.then_some(f.retransmits),
             verdict: e.verdict.as_str(),
             evidence: e.evidence,
+            request: self.requests.get(f.worker_pid, f.req_first_ns).cloned(),
             cut_by_stop,
         }
     }
@@ -667,7 +704,7 @@ impl Session {
                 (transport, name, wait_ms, f.worker_pid)
             })
             .collect();
-        if let Some((metrics, _)) = &mut self.export {
+        if let Some(metrics) = &mut self.export {
             metrics.set_pending(under_way.iter().map(|(t, name, _, worker)| Route {
                 worker: *worker,
                 server: name,
@@ -819,9 +856,11 @@ impl Session {
         for done in side.results() {
             match done {
                 Done::Configs(read) => {
-                    if let Some((metrics, configs)) = &mut self.export {
+                    if let Some(configs) = &mut self.configs {
                         configs.apply(read);
-                        metrics.set_configs(&metrics::instance_configs(configs));
+                        if let Some(metrics) = &mut self.export {
+                            metrics.set_configs(&metrics::instance_configs(configs));
+                        }
                     }
                 }
                 Done::Backends(found) => self.backends.found(found),
@@ -904,7 +943,7 @@ impl Session {
             // Text mode said it on stdout already.
             notice("no nginx worker running: waiting for nginx to start");
         }
-        if let Some((metrics, configs)) = &mut self.export {
+        if let Some(configs) = &self.configs {
             // A reload forks new workers: read its configuration again
             // (read at start already for the first set; workers leaving
             // change nothing).
@@ -920,6 +959,8 @@ impl Session {
                     }));
                 }
             }
+        }
+        if let Some(metrics) = &mut self.export {
             // A worker's master names its instance, whose groups label
             // its exchanges.
             let masters: BTreeMap<u32, u32> = workers
@@ -950,7 +991,7 @@ impl Session {
         let limited = lost[LOST_FATES_LIMITED as usize];
         let total =
             lost[LOST_RINGBUF_FULL as usize] + lost[LOST_MAP_FULL as usize] + self.bad_records;
-        if let Some((metrics, _)) = &self.export {
+        if let Some(metrics) = &self.export {
             metrics.set_lost(total);
         }
         // `skipped_reported` keeps the sum of both uncounted tallies.

@@ -21,6 +21,7 @@ pub mod php_fpm;
 pub mod proc_stats;
 pub mod prometheus;
 pub mod tracer;
+pub mod uwsgi;
 
 /// Fails with a clear message unless running as root: kernel tests never
 /// skip themselves.

@@ -116,7 +116,7 @@ fn every_upstream_line_of_the_error_log_is_explained_from_a_recording() {
         ),
     );
     let recording = nginx.dir().join("trace.jsonl");
-    let tracer = Tracer::attach_to(&nginx, &["--record", recording.to_str().unwrap()]);
+    let mut tracer = Tracer::attach_to(&nginx, &["--record", recording.to_str().unwrap()]);
     assert_eq!(nginx.get("/down"), 502);
     assert_eq!(nginx.get("/reject"), 502);
     // A query string (nginx writes it whole in its log, and passes it to
@@ -149,7 +149,15 @@ fn every_upstream_line_of_the_error_log_is_explained_from_a_recording() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(800));
+    // The tracer's word of the worker's death (it waits for the worker's
+    // sockets to be collected first; longer on a busy host).
+    assert!(
+        tracer
+            .wait_for(Duration::from_secs(10), |e| e["event"] == "worker_exit")
+            .is_some(),
+        "no worker_exit event: {}",
+        tracer.stderr()
+    );
     let traced = tracer.stop();
     let log = nginx.dir().join("error.log");
     let log = log.to_str().unwrap();

@@ -20,6 +20,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "nginx",
     "php-fpm",
     "gunicorn",
+    "uwsgi-core",
+    "uwsgi-plugin-python3",
     "iptables",
     "bpftool",
     "prometheus",

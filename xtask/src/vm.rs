@@ -131,10 +131,7 @@ pub fn run(names: &[String], timeout: Duration) -> Result<()> {
             break;
         }
         let done: Vec<Outcome> = std::thread::scope(|scope| {
-            let runs: Vec<_> = batch
-                .iter()
-                .map(|name| scope.spawn(|| one(name)))
-                .collect();
+            let runs: Vec<_> = batch.iter().map(|name| scope.spawn(|| one(name))).collect();
             runs.into_iter()
                 .zip(batch)
                 .map(|(run, name)| {

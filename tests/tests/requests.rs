@@ -1,0 +1,168 @@
+//! The request each exchange served, copied in the kernel from what nginx
+//! wrote upstream: real nginx in front of a real HTTP backend (two
+//! locations sharing it), Debian's PHP-FPM (FastCGI on a UNIX socket) and
+//! uWSGI (the uwsgi protocol on TCP), each request with a secret in its
+//! query string. Run as root through `cargo xtask test`.
+use std::{collections::BTreeMap, time::Duration};
+
+use ngx_trace_tests::{
+    access_log::{TIMED_FORMAT, TIMED_LOG, entries},
+    backend::HttpBackend,
+    nginx::Nginx,
+    php_fpm::PhpFpm,
+    require_root,
+    tracer::Tracer,
+    uwsgi::Uwsgi,
+};
+use serde_json::Value;
+
+/// In every query string sent: no output of ngx-trace may hold it.
+const SECRET: &str = "s3cret";
+
+/// The paths asked, and how many times each.
+const ASKED: [(&str, usize); 4] = [
+    ("/api/items", 3),
+    ("/api/reports/q1", 2),
+    ("/index.php", 2),
+    ("/py/hello", 2),
+];
+
+const WSGI_APP: &str = "def application(environ, start_response):\n    \
+     start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+     return [b'hello']\n";
+
+/// nginx with two locations on one HTTP backend, PHP-FPM and uWSGI.
+fn nginx_in_front(http: &HttpBackend, fpm: &PhpFpm, uwsgi: &Uwsgi) -> Nginx {
+    Nginx::start(
+        TIMED_FORMAT,
+        &format!(
+            "{TIMED_LOG}\n\
+             location /api/ {{ proxy_pass http://127.0.0.1:{http}; }}\n\
+             location /api/reports/ {{ proxy_read_timeout 5s; proxy_pass http://127.0.0.1:{http}; }}\n\
+             location ~ \\.php$ {{ root {www}; include /etc/nginx/fastcgi.conf; \
+                fastcgi_pass unix:{sock}; }}\n\
+             location /py/ {{ include /etc/nginx/uwsgi_params; uwsgi_pass 127.0.0.1:{py}; }}",
+            http = http.port(),
+            www = fpm.www().display(),
+            sock = fpm.socket().display(),
+            py = uwsgi.port(),
+        ),
+    )
+}
+
+/// GETs every path of [`ASKED`] with the secret in its query.
+fn ask_all(nginx: &Nginx) {
+    for (path, times) in ASKED {
+        for i in 0..times {
+            assert_eq!(
+                nginx.get(&format!("{path}?token={SECRET}&i={i}")),
+                200,
+                "{path}"
+            );
+        }
+    }
+}
+
+/// The `upstream` events among `events`.
+fn exchanges(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e["event"] == "upstream").collect()
+}
+
+#[test]
+fn each_exchange_names_its_method_and_path_and_never_the_query() {
+    require_root();
+    let http = HttpBackend::start();
+    let fpm = PhpFpm::start(2, 16, &[("index.php", "<?php echo 'hi';")]);
+    let uwsgi = Uwsgi::start(WSGI_APP, 2);
+    let nginx = nginx_in_front(&http, &fpm, &uwsgi);
+    let recording = nginx.dir().join("trace.jsonl");
+    let mut tracer = Tracer::attach_to(&nginx, &["--all", "--record", recording.to_str().unwrap()]);
+    ask_all(&nginx);
+    let total: usize = ASKED.iter().map(|(_, n)| n).sum();
+    tracer.upstream_events(total, Duration::from_secs(10), |_| true);
+    let stderr = tracer.stderr();
+    let events = tracer.stop();
+
+    // Per path, as many exchanges as nginx's access log has requests, each
+    // saying the method and path the upstream received.
+    let mut logged: BTreeMap<String, usize> = BTreeMap::new();
+    for entry in entries(nginx.dir()) {
+        *logged.entry(entry.uri).or_default() += 1;
+    }
+    let mut traced: BTreeMap<String, usize> = BTreeMap::new();
+    for e in exchanges(&events) {
+        let request = &e["request"];
+        assert_eq!(request["method"], "GET", "{e}");
+        let path = request["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no path: {e}"));
+        *traced.entry(path.to_string()).or_default() += 1;
+        let expected = if path.ends_with(".php") {
+            format!("unix:{}", fpm.socket().display())
+        } else if path.starts_with("/py/") {
+            format!("127.0.0.1:{}", uwsgi.port())
+        } else {
+            format!("127.0.0.1:{}", http.port())
+        };
+        assert_eq!(e["upstream"], expected, "{e}");
+        // The location nginx chose, told from the path where two share
+        // the backend.
+        let location = if path.starts_with("/api/reports/") {
+            "/api/reports/"
+        } else if path.starts_with("/api/") {
+            "/api/"
+        } else if path.ends_with(".php") {
+            "~ \\.php$"
+        } else {
+            "/py/"
+        };
+        assert_eq!(e["location"]["name"], location, "{e}");
+        assert!(e["location"]["line"].as_u64().unwrap() > 0, "{e}");
+    }
+    let asked: BTreeMap<String, usize> = ASKED.iter().map(|(p, n)| (p.to_string(), *n)).collect();
+    assert_eq!(logged, asked, "nginx's access log");
+    assert_eq!(traced, asked, "the exchanges' requests");
+
+    // The secret was sent upstream every time, and is in no output.
+    for (what, text) in [
+        ("the events", format!("{events:?}")),
+        ("the tracer's stderr", stderr),
+        (
+            "the recording",
+            std::fs::read_to_string(&recording).unwrap(),
+        ),
+    ] {
+        assert!(!text.contains(SECRET), "{what} hold the query string");
+    }
+}
+
+#[test]
+fn no_request_path_copies_nothing() {
+    require_root();
+    let http = HttpBackend::start();
+    let fpm = PhpFpm::start(1, 16, &[("index.php", "<?php echo 'hi';")]);
+    let uwsgi = Uwsgi::start(WSGI_APP, 1);
+    let nginx = nginx_in_front(&http, &fpm, &uwsgi);
+    let mut tracer = Tracer::attach_to(&nginx, &["--all", "--no-request-path"]);
+    ask_all(&nginx);
+    let total: usize = ASKED.iter().map(|(_, n)| n).sum();
+    tracer.upstream_events(total, Duration::from_secs(10), |_| true);
+    let events = tracer.stop();
+    let exchanges = exchanges(&events);
+    assert_eq!(exchanges.len(), total, "{exchanges:#?}");
+    for e in exchanges {
+        assert!(e.get("request").is_none(), "{e}");
+        // Without a path, a location is told only where an upstream is
+        // reached from one location; else the candidates are listed.
+        if e["upstream"] == format!("127.0.0.1:{}", http.port()) {
+            assert!(e.get("location").is_none(), "{e}");
+            assert_eq!(
+                e["location_candidates"],
+                serde_json::json!(["/api/", "/api/reports/"]),
+                "{e}"
+            );
+        } else {
+            assert!(e["location"]["name"].is_string(), "{e}");
+        }
+    }
+}
