@@ -72,12 +72,19 @@ impl Default for Measured {
     }
 }
 
+/// Locations measured on their own (by the `location` their exchanges
+/// name); later ones are advised from their servers' exchanges.
+pub const MAX_LOCATIONS: usize = 256;
+
 /// The measurements of every upstream server, for at most [`MAX_SERVERS`]
-/// names.
+/// names, and of every location its exchanges were placed in, for at most
+/// [`MAX_LOCATIONS`].
 #[derive(Debug, Clone)]
 pub struct Measurements {
     by: BTreeMap<String, Measured>,
     names: NameCap,
+    /// By the location's block (`file`, `line`).
+    by_location: BTreeMap<(String, u32), Measured>,
 }
 
 impl Default for Measurements {
@@ -85,6 +92,7 @@ impl Default for Measurements {
         Self {
             by: BTreeMap::new(),
             names: NameCap::new(MAX_SERVERS),
+            by_location: BTreeMap::new(),
         }
     }
 }
@@ -122,7 +130,21 @@ pub fn measure(measured: &mut Measurements, e: &Value) {
     let key = measured
         .names
         .key(upstream, measured.by.contains_key(upstream));
-    let m = measured.by.entry(key.to_string()).or_default();
+    add(measured.by.entry(key.to_string()).or_default(), e);
+    // Its location's own, when the exchange named it.
+    if let (Some(file), Some(line)) = (
+        e["location"]["file"].as_str(),
+        e["location"]["line"].as_u64(),
+    ) {
+        let at = (file.to_string(), line as u32);
+        if measured.by_location.contains_key(&at) || measured.by_location.len() < MAX_LOCATIONS {
+            add(measured.by_location.entry(at).or_default(), e);
+        }
+    }
+}
+
+/// Adds the measurements of upstream event `e` to `m`.
+fn add(m: &mut Measured, e: &Value) {
     let t = &e["timings_us"];
     let us = |k: &str| t[k].as_u64();
     let outcome = e["outcome"].as_str().unwrap_or("");
@@ -356,13 +378,22 @@ struct Pooled {
     idle_closed: (u64, Option<u64>),
 }
 
-/// The measurements of the servers `location` reaches, together.
-fn of_location(location: &Location, measured: &Measurements) -> Pooled {
+/// The measurements of `location`: its own exchanges when they were told
+/// apart (`true`), else those of the servers it reaches, together.
+fn of_location(location: &Location, measured: &Measurements) -> (Pooled, bool) {
+    if let Some(own) = measured.by_location.get(&location.block_at) {
+        return (pool(&[own]), true);
+    }
     let ms: Vec<&Measured> = location
         .servers
         .iter()
         .filter_map(|server| measured.by.get(server))
         .collect();
+    (pool(&ms), false)
+}
+
+/// Measurements together.
+fn pool(ms: &[&Measured]) -> Pooled {
     Pooled {
         connect: Weighted::pool(ms.iter().map(|m| &m.connect)),
         connect_censored: ms.iter().map(|m| m.connect_censored).sum(),
@@ -387,7 +418,14 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
     // The location of each event in `out`, by index.
     let mut owners = Vec::new();
     for (index, loc) in config.locations.iter().enumerate() {
-        let m = of_location(loc, measured);
+        let (m, own) = of_location(loc, measured);
+        // Other locations reach its servers: their exchanges are in the
+        // pool when its own were not told apart.
+        let shared = !own
+            && config.locations.iter().any(|other| {
+                other.block_at != loc.block_at
+                    && other.servers.iter().any(|s| loc.servers.contains(s))
+            });
         let upstream = loc
             .group
             .clone()
@@ -448,6 +486,15 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
                 continue;
             };
             let advice = recommend(values, censored, current_ms, rate, floor_ms);
+            let reason = if shared && values.seen() + censored > 0 {
+                format!(
+                    "{} (from the exchanges of every location reaching its servers: \
+                     this location's own were not told apart)",
+                    advice.reason
+                )
+            } else {
+                advice.reason
+            };
             out.push(row(
                 &directive,
                 (setting, &loc.block_at),
@@ -455,7 +502,7 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
                 advice.recommended_ms.map(|ms| ms as f64 / 1000.0),
                 (values.seen() + censored, censored),
                 (advice.cut_now, advice.cut_recommended),
-                advice.reason,
+                reason,
             ));
         }
         // Retries: no more tries than servers to try.
@@ -765,6 +812,58 @@ mod tests {
         serde_json::json!({"event": "upstream", "upstream": upstream, "outcome": "ok",
             "timings_us": {"connect": 100, "first_byte": first_byte_us, "request_write": 5},
             "tcp": {"srtt_us": 40}})
+    }
+
+    #[test]
+    fn each_location_is_advised_from_its_own_exchanges_when_they_are_told_apart() {
+        let config = Config::from_dump(
+            "# configuration file /etc/nginx/nginx.conf:
+http {
+    server {
+        location /api/ { proxy_pass http://127.0.0.1:8001; }
+        location /api/reports/ { proxy_read_timeout 5s; proxy_pass http://127.0.0.1:8001; }
+    }
+}
+",
+        );
+        let at = |location: &str| {
+            let l = config.locations.iter().find(|l| l.name == location).unwrap();
+            serde_json::json!({"name": location, "file": l.block_at.0, "line": l.block_at.1})
+        };
+        let (fast, slow) = (at("/api/"), at("/api/reports/"));
+        let mut placed = Measurements::default();
+        let mut pooled = Measurements::default();
+        for i in 0..2_000 {
+            // 15 ms answers from /api/, 2 s ones from /api/reports/.
+            let mut e = answered("127.0.0.1:8001", 15_000);
+            let mut r = answered("127.0.0.1:8001", 2_000_000);
+            if i % 2 == 0 {
+                measure(&mut pooled, &e);
+                measure(&mut pooled, &r);
+            }
+            e["location"] = fast.clone();
+            r["location"] = slow.clone();
+            measure(&mut placed, &e);
+            measure(&mut placed, &r);
+        }
+        let read = |events: &[TuneEvent], location: &str| {
+            let e = events
+                .iter()
+                .find(|e| e.location == location && e.directive == "proxy_read_timeout")
+                .unwrap();
+            (e.recommended_s.unwrap(), e.reason.clone())
+        };
+        let events = tune(&config, &placed, 0.01);
+        let (api, reason) = read(&events, "/api/");
+        assert!(api <= 1.0, "15 ms answers: {api} s ({reason})");
+        assert!(!reason.contains("not told apart"), "{reason}");
+        let (reports, _) = read(&events, "/api/reports/");
+        assert!(reports >= 3.0, "2 s answers: {reports} s");
+        // Not told apart: both from the server's mixed exchanges, and said.
+        let events = tune(&config, &pooled, 0.01);
+        let (api, reason) = read(&events, "/api/");
+        assert!(api >= 3.0, "{api}");
+        assert!(reason.contains("not told apart"), "{reason}");
     }
 
     #[test]
