@@ -85,6 +85,11 @@ pub fn instance_configs(configs: &Configs) -> Vec<(u32, &Config)> {
 /// workers' are kept): those gone stay known for their last exchanges.
 const MAX_WORKERS_REMEMBERED: usize = 4096;
 
+/// Distinct `location` label values at most: a configuration (read from a
+/// traced process's files) of thousands of locations cannot grow the
+/// series without bound.
+pub const MAX_LOCATION_LABELS: usize = 512;
+
 /// One exchange's route: the worker that made it (whose master says which
 /// instance's groups apply) and the server it went to.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +100,16 @@ pub struct Route<'a> {
     pub server: &'a str,
     /// How it is reached.
     pub transport: Transport,
+}
+
+/// Where an exchange came from: its route and the `location` that passed
+/// it (`None`: not placed in one).
+#[derive(Debug, Clone, Copy)]
+pub struct Placed<'a> {
+    /// Its route.
+    pub route: Route<'a>,
+    /// The location's name, as written after `location`.
+    pub location: Option<&'a str>,
 }
 
 /// The `upstream{}` group of each server address, per nginx instance.
@@ -177,23 +192,55 @@ impl EncodeLabelSet for ServerLabels {
     }
 }
 
-/// A server's labels plus the outcome and verdict of an exchange.
+/// The `location` label of an exchange not placed in one location.
+pub const UNKNOWN_LOCATION: &str = "unknown";
+
+/// A server's labels plus the `location` that passed the exchange (as
+/// written after `location`: bounded by the configuration, never the
+/// request's path).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PlacedLabels {
+    server: ServerLabels,
+    location: Arc<str>,
+}
+
+impl LabelSetSchema for PlacedLabels {
+    fn names() -> Option<&'static [&'static str]> {
+        Some(&["upstream", "server", "transport", "location"])
+    }
+}
+
+impl EncodeLabelSet for PlacedLabels {
+    fn encode(&self, encoder: &mut dyn LabelSetEncoder) -> fastmetrics::error::Result<()> {
+        self.server.encode(encoder)?;
+        encoder.encode(&("location", &*self.location))
+    }
+}
+
+/// A placed exchange's labels plus its outcome and verdict.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ExchangeLabels {
-    server: ServerLabels,
+    placed: PlacedLabels,
     outcome: &'static str,
     verdict: &'static str,
 }
 
 impl LabelSetSchema for ExchangeLabels {
     fn names() -> Option<&'static [&'static str]> {
-        Some(&["upstream", "server", "transport", "outcome", "verdict"])
+        Some(&[
+            "upstream",
+            "server",
+            "transport",
+            "location",
+            "outcome",
+            "verdict",
+        ])
     }
 }
 
 impl EncodeLabelSet for ExchangeLabels {
     fn encode(&self, encoder: &mut dyn LabelSetEncoder) -> fastmetrics::error::Result<()> {
-        self.server.encode(encoder)?;
+        self.placed.encode(encoder)?;
         encoder.encode(&("outcome", self.outcome))?;
         encoder.encode(&("verdict", self.verdict))
     }
@@ -263,10 +310,10 @@ impl EncodeLabelSet for BuildLabels {
 
 /// The four phase histograms.
 struct Phases {
-    connect: Family<ServerLabels, Histogram>,
-    first_byte: Family<ServerLabels, Histogram>,
-    request_acked: Family<ServerLabels, Histogram>,
-    total: Family<ServerLabels, Histogram>,
+    connect: Family<PlacedLabels, Histogram>,
+    first_byte: Family<PlacedLabels, Histogram>,
+    request_acked: Family<PlacedLabels, Histogram>,
+    total: Family<PlacedLabels, Histogram>,
 }
 
 /// Every metric, and the registry that exposes them.
@@ -287,6 +334,8 @@ pub struct Metrics {
     servers: HashSet<Arc<str>>,
     /// Servers counted as `other`.
     folded_servers: HashSet<String>,
+    /// The `location` label values used.
+    locations: HashSet<Arc<str>>,
     max_servers: usize,
     /// The group of each server, per instance.
     groups: Groups,
@@ -337,7 +386,7 @@ impl Metrics {
             .context("failed to set up the metrics registry")?;
         let histogram = || {
             let bounds = bounds.clone();
-            Family::<ServerLabels, Histogram>::new(move || Histogram::new(bounds.iter().copied()))
+            Family::<PlacedLabels, Histogram>::new(move || Histogram::new(bounds.iter().copied()))
         };
         let phases = Phases {
             connect: histogram(),
@@ -359,6 +408,7 @@ impl Metrics {
             folded: Gauge::default(),
             servers: HashSet::new(),
             folded_servers: HashSet::new(),
+            locations: HashSet::new(),
             max_servers,
             groups: Groups::default(),
             file,
@@ -529,13 +579,17 @@ impl Metrics {
     /// Counts one finished exchange on `route` and its phase durations.
     pub fn exchange(
         &mut self,
-        route: Route<'_>,
+        placed: Placed<'_>,
         outcome: Outcome,
         verdict: Verdict,
         timings: &Timings,
         retransmits: (u32, u32),
     ) {
-        let labels = self.labels(route);
+        let labels = self.labels(placed.route);
+        let placed = PlacedLabels {
+            server: labels.clone(),
+            location: self.location(placed.location),
+        };
         for (family, value) in [
             (&self.phases.connect, timings.connect),
             (&self.phases.first_byte, timings.first_byte),
@@ -543,7 +597,7 @@ impl Metrics {
             (&self.phases.total, timings.total),
         ] {
             if let Some(us) = value {
-                family.with_or_new(&labels, |h| h.observe(seconds(us)));
+                family.with_or_new(&placed, |h| h.observe(seconds(us)));
             }
         }
         for (by, n) in [("nginx", retransmits.0), ("upstream", retransmits.1)] {
@@ -557,11 +611,29 @@ impl Metrics {
             }
         }
         let labels = ExchangeLabels {
-            server: labels,
+            placed,
             outcome: outcome.as_str(),
             verdict: verdict.as_str(),
         };
         self.exchanges.with_or_new(&labels, |c| c.inc());
+    }
+
+    /// The `location` label: the name (from the configuration, so the
+    /// values are bounded by it), each allocated once; `unknown` when not
+    /// placed, or past [`MAX_LOCATION_LABELS`] names.
+    fn location(&mut self, name: Option<&str>) -> Arc<str> {
+        let Some(name) = name else {
+            return UNKNOWN_LOCATION.into();
+        };
+        if let Some(known) = self.locations.get(name) {
+            return Arc::clone(known);
+        }
+        if self.locations.len() >= MAX_LOCATION_LABELS {
+            return UNKNOWN_LOCATION.into();
+        }
+        let label: Arc<str> = name.into();
+        self.locations.insert(Arc::clone(&label));
+        label
     }
 
     /// Sets the exchanges under way now, one route each.
@@ -779,6 +851,13 @@ mod tests {
     /// [`ANY_INSTANCE`] in most tests).
     const WORKER: u32 = 4243;
 
+    fn unplaced(route: Route<'_>) -> Placed<'_> {
+        Placed {
+            route,
+            location: None,
+        }
+    }
+
     fn tcp(worker: u32, server: &str) -> Route<'_> {
         Route {
             worker,
@@ -812,7 +891,7 @@ mod tests {
         };
         for us in [1_500_000, 1_500_001, 99] {
             m.exchange(
-                tcp(WORKER, "127.0.0.1:8081"),
+                unplaced(tcp(WORKER, "127.0.0.1:8081")),
                 Outcome::Ok,
                 Verdict::Healthy,
                 &t(us),
@@ -823,7 +902,7 @@ mod tests {
         let bucket = |le: &str| {
             let prefix = format!(
                 "ngxtrace_first_byte_duration_seconds_bucket{{upstream=\"app\",\
-                 server=\"127.0.0.1:8081\",transport=\"tcp\",le=\"{le}\"}} "
+                 server=\"127.0.0.1:8081\",transport=\"tcp\",location=\"unknown\",le=\"{le}\"}} "
             );
             text.lines()
                 .find_map(|l| l.strip_prefix(&prefix))
@@ -837,18 +916,21 @@ mod tests {
     }
 
     #[test]
-    fn exchanges_are_labelled_by_group_server_outcome_and_verdict() {
+    fn exchanges_are_labelled_by_group_server_location_outcome_and_verdict() {
         let mut m = Metrics::new(&[(ANY_INSTANCE, &config(DUMP))], 10, None).unwrap();
         let t = Timings::default();
         m.exchange(
-            tcp(WORKER, "127.0.0.1:8082"),
+            Placed {
+                route: tcp(WORKER, "127.0.0.1:8082"),
+                location: Some("/api"),
+            },
             Outcome::Refused,
             Verdict::BackendDown,
             &t,
             (2, 1),
         );
         m.exchange(
-            tcp(WORKER, "127.0.0.1:9000"),
+            unplaced(tcp(WORKER, "127.0.0.1:9000")),
             Outcome::Ok,
             Verdict::Healthy,
             &t,
@@ -857,9 +939,9 @@ mod tests {
         let text = scrape(&m, Format::Prometheus);
         for line in [
             "ngxtrace_exchanges_total{upstream=\"app\",server=\"127.0.0.1:8082\",transport=\"tcp\",\
-             outcome=\"refused\",verdict=\"backend_down\"} 1",
+             location=\"/api\",outcome=\"refused\",verdict=\"backend_down\"} 1",
             "ngxtrace_exchanges_total{upstream=\"127.0.0.1:9000\",server=\"127.0.0.1:9000\",\
-             transport=\"tcp\",outcome=\"ok\",verdict=\"healthy\"} 1",
+             transport=\"tcp\",location=\"unknown\",outcome=\"ok\",verdict=\"healthy\"} 1",
             "ngxtrace_retransmits_total{upstream=\"app\",server=\"127.0.0.1:8082\",\
              transport=\"tcp\",by=\"nginx\"} 2",
             "ngxtrace_configured_timeout_seconds{upstream=\"app\",location=\"/api\",\
@@ -877,7 +959,7 @@ mod tests {
         for port in 1..=5 {
             let server = format!("10.0.0.1:{port}");
             m.exchange(
-                tcp(WORKER, &server),
+                unplaced(tcp(WORKER, &server)),
                 Outcome::Ok,
                 Verdict::Healthy,
                 &Timings::default(),
@@ -888,7 +970,7 @@ mod tests {
         assert!(
             text.contains(
                 "ngxtrace_exchanges_total{upstream=\"other\",server=\"other\",transport=\"tcp\",\
-                 outcome=\"ok\",verdict=\"healthy\"} 3"
+                 location=\"unknown\",outcome=\"ok\",verdict=\"healthy\"} 3"
             ),
             "{text}"
         );
@@ -1001,7 +1083,7 @@ mod tests {
         m.set_masters(&BTreeMap::from([(101, 100), (201, 200)]));
         let count = |m: &mut Metrics, worker| {
             m.exchange(
-                tcp(worker, "10.0.0.5:80"),
+                unplaced(tcp(worker, "10.0.0.5:80")),
                 Outcome::Ok,
                 Verdict::Healthy,
                 &Timings::default(),
@@ -1016,7 +1098,7 @@ mod tests {
         let line = |upstream: &str, n: u32| {
             format!(
                 "ngxtrace_exchanges_total{{upstream=\"{upstream}\",server=\"10.0.0.5:80\",\
-                 transport=\"tcp\",outcome=\"ok\",verdict=\"healthy\"}} {n}"
+                 transport=\"tcp\",location=\"unknown\",outcome=\"ok\",verdict=\"healthy\"}} {n}"
             )
         };
         let text = scrape(&m, Format::Prometheus);

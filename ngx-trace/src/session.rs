@@ -474,6 +474,14 @@ impl Session {
         if x.end != End::SocketFailed {
             self.histograms.record(&upstream, &timings);
         }
+        let (location, location_candidates) = match &self.configs {
+            Some(configs) => LocationRef::place(
+                configs.config(),
+                &upstream,
+                request.as_ref().map(|r| r.path.as_str()),
+            ),
+            None => (None, Vec::new()),
+        };
         if let Some(metrics) = &mut self.export {
             let route = Route {
                 worker: x.facts.worker_pid,
@@ -481,7 +489,10 @@ impl Session {
                 transport,
             };
             metrics.exchange(
-                route,
+                metrics::Placed {
+                    route,
+                    location: location.as_ref().map(|l| l.name.as_str()),
+                },
                 explanation.outcome,
                 explanation.verdict,
                 &timings,
@@ -496,13 +507,8 @@ impl Session {
         let time = rfc3339_micros(self.clock.wall(x.end_ns));
         let mut event = UpstreamEvent::new(time, &x.facts, transport, &upstream, explanation);
         event.peer = peer;
-        if let Some(configs) = &self.configs {
-            (event.location, event.location_candidates) = LocationRef::place(
-                configs.config(),
-                &upstream,
-                request.as_ref().map(|r| r.path.as_str()),
-            );
-        }
+        event.location = location;
+        event.location_candidates = location_candidates;
         event.request = request;
         if shown && !routine && !self.out.is_json() {
             // Text: repeats of a failure within a second fold into one line.

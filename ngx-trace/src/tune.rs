@@ -827,7 +827,11 @@ http {
 ",
         );
         let at = |location: &str| {
-            let l = config.locations.iter().find(|l| l.name == location).unwrap();
+            let l = config
+                .locations
+                .iter()
+                .find(|l| l.name == location)
+                .unwrap();
             serde_json::json!({"name": location, "file": l.block_at.0, "line": l.block_at.1})
         };
         let (fast, slow) = (at("/api/"), at("/api/reports/"));

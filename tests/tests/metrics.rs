@@ -183,10 +183,20 @@ fn prometheus_counts_what_nginx_logged() {
         ]),
         "access log: {logged:?}"
     );
-    // Labels: the group, the transport.
+    // Labels: the group, the transport, the location (each location here
+    // reaches a server of its own).
     assert_eq!(
         prometheus.value("sum(ngxtrace_exchanges_total{upstream=\"app\",outcome=\"ok\"})"),
         logged_as("200") as f64
+    );
+    assert_eq!(
+        prometheus.value("sum(ngxtrace_exchanges_total{location=\"/fast\",outcome=\"ok\"})"),
+        logged_as("200") as f64
+    );
+    assert_eq!(
+        prometheus.value("sum(ngxtrace_exchanges_total{location=\"unknown\"})"),
+        0.0,
+        "every exchange placed"
     );
     assert_eq!(
         prometheus.value(
