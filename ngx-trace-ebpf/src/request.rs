@@ -17,7 +17,10 @@ use ngx_trace_common::{
 
 use crate::{
     config::offset,
-    maps::{EVENTS, REQUEST_SCRATCH, WRITEVS, WritevCall, count_lost, is_worker},
+    maps::{
+        EVENTS, FD_CONNS, REQUEST_SCRATCH, UNIX_BIND, WRITEVS, WritevCall, count_lost, fd_key,
+        is_worker,
+    },
 };
 
 /// The longest a `writev()` takes from its entry to its socket's send:
@@ -37,6 +40,17 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
     }) else {
         return 0;
     };
+    // Its responses to clients leave here: only an upstream connection's
+    // fd, or the UNIX one this thread connected last (not yet followed).
+    let upstream = FD_CONNS
+        .get_ptr(fd_key((pid_tgid >> 32) as u32, fd as u32))
+        .is_some()
+        || UNIX_BIND
+            .get_ptr(pid_tgid)
+            .is_some_and(|bind| unsafe { (*bind).fd } == fd as u32);
+    if !upstream {
+        return 0;
+    }
     let call = WritevCall {
         vec,
         start_ns: unsafe { bpf_ktime_get_ns() },

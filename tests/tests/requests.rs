@@ -3,7 +3,7 @@
 //! locations sharing it), Debian's PHP-FPM (FastCGI on a UNIX socket) and
 //! uWSGI (the uwsgi protocol on TCP), each request with a secret in its
 //! query string. Run as root through `cargo xtask test`.
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use ngx_trace_tests::{
     access_log::{TIMED_FORMAT, TIMED_LOG, entries},
@@ -11,7 +11,8 @@ use ngx_trace_tests::{
     nginx::Nginx,
     php_fpm::PhpFpm,
     require_root,
-    tracer::Tracer,
+    http,
+    tracer::{Tracer, binary},
     uwsgi::Uwsgi,
 };
 use serde_json::Value;
@@ -164,5 +165,138 @@ fn no_request_path_copies_nothing() {
         } else {
             assert!(e["location"]["name"].is_string(), "{e}");
         }
+    }
+}
+
+/// A WSGI application answering `/slow/...` after 2 s and anything else
+/// after 15 ms.
+const TIMED_APP: &str = "import time\n\
+def application(environ, start_response):\n    \
+     slow = environ.get('PATH_INFO', '').startswith('/slow/')\n    \
+     time.sleep(2 if slow else 0.015)\n    \
+     start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+     return [b'ok']\n";
+
+/// Runs `ngx-trace <args> --json`; its JSON lines.
+fn run(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(binary())
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run ngx-trace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {}: {stderr}", out.status);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// GETs `paths` all at once; their statuses, in order.
+fn get_at_once(nginx: &Nginx, paths: &[String]) -> Vec<u16> {
+    let port = nginx.port();
+    let threads: Vec<_> = paths
+        .iter()
+        .cloned()
+        .map(|p| std::thread::spawn(move || http::get(port, &p)))
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn tune_advises_each_location_on_one_server_from_its_own_latencies() {
+    require_root();
+    let uwsgi = Uwsgi::start(TIMED_APP, 8);
+    let nginx = Nginx::start(
+        "",
+        &format!(
+            "location /fast/ {{ include /etc/nginx/uwsgi_params; uwsgi_pass 127.0.0.1:{py}; }}\n\
+             location /slow/ {{ include /etc/nginx/uwsgi_params; uwsgi_pass 127.0.0.1:{py}; }}",
+            py = uwsgi.port()
+        ),
+    );
+    let recording = nginx.dir().join("trace.jsonl");
+    let mut tracer = Tracer::attach_to(&nginx, &["--record", recording.to_str().unwrap()]);
+    // 20 of each (enough at a rate of 0.5), 8 at a time.
+    for round in 0..3 {
+        let paths: Vec<String> = (0..8)
+            .flat_map(|i| [format!("/fast/{round}-{i}"), format!("/slow/{round}-{i}")])
+            .take(if round == 2 { 8 } else { 16 })
+            .collect();
+        assert!(get_at_once(&nginx, &paths).iter().all(|&s| s == 200));
+    }
+    tracer.wait_for(Duration::from_millis(500), |_| false);
+    tracer.stop();
+    let events = run(&[
+        "tune",
+        "--from",
+        recording.to_str().unwrap(),
+        "--false-timeout-rate",
+        "0.5",
+    ]);
+    let read = |location: &str| {
+        events
+            .iter()
+            .find(|e| e["location"] == location && e["directive"] == "uwsgi_read_timeout")
+            .unwrap_or_else(|| panic!("no uwsgi_read_timeout for {location}: {events:#?}"))
+    };
+    let (fast, slow) = (read("/fast/"), read("/slow/"));
+    // Each from its own exchanges: the fast one is not raised to the slow
+    // one's latency.
+    let fast_s = fast["recommended_s"].as_f64().unwrap_or_else(|| panic!("{fast}"));
+    assert!(fast_s <= 1.0, "15 ms answers: {fast}");
+    assert!(
+        !fast["reason"].as_str().unwrap().contains("not told apart"),
+        "{fast}"
+    );
+    let slow_s = slow["recommended_s"].as_f64().unwrap_or_else(|| panic!("{slow}"));
+    assert!((3.0..=5.0).contains(&slow_s), "2 s answers: {slow}");
+}
+
+#[test]
+fn explain_joins_each_timeout_to_its_own_request_when_two_locations_time_out_together() {
+    require_root();
+    let uwsgi = Uwsgi::start(TIMED_APP, 8);
+    let nginx = Nginx::start(
+        "",
+        &format!(
+            "location /slow/a/ {{ uwsgi_read_timeout 1s; include /etc/nginx/uwsgi_params; \
+                uwsgi_pass 127.0.0.1:{py}; }}\n\
+             location /slow/b/ {{ uwsgi_read_timeout 1s; include /etc/nginx/uwsgi_params; \
+                uwsgi_pass 127.0.0.1:{py}; }}",
+            py = uwsgi.port()
+        ),
+    );
+    let recording = nginx.dir().join("trace.jsonl");
+    let mut tracer = Tracer::attach_to(&nginx, &["--record", recording.to_str().unwrap()]);
+    let paths: Vec<String> = (0..4)
+        .flat_map(|i| [format!("/slow/a/{i}"), format!("/slow/b/{i}")])
+        .collect();
+    assert!(get_at_once(&nginx, &paths).iter().all(|&s| s == 504));
+    // Each timeout is reported once the kernel has said its client stayed.
+    let reported = tracer.upstream_events(paths.len(), Duration::from_secs(10), |e| {
+        e["outcome"] == "no_response"
+    });
+    assert_eq!(reported.len(), paths.len(), "{reported:#?}");
+    tracer.stop();
+    let log = nginx.dir().join("error.log");
+    let events = run(&[
+        "explain",
+        log.to_str().unwrap(),
+        "--from",
+        recording.to_str().unwrap(),
+    ]);
+    let timeouts: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "explain" && e["kind"] == "timed_out")
+        .collect();
+    assert_eq!(timeouts.len(), paths.len(), "{events:#?}");
+    for e in timeouts {
+        assert_eq!(e["cause"], "backend_slow", "{e:#}");
+        assert_eq!(e["confidence"], "exact", "{e:#}");
+        // The exchange joined is the line's own request.
+        let path = e["match"]["request"]["path"].as_str().unwrap();
+        let line = e["line"].as_str().unwrap();
+        assert!(line.contains(&format!("GET {path} ")), "{path}: {line}");
     }
 }
