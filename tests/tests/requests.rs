@@ -8,10 +8,10 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 use ngx_trace_tests::{
     access_log::{TIMED_FORMAT, TIMED_LOG, entries},
     backend::HttpBackend,
+    http,
     nginx::Nginx,
     php_fpm::PhpFpm,
     require_root,
-    http,
     tracer::{Tracer, binary},
     uwsgi::Uwsgi,
 };
@@ -243,13 +243,17 @@ fn tune_advises_each_location_on_one_server_from_its_own_latencies() {
     let (fast, slow) = (read("/fast/"), read("/slow/"));
     // Each from its own exchanges: the fast one is not raised to the slow
     // one's latency.
-    let fast_s = fast["recommended_s"].as_f64().unwrap_or_else(|| panic!("{fast}"));
+    let fast_s = fast["recommended_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{fast}"));
     assert!(fast_s <= 1.0, "15 ms answers: {fast}");
     assert!(
         !fast["reason"].as_str().unwrap().contains("not told apart"),
         "{fast}"
     );
-    let slow_s = slow["recommended_s"].as_f64().unwrap_or_else(|| panic!("{slow}"));
+    let slow_s = slow["recommended_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{slow}"));
     assert!((3.0..=5.0).contains(&slow_s), "2 s answers: {slow}");
 }
 
