@@ -133,15 +133,17 @@ impl UpstreamEvent {
             let upstream = shorten_left(&self.upstream, room);
             return format!("{head}{upstream}{tail}");
         };
-        // The upstream and the request share the room, the request's at
-        // least 20 columns.
-        let upstream_room = self
-            .upstream
-            .chars()
-            .count()
-            .min(room.saturating_sub(21).max(12));
+        // The upstream and the request share the room: the request is
+        // shortened first (to 20 columns at least), then a long upstream (a
+        // UNIX path); an address is kept whole (24 columns hold an IPv6
+        // one), the line a little past 80 if need be.
+        let upstream_len = self.upstream.chars().count();
+        let request = request.to_text(room.saturating_sub(upstream_len + 1).max(20));
+        let upstream_room = room
+            .saturating_sub(request.chars().count() + 1)
+            .max(upstream_len.min(24))
+            .max(12);
         let upstream = shorten_left(&self.upstream, upstream_room);
-        let request = request.to_text(room.saturating_sub(upstream_room + 1).max(20));
         format!("{head}{upstream} {request}{tail}")
     }
 }
@@ -633,6 +635,29 @@ mod tests {
         assert_eq!(line.chars().count(), 80, "{line}");
         assert!(
             line.contains("…") && line.contains("php-fpm.sock"),
+            "{line}"
+        );
+        // The request after the upstream, its path shortened from the left.
+        let mut with = refused();
+        with.request = Some(Request {
+            method: "GET".into(),
+            path: "/api/export".into(),
+            truncated: false,
+        });
+        assert_eq!(
+            with.to_text(),
+            "07:12:33.123 w4243 127.0.0.1:3999 GET /api/export refused(111) backend not listening"
+        );
+        long.request = Some(Request {
+            method: "POST".into(),
+            path: format!("/reports/{}/export", "nested/".repeat(20)),
+            truncated: false,
+        });
+        // Both shortened, down to their least (the line then runs past 80).
+        let line = long.to_text();
+        assert!(
+            line.contains("php-fpm.sock POST …")
+                && line.ends_with("/export refused(111) socket file left, nobody listening"),
             "{line}"
         );
     }

@@ -1,5 +1,5 @@
-//! `ngx-trace top`: a full-screen live view, one row per upstream, redrawn
-//! every second (ratatui on crossterm). It watches the same events as
+//! `ngx-trace top`: a full-screen live view, one row per upstream (or, `l`,
+//! per method and location), redrawn every second (ratatui on crossterm). It watches the same events as
 //! `trace` (captured, not printed), plus what the kernel has in flight.
 //! The terminal is restored on every way out: `q`, a signal (the tracer
 //! stops and calls [`Top::finish`]), an error (drop), a panic (ratatui's
@@ -190,13 +190,17 @@ impl Upstream {
 }
 
 /// The figures of every upstream (the first [`MAX_ROWS`], then `other`),
-/// fed with the tracer's events.
+/// and of every method and location (as many), fed with the tracer's
+/// events.
 #[derive(Clone)]
 pub struct Board {
     upstreams: HashMap<String, Upstream>,
     /// In flight now, per upstream: count and longest wait (ms).
     pending: BTreeMap<String, (u64, u64)>,
     names: NameCap,
+    /// By `METHOD location` (`GET /api/`; `?` for what is not known).
+    locations: HashMap<String, Upstream>,
+    location_names: NameCap,
 }
 
 impl Default for Board {
@@ -205,8 +209,29 @@ impl Default for Board {
             upstreams: HashMap::new(),
             pending: BTreeMap::new(),
             names: NameCap::new(MAX_ROWS),
+            locations: HashMap::new(),
+            location_names: NameCap::new(MAX_ROWS),
         }
     }
+}
+
+/// The location row of upstream event `e`: its request's method and its
+/// location (`?` when not known; the candidates, `|`-separated, when the
+/// configuration left several).
+fn location_row(e: &Value) -> String {
+    let method = e["request"]["method"].as_str().unwrap_or("?");
+    let location = match e["location"]["name"].as_str() {
+        Some(name) => name.to_string(),
+        None => match e["location_candidates"].as_array() {
+            Some(names) if !names.is_empty() => names
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("|"),
+            _ => "?".to_string(),
+        },
+    };
+    format!("{method} {location}")
 }
 
 fn us(e: &Value, phase: &str) -> Option<u64> {
@@ -227,6 +252,22 @@ impl Board {
             .upstreams
             .entry(key.to_string())
             .or_insert_with(Upstream::new);
+        u.add(e);
+        let row = location_row(e);
+        let key = self
+            .location_names
+            .key(&row, self.locations.contains_key(&row));
+        self.locations
+            .entry(key.to_string())
+            .or_insert_with(Upstream::new)
+            .add(e);
+    }
+}
+
+impl Upstream {
+    /// Counts one `upstream` event in this row.
+    fn add(&mut self, e: &Value) {
+        let u = self;
         let outcome = e["outcome"].as_str().unwrap_or("");
         let verdict = e["verdict"].as_str().unwrap_or("");
         u.total += 1;
@@ -255,11 +296,13 @@ impl Board {
             }
         }
     }
+}
 
+impl Board {
     /// Ends the current interval (`secs` long): its figures are shown
     /// until the next one ends.
     pub fn roll(&mut self, secs: f64) {
-        for u in self.upstreams.values_mut() {
+        for u in self.upstreams.values_mut().chain(self.locations.values_mut()) {
             u.shown = std::mem::take(&mut u.now);
             u.shown_secs = secs.max(0.001);
             std::mem::swap(&mut u.connect_shown, &mut u.connect_now);
@@ -289,10 +332,15 @@ impl Board {
         self.names.folded_text("upstreams")
     }
 
-    /// The upstreams whose name contains `filter`, in `sort` order.
-    fn rows(&self, sort: Sort, filter: &str) -> Vec<(&String, &Upstream)> {
-        let mut rows: Vec<(&String, &Upstream)> = self
-            .upstreams
+    /// The upstreams (or locations, `by_location`) whose name contains
+    /// `filter`, in `sort` order.
+    fn rows(&self, sort: Sort, filter: &str, by_location: bool) -> Vec<(&String, &Upstream)> {
+        let table = if by_location {
+            &self.locations
+        } else {
+            &self.upstreams
+        };
+        let mut rows: Vec<(&String, &Upstream)> = table
             .iter()
             .filter(|(name, _)| name.contains(filter))
             .collect();
@@ -354,11 +402,16 @@ fn draw(
         Constraint::Length(1),
     ])
     .areas(frame.area());
-    let rows = board.rows(view.sort, &view.filter);
+    let rows = board.rows(view.sort, &view.filter, view.by_location);
+    let (what, first_column) = if view.by_location {
+        ("locations", "METHOD LOCATION")
+    } else {
+        ("upstreams", "UPSTREAM")
+    };
     let mut title = vec![
         Span::from("ngx-trace top").bold(),
         Span::from(format!(
-            "  {} upstreams  sort: {}",
+            "  {} {what}  sort: {}",
             rows.len(),
             view.sort.label()
         )),
@@ -375,7 +428,7 @@ fn draw(
     }
     let header = Line::from(format!(
         "{} {:>7} {:>7} {} {} {} {}",
-        fit("UPSTREAM", 26),
+        fit(first_column, 26),
         "EX/S",
         "FAIL/S",
         fit("VERDICT NOW", 18),
@@ -388,7 +441,12 @@ fn draw(
 
     let mut lines = Vec::new();
     for (name, u) in rows {
-        let (pending, wait_ms) = board.pending.get(name).copied().unwrap_or((0, 0));
+        // In flight is known per upstream only.
+        let (pending, wait_ms) = if view.by_location {
+            (0, 0)
+        } else {
+            board.pending.get(name).copied().unwrap_or((0, 0))
+        };
         let failing = u.failures_now() > 0;
         let style = if failing {
             Style::new().red()
@@ -464,10 +522,15 @@ fn draw(
     };
     frame.render_widget(
         Paragraph::new(Line::from(format!(
-            "workers {}  lost {}{folded}  {} UTC   q quit  s sort  / filter  p pause",
+            "workers {}  lost {}{folded}  {} UTC   q quit  s sort  l {}  / filter  p pause",
             footer.workers,
             footer.lost,
-            clock.get(11..19).unwrap_or(&clock)
+            clock.get(11..19).unwrap_or(&clock),
+            if view.by_location {
+                "upstreams"
+            } else {
+                "locations"
+            }
         )))
         .reversed(),
         foot,
@@ -482,6 +545,8 @@ struct View {
     editing: Option<String>,
     paused: bool,
     quit: bool,
+    /// Rows per method and location rather than per upstream (`l`).
+    by_location: bool,
 }
 
 impl View {
@@ -513,6 +578,7 @@ impl View {
             KeyCode::Char('q') | KeyCode::Esc => self.quit = true,
             KeyCode::Char('s') => self.sort = self.sort.next(),
             KeyCode::Char('p') => self.paused = !self.paused,
+            KeyCode::Char('l') => self.by_location = !self.by_location,
             KeyCode::Char('/') => self.editing = Some(self.filter.clone()),
             _ => return false,
         }
@@ -543,6 +609,7 @@ impl Top {
                 editing: None,
                 paused: false,
                 quit: false,
+                by_location: false,
             },
             rolled: Instant::now(),
             frozen: None,
@@ -684,6 +751,40 @@ mod tests {
     }
 
     #[test]
+    fn location_rows_count_each_method_and_location_with_the_same_figures() {
+        let mut b = Board::default();
+        let placed = |path: &str, location: &str, outcome: &str, verdict: &str| {
+            let mut e = exchange("127.0.0.1:8080", outcome, verdict, Some(100));
+            e["request"] = json!({"method": "GET", "path": path});
+            e["location"] = json!({"name": location, "file": "/etc/nginx/nginx.conf", "line": 9});
+            e
+        };
+        for i in 0..4 {
+            b.add(&placed(&format!("/api/{i}"), "/api/", "ok", "healthy"));
+        }
+        b.add(&placed("/api/reports/1", "/api/reports/", "no_response", "backend_slow"));
+        // Not placed: the candidates; no request copied: `?`.
+        let mut unplaced = exchange("127.0.0.1:8080", "ok", "healthy", Some(100));
+        unplaced["location_candidates"] = json!(["/api/", "/api/reports/"]);
+        b.add(&unplaced);
+        b.roll(1.0);
+        let rows: Vec<String> = b
+            .rows(Sort::Failures, "", true)
+            .iter()
+            .map(|(n, _)| (*n).clone())
+            .collect();
+        assert_eq!(
+            rows,
+            ["GET /api/reports/", "GET /api/", "? /api/|/api/reports/"]
+        );
+        let api = &b.locations["GET /api/"];
+        assert_eq!((api.total, api.failed), (4, 0));
+        assert_eq!(b.locations["GET /api/reports/"].verdict_now(), "backend_slow");
+        // The upstream's row counts them all.
+        assert_eq!(b.upstreams["127.0.0.1:8080"].total, 6);
+    }
+
+    #[test]
     fn rows_sort_by_failures_now_then_by_name() {
         let mut b = Board::default();
         for _ in 0..5 {
@@ -695,12 +796,12 @@ mod tests {
         b.add(&exchange("a:1", "no_response", "backend_slow", None));
         b.roll(1.0);
         let order = |b: &Board, s| -> Vec<String> {
-            b.rows(s, "").iter().map(|(n, _)| (*n).clone()).collect()
+            b.rows(s, "", false).iter().map(|(n, _)| (*n).clone()).collect()
         };
         assert_eq!(order(&b, Sort::Failures), ["c:1", "a:1", "b:1"]);
         assert_eq!(order(&b, Sort::Rate), ["b:1", "c:1", "a:1"]);
         assert_eq!(order(&b, Sort::Name), ["a:1", "b:1", "c:1"]);
-        assert_eq!(b.rows(Sort::Name, "c:").len(), 1);
+        assert_eq!(b.rows(Sort::Name, "c:", false).len(), 1);
         let c = &b.upstreams["c:1"];
         assert_eq!((c.total, c.failed, c.rate(c.failures_now())), (3, 3, 3.0));
         assert_eq!(c.verdict_now(), "backend_down");
@@ -770,7 +871,10 @@ mod tests {
             editing: None,
             paused: false,
             quit: false,
+            by_location: false,
         };
+        v.key(press('l'));
+        assert!(v.by_location);
         v.key(press('s'));
         assert_eq!(v.sort, Sort::Rate);
         v.key(press('/'));

@@ -26,6 +26,8 @@ enum Mode {
     /// Defaults plus `--metrics-listen`, scraped every second meanwhile.
     Metrics,
     Bpftrace,
+    /// Defaults without the request copy: the baseline of its cost.
+    NoRequestPath,
 }
 
 impl Mode {
@@ -36,6 +38,7 @@ impl Mode {
             Mode::AllJson => "ngx-trace --all --json",
             Mode::Metrics => "ngx-trace --metrics-listen (scraped every 1 s)",
             Mode::Bpftrace => "bpftrace script",
+            Mode::NoRequestPath => "ngx-trace --no-request-path",
         }
     }
 }
@@ -283,6 +286,11 @@ impl Bench {
                 .stdout(file)
                 .stderr(Stdio::null())
                 .spawn()?,
+            Mode::NoRequestPath => Command::new(&self.bin)
+                .args(["--no-request-path", "--pid", &master])
+                .stdout(file)
+                .stderr(Stdio::null())
+                .spawn()?,
             Mode::AllJson => Command::new(&self.bin)
                 .args(["--all", "--json", "--pid", &master])
                 .stdout(file)
@@ -412,16 +420,17 @@ impl Bench {
         })
     }
 
-    /// ngx-trace (defaults) and the bpftrace script in turn on `front`, one
-    /// run each per round for `self.pairs` rounds, which one goes first
-    /// alternating (AB BA...) so that drift cancels.
+    /// ngx-trace (defaults), the bpftrace script and ngx-trace without the
+    /// request copy in turn on `front`, one run each per round for
+    /// `self.pairs` rounds, the order reversed every other round (ABC CBA)
+    /// so that drift cancels.
     fn bpf_comparison(&self, variant: &str, front: &Nginx) -> Result<BpfComparison> {
         let mut comparison = BpfComparison::default();
         for round in 0..self.pairs {
             let order = if round % 2 == 0 {
-                [Mode::Default, Mode::Bpftrace]
+                [Mode::Default, Mode::Bpftrace, Mode::NoRequestPath]
             } else {
-                [Mode::Bpftrace, Mode::Default]
+                [Mode::NoRequestPath, Mode::Bpftrace, Mode::Default]
             };
             for mode in order {
                 eprintln!(
@@ -433,6 +442,7 @@ impl Bench {
                 let sample = self.measure_bpf(mode, front, front.port())?;
                 match mode {
                     Mode::Bpftrace => comparison.bpftrace.push(sample),
+                    Mode::NoRequestPath => comparison.no_request.push(sample),
                     _ => comparison.ngx.push(sample),
                 }
             }
@@ -777,15 +787,41 @@ fn spread_of(samples: &[BpfSample], figure: fn(&BpfSample) -> f64) -> Spread {
     Spread::of(&samples.iter().map(figure).collect::<Vec<_>>())
 }
 
-/// ngx-trace (defaults) and the bpftrace script under the same load, one
-/// sample of each per round.
+/// ngx-trace (defaults), the bpftrace script and ngx-trace without the
+/// request copy under the same load, one sample of each per round.
 #[derive(Default)]
 struct BpfComparison {
     ngx: Vec<BpfSample>,
     bpftrace: Vec<BpfSample>,
+    /// ngx-trace --no-request-path.
+    no_request: Vec<BpfSample>,
 }
 
 impl BpfComparison {
+    /// The request copy's BPF time per proxied request, per round: ngx-trace
+    /// (defaults) less ngx-trace --no-request-path, ns.
+    fn copy_ns(&self) -> Spread {
+        let deltas: Vec<f64> = self
+            .ngx
+            .iter()
+            .zip(&self.no_request)
+            .map(|(n, w)| n.ns_per_request() - w.ns_per_request())
+            .collect();
+        Spread::of(&deltas)
+    }
+
+    /// ngx-trace's BPF time per proxied request over that without the
+    /// copy, per round.
+    fn ngx_over_no_request(&self) -> Spread {
+        let ratios: Vec<f64> = self
+            .ngx
+            .iter()
+            .zip(&self.no_request)
+            .map(|(n, w)| n.ns_per_request() / w.ns_per_request())
+            .collect();
+        Spread::of(&ratios)
+    }
+
     /// bpftrace's BPF time per proxied request over ngx-trace's, per round:
     /// how many times less BPF time ngx-trace spends.
     fn bpftrace_over_ngx(&self) -> Spread {
@@ -844,7 +880,8 @@ fn write_bpf_comparison(
     writeln!(
         report,
         "### {variant}\n\n\
-         {rounds} runs of {seconds} s each of ngx-trace (defaults) and of the bpftrace script, in turn.\n\
+         {rounds} runs of {seconds} s each of ngx-trace (defaults), of the bpftrace script and of \
+         ngx-trace --no-request-path (no request copy), in turn.\n\
          Cells: median [min–max over the runs].\n\n\
          | tracer | BPF time per proxied request (ns) | program runs per proxied request | ns per program run | req/s |\n\
          | --- | --- | --- | --- | --- |"
@@ -852,6 +889,7 @@ fn write_bpf_comparison(
     for (label, samples) in [
         (Mode::Default.label(), &comparison.ngx),
         (Mode::Bpftrace.label(), &comparison.bpftrace),
+        (Mode::NoRequestPath.label(), &comparison.no_request),
     ] {
         writeln!(
             report,
@@ -866,9 +904,14 @@ fn write_bpf_comparison(
     writeln!(
         report,
         "\nBPF time per proxied request, bpftrace script over ngx-trace (per round): **{}** times.\n\n\
+         The request copy (one per exchange: the start of each request written upstream), \
+         ngx-trace (defaults) less ngx-trace --no-request-path per round: **{} ns** of BPF time \
+         per proxied request ({} times the BPF time without it).\n\n\
          ngx-trace (defaults) per program, over its {rounds} runs ({} requests; {} runs, \
          **{:.0} ns per run** on average, **{:.1} runs** and **{:.0} ns of BPF time per proxied request**):\n\n{}",
         comparison.bpftrace_over_ngx().show(2),
+        comparison.copy_ns().show(0),
+        comparison.ngx_over_no_request().show(3),
         all.requests,
         all.total_runs(),
         all.ns_per_run(),
@@ -1703,8 +1746,9 @@ pub fn run(bin: &Path, workspace: &Path, pairs: usize, seconds: u64) -> Result<(
         "# ngx-trace benchmarks\n\n\
          Measured {} on {} ({} cores, Linux {}), a shared and noisy machine.\n\
          Reproduce: `cargo xtask bench --pairs {pairs} --seconds {seconds}` (as root; {pairs} ABBA pairs of \
-         {seconds} s wrk runs per mode and variant, then {pairs} runs each of ngx-trace and the bpftrace \
-         script with BPF statistics on per variant, one on not-upstream sockets, and one per building \
+         {seconds} s wrk runs per mode and variant, then {pairs} runs each of ngx-trace, the bpftrace \
+         script and ngx-trace --no-request-path with BPF statistics on per variant, one on \
+         not-upstream sockets, and one per building \
          block on the same hooks).\n\n\
          Setup: a front nginx (2 workers, unprivileged) proxies to a back nginx (`return 200`), both on\n\
          loopback; `wrk -t2 -c32` drives the front. Each tracing mode is compared with no tracer in\n\
@@ -2126,9 +2170,17 @@ Transfer/sec:      7.67MB
         let c = BpfComparison {
             ngx: vec![ngx(1000), ngx(2000), ngx(4000)],
             bpftrace: vec![ngx(3000), ngx(2000), ngx(20_000)],
+            no_request: vec![ngx(900), ngx(1900), ngx(3500)],
         };
         let r = c.bpftrace_over_ngx();
         assert_eq!((r.median, r.min, r.max), (3.0, 1.0, 5.0));
+        // The copy, per round: ngx-trace's ns per request less those
+        // without it (1 - 0.9, 2 - 1.9, 4 - 3.5).
+        let copy = c.copy_ns();
+        assert_eq!(
+            ((copy.min * 10.0).round(), (copy.max * 10.0).round()),
+            (1.0, 5.0)
+        );
     }
 
     #[test]
@@ -2261,6 +2313,7 @@ Transfer/sec:      7.67MB
         let comparison = BpfComparison {
             ngx: vec![run(3_000_000, 60_000), run(3_300_000, 60_000)],
             bpftrace: vec![run(9_000_000, 90_000), run(9_900_000, 90_000)],
+            no_request: vec![run(2_700_000, 57_000), run(3_000_000, 57_000)],
         };
         let mut report = String::new();
         write_bpf_comparison(&mut report, "keepalive", 3, &comparison).unwrap();
@@ -2271,6 +2324,7 @@ Transfer/sec:      7.67MB
             "{report}"
         );
         assert!(report.contains("**3.00 [3.00–3.00]** times"), "{report}");
+        assert!(report.contains("**100 [100–100] ns**"), "{report}");
         assert!(
             report.contains("| tcp_probe | 120000 | 20.00 | 52 |"),
             "{report}"
