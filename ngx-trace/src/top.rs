@@ -302,7 +302,11 @@ impl Board {
     /// Ends the current interval (`secs` long): its figures are shown
     /// until the next one ends.
     pub fn roll(&mut self, secs: f64) {
-        for u in self.upstreams.values_mut().chain(self.locations.values_mut()) {
+        for u in self
+            .upstreams
+            .values_mut()
+            .chain(self.locations.values_mut())
+        {
             u.shown = std::mem::take(&mut u.now);
             u.shown_secs = secs.max(0.001);
             std::mem::swap(&mut u.connect_shown, &mut u.connect_now);
@@ -762,7 +766,12 @@ mod tests {
         for i in 0..4 {
             b.add(&placed(&format!("/api/{i}"), "/api/", "ok", "healthy"));
         }
-        b.add(&placed("/api/reports/1", "/api/reports/", "no_response", "backend_slow"));
+        b.add(&placed(
+            "/api/reports/1",
+            "/api/reports/",
+            "no_response",
+            "backend_slow",
+        ));
         // Not placed: the candidates; no request copied: `?`.
         let mut unplaced = exchange("127.0.0.1:8080", "ok", "healthy", Some(100));
         unplaced["location_candidates"] = json!(["/api/", "/api/reports/"]);
@@ -773,13 +782,17 @@ mod tests {
             .iter()
             .map(|(n, _)| (*n).clone())
             .collect();
+        // Failing first, then by name.
         assert_eq!(
             rows,
-            ["GET /api/reports/", "GET /api/", "? /api/|/api/reports/"]
+            ["GET /api/reports/", "? /api/|/api/reports/", "GET /api/"]
         );
         let api = &b.locations["GET /api/"];
         assert_eq!((api.total, api.failed), (4, 0));
-        assert_eq!(b.locations["GET /api/reports/"].verdict_now(), "backend_slow");
+        assert_eq!(
+            b.locations["GET /api/reports/"].verdict_now(),
+            "backend_slow"
+        );
         // The upstream's row counts them all.
         assert_eq!(b.upstreams["127.0.0.1:8080"].total, 6);
     }
@@ -796,7 +809,10 @@ mod tests {
         b.add(&exchange("a:1", "no_response", "backend_slow", None));
         b.roll(1.0);
         let order = |b: &Board, s| -> Vec<String> {
-            b.rows(s, "", false).iter().map(|(n, _)| (*n).clone()).collect()
+            b.rows(s, "", false)
+                .iter()
+                .map(|(n, _)| (*n).clone())
+                .collect()
         };
         assert_eq!(order(&b, Sort::Failures), ["c:1", "a:1", "b:1"]);
         assert_eq!(order(&b, Sort::Rate), ["b:1", "c:1", "a:1"]);
@@ -839,6 +855,7 @@ mod tests {
             editing: None,
             paused: false,
             quit: false,
+            by_location: false,
         };
         let footer = Footer {
             workers: 1,
@@ -924,6 +941,7 @@ mod tests {
             editing: None,
             paused: false,
             quit: false,
+            by_location: false,
         };
         let footer = Footer {
             workers: 1,

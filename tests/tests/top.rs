@@ -202,6 +202,30 @@ fn top_shows_each_upstream_sorts_filters_and_restores_the_terminal() {
         .unwrap();
     assert!(since_slow.contains(" ms / 3"), "{slow_row}\n{since_slow}");
 
+    // `l`: a row per method and location, with the same counts; `l` again:
+    // back to the upstreams.
+    tmux.keys(&["l"]);
+    let screen = tmux.wait("rows per location", |s| {
+        s.contains("3 locations") && s.contains("METHOD LOCATION")
+    });
+    // A refused connect wrote no request: its method is not known.
+    for (location, since) in [
+        (
+            "? /down",
+            "since start: 30 exchanges, 30 failed (refused 30)",
+        ),
+        ("GET /ok", "since start: 10 exchanges, 0 failed"),
+        ("GET /slow", "since start: 5 exchanges, 0 failed"),
+    ] {
+        let row = screen.lines().skip_while(|l| !l.starts_with(location));
+        assert!(
+            row.take(2).any(|l| l.contains(since)),
+            "{location}: {screen}"
+        );
+    }
+    tmux.keys(&["l"]);
+    tmux.wait("rows per upstream", |s| s.contains("3 upstreams"));
+
     // `s` three times: by name.
     tmux.keys(&["s", "s", "s"]);
     let screen = tmux.wait("sort by name", |s| s.contains("sort: name"));
