@@ -77,7 +77,17 @@ fn each_exchange_names_its_method_and_path_and_never_the_query() {
     let uwsgi = Uwsgi::start(WSGI_APP, 2);
     let nginx = nginx_in_front(&http, &fpm, &uwsgi);
     let recording = nginx.dir().join("trace.jsonl");
-    let mut tracer = Tracer::attach_to(&nginx, &["--all", "--record", recording.to_str().unwrap()]);
+    let metrics = nginx.dir().join("ngx-trace.prom");
+    let mut tracer = Tracer::attach_to(
+        &nginx,
+        &[
+            "--all",
+            "--record",
+            recording.to_str().unwrap(),
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ],
+    );
     ask_all(&nginx);
     let total: usize = ASKED.iter().map(|(_, n)| n).sum();
     tracer.upstream_events(total, Duration::from_secs(10), |_| true);
@@ -124,6 +134,15 @@ fn each_exchange_names_its_method_and_path_and_never_the_query() {
     assert_eq!(logged, asked, "nginx's access log");
     assert_eq!(traced, asked, "the exchanges' requests");
 
+    // Each location counted under its own label.
+    let exposition = std::fs::read_to_string(&metrics).unwrap();
+    for location in [
+        "location=\"/api/\"",
+        "location=\"/api/reports/\"",
+        "location=\"/py/\"",
+    ] {
+        assert!(exposition.contains(location), "{location}: {exposition}");
+    }
     // The secret was sent upstream every time, and is in no output.
     for (what, text) in [
         ("the events", format!("{events:?}")),
@@ -132,6 +151,7 @@ fn each_exchange_names_its_method_and_path_and_never_the_query() {
             "the recording",
             std::fs::read_to_string(&recording).unwrap(),
         ),
+        ("the metrics", std::fs::read_to_string(&metrics).unwrap()),
     ] {
         assert!(!text.contains(SECRET), "{what} hold the query string");
     }
