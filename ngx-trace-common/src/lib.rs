@@ -106,8 +106,12 @@ pub const LOST_MAP_FULL: u32 = 1;
 /// ones (fatal signals, failed exits: sources as busy as the whole host)
 /// dropped over the kernel's rate limit ([`limit`]). Not nginx records.
 pub const LOST_FATES_LIMITED: u32 = 2;
+/// Index in [`MAP_LOST`]: request copies ([`RequestRecord`]) dropped
+/// because the ring buffer was full. Not records of exchanges (those are
+/// counted apart, exactly): their exchanges come without `request`.
+pub const LOST_REQUEST_COPIES: u32 = 3;
 /// Number of slots in [`MAP_LOST`].
-pub const LOST_SLOTS: u32 = 3;
+pub const LOST_SLOTS: u32 = 4;
 
 /// `Exchange::fd` of a connection adopted mid-life: its fd is not known.
 pub const FD_UNKNOWN: u32 = u32::MAX;

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use ngx_trace_common::{
-    FD_UNKNOWN, LOST_RINGBUF_FULL, RECORD_REQUEST, REQUEST_HEAD, REQUEST_RECORD_FIXED,
+    FD_UNKNOWN, LOST_REQUEST_COPIES, RECORD_REQUEST, REQUEST_HEAD, REQUEST_RECORD_FIXED,
 };
 
 use crate::{
@@ -110,6 +110,7 @@ pub fn copy_start(tgid: u32, fd: u32, req_first_ns: u64) {
     let size = REQUEST_RECORD_FIXED + (len as usize & (REQUEST_HEAD - 1));
     let bytes = unsafe { core::slice::from_raw_parts(record as *const u8, size) };
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
-        count_lost(LOST_RINGBUF_FULL);
+        // Not an exchange lost: it is reported, without its request.
+        count_lost(LOST_REQUEST_COPIES);
     }
 }
