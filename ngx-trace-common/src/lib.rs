@@ -439,15 +439,6 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         optional: false,
     },
     ProgramSpec {
-        program: "sys_enter_writev",
-        capability: "request paths",
-        hook: Hook::Tracepoint,
-        category: "syscalls",
-        target: "sys_enter_writev",
-        purpose: "copy the start of each request a worker writes upstream (its method and path; off with --no-request-path)",
-        optional: true,
-    },
-    ProgramSpec {
         program: "sock_send_length",
         capability: "request written",
         hook: Hook::BtfTracepoint,
@@ -689,10 +680,6 @@ pub struct Offsets {
     pub fork_child_pid: u32,
     /// `sys_enter_close.fd`
     pub close_fd: u32,
-    /// `sys_enter_writev.fd`
-    pub writev_fd: u32,
-    /// `sys_enter_writev.vec`
-    pub writev_vec: u32,
     /// `mark_victim.pid`
     pub mark_victim_pid: u32,
     /// `sys_enter_socket.family`
@@ -874,6 +861,62 @@ pub struct Config {
     pub sk_storage: u32,
     /// Process name (task comm, NUL padded) of nginx.
     pub comm: [u8; 16],
+    /// Where the request copy finds the call writing a request.
+    pub syscall: SyscallRegs,
+}
+
+/// Where the request copy finds the system call that writes an exchange's
+/// first bytes: the registers the writing task saved on entering the
+/// kernel (`struct pt_regs`, at the top of its kernel stack). The socket
+/// hook that sees that write runs inside the call, so the copy needs no
+/// hook of its own on `writev()` and friends, which every process makes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallRegs {
+    /// 1: copy the start of each exchange's request; 0: never
+    /// (`--no-request-path`, or an architecture whose layout is not known).
+    pub copy: u32,
+    /// `struct task_struct.stack` (pointer): the bottom of the task's kernel
+    /// stack.
+    pub task_stack: u32,
+    /// From `task->stack` to `struct pt_regs`: `THREAD_SIZE - sizeof(struct
+    /// pt_regs)`, then that less the padding some builds leave above it
+    /// (x86_64 with FRED: 16 bytes). Tried in turn: only the right one holds
+    /// a known call number and the connection's fd.
+    pub regs_at: [u32; 2],
+    /// Offset in `struct pt_regs` of the call's number (read as 32 bits).
+    pub nr: u32,
+    /// Offsets in `struct pt_regs` of the call's first three arguments.
+    pub args: [u32; 3],
+    /// This architecture's numbers of `write`, `writev`, `sendto`, `sendmsg`.
+    pub calls: [u32; 4],
+}
+
+/// [`SyscallRegs::calls`] index of `write(fd, buf, count)`.
+pub const CALL_WRITE: usize = 0;
+/// [`SyscallRegs::calls`] index of `writev(fd, iov, iovcnt)`.
+pub const CALL_WRITEV: usize = 1;
+/// [`SyscallRegs::calls`] index of `sendto(fd, buf, len, ...)`.
+pub const CALL_SENDTO: usize = 2;
+/// [`SyscallRegs::calls`] index of `sendmsg(fd, msg, flags)`.
+pub const CALL_SENDMSG: usize = 3;
+
+impl Default for SyscallRegs {
+    fn default() -> Self {
+        Self::OFF
+    }
+}
+
+impl SyscallRegs {
+    /// No copy.
+    pub const OFF: Self = Self {
+        copy: 0,
+        task_stack: 0,
+        regs_at: [0; 2],
+        nr: 0,
+        args: [0; 3],
+        calls: [u32::MAX; 4],
+    };
 }
 
 /// Whether tracing programs may use socket-local storage on the kernel
@@ -964,9 +1007,10 @@ pub const RECORD_REQUEST: u32 = 5;
 pub const REQUEST_HEAD: usize = 2048;
 
 /// The start of the request a worker wrote on an upstream connection: the
-/// first buffer of the exchange's first `writev()`, copied once per
-/// exchange. User space takes the method and path from it and drops the
-/// rest; the record is sent `REQUEST_RECORD_FIXED + len` bytes long.
+/// first buffer of the exchange's first write (`writev()`, `write()`,
+/// `send()` or `sendmsg()`), copied once per exchange. User space takes the
+/// method and path from it and drops the rest; the record is sent
+/// `REQUEST_RECORD_FIXED + len` bytes long.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct RequestRecord {
@@ -1193,9 +1237,9 @@ pub struct FateRecord {
     pub sender_comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 120);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 112);
 const _: () = assert!(core::mem::size_of::<StructOffsets>() == 148);
-const _: () = assert!(core::mem::size_of::<Config>() == 292);
+const _: () = assert!(core::mem::size_of::<Config>() == 332);
 const _: () = assert!(core::mem::size_of::<FateRecord>() == 80);
 const _: () = assert!(core::mem::size_of::<SockMark>() == 128);
 const _: () = assert!(core::mem::size_of::<UpstreamAddr>() == 112);

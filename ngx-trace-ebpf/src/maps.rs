@@ -101,26 +101,6 @@ pub static UNIX_BIND: LruHashMap<u64, Exchange> = LruHashMap::with_max_entries(1
 #[map]
 pub static SOCK_CALLS: LruHashMap<u64, SockCall> = LruHashMap::with_max_entries(1024, 0);
 
-/// The `writev()` a traced worker thread is in (by `pid_tgid`): where the
-/// first write of an exchange copies its request's start from. Written on
-/// the syscall's entry, taken by the socket hook inside it.
-#[map]
-pub static WRITEVS: LruHashMap<u64, WritevCall> = LruHashMap::with_max_entries(1024, 0);
-
-/// A `writev(fd, vec, vlen)` in flight.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct WritevCall {
-    /// The user's `struct iovec` array.
-    pub vec: u64,
-    /// When it started (`bpf_ktime_get_ns`).
-    pub start_ns: u64,
-    /// Its fd.
-    pub fd: u32,
-    /// Explicit padding.
-    pub _pad: u32,
-}
-
 /// Where a request record is built before it is sent (too large for the
 /// BPF stack): one per CPU.
 #[map]

@@ -3,99 +3,94 @@
 //!
 //! nginx writes a request (HTTP/1.x's request line and headers, FastCGI's
 //! records and params, uwsgi's and SCGI's headers) from one buffer, the
-//! first of the `writev()` that starts the exchange. Its entry is kept by
-//! thread; the socket hook that sees the exchange's first write, inside
-//! the same call, copies that buffer's first bytes into the ring buffer.
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
-    macros::tracepoint,
-    programs::TracePointContext,
+//! first of the write that starts the exchange. The socket hook that sees
+//! that write runs inside the system call, so the call's own arguments are
+//! in the registers the worker saved on entering the kernel: no hook on
+//! `writev()` (which every process on the host makes) is needed, and the
+//! cost falls on an exchange's first write alone.
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated,
 };
 use ngx_trace_common::{
-    FD_UNKNOWN, LOST_REQUEST_COPIES, RECORD_REQUEST, REQUEST_HEAD, REQUEST_RECORD_FIXED,
+    CALL_SENDTO, CALL_WRITE, CALL_WRITEV, FD_UNKNOWN, LOST_REQUEST_COPIES, RECORD_REQUEST,
+    REQUEST_HEAD, REQUEST_RECORD_FIXED,
 };
 
 use crate::{
-    config::offset,
-    maps::{
-        EVENTS, FD_CONNS, REQUEST_SCRATCH, UNIX_BIND, WRITEVS, WritevCall, count_lost, fd_key,
-        is_worker,
-    },
+    config::config,
+    maps::{EVENTS, REQUEST_SCRATCH, count_lost},
 };
 
-/// The longest a `writev()` takes from its entry to its socket's send:
-/// nginx's sockets do not block.
-const WRITEV_MAX_NS: u64 = 100_000_000;
+/// `struct user_msghdr.msg_iov`: after `msg_name` and the padded
+/// `msg_namelen`.
+const MSGHDR_IOV: u64 = 16;
 
-/// A worker starts a `writev()`: kept for its thread (other processes leave
-/// after one lookup). Not attached with `--no-request-path`.
-#[tracepoint]
-pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_worker((pid_tgid >> 32) as u32) {
-        return 0;
+/// The buffer (address, length) the current task's system call writes
+/// first, when that call is a write on connection `fd` (any fd for an
+/// adopted connection, whose fd is not known).
+#[inline(always)]
+fn first_buffer(fd: u32) -> Option<(u64, u64)> {
+    let task = unsafe { bpf_get_current_task() };
+    let stack: u64 =
+        unsafe { bpf_probe_read_kernel((task + config!(syscall.task_stack) as u64) as *const u64) }
+            .ok()?;
+    let calls = config!(syscall.calls);
+    for at in config!(syscall.regs_at) {
+        let regs = stack + at as u64;
+        let Ok(nr) =
+            (unsafe { bpf_probe_read_kernel((regs + config!(syscall.nr) as u64) as *const u32) })
+        else {
+            continue;
+        };
+        let args = config!(syscall.args);
+        let arg =
+            |i: usize| unsafe { bpf_probe_read_kernel((regs + args[i] as u64) as *const u64).ok() };
+        // The wrong place holds another register: a call number and the
+        // connection's fd both matching there is not a coincidence.
+        if !calls.contains(&nr) || (fd != FD_UNKNOWN && arg(0)? != fd as u64) {
+            continue;
+        }
+        let (buf, len) = (arg(1)?, arg(2)?);
+        return if nr == calls[CALL_WRITE] || nr == calls[CALL_SENDTO] {
+            Some((buf, len))
+        } else {
+            let vec = if nr == calls[CALL_WRITEV] {
+                buf
+            } else {
+                // `sendmsg()` (`CALL_SENDMSG`): its iovec is in the msghdr.
+                unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64) }.ok()?
+            };
+            // `struct iovec { void *iov_base; size_t iov_len; }`
+            let iov = unsafe { bpf_probe_read_user(vec as *const [u64; 2]) }.ok()?;
+            Some((iov[0], iov[1]))
+        };
     }
-    let (Ok(fd), Ok(vec)) = (unsafe { ctx.read_at::<u64>(offset!(writev_fd)) }, unsafe {
-        ctx.read_at::<u64>(offset!(writev_vec))
-    }) else {
-        return 0;
-    };
-    // Its responses to clients leave here: only an upstream connection's
-    // fd, or the UNIX one this thread connected last (not yet followed).
-    let upstream = FD_CONNS
-        .get_ptr(fd_key((pid_tgid >> 32) as u32, fd as u32))
-        .is_some()
-        || UNIX_BIND
-            .get_ptr(pid_tgid)
-            .is_some_and(|bind| unsafe { (*bind).fd } == fd as u32);
-    if !upstream {
-        return 0;
-    }
-    let call = WritevCall {
-        vec,
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        fd: fd as u32,
-        _pad: 0,
-    };
-    let _ = WRITEVS.insert(pid_tgid, call, 0);
-    0
+    None
 }
 
 /// The worker's write on connection `fd` started the exchange whose first
 /// request byte was written at `req_first_ns`: sends the start of its
-/// first buffer, when this thread is inside a `writev()` on that fd.
+/// first buffer. Called from the socket hook, inside the write.
 #[inline(always)]
 pub fn copy_start(tgid: u32, fd: u32, req_first_ns: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = WRITEVS.get_ptr(pid_tgid) else {
-        return;
-    };
-    let call = unsafe { *call };
-    let _ = WRITEVS.remove(pid_tgid);
-    // Another call's (its send unseen), or another socket's: copy nothing.
-    if (fd != FD_UNKNOWN && call.fd != fd) || req_first_ns > call.start_ns + WRITEV_MAX_NS {
+    if config!(syscall.copy) == 0 {
         return;
     }
-    // `struct iovec { void *iov_base; size_t iov_len; }`
-    let Ok(iov) = (unsafe { bpf_probe_read_user(call.vec as *const [u64; 2]) }) else {
+    let Some((buf, buf_len)) = first_buffer(fd) else {
         return;
     };
     let Some(record) = REQUEST_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let wanted = if iov[1] > (REQUEST_HEAD - 1) as u64 {
+    let wanted = if buf_len > (REQUEST_HEAD - 1) as u64 {
         (REQUEST_HEAD - 1) as u32
     } else {
-        iov[1] as u32
+        buf_len as u32
     };
     // The mask is the bound the verifier follows.
     let len = wanted & (REQUEST_HEAD as u32 - 1);
     let copied = unsafe {
-        generated::bpf_probe_read_user(
-            (*record).head.as_mut_ptr() as *mut _,
-            len,
-            iov[0] as *const _,
-        )
+        generated::bpf_probe_read_user((*record).head.as_mut_ptr() as *mut _, len, buf as *const _)
     };
     if copied < 0 {
         return;

@@ -326,6 +326,15 @@ impl Btf {
         Ok(Member { offset, size })
     }
 
+    /// The byte size of struct `struct_name`.
+    pub fn struct_size(&self, struct_name: &str) -> Result<u32, String> {
+        let &id = self
+            .structs
+            .get(struct_name.as_bytes())
+            .ok_or_else(|| format!("no struct {struct_name} in this kernel's BTF"))?;
+        Ok(self.type_by_id(id)?.size_or_type)
+    }
+
     /// Searches the members of composite type `id`, descending into
     /// anonymous members. `Ok(None)` means not found.
     fn find_member(&self, id: u32, member: &[u8], depth: u32) -> Result<Option<Found>, String> {

@@ -5,7 +5,12 @@ use crate::{kernel::Kernel, output::Output};
 use anyhow::Result;
 
 /// `--check`: what was loaded and attached, and what this host offers.
-pub fn report(kernel: &Kernel, tracefs: &Path, nginx: &BTreeSet<u32>) -> Result<()> {
+pub fn report(
+    kernel: &Kernel,
+    tracefs: &Path,
+    nginx: &BTreeSet<u32>,
+    request_copy: &Result<String, String>,
+) -> Result<()> {
     let mut out = String::new();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     out.push_str(&format!("kernel: Linux {}\n", release.trim()));
@@ -70,6 +75,11 @@ pub fn report(kernel: &Kernel, tracefs: &Path, nginx: &BTreeSet<u32>) -> Result<
         for (target, why) in &chosen.skipped {
             out.push_str(&format!("  {:<20}   without {target}: {why}\n", ""));
         }
+    }
+    // Not a program: the socket hooks copy, from the writing call's registers.
+    match request_copy {
+        Ok(how) => out.push_str(&format!("  {:<20} {how}\n", "request paths")),
+        Err(why) => out.push_str(&format!("  {:<20} {why}\n", "request paths")),
     }
     let lost: u64 = kernel.lost()?.iter().sum();
     out.push_str(&format!("lost-event counters: readable ({lost} so far)\n"));

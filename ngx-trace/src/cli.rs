@@ -61,20 +61,11 @@ pub enum Mode {
 }
 
 impl TraceArgs {
-    /// The hooks not to use (`--avoid-hooks`; with `--no-request-path`,
-    /// the `writev()` hook the request copy needs).
+    /// The hooks not to use (`--avoid-hooks`).
     pub fn avoid(&self) -> Vec<crate::hooks::Avoid> {
-        let mut avoid = self
-            .avoid_hooks
+        self.avoid_hooks
             .as_ref()
-            .map_or_else(Vec::new, |list| list.0.clone());
-        if self.no_request_path {
-            avoid.push(crate::hooks::Avoid {
-                hook: ngx_trace_common::Hook::Tracepoint,
-                target: Some("sys_enter_writev".into()),
-            });
-        }
-        avoid
+            .map_or_else(Vec::new, |list| list.0.clone())
     }
 }
 

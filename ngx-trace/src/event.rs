@@ -161,6 +161,17 @@ pub struct LocationRef {
     pub line: u32,
 }
 
+/// The name of a `top` row per method and location: `GET /api/`; `?` for
+/// what is not known, the candidates `|`-separated when several remain.
+pub fn location_row(method: Option<&str>, location: Option<&str>, candidates: &[&str]) -> String {
+    let location = match location {
+        Some(name) => name.to_string(),
+        None if !candidates.is_empty() => candidates.join("|"),
+        None => "?".to_string(),
+    };
+    format!("{} {location}", method.unwrap_or("?"))
+}
+
 impl LocationRef {
     /// Where exchanges with `upstream` whose request had `path` came from,
     /// in `config`: the location, or the candidates' names.
@@ -219,6 +230,12 @@ pub struct PendingEvent {
     /// The request it serves (as in `upstream` events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<Request>,
+    /// The `location` that passed it upstream (as in `upstream` events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<LocationRef>,
+    /// The locations it may have come from (as in `upstream` events).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub location_candidates: Vec<String>,
     /// True on the final `pending` event printed when tracing stops while
     /// the exchange still waits for its response (it is then counted in the
     /// summary, as no `upstream` event will follow); false on the ones
@@ -524,6 +541,12 @@ mod tests {
                 path: "/api/export".into(),
                 truncated: true,
             }),
+            location: Some(LocationRef {
+                name: "= /api/export".into(),
+                file: "/etc/nginx/conf.d/app.conf".into(),
+                line: 14,
+            }),
+            location_candidates: Vec::new(),
             cut_by_stop,
         }
     }
@@ -544,6 +567,11 @@ mod tests {
                 "verdict": "backend_slow",
                 "evidence": "request acked, 0 retransmits, no response for 654.4 ms",
                 "request": {"method": "GET", "path": "/api/export", "truncated": true},
+                "location": {
+                    "name": "= /api/export",
+                    "file": "/etc/nginx/conf.d/app.conf",
+                    "line": 14
+                },
                 "cut_by_stop": false,
             })
         );

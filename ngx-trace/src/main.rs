@@ -59,6 +59,7 @@ mod session;
 mod slow;
 mod sock_diag;
 mod summary;
+mod syscall_regs;
 mod timings;
 mod top;
 mod tracefs;
@@ -77,7 +78,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use clap::Parser as _;
-use ngx_trace_common::{Config, StructOffsets};
+use ngx_trace_common::{Config, StructOffsets, SyscallRegs};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -202,25 +203,43 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-/// The kernel configuration for these arguments and this kernel.
-fn config(args: &TraceArgs, root: &std::path::Path) -> Result<Config> {
+/// The kernel configuration for these arguments and this kernel, and how
+/// requests are copied (what `--check` says; `Err`: why they are not).
+fn config(args: &TraceArgs, root: &std::path::Path) -> Result<(Config, Result<String, String>)> {
     let mut comm = [0u8; 16];
     comm[..args.comm.len()].copy_from_slice(args.comm.as_bytes());
-    Ok(Config {
+    let btf = btf::Btf::from_sys_fs().map_err(|e| UserError::new(exit::KERNEL, e))?;
+    let (syscall, request_copy) = if args.no_request_path {
+        (SyscallRegs::OFF, Err("off (--no-request-path)".to_string()))
+    } else {
+        match syscall_regs::syscall_regs(&btf) {
+            Ok(regs) => (
+                regs,
+                Ok(format!(
+                    "from the registers of the call writing an exchange's first bytes \
+                     (struct pt_regs at task_struct.stack + {} or {})",
+                    regs.regs_at[0], regs.regs_at[1]
+                )),
+            ),
+            Err(why) => (SyscallRegs::OFF, Err(format!("not copied: {why}"))),
+        }
+    };
+    let config = Config {
         offsets: tracefs::read_offsets(root)?,
-        structs: struct_offsets()?,
+        structs: struct_offsets(&btf)?,
         follow_new_instances: u32::from(args.pid.is_none()),
         sk_storage: u32::from(ngx_trace_common::sk_storage_for_tracing(&kernel_release())),
         comm,
-    })
+        syscall,
+    };
+    Ok((config, request_copy))
 }
 
 /// Offsets of the kernel struct fields the programs read, from this
 /// kernel's BTF; a field this kernel lacks, or one of another size than the
 /// programs read, is named.
-fn struct_offsets() -> Result<StructOffsets> {
+fn struct_offsets(btf: &btf::Btf) -> Result<StructOffsets> {
     let kernel_error = |e: String| UserError::new(exit::KERNEL, e);
-    let btf = btf::Btf::from_sys_fs().map_err(kernel_error)?;
     let field = |strukt: &str, name: &str, size: u32| -> Result<u32> {
         let member = btf.member(strukt, name).map_err(kernel_error)?;
         if member.size != size {
@@ -262,7 +281,7 @@ fn struct_offsets() -> Result<StructOffsets> {
             .member("css_set", "subsys")
             .map_err(kernel_error)?
             .offset,
-        memory_cgrp_id: memory_cgrp_id(&btf),
+        memory_cgrp_id: memory_cgrp_id(btf),
         css_parent: field("cgroup_subsys_state", "parent", 8)?,
         memcg_memory: btf
             .member("mem_cgroup", "memory")
@@ -274,7 +293,7 @@ fn struct_offsets() -> Result<StructOffsets> {
         sk_dport: field("sock_common", "skc_dport", 2)?,
         sk_rcv_saddr: field("sock_common", "skc_rcv_saddr", 4)?,
         sk_v6_rcv_saddr: field("sock_common", "skc_v6_rcv_saddr", 16)?,
-        sighand: kernel::sighand_offsets(&btf),
+        sighand: kernel::sighand_offsets(btf),
     })
 }
 
@@ -334,7 +353,7 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
     let tracefs = preflight::tracefs_root()?;
     let avoid = args.avoid();
     hooks::check_available(&tracefs, &avoid)?;
-    let config = config(&args, &tracefs)?;
+    let (config, request_copy) = config(&args, &tracefs)?;
     let (mut kernel, events) = Kernel::attach(&config, &tracefs, &avoid)?;
     // Programs are attached first, then processes listed: a process forked
     // in between is seen by both, never by neither.
@@ -363,7 +382,15 @@ async fn trace(args: TraceArgs, mut live: Option<Box<dyn Watcher>>) -> Result<()
         ));
     }
     if args.check {
-        return check::report(&kernel, &tracefs, &initial);
+        return check::report(&kernel, &tracefs, &initial, &request_copy);
+    }
+    if let Err(why) = &request_copy
+        && !args.no_request_path
+    {
+        notice(&format!(
+            "requests' methods and paths are {why}: exchanges carry no `request`, and a \
+             `location` only where one location passes to their upstream"
+        ));
     }
     for chosen in &kernel.chosen {
         for (target, why) in &chosen.skipped {

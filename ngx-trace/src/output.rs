@@ -414,6 +414,8 @@ mod tests {
             verdict: "backend_slow",
             evidence: "php-fpm\u{9b}2J pool busy".into(),
             request: None,
+            location: None,
+            location_candidates: Vec::new(),
             cut_by_stop: false,
         };
         let shown = printed(&Text::from(event.to_text()));

@@ -43,9 +43,39 @@ const CLIENT_GONE_WAIT_NS: u64 = 500_000_000;
 /// milliseconds (the kernel reports those itself), its UNIX ones never are.
 const WORKER_SWEEP_WAIT_NS: u64 = 250_000_000;
 
+/// How long a worker that left the worker set still counts as one for its
+/// exit record (records arrive within a second; a minute is generous).
+const LEFT_WORKER_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The most workers remembered as left (a reload of many instances).
+const MAX_LEFT_WORKERS: usize = 4096;
+
 /// The name of the upstream of a `socket()` that failed: nginx had chosen
 /// one, but had not passed its address to the kernel yet.
 const UNKNOWN_UPSTREAM: &str = "unknown";
+
+/// An exchange under way at the last look.
+#[derive(Debug)]
+struct InFlight {
+    transport: Transport,
+    upstream: Rc<str>,
+    /// How long it has waited (ms): to connect, or for its response.
+    wait_ms: u64,
+    worker: u32,
+    /// Its request's first byte (0 while connecting): the request's key.
+    req_first_ns: u64,
+}
+
+/// What is under way at the last look: how many exchanges, and the longest
+/// wait (ms), per upstream and per method and location (as `top` names
+/// its rows).
+#[derive(Debug, Default)]
+pub struct UnderWay {
+    /// By upstream name.
+    pub by_upstream: BTreeMap<String, (u64, u64)>,
+    /// By `METHOD location` (see [`crate::event::location_row`]).
+    pub by_location: BTreeMap<String, (u64, u64)>,
+}
 
 /// A worker that exited, its exchanges being collected.
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +150,10 @@ pub struct Session {
     traced: BTreeSet<u32>,
     /// The worker set last printed.
     shown_workers: Option<BTreeSet<u32>>,
+    /// Workers that left that set, and when: a dying worker loses its
+    /// title (`/proc/PID/cmdline` reads empty once its memory is released)
+    /// before its exit record is handled, and is still a worker for it.
+    left_workers: BTreeMap<u32, std::time::Instant>,
     /// Lost records already reported.
     lost_reported: u64,
     /// Hooks skipped by the kernel, as last reported, and when.
@@ -148,9 +182,8 @@ pub struct Session {
     unacked: Unacked,
     /// Repeated failures folded in the text output.
     folding: Folding,
-    /// The exchanges under way at the last look: transport, upstream, how
-    /// long they have waited (ms) and their worker.
-    under_way: Vec<(Transport, Rc<str>, u64, u32)>,
+    /// The exchanges under way at the last look.
+    under_way: Vec<InFlight>,
     /// Whether reading `/proc` failed for want of descriptors (said once).
     short_of_fds_said: bool,
     /// The side thread: configuration reads and backend lookups (`None`
@@ -180,6 +213,7 @@ impl Session {
             names: HashMap::new(),
             traced,
             shown_workers: None,
+            left_workers: BTreeMap::new(),
             lost_reported: 0,
             skipped_reported: 0,
             skipped_reported_at: None,
@@ -215,13 +249,33 @@ impl Session {
     }
 
     /// The exchanges under way at the last look (4 times a second), per
-    /// upstream: how many, and the longest wait so far (ms).
-    pub fn under_way(&self) -> BTreeMap<String, (u64, u64)> {
-        let mut per = BTreeMap::new();
-        for (_, name, wait_ms, _) in &self.under_way {
-            let e: &mut (u64, u64) = per.entry(name.to_string()).or_default();
+    /// upstream and per method and location: how many, and the longest
+    /// wait so far (ms).
+    pub fn under_way(&self) -> UnderWay {
+        let mut per = UnderWay::default();
+        let count = |rows: &mut BTreeMap<String, (u64, u64)>, name: String, wait_ms: u64| {
+            let e = rows.entry(name).or_default();
             e.0 += 1;
-            e.1 = e.1.max(*wait_ms);
+            e.1 = e.1.max(wait_ms);
+        };
+        for x in &self.under_way {
+            count(&mut per.by_upstream, x.upstream.to_string(), x.wait_ms);
+            let request = self.requests.get(x.worker, x.req_first_ns);
+            let (location, candidates) = match &self.configs {
+                Some(configs) => LocationRef::place(
+                    configs.config(),
+                    &x.upstream,
+                    request.map(|r| r.path.as_str()),
+                ),
+                None => (None, Vec::new()),
+            };
+            let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
+            let row = crate::event::location_row(
+                request.map(|r| r.method.as_str()),
+                location.as_ref().map(|l| l.name.as_str()),
+                &candidates,
+            );
+            count(&mut per.by_location, row, x.wait_ms);
         }
         per
     }
@@ -335,6 +389,7 @@ impl Session {
 
     fn record_fate(&mut self, entry: fates::Entry) {
         if matches!(entry.fact, Fact::Exited { .. }) && self.is_worker(entry.pid) {
+            self.left_workers.remove(&entry.pid);
             self.unacked.forget_worker(entry.pid);
             self.dead_workers.insert(
                 entry.pid,
@@ -352,6 +407,10 @@ impl Session {
         self.shown_workers
             .as_ref()
             .is_some_and(|workers| workers.contains(&pid))
+            || self
+                .left_workers
+                .get(&pid)
+                .is_some_and(|left| left.elapsed() < LEFT_WORKER_KEPT)
             || (self.traced.contains(&pid) && procs::is_worker(pid))
     }
 
@@ -663,6 +722,15 @@ impl Session {
         };
         let e = explain(&so_far, transport, &upstream, self.slow_us);
         let tcp = transport == Transport::Tcp;
+        let request = self.requests.get(f.worker_pid, f.req_first_ns).cloned();
+        let (location, location_candidates) = match &self.configs {
+            Some(configs) => LocationRef::place(
+                configs.config(),
+                &upstream,
+                request.as_ref().map(|r| r.path.as_str()),
+            ),
+            None => (None, Vec::new()),
+        };
         PendingEvent {
             event: "pending",
             time: rfc3339_micros(self.clock.wall(now_ns)),
@@ -675,7 +743,9 @@ impl Session {
             retransmits: tcp.then_some(f.retransmits),
             verdict: e.verdict.as_str(),
             evidence: e.evidence,
-            request: self.requests.get(f.worker_pid, f.req_first_ns).cloned(),
+            request,
+            location,
+            location_candidates,
             cut_by_stop,
         }
     }
@@ -694,7 +764,7 @@ impl Session {
         self.side_work();
         self.look_up_backends(conns.iter().map(|(_, ex)| (&ex.addr, ex.tgid)));
         let forget = self.collect_dead_workers(&conns, now_ns)?;
-        let under_way: Vec<(Transport, Rc<str>, u64, u32)> = conns
+        let under_way: Vec<InFlight> = conns
             .iter()
             .filter(|(sk, _)| !forget.contains(sk))
             .filter_map(|(_, ex)| facts(ex).ok())
@@ -705,16 +775,21 @@ impl Session {
                 } else {
                     f.start_ns
                 };
-                let (transport, name) = self.name(&f.addr);
-                let wait_ms = now_ns.saturating_sub(since) / 1_000_000;
-                (transport, name, wait_ms, f.worker_pid)
+                let (transport, upstream) = self.name(&f.addr);
+                InFlight {
+                    transport,
+                    upstream,
+                    wait_ms: now_ns.saturating_sub(since) / 1_000_000,
+                    worker: f.worker_pid,
+                    req_first_ns: f.req_first_ns,
+                }
             })
             .collect();
         if let Some(metrics) = &mut self.export {
-            metrics.set_pending(under_way.iter().map(|(t, name, _, worker)| Route {
-                worker: *worker,
-                server: name,
-                transport: *t,
+            metrics.set_pending(under_way.iter().map(|x| Route {
+                worker: x.worker,
+                server: &x.upstream,
+                transport: x.transport,
             }));
         }
         self.under_way = under_way;
@@ -976,6 +1051,18 @@ impl Session {
             metrics.set_masters(&masters);
             metrics.set_traced_workers(workers.len());
         }
+        let now = std::time::Instant::now();
+        if let Some(shown) = &self.shown_workers {
+            self.left_workers
+                .extend(shown.difference(&workers).map(|&pid| (pid, now)));
+        }
+        // A worker that left without an exit record (lost, or a pid reused)
+        // is forgotten in time; the bound holds a mass reload's workers.
+        self.left_workers
+            .retain(|_, left| now.duration_since(*left) < LEFT_WORKER_KEPT);
+        while self.left_workers.len() > MAX_LEFT_WORKERS {
+            self.left_workers.pop_first();
+        }
         self.shown_workers = Some(workers);
         Ok(true)
     }
@@ -1198,6 +1285,39 @@ mod tests {
         s.record(&remote).unwrap();
         assert!(s.peer_wait.is_empty());
         assert_eq!(outcomes(&s).get("closed_early"), Some(&1));
+    }
+
+    #[test]
+    fn a_worker_gone_from_proc_before_its_exit_record_still_gets_its_worker_exit() {
+        use std::os::unix::process::CommandExt;
+        // A real process with a worker's title, as /proc shows it.
+        let mut child = std::process::Command::new("sleep")
+            .arg0("nginx: worker process")
+            .arg("60")
+            .spawn()
+            .expect("sleep runs");
+        let pid = child.id();
+        let mut s = session();
+        s.traced.insert(pid);
+        // `spawn` may return while the child is still in `execve()`.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !procs::is_worker(pid) {
+            assert!(std::time::Instant::now() < deadline, "sleep got no title");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(s.refresh_workers().unwrap());
+        assert!(s.is_worker(pid));
+        // It dies, and the worker set is refreshed before its exit record
+        // is handled (a busy host): /proc no longer knows it.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(s.refresh_workers().unwrap());
+        assert!(!s.shown_workers.as_ref().unwrap().contains(&pid));
+        s.record(&fate_of(pid, 1, 10_000 * MS, None, 9)).unwrap();
+        assert!(
+            s.dead_workers.contains_key(&pid),
+            "its exit is a worker's: its worker_exit event will be printed"
+        );
     }
 
     #[test]

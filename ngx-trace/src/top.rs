@@ -26,7 +26,12 @@ use ratatui::{
 };
 use serde_json::Value;
 
-use crate::{capped::NameCap, human::short_us, sanitize, session::Session};
+use crate::{
+    capped::NameCap,
+    human::short_us,
+    sanitize,
+    session::{Session, UnderWay},
+};
 
 /// Upstreams given rows of their own; later ones share the `other` row. Six
 /// histograms of up to 26 KB each a row: at most about 20 MB, whatever the
@@ -200,6 +205,8 @@ pub struct Board {
     names: NameCap,
     /// By `METHOD location` (`GET /api/`; `?` for what is not known).
     locations: HashMap<String, Upstream>,
+    /// In flight now, per method and location.
+    pending_locations: BTreeMap<String, (u64, u64)>,
     location_names: NameCap,
 }
 
@@ -210,28 +217,49 @@ impl Default for Board {
             pending: BTreeMap::new(),
             names: NameCap::new(MAX_ROWS),
             locations: HashMap::new(),
+            pending_locations: BTreeMap::new(),
             location_names: NameCap::new(MAX_ROWS),
         }
     }
 }
 
-/// The location row of upstream event `e`: its request's method and its
-/// location (`?` when not known; the candidates, `|`-separated, when the
-/// configuration left several).
+/// The location row of upstream event `e` (see
+/// [`crate::event::location_row`]).
 fn location_row(e: &Value) -> String {
-    let method = e["request"]["method"].as_str().unwrap_or("?");
-    let location = match e["location"]["name"].as_str() {
-        Some(name) => name.to_string(),
-        None => match e["location_candidates"].as_array() {
-            Some(names) if !names.is_empty() => names
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("|"),
-            _ => "?".to_string(),
-        },
-    };
-    format!("{method} {location}")
+    let candidates: Vec<&str> = e["location_candidates"]
+        .as_array()
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    crate::event::location_row(
+        e["request"]["method"].as_str(),
+        e["location"]["name"].as_str(),
+        &candidates,
+    )
+}
+
+/// `pending` (count and longest wait per row name) under the row names
+/// `names` gives, each row made in `rows` if new and `makes_row` says so
+/// (else left out).
+fn fold_pending(
+    names: &mut NameCap,
+    rows: &mut HashMap<String, Upstream>,
+    pending: BTreeMap<String, (u64, u64)>,
+    makes_row: impl Fn(&str) -> bool,
+) -> BTreeMap<String, (u64, u64)> {
+    let mut shown: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (name, (count, wait_ms)) in pending {
+        if !rows.contains_key(&name) && !makes_row(&name) {
+            continue;
+        }
+        let key = names.key(&name, rows.contains_key(&name));
+        if !rows.contains_key(key) {
+            rows.insert(key.to_string(), Upstream::new());
+        }
+        let row = shown.entry(key.to_string()).or_default();
+        row.0 += count;
+        row.1 = row.1.max(wait_ms);
+    }
+    shown
 }
 
 fn us(e: &Value, phase: &str) -> Option<u64> {
@@ -316,19 +344,24 @@ impl Board {
         }
     }
 
-    /// Sets what is in flight now (upstreams past the cap under `other`).
-    pub fn set_pending(&mut self, pending: BTreeMap<String, (u64, u64)>) {
-        let mut shown: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for (name, (count, wait_ms)) in pending {
-            let key = self.names.key(&name, self.upstreams.contains_key(&name));
-            if !self.upstreams.contains_key(key) {
-                self.upstreams.insert(key.to_string(), Upstream::new());
-            }
-            let row = shown.entry(key.to_string()).or_default();
-            row.0 += count;
-            row.1 = row.1.max(wait_ms);
-        }
-        self.pending = shown;
+    /// Sets what is in flight now, per upstream and per method and
+    /// location (rows past the cap under `other`).
+    pub fn set_pending(&mut self, pending: UnderWay) {
+        self.pending = fold_pending(
+            &mut self.names,
+            &mut self.upstreams,
+            pending.by_upstream,
+            |_| true,
+        );
+        // An exchange whose request is not known (still connecting, or its
+        // copy not read yet) counts in a row that exchanges made, and makes
+        // none: that would leave a `?` row behind for every location.
+        self.pending_locations = fold_pending(
+            &mut self.location_names,
+            &mut self.locations,
+            pending.by_location,
+            |name| !name.starts_with("? "),
+        );
     }
 
     /// `N further upstreams ... counted as "other"`, if any were.
@@ -445,12 +478,14 @@ fn draw(
 
     let mut lines = Vec::new();
     for (name, u) in rows {
-        // In flight is known per upstream only.
         let (pending, wait_ms) = if view.by_location {
-            (0, 0)
+            &board.pending_locations
         } else {
-            board.pending.get(name).copied().unwrap_or((0, 0))
-        };
+            &board.pending
+        }
+        .get(name)
+        .copied()
+        .unwrap_or((0, 0));
         let failing = u.failures_now() > 0;
         let style = if failing {
             Style::new().red()
@@ -795,6 +830,54 @@ mod tests {
         );
         // The upstream's row counts them all.
         assert_eq!(b.upstreams["127.0.0.1:8080"].total, 6);
+        // In flight, per location too: shown in the location rows.
+        b.set_pending(UnderWay {
+            by_upstream: BTreeMap::from([("127.0.0.1:8080".to_string(), (3, 2_500))]),
+            by_location: BTreeMap::from([
+                ("GET /api/reports/".to_string(), (2, 2_500)),
+                ("POST /upload/".to_string(), (1, 40)),
+            ]),
+        });
+        assert_eq!(b.pending_locations["GET /api/reports/"], (2, 2_500));
+        assert!(
+            b.locations.contains_key("POST /upload/"),
+            "a row of its own"
+        );
+        let view = View {
+            sort: Sort::Failures,
+            filter: String::new(),
+            editing: None,
+            paused: false,
+            quit: false,
+            by_location: true,
+        };
+        let footer = Footer {
+            workers: 1,
+            lost: 0,
+        };
+        let mut terminal =
+            ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 12)).unwrap();
+        terminal
+            .draw(|f| draw(f, &b, &view, &footer, std::time::SystemTime::UNIX_EPOCH))
+            .unwrap();
+        let lines: Vec<String> = terminal
+            .backend()
+            .buffer()
+            .content()
+            .chunks(160)
+            .map(|row| row.iter().map(|c| c.symbol()).collect())
+            .collect();
+        let row = |name: &str| {
+            let at = lines
+                .iter()
+                .position(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no row {name}: {lines:#?}"));
+            (lines[at].trim_end(), lines[at + 1].trim_end())
+        };
+        let (reports, since) = row("GET /api/reports/");
+        assert!(reports.ends_with(" 2"), "{lines:#?}");
+        assert!(since.ends_with("longest 2.50 s"), "{lines:#?}");
+        assert!(row("POST /upload/").0.ends_with(" 1"), "{lines:#?}");
     }
 
     #[test]
@@ -921,7 +1004,10 @@ mod tests {
         let pending: BTreeMap<String, (u64, u64)> = (0..1_000)
             .map(|i| (format!("unix:/tmp/p{i}.sock"), (2, i)))
             .collect();
-        b.set_pending(pending);
+        b.set_pending(UnderWay {
+            by_upstream: pending,
+            by_location: BTreeMap::new(),
+        });
         b.roll(1.0);
         assert_eq!(b.upstreams.len(), MAX_ROWS + 1);
         let other = &b.upstreams["other"];

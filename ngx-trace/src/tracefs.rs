@@ -87,7 +87,6 @@ pub fn offsets_from(
     let (retransmit, retransmit_f) = need("tcp", "tcp_retransmit_skb")?;
     let (fork, fork_f) = need("sched", "sched_process_fork")?;
     let (close, close_f) = need("syscalls", "sys_enter_close")?;
-    let (writev, writev_f) = need("syscalls", "sys_enter_writev")?;
     let (victim, victim_f) = need("oom", "mark_victim")?;
     let (socket, socket_f) = need("syscalls", "sys_enter_socket")?;
     let (socket_exit, socket_exit_f) = need("syscalls", "sys_exit_socket")?;
@@ -118,8 +117,6 @@ pub fn offsets_from(
         retransmit_saddr_v6: offset_of(&retransmit_f, &retransmit, "saddr_v6", 16)?,
         fork_child_pid: offset_of(&fork_f, &fork, "child_pid", 4)?,
         close_fd: offset_of(&close_f, &close, "fd", 8)?,
-        writev_fd: offset_of(&writev_f, &writev, "fd", 8)?,
-        writev_vec: offset_of(&writev_f, &writev, "vec", 8)?,
         mark_victim_pid: offset_of(&victim_f, &victim, "pid", 4)?,
         socket_family: offset_of(&socket_f, &socket, "family", 8)?,
         socket_type: offset_of(&socket_f, &socket, "type", 8)?,

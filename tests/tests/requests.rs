@@ -246,7 +246,27 @@ fn tune_advises_each_location_on_one_server_from_its_own_latencies() {
         assert!(get_at_once(&nginx, &paths).iter().all(|&s| s == 200));
     }
     tracer.wait_for(Duration::from_millis(500), |_| false);
-    tracer.stop();
+    let live = tracer.stop();
+    // Those that waited past `--slow` (1 s: the slow ones, and fast ones
+    // queued behind them for uWSGI's 8 processes) were reported while they
+    // waited, each with its own request and location.
+    let pending: Vec<&Value> = live.iter().filter(|e| e["event"] == "pending").collect();
+    for e in &pending {
+        let path = e["request"]["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{e}"));
+        let location = e["location"]["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{e}"));
+        assert!(
+            ["/fast/", "/slow/"].contains(&location) && path.starts_with(location),
+            "{e}"
+        );
+    }
+    assert!(
+        pending.iter().any(|e| e["location"]["name"] == "/slow/"),
+        "{live:#?}"
+    );
     let events = run(&[
         "tune",
         "--from",
