@@ -62,7 +62,7 @@ pub struct MapSpec {
 }
 
 /// Every map user space opens by name, with the key and value types of
-/// `ngx-trace/src/kernel.rs`: a unit test of ngx-trace checks them against
+/// `ngx-trace/src/kernel/programs.rs`: a unit test of ngx-trace checks them against
 /// the built object, so a renamed map or a changed type fails without root.
 pub const USER_MAPS: &[MapSpec] = &[
     MapSpec {

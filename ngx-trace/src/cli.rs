@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "ngx-trace",
     version,
-    long_version = crate::version::long_version(),
+    long_version = crate::commands::version::long_version(),
     about,
     after_help = crate::exit::help()
 )]
@@ -61,8 +61,24 @@ pub enum Mode {
 }
 
 impl TraceArgs {
+    /// Fails when export options are given to `mode`, which traces nothing.
+    pub fn no_export(&self, mode: &str) -> anyhow::Result<()> {
+        if self.metrics_listen.is_some() || self.metrics_file.is_some() {
+            return Err(crate::exit::UserError::new(
+                crate::exit::USAGE,
+                format!(
+                    "--metrics-listen and --metrics-file export what tracing measures: `{mode}` \
+                     traces nothing (drop them, or trace with `ngx-trace --record FILE` and export \
+                     meanwhile)"
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// The hooks not to use (`--avoid-hooks`).
-    pub fn avoid(&self) -> Vec<crate::hooks::Avoid> {
+    pub fn avoid(&self) -> Vec<crate::kernel::hooks::Avoid> {
         self.avoid_hooks
             .as_ref()
             .map_or_else(Vec::new, |list| list.0.clone())
@@ -189,9 +205,9 @@ pub struct TraceArgs {
         long,
         value_name = "KINDS",
         env = "NGX_TRACE_AVOID_HOOKS",
-        value_parser = crate::hooks::parse_avoid
+        value_parser = crate::kernel::hooks::parse_avoid
     )]
-    pub avoid_hooks: Option<crate::hooks::HookList>,
+    pub avoid_hooks: Option<crate::kernel::hooks::HookList>,
 
     /// Copy nothing of the requests nginx writes upstream: exchanges then
     /// carry no method and path (by default the kernel copies the start of
@@ -203,7 +219,7 @@ pub struct TraceArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (OpenMetrics when the
     /// scraper asks for it, else Prometheus text). A port alone listens on
     /// 127.0.0.1; any other address must be written out (`0.0.0.0:9438`).
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics_http::parse_listen)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::report::metrics_http::parse_listen)]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
     /// Write the metrics to FILE every second, atomically, in Prometheus
@@ -299,7 +315,7 @@ pub fn generate(what: &str) -> std::io::Result<()> {
 mod tests {
     use ngx_trace_common::Hook;
 
-    use crate::hooks::Avoid;
+    use crate::kernel::hooks::Avoid;
 
     use super::*;
 

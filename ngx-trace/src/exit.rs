@@ -1,5 +1,5 @@
 //! Exit codes, and the error type that carries one to `main`.
-use std::fmt;
+use std::{fmt, io};
 
 /// Everything went well.
 pub const OK: i32 = 0;
@@ -72,6 +72,14 @@ pub fn code_of(err: &anyhow::Error) -> i32 {
     err.chain()
         .find_map(|e| e.downcast_ref::<UserError>())
         .map_or(FAILURE, |e| e.code)
+}
+
+/// Whether `err` is a write to a closed pipe (`ngx-trace | head`): a
+/// normal end, exit 0.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .any(|e| e.kind() == io::ErrorKind::BrokenPipe)
 }
 
 #[cfg(test)]

@@ -8,11 +8,8 @@ use std::{collections::BTreeMap, path::Path};
 use proptest::prelude::*;
 
 use crate::{
-    errorlog,
-    preflight::parse_cap_eff,
-    procs::{parse_listen_ports, parse_status},
-    records::decode,
-    tracefs,
+    kernel::preflight::parse_cap_eff, kernel::proc_net::parse_listen_ports,
+    kernel::records::decode, kernel::tracefs, nginx::errorlog, nginx::procs::parse_status,
 };
 
 fn seeds(kind: &str) -> BTreeMap<String, String> {

@@ -72,6 +72,16 @@ pub fn lines(s: &str) -> Cow<'_, str> {
     Cow::Owned(escaped.join("\n"))
 }
 
+/// `s` itself if it has at most `max` characters, else `…` and its end.
+pub fn shorten_left(s: &str, max: usize) -> String {
+    let count = s.chars().count();
+    if count <= max {
+        return s.to_string();
+    }
+    let keep: String = s.chars().skip(count - (max - 1)).collect();
+    format!("…{keep}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

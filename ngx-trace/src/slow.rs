@@ -67,9 +67,9 @@ where
 /// What the tracing session's side work gives back.
 pub enum Done {
     /// The traced masters' configurations, read again (a reload).
-    Configs(crate::configs::ConfigRead),
+    Configs(crate::nginx::configs::ConfigRead),
     /// Who serves some upstreams.
-    Backends(crate::backends::Found),
+    Backends(crate::nginx::backends::Found),
 }
 
 /// The session's end of a side thread whose jobs give `R`.
