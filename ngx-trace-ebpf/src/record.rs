@@ -17,7 +17,7 @@ use crate::{
 
 /// Unread bytes from which an answered exchange wakes the reader anyway, so
 /// the ring never fills between the reader's periodic drains.
-const WAKEUP_BACKLOG: u64 = EVENTS_BYTES as u64 / 4;
+pub(crate) const WAKEUP_BACKLOG: u64 = EVENTS_BYTES as u64 / 4;
 
 /// Ends the exchange at `state` with `ending` and sends it, the
 /// connection going on (a kept-alive one's next exchange) or not followed

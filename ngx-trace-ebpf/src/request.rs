@@ -8,8 +8,9 @@
 //! in the registers the worker saved on entering the kernel: no hook on
 //! `writev()` (which every process on the host makes) is needed, and the
 //! cost falls on an exchange's first write alone.
-use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated,
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated},
 };
 use ngx_trace_common::{
     CALL_SENDTO, CALL_WRITE, CALL_WRITEV, FD_UNKNOWN, LOST_REQUEST_COPIES, RECORD_REQUEST,
@@ -19,6 +20,7 @@ use ngx_trace_common::{
 use crate::{
     config::config,
     maps::{EVENTS, REQUEST_SCRATCH, count_lost},
+    record::WAKEUP_BACKLOG,
 };
 
 /// `struct user_msghdr.msg_iov`: after `msg_name` and the padded
@@ -104,7 +106,14 @@ pub fn copy_start(tgid: u32, fd: u32, req_first_ns: u64) {
     }
     let size = REQUEST_RECORD_FIXED + (len as usize & (REQUEST_HEAD - 1));
     let bytes = unsafe { core::slice::from_raw_parts(record as *const u8, size) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    // Nobody waits for a request's start: it goes with its exchange's
+    // record, which wakes the reader if anything does (see record.rs).
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BACKLOG {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
         // Not an exchange lost: it is reported, without its request.
         count_lost(LOST_REQUEST_COPIES);
     }
