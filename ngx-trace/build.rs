@@ -1,4 +1,4 @@
-//! Builds the eBPF object (ngx-trace-ebpf) that `src/kernel.rs` embeds.
+//! Builds the eBPF object (ngx-trace-ebpf) that `src/kernel/programs.rs` embeds.
 //!
 //! The build runs cargo for the BPF target as aya-build does, but keeps
 //! cargo's progress lines to itself: a build that succeeds says nothing

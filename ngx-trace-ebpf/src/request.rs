@@ -10,7 +10,10 @@
 //! cost falls on an exchange's first write alone.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated,
+    },
 };
 use ngx_trace_common::{
     CALL_SENDTO, CALL_WRITE, CALL_WRITEV, FD_UNKNOWN, LOST_REQUEST_COPIES, RECORD_REQUEST,
@@ -28,8 +31,8 @@ use crate::{
 const MSGHDR_IOV: u64 = 16;
 
 /// The buffer (address, length) the current task's system call writes
-/// first, when that call is a write on connection `fd` (any fd for an
-/// adopted connection, whose fd is not known).
+/// first, when that call is a write on connection `fd` (`FD_UNKNOWN`: any
+/// fd, for a connection whose fd was not learnt).
 #[inline(always)]
 fn first_buffer(fd: u32) -> Option<(u64, u64)> {
     let task = unsafe { bpf_get_current_task() };
@@ -49,7 +52,8 @@ fn first_buffer(fd: u32) -> Option<(u64, u64)> {
             |i: usize| unsafe { bpf_probe_read_kernel((regs + args[i] as u64) as *const u64).ok() };
         // The wrong place holds another register: a call number and the
         // connection's fd both matching there is not a coincidence.
-        if !calls.contains(&nr) || (fd != FD_UNKNOWN && arg(0)? != fd as u64) {
+        // An int argument: only its low 32 bits are the fd.
+        if !calls.contains(&nr) || (fd != FD_UNKNOWN && arg(0)? as u32 != fd) {
             continue;
         }
         let (buf, len) = (arg(1)?, arg(2)?);
@@ -59,8 +63,14 @@ fn first_buffer(fd: u32) -> Option<(u64, u64)> {
             let vec = if nr == calls[CALL_WRITEV] {
                 buf
             } else {
-                // `sendmsg()` (`CALL_SENDMSG`): its iovec is in the msghdr.
-                unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64) }.ok()?
+                // `sendmsg()` (`CALL_SENDMSG`): its iovecs are in the
+                // msghdr (`msg_iov`, then `msg_iovlen`).
+                let iov =
+                    unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const [u64; 2]) }.ok()?;
+                if iov[1] == 0 {
+                    return None;
+                }
+                iov[0]
             };
             // `struct iovec { void *iov_base; size_t iov_len; }`
             let iov = unsafe { bpf_probe_read_user(vec as *const [u64; 2]) }.ok()?;
@@ -75,7 +85,9 @@ fn first_buffer(fd: u32) -> Option<(u64, u64)> {
 /// first buffer. Called from the socket hook, inside the write.
 #[inline(always)]
 pub fn copy_start(tgid: u32, fd: u32, req_first_ns: u64) {
-    if config!(syscall.copy) == 0 {
+    // Only the worker's own memory: a process it forked (a script run by a
+    // module) shares its sockets, and is not read.
+    if config!(syscall.copy) == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 != tgid {
         return;
     }
     let Some((buf, buf_len)) = first_buffer(fd) else {

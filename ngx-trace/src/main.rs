@@ -7,16 +7,19 @@
 //! output, summary, histograms, metrics) → `commands/` (trace and its
 //! session, top, explain, tune, version). Dependencies run that way only.
 //! Every stage stands on `exit` (errors and exit codes), `notice` (the
-//! operator's notices), `sanitize` (untrusted text made safe) and `slow`
-//! (the side thread for work that may take long); this file parses the
-//! arguments, dispatches and maps errors to exit codes.
+//! operator's notices), `sanitize` (untrusted text made safe), `human`
+//! (numbers as people read them), `capped` (bounded per-name tables) and
+//! `slow` (the side thread for work that may take long); this file parses
+//! the arguments, dispatches and maps errors to exit codes.
 
+mod capped;
 mod cli;
 mod commands;
 mod diagnosis;
 mod exit;
 #[cfg(test)]
 mod fuzz;
+mod human;
 mod kernel;
 mod nginx;
 mod notice;

@@ -18,10 +18,10 @@ use crate::{
     diagnosis::verdict::{Outcome, Verdict, explain},
     kernel::clock::{Clock, rfc3339_micros},
     kernel::records::{Facts, Finished, ProcessChange, Record, Transport, facts, upstream_name},
+    kernel::request_head::Waiting,
     nginx::backends::Backends,
     nginx::configs::Configs,
     nginx::procs,
-    nginx::request_head::Waiting,
     notice::notice,
     report::event::{
         LocationRef, LostEvent, PendingEvent, UpstreamEvent, WorkerExitEvent, WorkersEvent,

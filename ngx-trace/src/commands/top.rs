@@ -27,9 +27,9 @@ use ratatui::{
 use serde_json::Value;
 
 use crate::{
+    capped::NameCap,
     commands::session::{Session, UnderWay},
-    report::capped::NameCap,
-    report::human::short_us,
+    human::short_us,
     sanitize,
 };
 

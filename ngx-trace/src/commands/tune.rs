@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
+    capped::NameCap,
     nginx::nginx_conf::{Config, Location, Setting},
-    report::capped::NameCap,
     report::reservoir::{Reservoir, Weighted},
 };
 
@@ -347,7 +347,7 @@ fn recommend(
     let pct = 100.0 * (1.0 - rate);
     let mut reason = format!(
         "p{pct} of {n} is {}; × {MARGIN} margin, rounded",
-        crate::report::human::short_us(q_us)
+        crate::human::short_us(q_us)
     );
     if floor_ms > target_ms {
         reason.push_str(&format!(
@@ -559,7 +559,7 @@ pub fn tune(config: &Config, measured: &Measurements, rate: f64) -> Vec<TuneEven
                         Some(value.min(current_ms / 1000) as f64),
                         format!(
                             "the backend closed kept-alive connections idle for {}: close them first",
-                            crate::report::human::human_us(idle_us)
+                            crate::human::human_us(idle_us)
                         ),
                     )
                 }

@@ -16,7 +16,7 @@ use std::{
 
 use ngx_trace_common::{AF_INET, AF_INET6, UpstreamAddr};
 
-use crate::{kernel::sock_diag, notice::notice, report::human::human_us};
+use crate::{human::human_us, kernel::sock_diag, notice::notice};
 
 /// A listener's accept queue: connections waiting for `accept()`, and the
 /// backlog it was given.

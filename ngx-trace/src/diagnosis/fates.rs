@@ -6,51 +6,9 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::report::human::human_us;
+use crate::human::human_us;
 
-/// One fact about a process, from a kernel fate record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fact {
-    /// A signal that ends a process by default was sent to it.
-    Signal {
-        /// The signal.
-        signal: u32,
-        /// `si_code`: 0 or negative when a process sent it, positive when
-        /// the kernel did (a fault, an OOM kill).
-        code: i32,
-        /// Who sent it (for a fault: the process itself).
-        sender: u32,
-        /// The sender's name.
-        sender_comm: String,
-    },
-    /// The OOM killer chose it.
-    OomKilled {
-        /// The memory cgroup limit it hit, bytes; `None` for a host-wide OOM
-        /// or when it could not be read.
-        memory_limit: Option<u64>,
-    },
-    /// It exited, with this `wait()` status.
-    Exited {
-        /// The status: signal in the low 7 bits, 0x80 core dumped, exit
-        /// status in the next byte.
-        exit_code: u32,
-    },
-}
-
-/// A [`Fact`] with its process and time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The process.
-    pub pid: u32,
-    /// Its parent, 0 when not known.
-    pub parent: u32,
-    /// Its name, empty when not known.
-    pub comm: String,
-    /// When (CLOCK_MONOTONIC ns).
-    pub time_ns: u64,
-    /// What.
-    pub fact: Fact,
-}
+pub use crate::kernel::records::{Entry, Fact};
 
 /// How long facts are kept: longer than any exchange nginx lets wait with
 /// its default timeouts (60 s), with room for raised ones.

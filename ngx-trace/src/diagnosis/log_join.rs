@@ -12,11 +12,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
+    capped::NameCap,
     diagnosis::causes::{self, Cause},
     nginx::configs::describe,
     nginx::errorlog::{Kind, LogLine, Phase, server_of},
     nginx::nginx_conf::Config,
-    report::capped::NameCap,
 };
 
 /// Events a live trace window holds at most (about 30 s at 3,300

@@ -18,8 +18,8 @@ use ngx_trace_common::End;
 
 use crate::{
     diagnosis::timings::{Timings, span_us, timings},
+    human::{human_us, plural, strerror},
     kernel::records::{Finished, Transport},
-    report::human::{human_us, plural, strerror},
 };
 
 /// What happened to one upstream connection attempt or exchange.

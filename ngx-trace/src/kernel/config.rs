@@ -39,14 +39,20 @@ pub fn config(wanted: &Wanted, root: &Path) -> Result<(Config, Result<String, St
         (SyscallRegs::OFF, Err("off (--no-request-path)".to_string()))
     } else {
         match syscall_regs(&btf) {
-            Ok(regs) => (
-                regs,
-                Ok(format!(
-                    "from the registers of the call writing an exchange's first bytes \
-                     (struct pt_regs at task_struct.stack + {} or {})",
-                    regs.regs_at[0], regs.regs_at[1]
-                )),
-            ),
+            Ok(regs) => {
+                let at = if regs.regs_at[0] == regs.regs_at[1] {
+                    regs.regs_at[0].to_string()
+                } else {
+                    format!("{} or {}", regs.regs_at[0], regs.regs_at[1])
+                };
+                (
+                    regs,
+                    Ok(format!(
+                        "from the registers of the call writing an exchange's first bytes \
+                         (struct pt_regs at task_struct.stack + {at})"
+                    )),
+                )
+            }
             Err(why) => (SyscallRegs::OFF, Err(format!("not copied: {why}"))),
         }
     };

@@ -73,7 +73,7 @@ fn every_program_user_space_attaches_exists_with_its_kind() {
             ));
             continue;
         };
-        // kernel.rs loads each program as its `hook` says: aya refuses a
+        // kernel/programs.rs loads each program as its `hook` says: aya refuses a
         // program of another kind.
         let (wanted, fits) = match spec.hook {
             Hook::BtfTracepoint => (

@@ -1,8 +1,10 @@
 //! The kernel side, as user space drives it: checks before loading, the
 //! kernel's BTF and tracefs, the choice of hook per capability, loading and
-//! attaching the programs, draining and decoding their records, and the
-//! kernel's own answers about sockets (sock_diag, `/proc/net`). Uses
-//! `ngx-trace-common`; knows nothing of nginx's files or of what is printed.
+//! attaching the programs, draining and decoding their records (a
+//! request's method and path taken from the bytes copied, the rest dropped
+//! there), and the kernel's own answers about sockets (sock_diag,
+//! `/proc/net`). Uses `ngx-trace-common` and the shared ground at the
+//! root; knows nothing of nginx's files, of causes or of what is printed.
 pub mod btf;
 pub mod clock;
 pub mod config;
@@ -16,6 +18,7 @@ pub mod preflight;
 pub mod proc_net;
 pub mod programs;
 pub mod records;
+pub mod request_head;
 pub mod sock_diag;
 pub mod syscall_regs;
 pub mod tracefs;

@@ -12,7 +12,49 @@ use ngx_trace_common::{
     RECORD_REQUEST, RECORD_UPSTREAM, REQUEST_RECORD_FIXED, UpstreamAddr, UpstreamRecord,
 };
 
-use crate::diagnosis::fates::{Entry, Fact};
+/// One fact about a process, from a kernel fate record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    /// A signal that ends a process by default was sent to it.
+    Signal {
+        /// The signal.
+        signal: u32,
+        /// `si_code`: 0 or negative when a process sent it, positive when
+        /// the kernel did (a fault, an OOM kill).
+        code: i32,
+        /// Who sent it (for a fault: the process itself).
+        sender: u32,
+        /// The sender's name.
+        sender_comm: String,
+    },
+    /// The OOM killer chose it.
+    OomKilled {
+        /// The memory cgroup limit it hit, bytes; `None` for a host-wide OOM
+        /// or when it could not be read.
+        memory_limit: Option<u64>,
+    },
+    /// It exited, with this `wait()` status.
+    Exited {
+        /// The status: signal in the low 7 bits, 0x80 core dumped, exit
+        /// status in the next byte.
+        exit_code: u32,
+    },
+}
+
+/// A [`Fact`] with its process and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The process.
+    pub pid: u32,
+    /// Its parent, 0 when not known.
+    pub parent: u32,
+    /// Its name, empty when not known.
+    pub comm: String,
+    /// When (CLOCK_MONOTONIC ns).
+    pub time_ns: u64,
+    /// What.
+    pub fact: Fact,
+}
 
 /// What the kernel knows of one upstream connection attempt or exchange,
 /// finished or in flight. Timestamps are CLOCK_MONOTONIC ns, 0 when not
@@ -147,7 +189,7 @@ pub enum Record {
         /// `Facts::req_first_ns` of the exchange.
         req_first_ns: u64,
         /// Its method and path.
-        request: Option<crate::nginx::request_head::Request>,
+        request: Option<crate::kernel::request_head::Request>,
     },
 }
 
@@ -289,7 +331,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, String> {
             Ok(Record::Request {
                 worker_pid: word(4),
                 req_first_ns: u64::from_ne_bytes(fixed[16..24].try_into().unwrap()),
-                request: crate::nginx::request_head::decode(head),
+                request: crate::kernel::request_head::decode(head),
             })
         }
         other => Err(format!("unknown record kind {other}")),

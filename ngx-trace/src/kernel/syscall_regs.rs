@@ -105,8 +105,8 @@ mod tests {
     fn the_running_kernels_registers_are_where_x86_64_keeps_them() {
         let btf = Btf::from_sys_fs().expect("kernel BTF is required for this test");
         let regs = syscall_regs(&btf).unwrap();
-        // arch/x86/include/asm/ptrace.h: 21 eight-byte registers, `di`
-        // 14th, `si` 13th, `dx` 12th, `orig_ax` 15th.
+        // arch/x86/include/asm/ptrace.h: 21 eight-byte registers, `dx`
+        // 13th, `si` 14th, `di` 15th, `orig_ax` 16th.
         assert_eq!(regs.args, [112, 104, 96]);
         assert_eq!(regs.nr, 120);
         assert_eq!(regs.regs_at, [16384 - 168, 16384 - 168 - 16]);

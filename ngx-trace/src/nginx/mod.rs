@@ -1,9 +1,8 @@
 //! nginx as it runs: its processes and workers, its configuration (read as
 //! data, with the credentials of the process that names it), its error
-//! logs and their local time, the backends behind its upstreams, the
-//! connections it kept alive before tracing began, and the request heads
-//! it writes upstream. Uses the kernel stage for what only the kernel
-//! knows (a process's sockets).
+//! logs and their local time, the backends behind its upstreams, and the
+//! connections it kept alive before tracing began. Uses the kernel stage
+//! for what only the kernel knows (a process's sockets).
 pub mod adopt;
 pub mod backends;
 pub mod configs;
@@ -16,4 +15,3 @@ pub mod logfollow;
 pub mod nginx_conf;
 pub mod nginx_files;
 pub mod procs;
-pub mod request_head;

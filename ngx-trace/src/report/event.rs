@@ -6,7 +6,7 @@ use crate::{
     diagnosis::timings::Timings,
     diagnosis::verdict::Explanation,
     kernel::records::{Facts, Transport},
-    nginx::request_head::Request,
+    kernel::request_head::Request,
 };
 
 /// TCP facts of an upstream event.
@@ -324,7 +324,7 @@ impl WorkerExitEvent {
             self.worker_pid,
             self.fate.fate,
             self.evidence,
-            crate::report::human::plural(self.in_flight, "exchange")
+            crate::human::plural(self.in_flight, "exchange")
         )
     }
 }

@@ -6,9 +6,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
+    capped::{NameCap, OTHER},
     diagnosis::timings::Timings,
-    report::capped::{NameCap, OTHER},
-    report::human::Unit,
+    human::Unit,
 };
 
 /// The phases histograms are kept for.

@@ -1,13 +1,10 @@
 //! What ngx-trace tells: the events (JSON Lines and text), their writer,
-//! folding and the summary, histograms, numbers as people read them, text
-//! made safe for a terminal, recordings, and the Prometheus metrics and
-//! their endpoint. Formats what the diagnosis decided; never touches the
-//! kernel.
-pub mod capped;
+//! folding and the summary, histograms, recordings, and the Prometheus
+//! metrics and their endpoint. Formats what the diagnosis decided; never
+//! touches the kernel.
 pub mod event;
 pub mod fold;
 pub mod histogram;
-pub mod human;
 pub mod metrics;
 pub mod metrics_file;
 pub mod metrics_http;

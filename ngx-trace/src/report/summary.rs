@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{diagnosis::verdict::Outcome, report::capped::NameCap, report::output::Text};
+use crate::{capped::NameCap, diagnosis::verdict::Outcome, report::output::Text};
 
 /// Upstreams counted by name; later ones are counted under `other` (a few
 /// hundred bytes each: this bounds the summary whatever the traced
