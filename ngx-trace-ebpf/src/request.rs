@@ -50,9 +50,9 @@ fn first_buffer(fd: u32) -> Option<(u64, u64)> {
         let args = config!(syscall.args);
         let arg =
             |i: usize| unsafe { bpf_probe_read_kernel((regs + args[i] as u64) as *const u64).ok() };
-        // The wrong place holds another register: a call number and the
-        // connection's fd both matching there is not a coincidence.
-        // An int argument: only its low 32 bits are the fd.
+        // The wrong place holds other registers: a call number and the
+        // connection's fd (an int: the argument's low 32 bits) both
+        // matching there is not a coincidence.
         if !calls.contains(&nr) || (fd != FD_UNKNOWN && arg(0)? as u32 != fd) {
             continue;
         }
