@@ -264,14 +264,7 @@ impl Session {
         for x in &self.under_way {
             count(&mut per.by_upstream, x.upstream.to_string(), x.wait_ms);
             let request = self.requests.get(x.worker, x.req_first_ns);
-            let (location, candidates) = match &self.configs {
-                Some(configs) => LocationRef::place(
-                    configs.config(),
-                    &x.upstream,
-                    request.map(|r| r.path.as_str()),
-                ),
-                None => (None, Vec::new()),
-            };
+            let (location, candidates) = self.place(&x.upstream, request.map(|r| r.path.as_str()));
             let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
             let row = crate::report::event::location_row(
                 request.map(|r| r.method.as_str()),
@@ -281,6 +274,15 @@ impl Session {
             count(&mut per.by_location, row, x.wait_ms);
         }
         per
+    }
+
+    /// The location an exchange with `upstream` whose request had `path`
+    /// came from, or the candidates (none without a configuration).
+    fn place(&self, upstream: &str, path: Option<&str>) -> (Option<LocationRef>, Vec<String>) {
+        match &self.configs {
+            Some(configs) => LocationRef::place(configs.config(), upstream, path),
+            None => (None, Vec::new()),
+        }
     }
 
     /// The nginx workers traced now.
@@ -536,14 +538,8 @@ impl Session {
         if x.end != End::SocketFailed {
             self.histograms.record(&upstream, &timings);
         }
-        let (location, location_candidates) = match &self.configs {
-            Some(configs) => LocationRef::place(
-                configs.config(),
-                &upstream,
-                request.as_ref().map(|r| r.path.as_str()),
-            ),
-            None => (None, Vec::new()),
-        };
+        let (location, location_candidates) =
+            self.place(&upstream, request.as_ref().map(|r| r.path.as_str()));
         if let Some(metrics) = &mut self.export {
             let route = Route {
                 worker: x.facts.worker_pid,
@@ -726,14 +722,8 @@ impl Session {
         let e = explain(&so_far, transport, &upstream, self.slow_us);
         let tcp = transport == Transport::Tcp;
         let request = self.requests.get(f.worker_pid, f.req_first_ns).cloned();
-        let (location, location_candidates) = match &self.configs {
-            Some(configs) => LocationRef::place(
-                configs.config(),
-                &upstream,
-                request.as_ref().map(|r| r.path.as_str()),
-            ),
-            None => (None, Vec::new()),
-        };
+        let (location, location_candidates) =
+            self.place(&upstream, request.as_ref().map(|r| r.path.as_str()));
         PendingEvent {
             event: "pending",
             time: rfc3339_micros(self.clock.wall(now_ns)),

@@ -789,6 +789,35 @@ mod tests {
                "timings_us": timings})
     }
 
+    /// Board `b` drawn on a 160 x 12 screen (rows per location or per
+    /// upstream, by failures): its rows.
+    fn screen_rows(b: &Board, by_location: bool) -> Vec<String> {
+        let view = View {
+            sort: Sort::Failures,
+            filter: String::new(),
+            editing: None,
+            paused: false,
+            quit: false,
+            by_location,
+        };
+        let footer = Footer {
+            workers: 1,
+            lost: 0,
+        };
+        let mut terminal =
+            ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 12)).unwrap();
+        terminal
+            .draw(|f| draw(f, b, &view, &footer, std::time::SystemTime::UNIX_EPOCH))
+            .unwrap();
+        terminal
+            .backend()
+            .buffer()
+            .content()
+            .chunks(160)
+            .map(|row| row.iter().map(|c| c.symbol()).collect())
+            .collect()
+    }
+
     #[test]
     fn location_rows_count_each_method_and_location_with_the_same_figures() {
         let mut b = Board::default();
@@ -843,30 +872,7 @@ mod tests {
             b.locations.contains_key("POST /upload/"),
             "a row of its own"
         );
-        let view = View {
-            sort: Sort::Failures,
-            filter: String::new(),
-            editing: None,
-            paused: false,
-            quit: false,
-            by_location: true,
-        };
-        let footer = Footer {
-            workers: 1,
-            lost: 0,
-        };
-        let mut terminal =
-            ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 12)).unwrap();
-        terminal
-            .draw(|f| draw(f, &b, &view, &footer, std::time::SystemTime::UNIX_EPOCH))
-            .unwrap();
-        let lines: Vec<String> = terminal
-            .backend()
-            .buffer()
-            .content()
-            .chunks(160)
-            .map(|row| row.iter().map(|c| c.symbol()).collect())
-            .collect();
+        let lines = screen_rows(&b, true);
         let row = |name: &str| {
             let at = lines
                 .iter()
@@ -924,37 +930,13 @@ mod tests {
 
     #[test]
     fn hostile_names_and_evidence_reach_the_screen_escaped() {
-        use ratatui::{Terminal, backend::TestBackend};
-
         let mut b = Board::default();
         let name = "unix:/run/\u{202e}kcos\x1b]52;c;aGk=\x07\u{9b}2A.sock";
         let mut e = exchange(name, "refused", "backend_down", None);
         e["evidence"] = json!("RST\x1b[2K\nforged\u{2066}");
         b.add(&e);
         b.roll(1.0);
-        let view = View {
-            sort: Sort::Failures,
-            filter: String::new(),
-            editing: None,
-            paused: false,
-            quit: false,
-            by_location: false,
-        };
-        let footer = Footer {
-            workers: 1,
-            lost: 0,
-        };
-        let mut terminal = Terminal::new(TestBackend::new(160, 12)).unwrap();
-        terminal
-            .draw(|f| draw(f, &b, &view, &footer, std::time::SystemTime::UNIX_EPOCH))
-            .unwrap();
-        let screen: String = terminal
-            .backend()
-            .buffer()
-            .content()
-            .iter()
-            .map(|c| c.symbol())
-            .collect();
+        let screen = screen_rows(&b, false).concat();
         for bad in ['\x1b', '\x07', '\u{9b}', '\u{202e}', '\u{2066}', '\n'] {
             assert!(!screen.contains(bad), "{bad:?} on screen: {screen}");
         }
@@ -990,8 +972,6 @@ mod tests {
 
     #[test]
     fn upstreams_past_the_cap_share_the_other_row_counted_in_the_footer() {
-        use ratatui::{Terminal, backend::TestBackend};
-
         let mut b = Board::default();
         for i in 0..1_000 {
             b.add(&exchange(
@@ -1021,29 +1001,7 @@ mod tests {
         assert_eq!(b.names.folded(), 2_000 - MAX_ROWS as u64);
         // Histograms are made on the first value: none for these.
         assert!(b.upstreams.values().all(|u| u.first_all.0.is_none()));
-        let view = View {
-            sort: Sort::Failures,
-            filter: String::new(),
-            editing: None,
-            paused: false,
-            quit: false,
-            by_location: false,
-        };
-        let footer = Footer {
-            workers: 1,
-            lost: 0,
-        };
-        let mut terminal = Terminal::new(TestBackend::new(160, 12)).unwrap();
-        terminal
-            .draw(|f| draw(f, &b, &view, &footer, std::time::SystemTime::UNIX_EPOCH))
-            .unwrap();
-        let screen: String = terminal
-            .backend()
-            .buffer()
-            .content()
-            .iter()
-            .map(|c| c.symbol())
-            .collect();
+        let screen = screen_rows(&b, false).concat();
         assert!(screen.contains("1872 upstreams in \"other\""), "{screen}");
     }
 }
