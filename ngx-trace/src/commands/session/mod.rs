@@ -1,37 +1,66 @@
 //! One tracing session: turns kernel records into events, follows the set
 //! of traced workers, reports lost events, and sums up at the end.
+//!
+//! `mod.rs` holds the session and its way for a record: decode, hold or
+//! judge, count, print. Each part it keeps is its own module, testable
+//! alone: `workers` (which traced processes are workers), `worker_exits`
+//! (workers that died and what they took), `peers` (a local backend's part
+//! in the exchange it ended), `pending` and `under_way` (what is still in
+//! flight), `lost` (records lost or skipped), `fd_counts` (descriptors at a
+//! failed `socket()`), `names` (upstream names) and `side` (the side
+//! thread's configuration reads and backend lookups).
+mod fd_counts;
+mod lost;
+mod names;
+mod peers;
+mod pending;
+mod side;
+#[cfg(test)]
+mod test_records;
+mod under_way;
+mod worker_exits;
+mod workers;
+
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     io,
     rc::Rc,
 };
 
-use ngx_trace_common::{End, Exchange, Phase, UpstreamAddr};
+use ngx_trace_common::{End, Exchange, Phase};
 
+pub use self::under_way::UnderWay;
+use self::{
+    fd_counts::FdCounts,
+    lost::LostTally,
+    names::Names,
+    side::SideWork,
+    under_way::InFlight,
+    worker_exits::{DeadWorkers, worker_exit_event},
+    workers::Workers,
+};
 use crate::{
     diagnosis::accept_queue::AcceptQueues,
-    diagnosis::fates::{self, Fact, Fate, FateFacts, FateKind, FateLog, PeerFacts},
+    diagnosis::fates::{self, Fact, FateLog, PeerFacts},
     diagnosis::held::Held,
-    diagnosis::peer_wait::{PEER_EXIT_WAIT_NS, PeerWait, SIGNALLED_PEER_WAIT_NS},
+    diagnosis::peer_wait::PeerWait,
     diagnosis::timings::Timings,
     diagnosis::unacked::Unacked,
     diagnosis::verdict::{Outcome, Verdict, explain},
     kernel::clock::{Clock, rfc3339_micros},
-    kernel::records::{Facts, Finished, ProcessChange, Record, Transport, facts, upstream_name},
+    kernel::records::{Finished, Record, Transport, facts, upstream_name},
     kernel::request_head::Waiting,
     nginx::backends::Backends,
     nginx::configs::Configs,
     nginx::procs,
     notice::notice,
-    report::event::{
-        LocationRef, LostEvent, PendingEvent, UpstreamEvent, WorkerExitEvent, WorkersEvent,
-    },
+    report::event::{LocationRef, UpstreamEvent, WorkersEvent},
     report::fold::Folding,
     report::histogram::Histograms,
     report::metrics::{self, Metrics, Route},
     report::output::Output,
     report::summary::Summary,
-    slow::{self, Done, Side},
+    slow::Done,
 };
 
 /// How long an exchange nginx gave up on waits for the kernel's word that
@@ -41,95 +70,9 @@ use crate::{
 /// the record's way through the ring buffer.
 const CLIENT_GONE_WAIT_NS: u64 = 500_000_000;
 
-/// How long after a worker's exit its exchanges still in the kernel's map
-/// are taken as lost with it: its TCP sockets are closed by its exit within
-/// milliseconds (the kernel reports those itself), its UNIX ones never are.
-const WORKER_SWEEP_WAIT_NS: u64 = 250_000_000;
-
-/// How long a worker that left the worker set still counts as one for its
-/// exit record (records arrive within a second; a minute is generous).
-const LEFT_WORKER_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// The most workers remembered as left (a reload of many instances).
-const MAX_LEFT_WORKERS: usize = 4096;
-
 /// The name of the upstream of a `socket()` that failed: nginx had chosen
 /// one, but had not passed its address to the kernel yet.
 const UNKNOWN_UPSTREAM: &str = "unknown";
-
-/// An exchange under way at the last look.
-#[derive(Debug)]
-struct InFlight {
-    transport: Transport,
-    upstream: Rc<str>,
-    /// How long it has waited (ms): to connect, or for its response.
-    wait_ms: u64,
-    worker: u32,
-    /// Its request's first byte (0 while connecting): the request's key.
-    req_first_ns: u64,
-}
-
-/// What is under way at the last look: how many exchanges, and the longest
-/// wait (ms), per upstream and per method and location (as `top` names
-/// its rows).
-#[derive(Debug, Default)]
-pub struct UnderWay {
-    /// By upstream name.
-    pub by_upstream: BTreeMap<String, (u64, u64)>,
-    /// By `METHOD location` (see [`crate::report::event::location_row`]).
-    pub by_location: BTreeMap<String, (u64, u64)>,
-}
-
-/// A worker that exited, its exchanges being collected.
-#[derive(Debug, Clone, Copy)]
-struct DeadWorker {
-    /// When it exited.
-    time_ns: u64,
-    /// Exchanges it took with it so far.
-    in_flight: u32,
-}
-
-/// The soft "Max open files" limit in the text of `/proc/<pid>/limits`.
-fn open_files_limit(limits: &str) -> Option<String> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()
-        .map(str::to_string)
-}
-
-/// Least time between two reports of hooks skipped alone (they rise in
-/// bursts; one line per second would bury the events).
-const SKIPPED_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The session's side thread, or `None` (said) when it cannot start.
-fn start_side() -> Option<Side<Done>> {
-    Side::start("ngx-trace-side")
-        .map_err(|e| {
-            notice(&format!(
-                "cannot start the side thread ({e}): configurations are not read again at a \
-                 reload, and crashed backends are not named"
-            ));
-        })
-        .ok()
-}
-
-/// Whether `addr` is surely served on this host (a UNIX socket, a
-/// loopback address): only there is the process the kernel saw close the
-/// connection the backend (a remote FIN arrives in whichever process the
-/// CPU was running).
-fn on_this_host(addr: &UpstreamAddr) -> bool {
-    match addr.family {
-        ngx_trace_common::AF_UNIX => true,
-        ngx_trace_common::AF_INET => addr.data[0] == 127,
-        ngx_trace_common::AF_INET6 => {
-            let ip =
-                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&addr.data[..16]).unwrap_or([0; 16]));
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-        _ => false,
-    }
-}
 
 /// State of a tracing session.
 pub struct Session {
@@ -147,32 +90,19 @@ pub struct Session {
     held: Held,
     /// Exchanges a local backend ended, held for its exit to arrive.
     peer_wait: PeerWait,
-    /// Upstream names by address: formatted once, not per exchange.
-    names: HashMap<UpstreamAddr, (Transport, Rc<str>)>,
-    /// Traced nginx processes (not threads).
-    traced: BTreeSet<u32>,
-    /// The worker set last printed.
-    shown_workers: Option<BTreeSet<u32>>,
-    /// Workers that left that set, and when: a dying worker loses its
-    /// title (`/proc/PID/cmdline` reads empty once its memory is released)
-    /// before its exit record is handled, and is still a worker for it.
-    left_workers: BTreeMap<u32, std::time::Instant>,
-    /// Lost records already reported.
-    lost_reported: u64,
-    /// Hooks skipped by the kernel, as last reported, and when.
-    skipped_reported: u64,
-    skipped_reported_at: Option<std::time::Instant>,
-    /// Records user space could not decode.
-    bad_records: u64,
+    names: Names,
+    /// The traced nginx processes, and which are workers.
+    workers: Workers,
+    /// Records lost, undecodable or skipped, and what was reported of them.
+    lost: LostTally,
     /// Recent signals, OOM kills and exits of processes.
     fates: FateLog,
     /// The processes serving local upstreams.
     backends: Backends,
     /// Workers that exited, until their in-flight exchanges are collected.
-    dead_workers: BTreeMap<u32, DeadWorker>,
-    /// Descriptor counts of workers whose `socket()` failed, by worker, with
-    /// when they were read (a burst of failures reads them once a second).
-    fd_counts: HashMap<u32, (std::time::Instant, String)>,
+    dead_workers: DeadWorkers,
+    /// Descriptor counts of workers whose `socket()` failed.
+    fd_counts: FdCounts,
     /// The Prometheus metrics, when exported.
     export: Option<Metrics>,
     /// The traced instances' configuration (groups, locations, timeouts),
@@ -187,13 +117,8 @@ pub struct Session {
     folding: Folding,
     /// The exchanges under way at the last look.
     under_way: Vec<InFlight>,
-    /// Whether reading `/proc` failed for want of descriptors (said once).
-    short_of_fds_said: bool,
-    /// The side thread: configuration reads and backend lookups (`None`
-    /// when it could not start: they are not done).
-    side: Option<Side<Done>>,
-    /// Side jobs skipped as last said, and when.
-    side_skipped_said: (u64, Option<std::time::Instant>),
+    /// Configuration reads and backend lookups, off the drain's path.
+    side: SideWork,
     /// The requests of exchanges not ended yet (the kernel's copy of each
     /// request's start, decoded).
     requests: Waiting,
@@ -213,27 +138,20 @@ impl Session {
             pending_shown: HashSet::new(),
             held: Held::default(),
             peer_wait: PeerWait::default(),
-            names: HashMap::new(),
-            traced,
-            shown_workers: None,
-            left_workers: BTreeMap::new(),
-            lost_reported: 0,
-            skipped_reported: 0,
-            skipped_reported_at: None,
-            bad_records: 0,
+            names: Names::default(),
+            workers: Workers::new(traced),
+            lost: LostTally::default(),
             fates: FateLog::default(),
             backends: Backends::default(),
-            dead_workers: BTreeMap::new(),
-            fd_counts: HashMap::new(),
+            dead_workers: DeadWorkers::default(),
+            fd_counts: FdCounts::default(),
             export: None,
             configs: None,
             accept_queues: AcceptQueues::default(),
             unacked: Unacked::default(),
             folding: Folding::default(),
             under_way: Vec::new(),
-            short_of_fds_said: false,
-            side: start_side(),
-            side_skipped_said: (0, None),
+            side: SideWork::start(),
             requests: Waiting::default(),
         }
     }
@@ -255,25 +173,9 @@ impl Session {
     /// upstream and per method and location: how many, and the longest
     /// wait so far (ms).
     pub fn under_way(&self) -> UnderWay {
-        let mut per = UnderWay::default();
-        let count = |rows: &mut BTreeMap<String, (u64, u64)>, name: String, wait_ms: u64| {
-            let e = rows.entry(name).or_default();
-            e.0 += 1;
-            e.1 = e.1.max(wait_ms);
-        };
-        for x in &self.under_way {
-            count(&mut per.by_upstream, x.upstream.to_string(), x.wait_ms);
-            let request = self.requests.get(x.worker, x.req_first_ns);
-            let (location, candidates) = self.place(&x.upstream, request.map(|r| r.path.as_str()));
-            let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
-            let row = crate::report::event::location_row(
-                request.map(|r| r.method.as_str()),
-                location.as_ref().map(|l| l.name.as_str()),
-                &candidates,
-            );
-            count(&mut per.by_location, row, x.wait_ms);
-        }
-        per
+        UnderWay::count(&self.under_way, &self.requests, |upstream, path| {
+            self.place(upstream, path)
+        })
     }
 
     /// The location an exchange with `upstream` whose request had `path`
@@ -287,12 +189,12 @@ impl Session {
 
     /// The nginx workers traced now.
     pub fn workers(&self) -> usize {
-        self.shown_workers.as_ref().map_or(0, BTreeSet::len)
+        self.workers.shown().map_or(0, BTreeSet::len)
     }
 
     /// Records lost so far (as last reported).
     pub fn lost(&self) -> u64 {
-        self.lost_reported
+        self.lost.reported()
     }
 
     /// Handles one raw ring-buffer record; one that does not decode is
@@ -303,7 +205,7 @@ impl Session {
                 self.held.push(x);
                 Ok(())
             }
-            Ok(Record::Upstream(x)) => match self.peer_exit_wait(&x) {
+            Ok(Record::Upstream(x)) => match peers::exit_wait(&self.fates, &x) {
                 Some(wait_ns) => match self.peer_wait.push(x, wait_ns) {
                     Some(oldest) => self.exchange(&oldest),
                     None => Ok(()),
@@ -328,53 +230,14 @@ impl Session {
                 Ok(())
             }
             Ok(Record::Process(change)) => {
-                match change {
-                    // Unknown for want of descriptors: taken, the next
-                    // look at the workers drops it if it is a thread.
-                    ProcessChange::Fork { pid } | ProcessChange::Exec { pid }
-                        if procs::process_exists(pid).unwrap_or(true) =>
-                    {
-                        self.traced.insert(pid);
-                    }
-                    ProcessChange::Exit { pid } => {
-                        self.traced.remove(&pid);
-                    }
-                    _ => {}
-                }
+                self.workers.changed(change);
                 Ok(())
             }
             Err(_) => {
-                self.bad_records += 1;
+                self.lost.bad_record();
                 Ok(())
             }
         }
-    }
-
-    /// How long `x` waits for its peer's exit: `x` ended by its peer's
-    /// close or reset, the peer is a local process (the kernel named it),
-    /// and no death of it (or of a child of the process named, for a UNIX
-    /// listener's creator) is known yet. Longer when it was told to end.
-    fn peer_exit_wait(&self, x: &Finished) -> Option<u64> {
-        let by_peer = matches!(x.end, End::PeerClosed | End::PeerReset)
-            && x.errno != Some(crate::diagnosis::verdict::ETIMEDOUT)
-            && on_this_host(&x.facts.addr);
-        let peer = x.facts.peer_pid.filter(|_| by_peer)?;
-        let mut signalled = false;
-        for pid in self.fates.pids_between(x.facts.start_ns, x.end_ns) {
-            if pid != peer && self.fates.identity(pid).0 != peer {
-                continue;
-            }
-            match self.fates.fate(pid, x.facts.start_ns, x.end_ns) {
-                Some(f) if f.kind.is_death() => return None,
-                Some(_) => signalled = true,
-                None => {}
-            }
-        }
-        Some(if signalled {
-            SIGNALLED_PEER_WAIT_NS
-        } else {
-            PEER_EXIT_WAIT_NS
-        })
     }
 
     /// Keeps a fact about a process; a worker's exit starts the collection
@@ -383,40 +246,18 @@ impl Session {
     fn fate(&mut self, entry: fates::Entry) -> io::Result<()> {
         let exited = matches!(entry.fact, Fact::Exited { .. });
         let (pid, parent) = (entry.pid, entry.parent);
-        self.record_fate(entry);
+        if exited && self.workers.is_worker(pid) {
+            self.workers.exited(pid);
+            self.unacked.forget_worker(pid);
+            self.dead_workers.died(pid, entry.time_ns);
+        }
+        self.fates.add(entry);
         if exited {
             for x in self.peer_wait.take_for([pid, parent]) {
                 self.exchange(&x)?;
             }
         }
         Ok(())
-    }
-
-    fn record_fate(&mut self, entry: fates::Entry) {
-        if matches!(entry.fact, Fact::Exited { .. }) && self.is_worker(entry.pid) {
-            self.left_workers.remove(&entry.pid);
-            self.unacked.forget_worker(entry.pid);
-            self.dead_workers.insert(
-                entry.pid,
-                DeadWorker {
-                    time_ns: entry.time_ns,
-                    in_flight: 0,
-                },
-            );
-        }
-        self.fates.add(entry);
-    }
-
-    /// Whether `pid` is (was) one of the traced workers.
-    fn is_worker(&self, pid: u32) -> bool {
-        self.shown_workers
-            .as_ref()
-            .is_some_and(|workers| workers.contains(&pid))
-            || self
-                .left_workers
-                .get(&pid)
-                .is_some_and(|left| left.elapsed() < LEFT_WORKER_KEPT)
-            || (self.traced.contains(&pid) && procs::is_worker(pid))
     }
 
     /// The kernel saw worker `worker_pid` close its client's connection,
@@ -457,29 +298,12 @@ impl Session {
         Ok(())
     }
 
-    /// The transport and name of an upstream, cached (bounded: cleared when
-    /// full, as a neighbour connecting to a new path per call would fill
-    /// it; formatting a name again is cheap, holding 65,536 was 16 MB).
-    fn name(&mut self, addr: &UpstreamAddr) -> (Transport, Rc<str>) {
-        const NAMES_CACHED: usize = 4_096;
-        if self.names.len() >= NAMES_CACHED {
-            self.names.clear();
-        }
-        self.names
-            .entry(*addr)
-            .or_insert_with(|| {
-                let (transport, name) = upstream_name(addr);
-                (transport, name.into())
-            })
-            .clone()
-    }
-
     /// Explains, counts and (if it is to be shown) prints a finished exchange.
     fn exchange(&mut self, x: &Finished) -> io::Result<()> {
         let (transport, upstream) = if x.end == End::SocketFailed {
             (upstream_name(&x.facts.addr).0, Rc::from(UNKNOWN_UPSTREAM))
         } else {
-            self.name(&x.facts.addr)
+            self.names.get(&x.facts.addr)
         };
         let mut explanation = explain(x, transport, &upstream, self.slow_us);
         let mut peer = None;
@@ -507,14 +331,12 @@ impl Session {
                 }
             }
             Outcome::FdLimit => {
-                let count = self.fd_count(x.facts.worker_pid, x.errno.unwrap_or(0));
+                let count = self
+                    .fd_counts
+                    .describe(x.facts.worker_pid, x.errno.unwrap_or(0));
                 explanation.evidence = format!("{}: {count}", explanation.evidence);
             }
-            Outcome::WorkerDied => {
-                if let Some(dead) = self.dead_workers.get_mut(&x.facts.worker_pid) {
-                    dead.in_flight += 1;
-                }
-            }
+            Outcome::WorkerDied => self.dead_workers.took_one(x.facts.worker_pid),
             _ => {}
         }
         self.summary.add(&upstream, explanation.outcome);
@@ -584,6 +406,24 @@ impl Session {
         }
     }
 
+    /// The backend process that held the other end of a local upstream's
+    /// connection, if it died or was signalled during the exchange (see
+    /// [`peers::peer_fate`]).
+    fn peer_fate(&mut self, x: &Finished) -> Option<(PeerFacts, String, bool)> {
+        if !peers::any_fate_during(&self.fates, x) {
+            return None;
+        }
+        // Who serves it as last looked up (never waiting for /proc); never
+        // looked up (a crash within the first moments of a new upstream):
+        // asked now, for the next time, the kernel's hint serving now.
+        self.side_work();
+        self.side.look_up_backends(
+            &mut self.backends,
+            std::iter::once((&x.facts.addr, x.facts.worker_pid)),
+        );
+        peers::peer_fate(&self.fates, &self.backends, x)
+    }
+
     /// Where events go.
     pub fn output(&self) -> &Output {
         &self.out
@@ -591,247 +431,22 @@ impl Session {
 
     /// The nginx processes traced now.
     pub fn traced(&self) -> &BTreeSet<u32> {
-        &self.traced
+        self.workers.traced()
     }
 
-    /// The backend process that held the other end of a local upstream's
-    /// connection, if it died or was signalled during the exchange: its
-    /// facts, the sentence for the evidence, and whether it died. Among the
-    /// processes something befell during the exchange, one serving the
-    /// upstream (holding its listening socket, or a child of one that does);
-    /// a death before a mere signal, the latest first.
-    fn peer_fate(&mut self, x: &Finished) -> Option<(PeerFacts, String, bool)> {
-        let f = &x.facts;
-        // A death just after the close counts: it was waited for.
-        let until = x.end_ns.saturating_add(SIGNALLED_PEER_WAIT_NS);
-        let candidates = self.fates.pids_between(f.start_ns, until);
-        if candidates.is_empty() {
-            return None;
-        }
-        // Who serves it as last looked up (never waiting for /proc); never
-        // looked up (a crash within the first moments of a new upstream):
-        // asked now, for the next time, the kernel's hint serving now.
-        self.side_work();
-        self.look_up_backends(std::iter::once((&f.addr, f.worker_pid)));
-        let fate: Fate = candidates
-            .into_iter()
-            .filter_map(|pid| {
-                let (parent, _) = self.fates.identity(pid);
-                // The kernel's word first: the listener's creator (UNIX),
-                // the process that closed (TCP on loopback). Only its
-                // death may come after the close: another process serving
-                // the upstream that dies then is not this exchange's end.
-                let hinted =
-                    on_this_host(&f.addr) && f.peer_pid.is_some_and(|p| p == pid || p == parent);
-                if hinted {
-                    self.fates.fate(pid, f.start_ns, until)
-                } else if self.backends.serves(&f.addr, pid, parent) {
-                    self.fates.fate(pid, f.start_ns, x.end_ns)
-                } else {
-                    None
-                }
-            })
-            .max_by_key(|fate| (fate.kind.is_death(), fate.time_ns))?;
-        let (parent, mut comm) = self.fates.identity(fate.pid);
-        if comm.is_empty() {
-            comm = procs::status(fate.pid).map(|s| s.name).unwrap_or_default();
-        }
-        let parent_comm = procs::status(parent).map(|s| s.name).unwrap_or_default();
-        let since = if f.req_last_ns != 0 {
-            f.req_last_ns
-        } else {
-            f.start_ns
-        };
-        let sentence = fates::describe(&fate, &comm, parent, since, x.end_ns);
-        let dead = fate.kind.is_death();
-        Some((
-            PeerFacts::new(&fate, &comm, (parent, &parent_comm), dead, x.end_ns),
-            sentence,
-            dead,
-        ))
-    }
-
-    /// What the worker's descriptors were when its `socket()` failed with
-    /// `errno` (read now, at most once a second per worker): for EMFILE its
-    /// limit (every descriptor below it is in use: counting them would cost
-    /// one read per descriptor, a million with a raised limit), or the
-    /// host's count for ENFILE.
-    fn fd_count(&mut self, pid: u32, errno: u32) -> String {
-        if let Some((at, text)) = self.fd_counts.get(&pid)
-            && at.elapsed() < std::time::Duration::from_secs(1)
-        {
-            return text.clone();
-        }
-        let text = if errno == 23 {
-            let nr = std::fs::read_to_string("/proc/sys/fs/file-nr").unwrap_or_default();
-            let fields: Vec<&str> = nr.split_whitespace().collect();
-            match (fields.first(), fields.get(2)) {
-                (Some(open), Some(max)) => {
-                    format!("the host has {open} files open, its limit (fs.file-max) is {max}")
-                }
-                _ => "the host's file table is full (fs.file-max)".to_string(),
-            }
-        } else {
-            let limit = std::fs::read_to_string(format!("/proc/{pid}/limits"))
-                .ok()
-                .and_then(|text| open_files_limit(&text));
-            match limit {
-                Some(limit) => format!(
-                    "the worker holds as many descriptors as its limit, {limit} \
-                     (worker_rlimit_nofile)"
-                ),
-                None => "the worker's descriptor limit could not be read (it is gone)".to_string(),
-            }
-        };
-        if self.fd_counts.len() > 1024 {
-            self.fd_counts.clear();
-        }
-        self.fd_counts
-            .insert(pid, (std::time::Instant::now(), text.clone()));
-        text
-    }
-
-    /// The `pending` event of an exchange still under way at `now_ns`:
-    /// waiting for its answer, or still connecting. Judged as if nginx gave
-    /// up now: the verdict so far.
-    fn pending_event(&mut self, f: &Facts, now_ns: u64, cut_by_stop: bool) -> PendingEvent {
-        let (transport, upstream) = self.name(&f.addr);
-        let mut f = *f;
-        if transport == Transport::Tcp
-            && f.connected
-            && f.acked_ns == 0
-            && let Some(fd) = f.fd
-        {
-            // No hook runs on a pure ACK: ask the kernel, for this socket
-            // alone, whether anything written is still unacknowledged.
-            f.acked_live = self.unacked.get(f.worker_pid, fd, &f.addr) == Some(0);
-        }
-        let f = &f;
-        let (end, since) = if f.connected {
-            (End::NginxClosed, f.req_last_ns)
-        } else {
-            (End::ConnectAbandoned, f.start_ns)
-        };
-        let so_far = Finished {
-            facts: *f,
-            end,
-            errno: None,
-            end_ns: now_ns,
-            client_left: false,
-        };
-        let e = explain(&so_far, transport, &upstream, self.slow_us);
-        let tcp = transport == Transport::Tcp;
-        let request = self.requests.get(f.worker_pid, f.req_first_ns).cloned();
-        let (location, location_candidates) =
-            self.place(&upstream, request.as_ref().map(|r| r.path.as_str()));
-        PendingEvent {
-            event: "pending",
-            time: rfc3339_micros(self.clock.wall(now_ns)),
-            worker_pid: f.worker_pid,
-            upstream: upstream.to_string(),
-            transport: transport.as_str(),
-            waiting_ms: now_ns.saturating_sub(since) / 1_000_000,
-            // A waiting exchange's ACK time is not known yet: only whether.
-            request_acked: tcp.then_some(f.acked_live || e.timings.request_acked.is_some()),
-            retransmits: tcp.then_some(f.retransmits),
-            verdict: e.verdict.as_str(),
-            evidence: e.evidence,
-            request,
-            location,
-            location_candidates,
-            cut_by_stop,
-        }
-    }
-
-    /// Reports, once each, the exchanges in `conns` (the kernel's in-flight
-    /// state) that have waited `--slow` or longer for their first byte;
-    /// looks up who serves the upstreams in flight; reports the exchanges
-    /// of workers that died as lost with them, and returns their sockets,
-    /// for the kernel to forget.
-    pub fn report_pending(
-        &mut self,
-        conns: impl Iterator<Item = (u64, Exchange)>,
-        now_ns: u64,
-    ) -> io::Result<Vec<u64>> {
-        let conns: Vec<(u64, Exchange)> = conns.collect();
-        self.side_work();
-        self.look_up_backends(conns.iter().map(|(_, ex)| (&ex.addr, ex.tgid)));
-        let forget = self.collect_dead_workers(&conns, now_ns)?;
-        let under_way: Vec<InFlight> = conns
-            .iter()
-            .filter(|(sk, _)| !forget.contains(sk))
-            .filter_map(|(_, ex)| facts(ex).ok())
-            .filter(|f| !f.connected || f.waiting_for_response())
-            .map(|f| {
-                let since = if f.connected {
-                    f.req_last_ns
-                } else {
-                    f.start_ns
-                };
-                let (transport, upstream) = self.name(&f.addr);
-                InFlight {
-                    transport,
-                    upstream,
-                    wait_ms: now_ns.saturating_sub(since) / 1_000_000,
-                    worker: f.worker_pid,
-                    req_first_ns: f.req_first_ns,
-                }
-            })
-            .collect();
-        if let Some(metrics) = &mut self.export {
-            metrics.set_pending(under_way.iter().map(|x| Route {
-                worker: x.worker,
-                server: &x.upstream,
-                transport: x.transport,
-            }));
-        }
-        self.under_way = under_way;
-        let mut still_waiting = HashSet::new();
-        self.unacked.new_pass();
-        for (sk, ex) in conns {
-            if forget.contains(&sk) {
-                continue;
-            }
-            let Ok(f) = facts(&ex) else { continue };
-            if !f.waiting_for_response() {
-                continue;
-            }
-            let key = (sk, f.index, f.req_first_ns);
-            let waited_us = now_ns.saturating_sub(f.req_last_ns) / 1000;
-            if waited_us < self.slow_us {
-                continue;
-            }
-            still_waiting.insert(key);
-            if self.pending_shown.contains(&key) {
-                continue;
-            }
-            let event = self.pending_event(&f, now_ns, false);
-            self.out.event(&event, || event.to_text())?;
-        }
-        // Forget exchanges that ended, keeping the set bounded.
-        self.pending_shown = still_waiting;
-        Ok(forget)
-    }
-
-    /// For each worker that exited at least [`WORKER_SWEEP_WAIT_NS`] before
-    /// `now_ns` (all of them when `now_ns` is `u64::MAX`): its exchanges
-    /// still in `conns` (UNIX ones, whose close no hook sees) ended with it,
-    /// an answered one done; then its `worker_exit` event, when it died of a
-    /// signal, failed, or took exchanges with it. Returns the sockets to
-    /// forget.
+    /// For each worker that exited at least
+    /// [`worker_exits::WORKER_SWEEP_WAIT_NS`] before `now_ns` (all of them
+    /// when `now_ns` is `u64::MAX`): its exchanges still in `conns` (UNIX
+    /// ones, whose close no hook sees) ended with it, an answered one done;
+    /// then its `worker_exit` event, when it died of a signal, failed, or
+    /// took exchanges with it. Returns the sockets to forget.
     fn collect_dead_workers(
         &mut self,
         conns: &[(u64, Exchange)],
         now_ns: u64,
     ) -> io::Result<Vec<u64>> {
-        let due: Vec<(u32, DeadWorker)> = self
-            .dead_workers
-            .iter()
-            .filter(|(_, d)| d.time_ns.saturating_add(WORKER_SWEEP_WAIT_NS) <= now_ns)
-            .map(|(&pid, &d)| (pid, d))
-            .collect();
         let mut forget = Vec::new();
-        for (pid, dead) in due {
+        for (pid, dead) in self.dead_workers.due(now_ns) {
             for (sk, ex) in conns.iter().filter(|(_, ex)| ex.tgid == pid) {
                 forget.push(*sk);
                 let Ok(f) = facts(ex) else { continue };
@@ -857,48 +472,15 @@ impl Session {
             }
             let in_flight = self
                 .dead_workers
-                .remove(&pid)
+                .remove(pid)
                 .map_or(dead.in_flight, |d| d.in_flight);
-            self.worker_exit(pid, dead.time_ns, in_flight)?;
+            if let Some(event) =
+                worker_exit_event(&self.fates, &self.clock, pid, dead.time_ns, in_flight)
+            {
+                self.out.event(&event, || event.to_text())?;
+            }
         }
         Ok(forget)
-    }
-
-    /// Prints the `worker_exit` event of worker `pid`, which exited at
-    /// `time_ns` with `in_flight` exchanges, unless it ended quietly (status
-    /// 0, nothing in flight: a reload or a stop).
-    fn worker_exit(&mut self, pid: u32, time_ns: u64, in_flight: u32) -> io::Result<()> {
-        let from = time_ns.saturating_sub(60_000_000_000);
-        let Some(fate) = self.fates.fate(pid, from, time_ns) else {
-            return Ok(());
-        };
-        if in_flight == 0 && fate.kind == FateKind::Exited && fate.exit_status == Some(0) {
-            return Ok(());
-        }
-        let nginx_error = match fate.signal.filter(|_| fate.kind != FateKind::Exited) {
-            Some(signal) => format!(
-                "worker process {pid} exited on signal {signal}{}",
-                if fate.core_dumped {
-                    " (core dumped)"
-                } else {
-                    ""
-                }
-            ),
-            None => format!(
-                "worker process {pid} exited with code {}",
-                fate.exit_status.unwrap_or(0)
-            ),
-        };
-        let event = WorkerExitEvent {
-            event: "worker_exit",
-            time: rfc3339_micros(self.clock.wall(time_ns)),
-            worker_pid: pid,
-            fate: FateFacts::of(&fate, true),
-            in_flight,
-            nginx_error,
-            evidence: format!("nginx worker {pid} {}", fates::what_befell(&fate)),
-        };
-        self.out.event(&event, || event.to_text())
     }
 
     /// Prints the latency histograms (cumulative since start).
@@ -921,13 +503,9 @@ impl Session {
     }
 
     /// Takes what the side thread has done: configurations read again (put
-    /// in effect), backend lookups. Says, at most every 10 s, how many side
-    /// jobs were skipped because it was behind.
+    /// in effect), backend lookups.
     fn side_work(&mut self) {
-        let Some(side) = &self.side else {
-            return;
-        };
-        for done in side.results() {
+        for done in self.side.done() {
             match done {
                 Done::Configs(read) => {
                     if let Some(configs) = &mut self.configs {
@@ -940,77 +518,14 @@ impl Session {
                 Done::Backends(found) => self.backends.found(found),
             }
         }
-        let skipped = side.skipped();
-        let (said, at) = self.side_skipped_said;
-        if skipped > said && at.is_none_or(|at| at.elapsed() >= SKIPPED_REPORT_EVERY) {
-            self.side_skipped_said = (skipped, Some(std::time::Instant::now()));
-            notice(&format!(
-                "{skipped} side jobs skipped so far (configuration reads, backend lookups; \
-                 {} turns over their {} ms budget): the side thread is behind; they are tried \
-                 again later, records are not lost",
-                side.resumed(),
-                slow::BUDGET.as_millis()
-            ));
-        }
     }
 
-    /// Asks the side thread who serves the upstreams in `addrs` (each with
-    /// a worker connecting to it) not looked up lately.
-    fn look_up_backends<'a>(&mut self, addrs: impl Iterator<Item = (&'a UpstreamAddr, u32)>) {
-        let Some(side) = self.side.as_mut() else {
-            return;
-        };
-        let stale = self.backends.stale(addrs);
-        if stale.is_empty() {
-            return;
-        }
-        if !side.submit(slow::map(
-            self.backends.lookup(stale.clone()),
-            Done::Backends,
-        )) {
-            self.backends.not_asked(&stale);
-        }
-    }
-
-    /// Prints the worker set if it changed since last printed. Workers are
-    /// told from the master by their title, which a new worker sets a moment
-    /// after fork, hence a periodic check rather than one per fork.
-    /// Returns whether the set changed.
+    /// Prints the worker set if it changed since last printed (see
+    /// [`Workers::look`]). Returns whether the set changed.
     pub fn refresh_workers(&mut self) -> io::Result<bool> {
-        // Out of descriptors (EMFILE, ENFILE), /proc says nothing about a
-        // process: it stays as it was, rather than count as gone for good.
-        let mut short_of_fds = None;
-        self.traced.retain(|&pid| match procs::process_exists(pid) {
-            Ok(exists) => exists,
-            Err(e) => {
-                short_of_fds = Some(e);
-                true
-            }
-        });
-        let shown = self.shown_workers.as_ref();
-        let workers: BTreeSet<u32> = self
-            .traced
-            .iter()
-            .copied()
-            .filter(|&pid| {
-                procs::has_worker_title(pid).unwrap_or_else(|e| {
-                    short_of_fds = Some(e);
-                    shown.is_some_and(|shown| shown.contains(&pid))
-                })
-            })
-            .collect();
-        if let Some(e) = short_of_fds
-            && !self.short_of_fds_said
-        {
-            self.short_of_fds_said = true;
-            notice(&format!(
-                "failed to read /proc ({e}): the traced processes are kept as they were until \
-                 it can be read again"
-            ));
-        }
-        if self.shown_workers.as_ref() == Some(&workers) {
+        let Some(workers) = self.workers.look() else {
             return Ok(false);
-        }
+        };
         let event = WorkersEvent::new(workers.iter().copied().collect());
         self.out.event(&event, || event.to_text())?;
         if workers.is_empty() && self.out.is_json() {
@@ -1020,18 +535,12 @@ impl Session {
         if let Some(configs) = &self.configs {
             // A reload forks new workers: read its configuration again
             // (read at start already for the first set; workers leaving
-            // change nothing).
-            if let Some(shown) = &self.shown_workers
+            // change nothing). Put in effect by `side_work`.
+            if let Some(shown) = self.workers.shown()
                 && workers.difference(shown).next().is_some()
             {
-                // Read on the side thread; put in effect by `side_work`.
                 let file = configs.file().map(std::path::Path::to_path_buf);
-                let traced = self.traced.clone();
-                if let Some(side) = self.side.as_mut() {
-                    side.submit(slow::once(move || {
-                        Done::Configs(Configs::read(file.as_deref(), &traced))
-                    }));
-                }
+                self.side.read_configs(file, self.workers.traced().clone());
             }
         }
         if let Some(metrics) = &mut self.export {
@@ -1044,19 +553,7 @@ impl Session {
             metrics.set_masters(&masters);
             metrics.set_traced_workers(workers.len());
         }
-        let now = std::time::Instant::now();
-        if let Some(shown) = &self.shown_workers {
-            self.left_workers
-                .extend(shown.difference(&workers).map(|&pid| (pid, now)));
-        }
-        // A worker that left without an exit record (lost, or a pid reused)
-        // is forgotten in time; the bound holds a mass reload's workers.
-        self.left_workers
-            .retain(|_, left| now.duration_since(*left) < LEFT_WORKER_KEPT);
-        while self.left_workers.len() > MAX_LEFT_WORKERS {
-            self.left_workers.pop_first();
-        }
-        self.shown_workers = Some(workers);
+        self.workers.show(workers, std::time::Instant::now());
         Ok(true)
     }
 
@@ -1065,7 +562,7 @@ impl Session {
     /// a program (events that may be missing, not counted as lost: most
     /// are hooks on other processes' sockets). Facts about other processes
     /// over the kernel's rate limit are not nginx records either: neither
-    /// is in `count`, and a rise of them alone is reported at most every
+    /// is in the count, and a rise of them alone is reported at most every
     /// 10 s, and at the `last` call.
     pub fn report_lost(
         &mut self,
@@ -1073,35 +570,16 @@ impl Session {
         skipped: u64,
         last: bool,
     ) -> io::Result<()> {
-        use ngx_trace_common::{LOST_FATES_LIMITED, LOST_MAP_FULL, LOST_RINGBUF_FULL};
-        let limited = lost[LOST_FATES_LIMITED as usize];
-        let total =
-            lost[LOST_RINGBUF_FULL as usize] + lost[LOST_MAP_FULL as usize] + self.bad_records;
+        let (total, event) = self
+            .lost
+            .take(lost, skipped, last, std::time::Instant::now());
         if let Some(metrics) = &self.export {
             metrics.set_lost(total);
         }
-        // `skipped_reported` keeps the sum of both uncounted tallies.
-        let skipped = skipped + limited;
-        let skip_due = skipped > self.skipped_reported
-            && (last
-                || self
-                    .skipped_reported_at
-                    .is_none_or(|at| at.elapsed() >= SKIPPED_REPORT_EVERY));
-        if total <= self.lost_reported && !skip_due {
-            return Ok(());
+        match event {
+            Some(event) => self.out.event(&event, || event.to_text()),
+            None => Ok(()),
         }
-        let event = LostEvent::new(
-            total.saturating_sub(self.lost_reported),
-            lost[LOST_RINGBUF_FULL as usize],
-            lost[LOST_MAP_FULL as usize],
-            self.bad_records,
-            skipped - limited,
-            limited,
-        );
-        self.lost_reported = total;
-        self.skipped_reported = skipped;
-        self.skipped_reported_at = Some(std::time::Instant::now());
-        self.out.event(&event, || event.to_text())
     }
 
     /// Ends the session: judges the exchanges still held, reports what the
@@ -1120,7 +598,7 @@ impl Session {
         self.unacked.new_pass();
         for (_, ex) in conns.into_iter().filter(|(sk, _)| !gone.contains(sk)) {
             let Ok(f) = facts(&ex) else {
-                self.bad_records += 1;
+                self.lost.bad_record();
                 continue;
             };
             if f.phase == Phase::Receiving && f.req_first_ns != 0 {
@@ -1157,123 +635,33 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use ngx_trace_common::{
-        AF_INET, ClientGoneRecord, FATE_EXIT, FATE_SIGNAL, FLAG_CONNECTED, FateRecord,
-        RECORD_CLIENT_GONE, RECORD_FATE, RECORD_UPSTREAM, UpstreamRecord,
+    use super::{
+        test_records::{MS, client_gone, closed_by, fate_of, gave_up},
+        *,
     };
-
-    use super::*;
-
-    const MS: u64 = 1_000_000;
-
-    fn bytes_of<T>(record: &T) -> Vec<u8> {
-        // SAFETY: a plain repr(C) struct viewed as bytes.
-        unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
-    }
-
-    /// The record of worker `tgid` giving up at `end_ns` on a request it
-    /// wrote 300 ms earlier.
-    fn gave_up(tgid: u32, end_ns: u64) -> Vec<u8> {
-        let mut addr = UpstreamAddr::ZERO;
-        addr.family = AF_INET;
-        addr.port_be = 8080u16.to_be();
-        addr.data[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let mut ex = Exchange::new(tgid, 9, end_ns - 301 * MS, addr);
-        ex.flags = FLAG_CONNECTED;
-        ex.connect_ns = 100_000;
-        ex.req_first_ns = end_ns - 300 * MS;
-        ex.req_last_ns = end_ns - 300 * MS;
-        ex.phase = Phase::Sending.code();
-        ex.end = End::NginxClosed.code();
-        ex.end_ns = end_ns;
-        bytes_of(&UpstreamRecord {
-            kind: RECORD_UPSTREAM,
-            _pad: 0,
-            exchange: ex,
-        })
-    }
-
-    fn client_gone(tgid: u32, first: u64, last: u64, closed: u64) -> Vec<u8> {
-        bytes_of(&ClientGoneRecord {
-            kind: RECORD_CLIENT_GONE,
-            tgid,
-            first_giveup_ns: first,
-            last_giveup_ns: last,
-            closed_ns: closed,
-        })
-    }
+    use crate::diagnosis::peer_wait::PEER_EXIT_WAIT_NS;
 
     fn session() -> Session {
-        Session::new(Output::new(true), false, 1_000_000, BTreeSet::new())
+        Session::new(Output::capturing(), false, 1_000_000, BTreeSet::new())
     }
 
-    /// The record of worker `tgid`'s exchange that local process `peer`
-    /// ended with a FIN at `end_ns`, before any response byte.
-    fn closed_by(tgid: u32, peer: u32, end_ns: u64) -> Vec<u8> {
-        let mut addr = UpstreamAddr::ZERO;
-        addr.family = AF_INET;
-        addr.port_be = 8000u16.to_be();
-        addr.data[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let mut ex = Exchange::new(tgid, 9, end_ns - 1_001 * MS, addr);
-        ex.flags = FLAG_CONNECTED;
-        ex.connect_ns = 100_000;
-        ex.req_first_ns = end_ns - 1_000 * MS;
-        ex.req_last_ns = end_ns - 1_000 * MS;
-        ex.phase = Phase::Sending.code();
-        ex.end = End::PeerClosed.code();
-        ex.end_ns = end_ns;
-        ex.peer_pid = peer;
-        bytes_of(&UpstreamRecord {
-            kind: RECORD_UPSTREAM,
-            _pad: 0,
-            exchange: ex,
-        })
-    }
-
-    /// A fate record: `signal` (from `sender`) when `exit_code` is `None`,
-    /// else the exit.
-    fn fate_of(
-        pid: u32,
-        parent: u32,
-        time_ns: u64,
-        signal: Option<(u32, u32)>,
-        exit: u32,
-    ) -> Vec<u8> {
-        bytes_of(&FateRecord {
-            kind: RECORD_FATE,
-            what: if signal.is_some() {
-                FATE_SIGNAL
-            } else {
-                FATE_EXIT
-            },
-            pid,
-            parent,
-            signal: signal.map_or(0, |s| s.0),
-            code: 0,
-            exit_code: exit,
-            sender: signal.map_or(0, |s| s.1),
-            memory_limit_pages: 0,
-            time_ns,
-            comm: *b"gunicorn\0\0\0\0\0\0\0\0",
-            sender_comm: *b"gunicorn\0\0\0\0\0\0\0\0",
-        })
+    fn outcomes(s: &Session) -> BTreeMap<&'static str, u64> {
+        s.summary
+            .to_event()
+            .upstreams
+            .into_iter()
+            .flat_map(|u| u.outcomes)
+            .collect()
     }
 
     #[test]
-    fn only_a_backend_on_this_host_is_waited_for() {
-        let mut addr = UpstreamAddr::ZERO;
-        addr.family = AF_INET;
-        addr.data[..4].copy_from_slice(&[127, 0, 0, 2]);
-        assert!(on_this_host(&addr));
-        addr.data[..4].copy_from_slice(&[10, 1, 2, 3]);
-        assert!(!on_this_host(&addr));
+    fn a_remote_peers_close_is_judged_at_once() {
         let mut s = session();
         let mut remote = closed_by(42, 777, 10_000 * MS);
         // The same record with a remote address: judged at once.
-        let at = std::mem::offset_of!(UpstreamRecord, exchange)
+        let at = std::mem::offset_of!(ngx_trace_common::UpstreamRecord, exchange)
             + std::mem::offset_of!(Exchange, addr)
-            + std::mem::offset_of!(UpstreamAddr, data);
+            + std::mem::offset_of!(ngx_trace_common::UpstreamAddr, data);
         remote[at..at + 4].copy_from_slice(&[10, 1, 2, 3]);
         s.record(&remote).unwrap();
         assert!(s.peer_wait.is_empty());
@@ -1290,8 +678,7 @@ mod tests {
             .spawn()
             .expect("sleep runs");
         let pid = child.id();
-        let mut s = session();
-        s.traced.insert(pid);
+        let mut s = Session::new(Output::capturing(), false, 1_000_000, BTreeSet::from([pid]));
         // `spawn` may return while the child is still in `execve()`.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !procs::is_worker(pid) {
@@ -1299,16 +686,16 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(s.refresh_workers().unwrap());
-        assert!(s.is_worker(pid));
+        assert_eq!(s.workers(), 1);
         // It dies, and the worker set is refreshed before its exit record
         // is handled (a busy host): /proc no longer knows it.
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(s.refresh_workers().unwrap());
-        assert!(!s.shown_workers.as_ref().unwrap().contains(&pid));
+        assert_eq!(s.workers(), 0);
         s.record(&fate_of(pid, 1, 10_000 * MS, None, 9)).unwrap();
         assert!(
-            s.dead_workers.contains_key(&pid),
+            s.dead_workers.contains(pid),
             "its exit is a worker's: its worker_exit event will be printed"
         );
     }
@@ -1340,28 +727,6 @@ mod tests {
         s.record(&closed_by(42, 999, 30_000 * MS)).unwrap();
         assert!(s.peer_wait.is_empty());
         assert_eq!(outcomes(&s).get("closed_early"), Some(&3));
-    }
-
-    #[test]
-    fn the_name_cache_stays_bounded_and_names_stay_right() {
-        let mut s = session();
-        for port in 1..=20_000u16 {
-            let mut addr = UpstreamAddr::ZERO;
-            addr.family = AF_INET;
-            addr.port_be = port.to_be();
-            addr.data[..4].copy_from_slice(&[127, 0, 0, 1]);
-            assert_eq!(&*s.name(&addr).1, format!("127.0.0.1:{port}"));
-            assert!(s.names.len() <= 4_096, "{} names cached", s.names.len());
-        }
-    }
-
-    fn outcomes(s: &Session) -> BTreeMap<&'static str, u64> {
-        s.summary
-            .to_event()
-            .upstreams
-            .into_iter()
-            .flat_map(|u| u.outcomes)
-            .collect()
     }
 
     #[test]
