@@ -4,8 +4,17 @@
 //! ring-buffer records, the configuration set before load, map and program
 //! names. Structs are `#[repr(C)]` with explicit padding and no `bool`, so
 //! both sides agree on every byte; each has a compile-time size check.
+//!
+//! For user space only, behind feature `btf` (part of `user`): [`btf`], a
+//! reader of the kernel's BTF, shared by ngx-trace and xtask's bench.
 #![cfg_attr(not(test), no_std)]
 
+// The BTF reader reads a file and allocates: user space only.
+#[cfg(feature = "btf")]
+extern crate std;
+
+#[cfg(feature = "btf")]
+pub mod btf;
 pub mod limit;
 mod state;
 

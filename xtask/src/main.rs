@@ -10,8 +10,6 @@
 //! - `cargo xtask deb`: the Debian package, for hosts without a toolchain.
 
 mod bench;
-mod bench_floor;
-mod bench_scale;
 mod deb;
 mod demo;
 mod kernels;
@@ -162,7 +160,7 @@ fn run(command: Cmd) -> Result<()> {
                 let bin = build_release()?;
                 // The idle-connection helper, beside this xtask binary.
                 cargo("build --package ngx-trace-tests --bin idle-conns", &[])?;
-                return bench_scale::run(&bin, &workspace(), seconds, &sockets, in_flight);
+                return bench::scale::run(&bin, &workspace(), seconds, &sockets, in_flight);
             }
             setup::packages(setup::BENCH_PACKAGES)?;
             let bin = build_release()?;

@@ -4,11 +4,11 @@
 use std::path::Path;
 
 use anyhow::Result;
-use ngx_trace_common::{Config, StructOffsets, SyscallRegs};
+use ngx_trace_common::{Config, StructOffsets, SyscallRegs, btf::Btf};
 
 use crate::{
     exit::{self, UserError},
-    kernel::{btf::Btf, programs::sighand_offsets, syscall_regs::syscall_regs, tracefs},
+    kernel::{programs::sighand_offsets, syscall_regs::syscall_regs, tracefs},
 };
 
 /// This kernel's release (`uname -r`), empty when unreadable.

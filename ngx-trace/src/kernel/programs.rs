@@ -336,7 +336,7 @@ const NSIG: u32 = 64;
 /// (`btf`): the kernel side leaves out the signals a process sends itself
 /// and handles. [`SighandOffsets::NONE`] when the BTF does not tell (a
 /// layout not understood): then none is left out, nothing fails.
-pub fn sighand_offsets(btf: &crate::kernel::btf::Btf) -> SighandOffsets {
+pub fn sighand_offsets(btf: &ngx_trace_common::btf::Btf) -> SighandOffsets {
     let member = |strukt: &str, name: &str| btf.member(strukt, name).ok();
     let offsets = || {
         let sighand = member("task_struct", "sighand")?;
@@ -635,7 +635,7 @@ mod tests {
 
     #[test]
     fn signal_handlers_are_found_in_this_kernels_btf() {
-        let btf = crate::kernel::btf::Btf::from_sys_fs().expect("kernel BTF");
+        let btf = ngx_trace_common::btf::Btf::from_sys_fs().expect("kernel BTF");
         let at = sighand_offsets(&btf);
         assert!(at.known(), "{at:?}");
         // `struct k_sigaction` starts with `struct sigaction`, which

@@ -2,9 +2,7 @@
 //! socket hook runs: the registers it saved on entering the kernel, at the
 //! top of its kernel stack (see [`SyscallRegs`]). Laid out per
 //! architecture; the offsets come from this kernel's BTF.
-use ngx_trace_common::SyscallRegs;
-
-use crate::kernel::btf::Btf;
+use ngx_trace_common::{SyscallRegs, btf::Btf};
 
 /// An architecture's registers of a system call: `struct pt_regs` members
 /// (name, index into an array member) of its number and first three

@@ -5,13 +5,15 @@
 //! running a program at all costs there, under the same load and the same
 //! BPF statistics as the tracer. No BPF library: the programs are a few
 //! instructions, and what they cost must not depend on a loader's choices.
+//! The kernel's BTF (the offset of `sk_bpf_storage`, the tracepoints' type
+//! ids) is read with the tracer's own reader, `ngx_trace_common::btf`.
 use std::{
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use ngx_trace_common::btf::Btf;
 
 /// The hooks ngx-trace runs on every send, receive and data-ready event of
 /// every socket on the host: what a socket that is not an upstream pays
@@ -400,74 +402,6 @@ fn attach_raw_tracepoint(prog: &OwnedFd, name: Option<&str>) -> Result<OwnedFd> 
         .context("failed to attach a building block (BPF_RAW_TRACEPOINT_OPEN)")
 }
 
-/// `bpftool btf dump` of the running kernel's BTF (raw format: one line per
-/// type, members indented below their struct).
-fn vmlinux_btf() -> Result<String> {
-    let out = Command::new("bpftool")
-        .args([
-            "btf",
-            "dump",
-            "file",
-            "/sys/kernel/btf/vmlinux",
-            "format",
-            "raw",
-        ])
-        .output()
-        .context("failed to run bpftool (cargo xtask bench installs it)")?;
-    if !out.status.success() {
-        bail!(
-            "bpftool could not dump /sys/kernel/btf/vmlinux ({}): the kernel needs \
-             CONFIG_DEBUG_INFO_BTF: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    String::from_utf8(out.stdout).context("bpftool printed BTF that is not UTF-8")
-}
-
-/// The id and the rest of a type line of `bpftool btf dump`
-/// (`[38257] TYPEDEF 'btf_trace_sock_recv_length' type_id=38254`).
-fn type_line(line: &str) -> Option<(u32, &str)> {
-    let (id, rest) = line.strip_prefix('[')?.split_once("] ")?;
-    Some((id.parse().ok()?, rest))
-}
-
-/// The BTF type id of the typedef `name` in a `bpftool btf dump`.
-fn typedef_id(dump: &str, name: &str) -> Option<u32> {
-    dump.lines().find_map(|line| {
-        let (id, rest) = type_line(line)?;
-        rest.strip_prefix("TYPEDEF '")?
-            .strip_prefix(name)?
-            .strip_prefix('\'')?;
-        Some(id)
-    })
-}
-
-/// The offset in bytes of `member` in the struct `name`, in a
-/// `bpftool btf dump` (`\t'sk_bpf_storage' type_id=588 bits_offset=5888`
-/// below `[2953] STRUCT 'sock' size=784 vlen=109`); `None` for a bit field
-/// that does not start on a byte.
-fn member_offset(dump: &str, name: &str, member: &str) -> Option<u32> {
-    let header = format!("STRUCT '{name}' ");
-    let mut lines = dump
-        .lines()
-        .skip_while(|l| !type_line(l).is_some_and(|(_, rest)| rest.starts_with(&header)));
-    lines.next()?;
-    lines.take_while(|l| !l.starts_with('[')).find_map(|l| {
-        let rest = l
-            .trim_start()
-            .strip_prefix('\'')?
-            .strip_prefix(member)?
-            .strip_prefix("' ")?;
-        let bits: u32 = rest
-            .split_whitespace()
-            .find_map(|t| t.strip_prefix("bits_offset="))?
-            .parse()
-            .ok()?;
-        bits.is_multiple_of(8).then_some(bits / 8)
-    })
-}
-
 /// A block loaded and attached to every hot hook. Dropping it closes every
 /// fd: the links (which detaches the programs), then the programs, then the
 /// map, also when loading stopped half-way.
@@ -498,13 +432,19 @@ pub fn attach(block: Block) -> Result<Attached> {
             insns
         }
         Block::SkStorageLoad => {
-            let dump = btf.insert(vmlinux_btf()?);
-            let offset = member_offset(dump, "sock", "sk_bpf_storage").context(
-                "no member sk_bpf_storage in struct sock in the kernel's BTF: \
-                 the kernel needs CONFIG_BPF_SYSCALL",
-            )?;
-            let offset = i16::try_from(offset)
-                .with_context(|| format!("sk_bpf_storage at offset {offset}, past an i16"))?;
+            let btf = btf.insert(Btf::from_sys_fs().map_err(anyhow::Error::msg)?);
+            let storage = btf
+                .member("sock", "sk_bpf_storage")
+                .map_err(|e| anyhow!("{e}: the kernel needs CONFIG_BPF_SYSCALL"))?;
+            if storage.size != 8 {
+                bail!(
+                    "sk_bpf_storage in struct sock is {} bytes, not a pointer's 8",
+                    storage.size
+                );
+            }
+            let offset = i16::try_from(storage.offset).with_context(|| {
+                format!("sk_bpf_storage at offset {}, past an i16", storage.offset)
+            })?;
             sk_storage_load_program(offset)
         }
     };
@@ -521,17 +461,13 @@ pub fn attach(block: Block) -> Result<Attached> {
                 attach_btf_id: 0,
                 insns: &insns,
             },
-            Some(dump) => ProgSpec {
+            Some(btf) => ProgSpec {
                 name: &name,
                 prog_type: BPF_PROG_TYPE_TRACING,
                 expected_attach_type: BPF_TRACE_RAW_TP,
-                attach_btf_id: typedef_id(dump, &format!("btf_trace_{hook}")).with_context(
-                    || {
-                        format!(
-                            "no typedef btf_trace_{hook} in the kernel's BTF: no such tracepoint"
-                        )
-                    },
-                )?,
+                attach_btf_id: btf
+                    .typedef_id(&format!("btf_trace_{hook}"))
+                    .map_err(|e| anyhow!("{e}: no such tracepoint"))?,
                 insns: &insns,
             },
         };
@@ -621,42 +557,5 @@ mod tests {
     fn names_are_cut_to_fifteen_characters() {
         assert_eq!(&obj_name("bb_send_length")[..15], b"bb_send_length\0");
         assert_eq!(&obj_name("sock_send_length"), b"sock_send_lengt\0");
-    }
-
-    const DUMP: &str = "\
-[2952] PTR '(anon)' type_id=2953
-[2953] STRUCT 'sock' size=784 vlen=109
-\t'__sk_common' type_id=3777 bits_offset=0
-\t'sk_bpf_storage_x' type_id=1 bits_offset=64
-\t'sk_flags' type_id=1 bits_offset=100 bitfield_size=4
-\t'sk_bpf_storage' type_id=588 bits_offset=5888
-[2954] STRUCT 'sock_common' size=136 vlen=2
-\t'sk_late' type_id=1 bits_offset=8
-[38251] TYPEDEF 'btf_trace_sk_data_ready' type_id=38248
-[38253] TYPEDEF 'btf_trace_sock_send_length' type_id=38254
-[38256] TYPEDEF 'btf_trace_sock_recv_length_x' type_id=38254
-[38257] TYPEDEF 'btf_trace_sock_recv_length' type_id=38254
-";
-
-    #[test]
-    fn typedef_ids_from_bpftool_btf_dump() {
-        assert_eq!(typedef_id(DUMP, "btf_trace_sk_data_ready"), Some(38251));
-        assert_eq!(typedef_id(DUMP, "btf_trace_sock_send_length"), Some(38253));
-        // A name that is only a prefix of another does not match it.
-        assert_eq!(typedef_id(DUMP, "btf_trace_sock_recv_length"), Some(38257));
-        assert_eq!(typedef_id(DUMP, "btf_trace_sock"), None);
-        assert_eq!(typedef_id(DUMP, "sock"), None);
-    }
-
-    #[test]
-    fn member_offsets_from_bpftool_btf_dump() {
-        assert_eq!(member_offset(DUMP, "sock", "sk_bpf_storage"), Some(736));
-        assert_eq!(member_offset(DUMP, "sock", "__sk_common"), Some(0));
-        // Not a byte: no offset to load from.
-        assert_eq!(member_offset(DUMP, "sock", "sk_flags"), None);
-        // Members of the next struct are not the struct's.
-        assert_eq!(member_offset(DUMP, "sock", "sk_late"), None);
-        assert_eq!(member_offset(DUMP, "sock_common", "sk_late"), Some(1));
-        assert_eq!(member_offset(DUMP, "socket", "sk_bpf_storage"), None);
     }
 }

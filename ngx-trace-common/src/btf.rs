@@ -1,17 +1,27 @@
-//! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux`), for
+//! user space: feature `btf` (part of `user`), std only.
 //!
 //! The BPF programs are written in Rust and carry no CO-RE relocations, so
 //! they cannot ask the loader to fix up `struct tcp_sock` field offsets for
 //! the running kernel. Instead user space reads the kernel's own type
-//! information at start, computes the byte offsets the programs need and
-//! hands them over as globals. aya parses BTF but does not expose member
-//! lookup, hence this self-contained reader.
+//! information: ngx-trace at start, for the byte offsets its programs need
+//! (handed over as globals), and `cargo xtask bench`, for the offset its
+//! hand-assembled programs load from and the type ids of the tracepoints
+//! they attach to. aya parses BTF but does not expose member lookup, hence
+//! this self-contained reader.
 //!
 //! Format reference: the kernel's `include/uapi/linux/btf.h`. Everything
 //! read from the blob is bounds-checked: malformed input is an `Err`, never
 //! a panic, because the bytes come from outside this program.
 
-use std::collections::HashMap;
+// The crate is no_std: what the std prelude would give, named.
+use std::{
+    boxed::Box,
+    collections::HashMap,
+    format,
+    string::{String, ToString as _},
+    vec::Vec,
+};
 
 /// Where the running kernel exposes its BTF.
 pub const VMLINUX_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -326,6 +336,20 @@ impl Btf {
         Ok(Member { offset, size })
     }
 
+    /// The type id of the typedef `name`, e.g. `btf_trace_sock_send_length`
+    /// (a BTF tracepoint program is loaded for the id of its tracepoint's
+    /// `btf_trace_*` typedef).
+    pub fn typedef_id(&self, name: &str) -> Result<u32, String> {
+        for (i, &at) in self.types.iter().enumerate() {
+            let ty = self.type_at(at as usize)?;
+            if ty.kind == KIND_TYPEDEF && self.name(ty.name_off)? == name.as_bytes() {
+                // Ids count from 1 (0 is void); the index fits, as parsed.
+                return Ok(i as u32 + 1);
+            }
+        }
+        Err(format!("no typedef {name} in this kernel's BTF"))
+    }
+
     /// The byte size of struct `struct_name`.
     pub fn struct_size(&self, struct_name: &str) -> Result<u32, String> {
         let &id = self
@@ -574,10 +598,10 @@ mod tests {
         assert!(btf.member("no_such_struct_xyz", "x").is_err());
     }
 
-    /// Cross-checks against bpftool, an independent BTF reader.
-    #[test]
-    fn kernel_offsets_match_bpftool() {
-        let btf = kernel_btf();
+    /// `bpftool btf dump` of the running kernel's BTF (raw format: one line
+    /// per type, members indented below their struct), from bpftool, an
+    /// independent BTF reader to cross-check against.
+    fn bpftool_raw_dump() -> String {
         let bpftool = ["/usr/sbin/bpftool", "bpftool"]
             .into_iter()
             .find(|p| {
@@ -592,7 +616,14 @@ mod tests {
             .output()
             .expect("run bpftool");
         assert!(out.status.success(), "bpftool failed: {:?}", out);
-        let text = String::from_utf8_lossy(&out.stdout);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Cross-checks against bpftool, an independent BTF reader.
+    #[test]
+    fn kernel_offsets_match_bpftool() {
+        let btf = kernel_btf();
+        let text = bpftool_raw_dump();
         // The first `STRUCT 'tcp_sock'` line with a non-zero size, then its
         // member lines (tab-indented) until the next type.
         let mut lines = text.lines();
@@ -633,6 +664,31 @@ mod tests {
         }
         // All five are direct members of tcp_sock on current kernels.
         assert_eq!(checked, 5, "members of tcp_sock found in bpftool output");
+    }
+
+    /// The typedefs of the tracepoints the bench's building blocks attach
+    /// to (xtask's `HOT_HOOKS`), cross-checked against bpftool's
+    /// `[38167] TYPEDEF 'btf_trace_sock_send_length' type_id=38168`.
+    #[test]
+    fn kernel_typedef_ids_match_bpftool() {
+        let btf = kernel_btf();
+        let text = bpftool_raw_dump();
+        for hook in ["sock_send_length", "sock_recv_length", "sk_data_ready"] {
+            let name = format!("btf_trace_{hook}");
+            let line = format!("] TYPEDEF '{name}' ");
+            let id: u32 = text
+                .lines()
+                .find(|l| l.starts_with('[') && l.contains(&line))
+                .and_then(|l| l[1..].split_once(']'))
+                .unwrap_or_else(|| panic!("bpftool lists no typedef {name}"))
+                .0
+                .parse()
+                .expect("numeric type id");
+            assert_eq!(btf.typedef_id(&name), Ok(id), "{name} vs bpftool");
+        }
+        assert!(btf.typedef_id("btf_trace_no_such_tracepoint_xyz").is_err());
+        // A struct's name is not a typedef's.
+        assert!(btf.typedef_id("tcp_sock").is_err());
     }
 
     /// Builds small little-endian BTF blobs for tests.
@@ -804,6 +860,33 @@ mod tests {
     }
 
     #[test]
+    fn handmade_typedef_ids() {
+        let mut b = Builder::new();
+        let u32_ = b.int("u32", 4);
+        let first = b.typedef("u32_t", u32_);
+        let longer = b.typedef("u32_t_x", u32_);
+        let s = b.composite(KIND_STRUCT, "u32_s", 4, false, &[("f", first, 0)]);
+        // A second typedef of the same name: the first is found.
+        let again = b.typedef("u32_t", s);
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(btf.typedef_id("u32_t"), Ok(first));
+        assert_ne!(first, again);
+        assert_eq!(btf.typedef_id("u32_t_x"), Ok(longer));
+        // Another kind of the name, a prefix, nothing.
+        assert!(btf.typedef_id("u32").is_err());
+        assert!(btf.typedef_id("u32_s").is_err());
+        assert!(btf.typedef_id("u32_").is_err());
+        assert_eq!(
+            btf.typedef_id("nope").unwrap_err(),
+            "no typedef nope in this kernel's BTF"
+        );
+        // The sample's typedefs too.
+        let btf = Btf::parse(&sample()).unwrap();
+        assert!(btf.typedef_id("inner_t").is_ok());
+        assert!(btf.typedef_id("outer").is_err());
+    }
+
+    #[test]
     fn handmade_errors() {
         let btf = Btf::parse(&sample()).unwrap();
         assert_eq!(
@@ -919,6 +1002,7 @@ mod tests {
                     for m in ["first", "wide", "deep", "pad", "flags", "odd", "ptr", "x"] {
                         let _ = btf.member("outer", m);
                     }
+                    let _ = btf.typedef_id("inner_t");
                 }
             }
         }
