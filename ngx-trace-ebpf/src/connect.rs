@@ -219,10 +219,15 @@ const SO_ERROR: u64 = 4;
 
 /// A worker asks a socket for its pending error: how nginx learns that a
 /// non-blocking connect failed. Other processes leave after one lookup.
+/// nginx asks before each request it sends, on kept-alive connections too:
+/// only a connect still in flight is kept for the return (its error may
+/// end it), every other call leaves after two lookups, with nothing
+/// written to a map.
 #[tracepoint]
 pub fn sys_enter_getsockopt(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_worker((pid_tgid >> 32) as u32) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_worker(tgid) {
         return 0;
     }
     let read = |offset: usize| unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0);
@@ -231,9 +236,19 @@ pub fn sys_enter_getsockopt(ctx: TracePointContext) -> u32 {
     {
         return 0;
     }
+    let fd = read(offset!(getsockopt_fd)) as u32;
+    let Some(&sk) = (unsafe { FD_CONNS.get(fd_key(tgid, fd)) }) else {
+        return 0;
+    };
+    if CONNS
+        .get_ptr(sk)
+        .is_none_or(|state| unsafe { (*state).is_connected() })
+    {
+        return 0;
+    }
     let call = ErrorRead {
         optval: read(offset!(getsockopt_optval)),
-        fd: read(offset!(getsockopt_fd)) as u32,
+        fd,
         _pad: 0,
     };
     let _ = ERROR_READS.insert(pid_tgid, call, 0);
