@@ -161,9 +161,12 @@ mod tests {
     fn an_exchange_waiting_past_slow_is_reported_once_and_counted_while_it_waits() {
         // --slow 1 s.
         let mut s = Session::new(Output::capturing(), false, 1_000_000, BTreeSet::new());
+        // A worker pid no process has (above the kernel's PID_MAX_LIMIT):
+        // the pending exchange's socket is never asked of a real process.
+        const WORKER: u32 = 1 << 23;
         let now = 100_000 * MS;
-        let slow = waiting(42, loopback(8080), now, 1_500 * MS);
-        let quick = waiting(42, loopback(8081), now, 200 * MS);
+        let slow = waiting(WORKER, loopback(8080), now, 1_500 * MS);
+        let quick = waiting(WORKER, loopback(8081), now, 200 * MS);
         let conns = || [(1, slow), (2, quick)].into_iter();
         assert!(s.report_pending(conns(), now).unwrap().is_empty());
         let events = s.output().take_captured();
@@ -178,7 +181,7 @@ mod tests {
         s.report_pending(conns(), now + 250 * MS).unwrap();
         assert!(s.output().take_captured().is_empty());
         // It ended; a new exchange on the same socket is a new one.
-        let next = waiting(42, loopback(8080), now + 5_000 * MS, 1_100 * MS);
+        let next = waiting(WORKER, loopback(8080), now + 5_000 * MS, 1_100 * MS);
         s.report_pending([(1, next)].into_iter(), now + 5_000 * MS)
             .unwrap();
         assert_eq!(s.output().take_captured().len(), 1);
