@@ -636,7 +636,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::{
-        test_records::{MS, client_gone, closed_by, fate_of, gave_up},
+        test_records::{MS, client_gone, closed_by, fate_of, gave_up, titled_worker},
         *,
     };
     use crate::diagnosis::peer_wait::PEER_EXIT_WAIT_NS;
@@ -670,21 +670,9 @@ mod tests {
 
     #[test]
     fn a_worker_gone_from_proc_before_its_exit_record_still_gets_its_worker_exit() {
-        use std::os::unix::process::CommandExt;
-        // A real process with a worker's title, as /proc shows it.
-        let mut child = std::process::Command::new("sleep")
-            .arg0("nginx: worker process")
-            .arg("60")
-            .spawn()
-            .expect("sleep runs");
+        let mut child = titled_worker();
         let pid = child.id();
         let mut s = Session::new(Output::capturing(), false, 1_000_000, BTreeSet::from([pid]));
-        // `spawn` may return while the child is still in `execve()`.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !procs::is_worker(pid) {
-            assert!(std::time::Instant::now() < deadline, "sleep got no title");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
         assert!(s.refresh_workers().unwrap());
         assert_eq!(s.workers(), 1);
         // It dies, and the worker set is refreshed before its exit record

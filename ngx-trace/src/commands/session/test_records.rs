@@ -4,7 +4,10 @@ use ngx_trace_common::{
     Phase, RECORD_CLIENT_GONE, RECORD_FATE, RECORD_UPSTREAM, UpstreamAddr, UpstreamRecord,
 };
 
-use crate::kernel::records::{Entry, Record, decode};
+use crate::{
+    kernel::records::{Entry, Record, decode},
+    nginx::procs,
+};
 
 /// A millisecond, in ns.
 pub const MS: u64 = 1_000_000;
@@ -116,4 +119,22 @@ pub fn fate_entry(
         Ok(Record::Fate(entry)) => entry,
         other => panic!("not a fate: {other:?}"),
     }
+}
+
+/// A real process titled as an nginx worker (`sleep 60` renamed), once
+/// `/proc` shows the title: `spawn` may return while the child is still in
+/// `execve()`. Kill it to make the worker die.
+pub fn titled_worker() -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    let child = std::process::Command::new("sleep")
+        .arg0("nginx: worker process")
+        .arg("60")
+        .spawn()
+        .expect("sleep runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !procs::is_worker(child.id()) {
+        assert!(std::time::Instant::now() < deadline, "sleep got no title");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child
 }

@@ -142,26 +142,13 @@ impl Workers {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::process::CommandExt as _;
-
-    use super::*;
+    use super::{super::test_records::titled_worker, *};
 
     #[test]
     fn a_worker_gone_from_proc_stays_a_worker_for_its_exit_record() {
-        // A real process with a worker's title, as /proc shows it.
-        let mut child = std::process::Command::new("sleep")
-            .arg0("nginx: worker process")
-            .arg("60")
-            .spawn()
-            .expect("sleep runs");
+        let mut child = titled_worker();
         let pid = child.id();
         let mut workers = Workers::new(BTreeSet::from([pid]));
-        // `spawn` may return while the child is still in `execve()`.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !procs::is_worker(pid) {
-            assert!(Instant::now() < deadline, "sleep got no title");
-            std::thread::sleep(Duration::from_millis(5));
-        }
         let set = workers.look().expect("a new worker set");
         assert_eq!(set, BTreeSet::from([pid]));
         workers.show(set, Instant::now());
