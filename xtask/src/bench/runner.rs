@@ -368,7 +368,7 @@ pub(super) fn setup_nginx() -> (Nginx, Vec<(&'static str, f64, Nginx)>) {
     let variants = vec![
         (
             "keepalive",
-            1000.0,
+            500.0,
             Nginx::start(
                 &format!(
                     "upstream back {{ server 127.0.0.1:{}; keepalive 64; }}",
@@ -380,7 +380,7 @@ pub(super) fn setup_nginx() -> (Nginx, Vec<(&'static str, f64, Nginx)>) {
         ),
         (
             "new connection per request",
-            3000.0,
+            2000.0,
             Nginx::start(
                 "",
                 &format!(

@@ -1,6 +1,7 @@
-//! The targets of issue 8, checked against the figures measured (each met
-//! or missed), and the analysis of why the missed ones are: what was cut,
-//! and what the kernel forces.
+//! The targets of issue 26 (cost only where nginx's upstreams are),
+//! checked against the figures measured (each met or missed), and the
+//! analysis of why the missed ones are: what was cut, and what the kernel
+//! forces.
 use std::fmt::Write as _;
 
 use anyhow::Result;
@@ -16,11 +17,9 @@ use super::{
 /// Pairs a throughput median must rest on to count.
 const MIN_PAIRS: usize = 7;
 /// Lowest throughput ratio to no tracer.
-const MIN_THROUGHPUT: f64 = 0.97;
-/// Highest average BPF time per program run on not-upstream sockets, ns.
-pub(super) const MAX_NOT_UPSTREAM_NS_PER_RUN: f64 = 30.0;
+const MIN_THROUGHPUT: f64 = 0.95;
 /// How many times less BPF time per request than the bpftrace script.
-const MIN_BPFTRACE_OVER_NGX: f64 = 3.0;
+const MIN_BPFTRACE_OVER_NGX: f64 = 2.0;
 
 /// The figures the targets are checked against, for one variant.
 #[derive(Clone, Copy, Debug)]
@@ -42,7 +41,10 @@ pub(super) struct Figures<'a> {
     /// ABBA pairs behind each throughput ratio.
     pairs: usize,
     variants: Vec<VariantFigures<'a>>,
-    /// Average BPF time per program run on not-upstream sockets, ns.
+    /// Program runs per request of other processes' TCP traffic (wrk
+    /// driving the back nginx directly, the front traced and idle).
+    not_upstream_runs_per_request: f64,
+    /// Their average BPF time per run, ns.
     not_upstream_ns_per_run: f64,
     /// An empty program's BPF time per run on the hot hooks under the same
     /// load, ns: the floor under the figure above.
@@ -71,6 +73,7 @@ impl<'a> Figures<'a> {
                     bpftrace_over_ngx: r.bpf.bpftrace_over_ngx(),
                 })
                 .collect(),
+            not_upstream_runs_per_request: not_upstream.runs_per_request(),
             not_upstream_ns_per_run: not_upstream.ns_per_run(),
             empty_ns_per_run,
             lost: costs
@@ -90,7 +93,7 @@ pub(super) struct Target {
     met: bool,
 }
 
-/// The targets of issue 8, each met or missed (a NaN figure misses).
+/// The targets of issue 26, each met or missed (a NaN figure misses).
 pub(super) fn targets(f: &Figures) -> Vec<Target> {
     let mut list = Vec::new();
     for v in &f.variants {
@@ -105,14 +108,15 @@ pub(super) fn targets(f: &Figures) -> Vec<Target> {
         });
     }
     list.push(Target {
-        goal: format!(
-            "not-upstream sockets: ≤ {MAX_NOT_UPSTREAM_NS_PER_RUN} ns per program run on average"
-        ),
+        goal: "TCP traffic of other processes (wrk driving the back nginx directly, a second \
+               web server on this host; the front traced and idle): 0 program runs"
+            .to_string(),
         measured: format!(
-            "{:.1} ns (an empty program on the same hooks: {:.1} ns)",
-            f.not_upstream_ns_per_run, f.empty_ns_per_run
+            "{:.1} runs per request it serves, {:.1} ns each (an empty program on the same \
+             hooks: {:.1} ns)",
+            f.not_upstream_runs_per_request, f.not_upstream_ns_per_run, f.empty_ns_per_run
         ),
-        met: f.not_upstream_ns_per_run <= MAX_NOT_UPSTREAM_NS_PER_RUN,
+        met: f.not_upstream_runs_per_request == 0.0,
     });
     for v in &f.variants {
         list.push(Target {
@@ -231,8 +235,11 @@ What the kernel forces:
   the upstream socket; the other 9 (wrk's, the front's client side, the
   back nginx's) leave after one load and a comparison: the per-run figure
   of the not-upstream section. An empty program on the same hooks already
-  measures more than 30 ns per run here (building blocks), so that target
-  is below what running a program costs with the statistics on.
+  measures more than 30 ns per run here (building blocks): what running a
+  program costs with the statistics on. Other processes' traffic runs no
+  program only where no host-wide hook is attached; the not-upstream
+  target counts those runs (wrk driving a second web server; a loopback
+  bulk transfer is not measured yet).
 - On this bench, client, proxy and backend saturate the same 2 cores, so
   every nanosecond spent in a hook is throughput lost; on a host that runs
   only nginx the backend's and the clients' events are not there.
@@ -240,7 +247,7 @@ What the kernel forces:
   receive with a pid comparison, without per-socket state: it neither tells
   upstream sockets from others, nor times the first byte in the kernel, nor
   follows the acknowledgement and RTT, so it does less work per request
-  than ngx-trace by construction; `3x less than bpftrace` is not reachable
+  than ngx-trace by construction; `2x less than bpftrace` is not reachable
   while ngx-trace measures more on the same events.
 
 Next cuts, not made: the first byte in the kernel (`sk_data_ready`, 4 runs
@@ -274,9 +281,10 @@ mod tests {
         Figures {
             pairs,
             variants: vec![
-                variant("keepalive", 1000.0, ns_keepalive),
-                variant("new connection per request", 3000.0, 2999.0),
+                variant("keepalive", 500.0, ns_keepalive),
+                variant("new connection per request", 2000.0, 1999.0),
             ],
+            not_upstream_runs_per_request: 0.0,
             not_upstream_ns_per_run: 30.0,
             empty_ns_per_run: 37.0,
             lost: 0,
@@ -293,31 +301,37 @@ mod tests {
 
     #[test]
     fn every_target_met_at_its_bound() {
-        let f = figures(1000.0, 0.97, 3.0, 7);
+        let f = figures(500.0, 0.95, 2.0, 7);
         let list = targets(&f);
         assert_eq!(list.len(), 8);
         assert!(list.iter().all(|t| t.met), "{list:#?}");
         assert_eq!(
             list[0].goal,
-            "keepalive: ≤ 1 µs of BPF time per proxied request"
+            "keepalive: ≤ 0.5 µs of BPF time per proxied request"
         );
-        assert_eq!(list[0].measured, "1000 [1000–1000] ns");
+        assert_eq!(list[0].measured, "500 [500–500] ns");
         assert_eq!(
             list[1].goal,
-            "new connection per request: ≤ 3 µs of BPF time per proxied request"
+            "new connection per request: ≤ 2 µs of BPF time per proxied request"
+        );
+        assert_eq!(
+            list[2].measured,
+            "0.0 runs per request it serves, 30.0 ns each (an empty program on the same hooks: \
+             37.0 ns)"
         );
     }
 
     #[test]
     fn each_target_missed_past_its_bound() {
         assert_eq!(
-            missed(&figures(1000.5, 0.97, 3.0, 7)),
-            ["keepalive: ≤ 1 µs of BPF time per proxied request"]
+            missed(&figures(500.5, 0.95, 2.0, 7)),
+            ["keepalive: ≤ 0.5 µs of BPF time per proxied request"]
         );
-        assert_eq!(missed(&figures(1000.0, 0.969, 3.0, 7)).len(), 2);
-        assert_eq!(missed(&figures(1000.0, 0.97, 2.99, 7)).len(), 2);
-        let mut f = figures(1000.0, 0.97, 3.0, 7);
-        f.not_upstream_ns_per_run = 30.1;
+        assert_eq!(missed(&figures(500.0, 0.949, 2.0, 7)).len(), 2);
+        assert_eq!(missed(&figures(500.0, 0.95, 1.99, 7)).len(), 2);
+        let mut f = figures(500.0, 0.95, 2.0, 7);
+        // One run per request of another process's traffic misses.
+        f.not_upstream_runs_per_request = 0.01;
         f.lost = 1;
         assert_eq!(missed(&f).len(), 2);
     }
@@ -332,7 +346,7 @@ mod tests {
     #[test]
     fn unmeasured_figures_miss() {
         let mut f = figures(f64::NAN, f64::NAN, f64::NAN, 7);
-        f.not_upstream_ns_per_run = f64::NAN;
+        f.not_upstream_runs_per_request = f64::NAN;
         assert_eq!(missed(&f).len(), 6);
     }
 
